@@ -1,0 +1,24 @@
+"""Market-data providers. ``get_provider(name)`` returns a provider instance by its registry name."""
+
+from __future__ import annotations
+
+from .base import BAR_COLUMNS, FetchRequest, Provider, ProviderConfigError, ProviderError
+
+__all__ = ["BAR_COLUMNS", "FetchRequest", "Provider", "ProviderConfigError", "ProviderError",
+           "get_provider", "PROVIDER_NAMES"]
+
+PROVIDER_NAMES = ("synthetic", "csv")
+
+
+def get_provider(name: str, **options) -> Provider:
+    if name == "synthetic":
+        from .synthetic import SyntheticProvider
+
+        return SyntheticProvider(**options)
+    if name == "csv":
+        from .csv import CsvProvider
+
+        return CsvProvider(**options)
+    raise ProviderConfigError(
+        f"unknown provider {name!r}; expected one of {', '.join(PROVIDER_NAMES)}"
+    )

@@ -1,0 +1,57 @@
+"""The bar sizes the system maintains, and arithmetic on bar open times.
+
+A bar's ``ts`` is its open time in UTC. Intraday bars are aligned to multiples of their length
+since the Unix epoch (a 1h bar opens at hh:00, a 4h bar at 00/04/08/... UTC); a daily bar is
+stamped with its session date at 00:00 UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from django.db import models
+
+
+class Timeframe(models.TextChoices):
+    M1 = "1m", "1 minute"
+    M5 = "5m", "5 minutes"
+    M15 = "15m", "15 minutes"
+    H1 = "1h", "1 hour"
+    H4 = "4h", "4 hours"
+    D1 = "1d", "1 day"
+
+
+TIMEFRAME_DELTAS: dict[str, timedelta] = {
+    "1m": timedelta(minutes=1),
+    "5m": timedelta(minutes=5),
+    "15m": timedelta(minutes=15),
+    "1h": timedelta(hours=1),
+    "4h": timedelta(hours=4),
+    "1d": timedelta(days=1),
+}
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timeframe_delta(timeframe: str) -> timedelta:
+    try:
+        return TIMEFRAME_DELTAS[timeframe]
+    except KeyError:
+        raise ValueError(
+            f"unknown timeframe {timeframe!r}; expected one of {', '.join(TIMEFRAME_DELTAS)}"
+        ) from None
+
+
+def timeframe_seconds(timeframe: str) -> int:
+    return int(timeframe_delta(timeframe).total_seconds())
+
+
+def floor_to_timeframe(ts: datetime, timeframe: str) -> datetime:
+    """The open time of the bar that contains ``ts``."""
+    step = timeframe_seconds(timeframe)
+    seconds = int((ts - EPOCH).total_seconds())
+    return EPOCH + timedelta(seconds=seconds - seconds % step)
+
+
+def is_aligned(ts: datetime, timeframe: str) -> bool:
+    return floor_to_timeframe(ts, timeframe) == ts

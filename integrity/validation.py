@@ -1,0 +1,219 @@
+"""OHLC rules applied to incoming bars, before anything is stored.
+
+``validate_bars`` splits one page of bars (bar frame layout, see ``providers.base``) into the
+bars that may be written and the bars that must not, each rejected bar carrying every reason
+code that applies. All rules are vectorised: one boolean mask per rule, combined into a bit
+mask per row, so a page of a million bars validates in a fraction of a second.
+
+Reason codes:
+    missing_ts            ts is missing (NaT); no other ts rule is applied to that bar
+    non_finite            NaN or +/-inf in open, high, low, close or volume
+    non_positive_price    open, high, low or close <= 0
+    high_below_low        high < low
+    high_below_open_close high < max(open, close)
+    low_above_open_close  low > min(open, close)
+    negative_volume       volume < 0
+    misaligned_ts         ts is not a multiple of the bar length since the epoch (1d: not 00:00 UTC)
+    future_ts             ts > now
+    duplicate_ts          the ts occurs more than once in the page; every copy is rejected,
+                          because nothing tells us which copy is right
+
+NaN never passes silently: a comparison with NaN is false, so a bar with a NaN price may not
+trip ``high_below_low``, but it always carries ``non_finite`` and is rejected for that.
+
+Duplicates are detected within one page. Providers that page their output must not split a run
+of equal timestamps across pages (the CSV provider guarantees this).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from integrity.providers.base import BAR_COLUMNS, PRICE_COLUMNS, empty_bar_frame
+from integrity.timeframes import timeframe_seconds
+
+REASON_CODES: tuple[str, ...] = (
+    "missing_ts",
+    "non_finite",
+    "non_positive_price",
+    "high_below_low",
+    "high_below_open_close",
+    "low_above_open_close",
+    "negative_volume",
+    "misaligned_ts",
+    "future_ts",
+    "duplicate_ts",
+)
+
+DEFAULT_EXAMPLE_LIMIT = 10
+
+_NS_PER_SECOND = 1_000_000_000
+_TS_DTYPE = "datetime64[ns, UTC]"
+
+
+@dataclass
+class ValidationResult:
+    valid: pd.DataFrame  # bar frame layout, valid rows only, sorted by ts, index reset
+    invalid: pd.DataFrame  # bar frame columns + "reasons" (comma-joined codes), original order
+
+    @property
+    def valid_count(self) -> int:
+        return len(self.valid)
+
+    @property
+    def invalid_count(self) -> int:
+        return len(self.invalid)
+
+    def reason_counts(self) -> dict[str, int]:
+        """Reason code -> number of bars rejected for it (a bar with two reasons counts twice)."""
+        if self.invalid.empty:
+            return {}
+        counts: dict[str, int] = {}
+        # Few distinct combinations even for millions of rejected bars: count those, then split.
+        for combo, n in self.invalid["reasons"].value_counts(sort=False).items():
+            for code in str(combo).split(","):
+                counts[code] = counts.get(code, 0) + int(n)
+        return {code: counts[code] for code in REASON_CODES if code in counts}
+
+    def examples(self, limit: int = DEFAULT_EXAMPLE_LIMIT) -> list[dict[str, Any]]:
+        """The first ``limit`` rejected bars as JSON-serialisable dicts."""
+        head = self.invalid.head(max(limit, 0))
+        return [_example(row) for row in head.itertuples(index=False)]
+
+
+def _json_float(value: float) -> float | str:
+    value = float(value)
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def _example(row) -> dict[str, Any]:
+    ts = row.ts
+    return {
+        "ts": None if pd.isna(ts) else ts.isoformat(),
+        **{column: _json_float(getattr(row, column)) for column in BAR_COLUMNS[1:]},
+        "reasons": str(row.reasons).split(","),
+    }
+
+
+def _coerce_bar_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame in exact bar frame layout (dtypes included), without touching the caller's copy."""
+    missing = [c for c in BAR_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"bar frame is missing columns {missing}; got {list(frame.columns)}")
+    ts = frame["ts"]
+    if isinstance(ts.dtype, pd.DatetimeTZDtype):
+        ts = ts.dt.tz_convert("UTC")
+    else:
+        ts = pd.to_datetime(ts, utc=True, errors="coerce")
+    data = {"ts": ts.astype(_TS_DTYPE)}
+    for column in BAR_COLUMNS[1:]:
+        values = frame[column]
+        if values.dtype != np.float64:
+            values = pd.to_numeric(values, errors="coerce").astype("float64")
+        data[column] = values
+    return pd.DataFrame(data, columns=BAR_COLUMNS).reset_index(drop=True)
+
+
+def _utc_timestamp(value: datetime) -> pd.Timestamp:
+    """A naive datetime is taken to be UTC, an aware one is converted."""
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def _empty_invalid_frame() -> pd.DataFrame:
+    frame = empty_bar_frame()
+    frame["reasons"] = pd.Series(dtype="str")
+    return frame
+
+
+def validate_bars(frame: pd.DataFrame, timeframe: str, now: datetime | None = None) -> ValidationResult:
+    """Split ``frame`` into valid bars and rejected bars with their reason codes."""
+    step_ns = timeframe_seconds(timeframe) * _NS_PER_SECOND  # also rejects an unknown timeframe
+    bars = _coerce_bar_frame(frame)
+    if bars.empty:
+        return ValidationResult(valid=empty_bar_frame(), invalid=_empty_invalid_frame())
+
+    now_ns = _utc_timestamp(now if now is not None else datetime.now(UTC)).as_unit("ns").value
+
+    ts_ns = bars["ts"].array.asi8  # int64 ns since the epoch; NaT is the int64 minimum
+    prices = bars[PRICE_COLUMNS].to_numpy(dtype="float64")
+    o, h, lo, c = prices.T
+    v = bars["volume"].to_numpy(dtype="float64")
+
+    has_ts = ~bars["ts"].isna().to_numpy()
+    # NaN compares false everywhere below; non_finite is what catches it.
+    with np.errstate(invalid="ignore"):
+        masks = {
+            "missing_ts": ~has_ts,
+            "non_finite": ~(np.isfinite(prices).all(axis=1) & np.isfinite(v)),
+            "non_positive_price": (prices <= 0).any(axis=1),
+            "high_below_low": h < lo,
+            "high_below_open_close": h < np.fmax(o, c),
+            "low_above_open_close": lo > np.fmin(o, c),
+            "negative_volume": v < 0,
+            "misaligned_ts": has_ts & (np.mod(ts_ns, step_ns) != 0),
+            "future_ts": has_ts & (ts_ns > now_ns),
+            "duplicate_ts": has_ts & pd.Series(ts_ns).duplicated(keep=False).to_numpy(),
+        }
+
+    # One bit per reason; the few distinct bit patterns are turned into strings once each.
+    bits = np.zeros(len(bars), dtype=np.int64)
+    for position, code in enumerate(REASON_CODES):
+        bits |= masks[code].astype(np.int64) << position
+    rejected = bits != 0
+
+    valid = bars.loc[~rejected]
+    if not valid["ts"].is_monotonic_increasing:
+        valid = valid.sort_values("ts", kind="stable")
+    valid = valid.reset_index(drop=True)
+
+    invalid = bars.loc[rejected].reset_index(drop=True)
+    if len(invalid):
+        patterns = np.unique(bits[rejected])
+        labels = {
+            int(p): ",".join(code for i, code in enumerate(REASON_CODES) if p >> i & 1) for p in patterns
+        }
+        invalid["reasons"] = pd.Series(bits[rejected]).map(labels).astype("str")
+    else:
+        invalid = _empty_invalid_frame()
+    return ValidationResult(valid=valid, invalid=invalid)
+
+
+@dataclass
+class ValidationSummary:
+    """Validation outcomes merged over the pages of one backfill."""
+
+    example_limit: int = DEFAULT_EXAMPLE_LIMIT
+    valid_count: int = 0
+    invalid_count: int = 0
+    reason_counts: dict[str, int] = field(default_factory=dict)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, result: ValidationResult) -> ValidationSummary:
+        self.valid_count += result.valid_count
+        self.invalid_count += result.invalid_count
+        for code, n in result.reason_counts().items():
+            self.reason_counts[code] = self.reason_counts.get(code, 0) + n
+        room = self.example_limit - len(self.examples)
+        if room > 0 and result.invalid_count:
+            self.examples.extend(result.examples(room))
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "valid_count": self.valid_count,
+            "invalid_count": self.invalid_count,
+            "reason_counts": {code: self.reason_counts[code] for code in REASON_CODES
+                              if code in self.reason_counts},
+            "examples": list(self.examples),
+        }
