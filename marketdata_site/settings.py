@@ -144,6 +144,10 @@ BACKFILL_LOOKBACK_DAYS = {
 }
 # Consecutive failures of a symbol at which an alert is raised (once, re-armed after a success).
 FAILURE_ALERT_THRESHOLD = envint("FAILURE_ALERT_THRESHOLD", 3)
+# A pending execution never picked up by a worker within this many seconds is failed by the reaper.
+BACKFILL_PENDING_TIMEOUT_SECONDS = envint("BACKFILL_PENDING_TIMEOUT_SECONDS", 3600)
+# Send a notice when a symbol that had alerted succeeds again.
+ALERT_RECOVERY_NOTICES = envbool("ALERT_RECOVERY_NOTICES", "False")
 
 # --- Integrity: data quality (defaults; see integrity.quality for per-class overrides) -----------
 STALE_THRESHOLD_HOURS = envfloat("STALE_THRESHOLD_HOURS", 24.0)

@@ -1,0 +1,591 @@
+"""The backfill service: claim, fetch, validate, write, checkpoint, finish.
+
+Every backfill of a (symbol, timeframe) series is a tracked execution in
+``backfill_state_persistent``. The commands, django-q2 tasks and the API all call these functions.
+
+- Claim: inserting a *pending* row is the lock. A partial unique index allows one active
+  (pending/in_progress) execution per series, so of any number of concurrent requests exactly one
+  wins and the others get ``BackfillRefused`` naming the holder. No read-then-write race.
+- Heartbeat and checkpoint: each committed batch moves ``checkpoint_ts`` (the newest bar written)
+  and ``heartbeat_at`` in the same transaction as the bars.
+- Recovery: ``reap_dead_backfills`` fails in_progress executions whose heartbeat is older than the
+  timeout ("worker lost: heartbeat timeout"), freeing the series; it runs before every claim. The
+  next run of a failed series resumes from its checkpoint and counts ``retry_count``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from django.conf import settings
+from django.db import IntegrityError, close_old_connections, transaction
+from django.db.models import Max, Q
+from django.utils import timezone
+
+from .calendars import calendar_for_asset_class, last_completed_bar, validate_calendar_code
+from .failures import track_symbol_failure
+from .models import (
+    ACTIVE_STATUSES,
+    AssetClass,
+    BackfillState,
+    BackfillStatus,
+    Candle,
+    Instrument,
+    InvalidTransition,
+    Timeframe,
+)
+from .providers import FetchRequest, get_provider
+from .timeframes import floor_to_timeframe, timeframe_delta
+from .validation import ValidationSummary, validate_bars
+from .writer import WriteResult, write_bars
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY_SECONDS = 5.0
+
+
+class BackfillError(Exception):
+    """The request itself is unusable (unknown instrument, bad timeframe, bad range)."""
+
+
+class BackfillRefused(Exception):
+    """The series already has an active execution."""
+
+    def __init__(self, symbol: str, timeframe: str, active: BackfillState | None):
+        self.symbol = symbol
+        self.timeframe = timeframe
+        self.active = active
+        if active is not None:
+            message = (
+                f"a backfill of {symbol} {timeframe} is already {active.status}: "
+                f"execution {active.execution_id} (created {active.created_at:%Y-%m-%d %H:%M:%S} UTC"
+                + (f", worker {active.worker}" if active.worker else "")
+                + ")"
+            )
+        else:
+            message = f"a backfill of {symbol} {timeframe} is already active"
+        super().__init__(message)
+
+
+class StrictValidationError(Exception):
+    pass
+
+
+@dataclass
+class BackfillResult:
+    symbol: str
+    timeframe: str
+    status: str  # completed | failed | refused
+    execution_id: str | None = None
+    inserted: int = 0
+    updated: int = 0
+    invalid: int = 0
+    retry_count: int = 0
+    range_start: str | None = None
+    range_end: str | None = None
+    resumed_from: str | None = None
+    error: str | None = None
+    active_execution_id: str | None = None
+    duration_seconds: float = 0.0
+    invalid_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == BackfillStatus.COMPLETED
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+# --- the service API ---------------------------------------------------------------------------
+
+
+def get_active_backfill_states(symbol: str | None = None, timeframe: str | None = None):
+    qs = BackfillState.objects.filter(status__in=ACTIVE_STATUSES)
+    if symbol:
+        qs = qs.filter(symbol=symbol)
+    if timeframe:
+        qs = qs.filter(timeframe=timeframe)
+    return qs.order_by("created_at")
+
+
+def reap_dead_backfills(timeout_seconds: int | None = None, now: datetime | None = None) -> list[BackfillState]:
+    """Fail executions whose worker is gone, so their series is free again.
+
+    in_progress with a heartbeat older than the timeout → failed "worker lost: heartbeat timeout";
+    pending never picked up within BACKFILL_PENDING_TIMEOUT_SECONDS → failed "never started".
+    Each reaped execution counts as a failure of its symbol.
+    """
+    now = now or timezone.now()
+    timeout = settings.BACKFILL_HEARTBEAT_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds
+    cutoff = now - timedelta(seconds=timeout)
+    pending_cutoff = now - timedelta(seconds=settings.BACKFILL_PENDING_TIMEOUT_SECONDS)
+    dead_running = Q(status=BackfillStatus.IN_PROGRESS) & (
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+    )
+    never_started = Q(status=BackfillStatus.PENDING, created_at__lt=pending_cutoff)
+    reaped: list[BackfillState] = []
+    for state in BackfillState.objects.filter(dead_running | never_started):
+        if state.status == BackfillStatus.IN_PROGRESS:
+            last = state.heartbeat_at or state.started_at
+            message = (
+                f"worker lost: heartbeat timeout (last heartbeat {last:%Y-%m-%d %H:%M:%S} UTC, "
+                f"timeout {timeout}s, worker {state.worker or 'unknown'})"
+            )
+            guard = dead_running
+        else:
+            message = (
+                f"never started: pending for more than {settings.BACKFILL_PENDING_TIMEOUT_SECONDS}s "
+                "(no worker picked it up)"
+            )
+            guard = never_started
+        # Compare-and-set: a worker that heartbeats right now keeps its execution.
+        changed = BackfillState.objects.filter(guard, pk=state.pk).update(
+            status=BackfillStatus.FAILED, completed_at=now, error_message=message, updated_at=now
+        )
+        if changed:
+            state.refresh_from_db()
+            reaped.append(state)
+            logger.warning("reaped backfill %s (%s %s): %s", state.execution_id, state.symbol,
+                           state.timeframe, message)
+            track_symbol_failure(state.symbol, success=False, error=message)
+    return reaped
+
+
+def _latest_finished(symbol: str, timeframe: str) -> BackfillState | None:
+    return (
+        BackfillState.objects.filter(symbol=symbol, timeframe=timeframe, status__in=["completed", "failed"])
+        .order_by("-created_at", "-id")
+        .first()
+    )
+
+
+def create_backfill_state(
+    symbol: str,
+    timeframe: str,
+    asset_class: str,
+    *,
+    provider: str = "",
+    range_start: datetime | None = None,
+    range_end: datetime | None = None,
+    requested_by: str = "",
+    reap: bool = True,
+) -> BackfillState:
+    """Claim the series: insert a pending execution, or raise ``BackfillRefused``."""
+    if timeframe not in Timeframe.values:
+        raise BackfillError(f"unknown timeframe {timeframe!r}; expected one of {', '.join(Timeframe.values)}")
+    if asset_class not in AssetClass.values:
+        raise BackfillError(f"unknown asset class {asset_class!r}; expected one of {', '.join(AssetClass.values)}")
+    if reap:
+        reap_dead_backfills()
+    previous = _latest_finished(symbol, timeframe)
+    retry_count = previous.retry_count + 1 if previous and previous.status == BackfillStatus.FAILED else 0
+    for _attempt in range(2):
+        try:
+            with transaction.atomic():
+                return BackfillState.objects.create(
+                    symbol=symbol,
+                    timeframe=timeframe,
+                    asset_class=asset_class,
+                    provider=provider,
+                    range_start=range_start,
+                    range_end=range_end,
+                    retry_count=retry_count,
+                    requested_by=requested_by,
+                )
+        except IntegrityError:
+            active = get_active_backfill_states(symbol, timeframe).first()
+            if active is not None:
+                raise BackfillRefused(symbol, timeframe, active) from None
+            # The holder finished between our insert and our look: try once more.
+    raise BackfillRefused(symbol, timeframe, None)
+
+
+def update_backfill_state(
+    execution_id,
+    *,
+    status: str | None = None,
+    records_inserted: int | None = None,
+    error_message: str | None = None,
+) -> BackfillState:
+    """Move an execution through its lifecycle (terminal states are final)."""
+    state = BackfillState.objects.get(execution_id=execution_id)
+    if status == BackfillStatus.IN_PROGRESS:
+        state.mark_started(worker=worker_name())
+    elif status == BackfillStatus.COMPLETED:
+        state.mark_completed(records_inserted)
+    elif status == BackfillStatus.FAILED:
+        state.mark_failed(error_message or "failed")
+    elif status is not None:
+        raise InvalidTransition(f"cannot set status {status!r}")
+    elif records_inserted is not None:
+        changed = BackfillState.objects.filter(pk=state.pk, status__in=ACTIVE_STATUSES).update(
+            records_inserted=records_inserted, updated_at=timezone.now()
+        )
+        if not changed:
+            raise InvalidTransition(f"execution {execution_id} is {state.status}; terminal states are final")
+        state.refresh_from_db()
+    return state
+
+
+# --- planning ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SeriesSpec:
+    symbol: str
+    timeframe: str
+    asset_class: str
+    calendar: str
+    provider: str
+    provider_options: dict[str, Any]
+
+
+def resolve_series(
+    symbol: str,
+    timeframe: str,
+    *,
+    provider: str | None = None,
+    provider_options: dict[str, Any] | None = None,
+    asset_class: str | None = None,
+    calendar: str | None = None,
+) -> SeriesSpec:
+    """What we know about a series: the watchlist entry, overridden by explicit arguments."""
+    instrument = Instrument.objects.filter(symbol=symbol).first()
+    if instrument is None and asset_class is None:
+        raise BackfillError(
+            f"unknown instrument {symbol!r}: add it to the watchlist or pass --asset-class (and --calendar)"
+        )
+    asset_class = asset_class or instrument.asset_class
+    calendar = calendar or (instrument.calendar if instrument else calendar_for_asset_class(asset_class))
+    try:
+        validate_calendar_code(calendar)
+    except ValueError as exc:
+        raise BackfillError(str(exc)) from None
+    options = dict(instrument.provider_options) if instrument else {}
+    options.update(provider_options or {})
+    return SeriesSpec(
+        symbol=symbol,
+        timeframe=timeframe,
+        asset_class=asset_class,
+        calendar=calendar,
+        provider=provider or (instrument.provider if instrument else "synthetic"),
+        provider_options=options,
+    )
+
+
+def plan_range(
+    spec: SeriesSpec,
+    *,
+    start: datetime | None,
+    end: datetime | None,
+    now: datetime,
+    previous: BackfillState | None,
+) -> tuple[datetime, datetime, datetime | None]:
+    """[start, end) to fetch, and the checkpoint resumed from (if any).
+
+    end: never past the last *completed* bar (bars still forming are never stored).
+    start: explicit, else the last stored bar minus a small overlap (to pick up revisions), else
+    the configured lookback. A failed previous run of the same range resumes from its checkpoint.
+    """
+    step = timeframe_delta(spec.timeframe)
+    last_complete = last_completed_bar(spec.calendar, spec.timeframe, now)
+    hard_end = last_complete + step if last_complete else floor_to_timeframe(now, spec.timeframe)
+    end = hard_end if end is None else min(end, hard_end)
+    resumed_from = None
+    resumable = (
+        previous is not None
+        and previous.status == BackfillStatus.FAILED
+        and previous.checkpoint_ts is not None
+    )
+    if start is None:
+        last_stored = Candle.objects.filter(symbol=spec.symbol, timeframe=spec.timeframe).aggregate(m=Max("ts"))["m"]
+        if last_stored is not None:
+            start = last_stored - settings.BACKFILL_OVERLAP_BARS * step
+        else:
+            start = now - timedelta(days=settings.BACKFILL_LOOKBACK_DAYS[spec.timeframe])
+        if resumable and previous.range_start is not None and previous.checkpoint_ts >= start:
+            resumed_from = previous.checkpoint_ts
+    else:
+        if resumable and previous.range_start == start and previous.checkpoint_ts >= start:
+            # The bars up to and including the checkpoint are committed; restart at it (idempotent).
+            resumed_from = previous.checkpoint_ts
+            start = previous.checkpoint_ts
+    start = floor_to_timeframe(start, spec.timeframe)
+    return start, end, resumed_from
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+class _Run:
+    """One execution's fetch → validate → write loop, with batching and checkpoints."""
+
+    def __init__(self, state: BackfillState, spec: SeriesSpec, *, start, end, strict, batch_size, now, progress):
+        self.state = state
+        self.spec = spec
+        self.start = pd.Timestamp(start)
+        self.end = pd.Timestamp(end)
+        self.strict = strict
+        self.batch_size = batch_size
+        self.now = now
+        self.progress = progress
+        self.summary = ValidationSummary()
+        self.totals = WriteResult()
+        self.buffer: list[pd.DataFrame] = []
+        self.buffered = 0
+        self.pending_invalid = 0
+        self.last_ts: pd.Timestamp | None = None
+        self.dropped_outside_range = 0
+        self.dropped_out_of_order = 0
+        self.last_heartbeat = time.monotonic()
+
+    def execute(self) -> None:
+        provider = get_provider(self.spec.provider)
+        request = FetchRequest(
+            symbol=self.spec.symbol,
+            timeframe=self.spec.timeframe,
+            start=self.start.to_pydatetime(),
+            end=self.end.to_pydatetime(),
+            calendar=self.spec.calendar,
+            asset_class=self.spec.asset_class,
+            options=self.spec.provider_options,
+        )
+        for page in provider.fetch(request):
+            self._take(page)
+        self._flush(final=True)
+
+    def _take(self, page: pd.DataFrame) -> None:
+        if not page.empty:
+            in_range = (page["ts"] >= self.start) & (page["ts"] < self.end)
+            self.dropped_outside_range += int((~in_range).sum())
+            page = page[in_range]
+        result = validate_bars(page, self.spec.timeframe, now=self.now)
+        self.summary.add(result)
+        if result.invalid_count and self.strict:
+            examples = result.examples(3)
+            raise StrictValidationError(
+                f"--strict: {result.invalid_count} invalid bar(s) in a provider page, e.g. {examples}"
+            )
+        self.pending_invalid += result.invalid_count
+        valid = result.valid
+        if self.last_ts is not None and not valid.empty:
+            # Pages come in ascending order; a bar at or before one already taken is a repeat.
+            fresh = valid["ts"] > self.last_ts
+            self.dropped_out_of_order += int((~fresh).sum())
+            valid = valid[fresh]
+        if not valid.empty:
+            self.last_ts = valid["ts"].iloc[-1]
+            self.buffer.append(valid)
+            self.buffered += len(valid)
+        if self.buffered >= self.batch_size:
+            self._flush()
+        elif time.monotonic() - self.last_heartbeat > HEARTBEAT_EVERY_SECONDS:
+            self.state.heartbeat()
+            self.last_heartbeat = time.monotonic()
+
+    def _flush(self, final: bool = False) -> None:
+        while self.buffered >= self.batch_size or (final and (self.buffered or self.pending_invalid)):
+            frame = pd.concat(self.buffer, ignore_index=True) if len(self.buffer) > 1 else self.buffer[0] \
+                if self.buffer else None
+            if frame is not None and len(frame) > self.batch_size:
+                batch, rest = frame.iloc[: self.batch_size], frame.iloc[self.batch_size:]
+                self.buffer, self.buffered = [rest], len(rest)
+            else:
+                batch, self.buffer, self.buffered = frame, [], 0
+            self._commit(batch)
+
+    def _commit(self, batch: pd.DataFrame | None) -> None:
+        with transaction.atomic():
+            written = WriteResult()
+            checkpoint = self.state.checkpoint_ts
+            if batch is not None and not batch.empty:
+                written = write_bars(self.spec.symbol, self.spec.timeframe, batch, source=self.spec.provider)
+                checkpoint = batch["ts"].iloc[-1].to_pydatetime()
+            # Bars and checkpoint commit together: the checkpoint never claims an unwritten bar.
+            self.state.record_progress(
+                checkpoint_ts=checkpoint,
+                inserted=written.inserted,
+                updated=written.updated,
+                invalid=self.pending_invalid,
+            )
+        self.pending_invalid = 0
+        self.totals = self.totals + written
+        self.last_heartbeat = time.monotonic()
+        if self.progress:
+            self.progress(self.state, self.totals)
+
+
+def run_backfill(
+    symbol: str,
+    timeframe: str,
+    *,
+    provider: str | None = None,
+    provider_options: dict[str, Any] | None = None,
+    asset_class: str | None = None,
+    calendar: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    strict: bool = False,
+    batch_size: int | None = None,
+    now: datetime | None = None,
+    execution_id=None,
+    requested_by: str = "",
+    progress: Callable[[BackfillState, WriteResult], None] | None = None,
+) -> BackfillResult:
+    """Drive one series through pending → in_progress → completed|failed.
+
+    With ``execution_id``, runs that already-claimed pending execution (API/queue path); otherwise
+    claims the series first. Never raises for a failed or refused run: the result says what happened.
+    Raises ``BackfillError`` only for a request that is unusable before anything is claimed.
+    """
+    started = time.monotonic()
+    now = now or timezone.now()
+    batch_size = batch_size or settings.BACKFILL_BATCH_SIZE
+    if start is not None and end is not None and start >= end:
+        raise BackfillError(f"empty range: start {start.isoformat()} is not before end {end.isoformat()}")
+
+    if execution_id is not None:
+        state = BackfillState.objects.get(execution_id=execution_id)
+        symbol, timeframe = state.symbol, state.timeframe
+        asset_class = asset_class or state.asset_class
+        provider = provider or state.provider or None
+        start = start or state.range_start
+        end = end or state.range_end
+    spec = resolve_series(symbol, timeframe, provider=provider, provider_options=provider_options,
+                          asset_class=asset_class, calendar=calendar)
+    previous = _latest_finished(symbol, timeframe)
+    if execution_id is None:
+        try:
+            state = create_backfill_state(symbol, timeframe, spec.asset_class, provider=spec.provider,
+                                          range_start=start, range_end=end, requested_by=requested_by)
+        except BackfillRefused as refused:
+            return BackfillResult(
+                symbol=symbol, timeframe=timeframe, status="refused", error=str(refused),
+                active_execution_id=str(refused.active.execution_id) if refused.active else None,
+                duration_seconds=round(time.monotonic() - started, 3),
+            )
+    result = BackfillResult(symbol=symbol, timeframe=timeframe, status="failed",
+                            execution_id=str(state.execution_id), retry_count=state.retry_count)
+    try:
+        state.mark_started(worker=worker_name())
+    except InvalidTransition as exc:
+        result.error = str(exc)
+        return result
+
+    run = None
+    try:
+        range_start, range_end, resumed_from = plan_range(spec, start=start, end=end, now=now, previous=previous)
+        details = dict(state.details or {})
+        details.update({"calendar": spec.calendar, "batch_size": batch_size})
+        if resumed_from:
+            details["resumed_from"] = resumed_from.isoformat()
+        BackfillState.objects.filter(pk=state.pk).update(
+            range_start=range_start, range_end=range_end, provider=spec.provider, details=details
+        )
+        result.range_start, result.range_end = _iso(range_start), _iso(range_end)
+        result.resumed_from = _iso(resumed_from)
+        run = _Run(state, spec, start=range_start, end=range_end, strict=strict, batch_size=batch_size,
+                   now=now, progress=progress)
+        if range_start < range_end:
+            run.execute()
+        _finish_completed(state, run)
+        result.status = BackfillStatus.COMPLETED
+    except BaseException as exc:  # noqa: B036 — we record every way a run can end, then re-raise the fatal ones
+        message = _describe(exc)
+        result.error = message
+        _finish_failed(state, message)
+        if not isinstance(exc, Exception):
+            raise
+    finally:
+        if run is not None:
+            result.inserted, result.updated = run.totals.inserted, run.totals.updated
+            result.invalid = run.summary.invalid_count
+            result.invalid_reasons = run.summary.reason_counts
+        result.duration_seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, SystemExit):
+        return "worker exiting"
+    text = str(exc) or exc.__class__.__name__
+    if exc.__class__.__module__.startswith(("integrity", "builtins")) and not isinstance(exc, (OSError,)):
+        return text
+    return f"{exc.__class__.__name__}: {text}"
+
+
+def _finish_completed(state: BackfillState, run: _Run) -> None:
+    details = dict(BackfillState.objects.filter(pk=state.pk).values_list("details", flat=True).first() or {})
+    details["validation"] = run.summary.as_dict()
+    if run.dropped_outside_range or run.dropped_out_of_order:
+        details["dropped"] = {"outside_range": run.dropped_outside_range, "repeated": run.dropped_out_of_order}
+    BackfillState.objects.filter(pk=state.pk).update(details=details)
+    state.mark_completed()
+    if run.summary.invalid_count:
+        record_invalid_bars_anomaly(state, run.summary)
+    track_symbol_failure(state.symbol, success=True)
+
+
+def _finish_failed(state: BackfillState, message: str) -> None:
+    try:
+        close_old_connections()
+        state.mark_failed(message)
+    except InvalidTransition:
+        # Reaped (or finished) meanwhile: the reaper already counted the failure.
+        logger.warning("backfill %s could not be marked failed: no longer active", state.execution_id)
+        return
+    except Exception:
+        # The database itself is gone: the reaper will fail the execution when it comes back.
+        logger.exception("backfill %s failed and its state could not be recorded", state.execution_id)
+        return
+    logger.warning("backfill %s (%s %s) failed: %s", state.execution_id, state.symbol, state.timeframe, message)
+    try:
+        track_symbol_failure(state.symbol, success=False, error=message)
+    except Exception:
+        logger.exception("failure tracking for %s could not be recorded", state.symbol)
+
+
+def record_invalid_bars_anomaly(state: BackfillState, summary: ValidationSummary):
+    """One invalid_ohlc anomaly per execution, with reason counts and examples."""
+    from .models import AnomalyType, DataAnomaly, Severity
+
+    state.refresh_from_db()
+    total = state.records_inserted + state.records_updated + summary.invalid_count
+    share = summary.invalid_count / total if total else 1.0
+    severity = Severity.HIGH if share > 0.01 else Severity.MEDIUM
+    reasons = ", ".join(f"{code} ×{n}" for code, n in sorted(summary.reason_counts.items()))
+    return DataAnomaly.objects.create(
+        symbol=state.symbol,
+        timeframe=state.timeframe,
+        anomaly_type=AnomalyType.INVALID_OHLC,
+        severity=severity,
+        description=(
+            f"{summary.invalid_count} invalid bar(s) from provider {state.provider or '?'} rejected by "
+            f"backfill {state.execution_id} and not stored ({reasons})"
+        ),
+        affected_rows=summary.invalid_count,
+        period_start=state.range_start,
+        period_end=state.range_end,
+        fingerprint=f"invalid_ohlc:execution:{state.execution_id}",
+        execution_id=state.execution_id,
+        details={"source": "backfill", **summary.as_dict()},
+    )

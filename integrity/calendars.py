@@ -1,0 +1,381 @@
+"""Which bars an instrument's calendar expects, so gaps and off-calendar bars can be told apart.
+
+Calendar codes:
+    * any exchange_calendars code or alias ("XNYS", "NYSE", "XLON", ...): exchange sessions,
+      holidays, half days, lunch breaks and DST as exchange_calendars knows them;
+    * ``"24/7"``: crypto, every bar of every day;
+    * ``"24/5"``: the FOREX WEEK, Sunday 17:00 to Friday 17:00 America/New_York (DST-correct).
+      exchange_calendars ships an unrelated calendar under the same name (Mon-Fri, midnight to
+      midnight UTC); ours always wins and "24/5" is never passed to exchange_calendars.
+
+Expected bars for [start, end) (start inclusive, end exclusive):
+    * intraday timeframes: every epoch-aligned bar that contains at least one trading minute
+      (exchange session minutes are open inclusive, close exclusive: exchange_calendars'
+      ``side="left"``), with start <= bar < end. A session opening at 14:30 UTC therefore
+      expects a 14:00 UTC 1h bar.
+    * ``1d``: exchanges, one bar per session stamped with the session date at 00:00 UTC;
+      24/7, every calendar day; 24/5, one bar per trading day Monday..Friday, where trading day
+      D runs from D-1 17:00 to D 17:00 New York time (the Sunday-evening open belongs to Monday,
+      the week's last day is the one that closes Friday 17:00). The forex calendar has no holidays:
+      Christmas and New Year are expected like any other weekday.
+
+Everything works on int64 nanoseconds since the epoch and is vectorised per trading interval
+(a session or a forex week), never per minute.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+
+from .timeframes import timeframe_seconds
+
+CRYPTO_CALENDAR = "24/7"
+FOREX_CALENDAR = "24/5"
+OWN_CALENDARS = (CRYPTO_CALENDAR, FOREX_CALENDAR)
+
+ASSET_CLASS_CALENDARS = {"equity": "XNYS", "crypto": CRYPTO_CALENDAR, "forex": FOREX_CALENDAR}
+
+NS_PER_SECOND = 1_000_000_000
+NS_PER_DAY = 86_400 * NS_PER_SECOND
+_FOREX_TZ = "America/New_York"
+_FOREX_CUTOFF = pd.Timedelta(hours=17)
+
+# How far back the "newest bar before" helpers look before giving up.
+_LOOKBACKS = (pd.Timedelta(days=5), pd.Timedelta(days=35))
+
+
+# --- codes -------------------------------------------------------------------------------------
+
+
+def _exchange_calendar_names() -> set[str]:
+    import exchange_calendars as xcals
+
+    return set(xcals.get_calendar_names(include_aliases=True)) - set(OWN_CALENDARS)
+
+
+def is_known_calendar(code: str) -> bool:
+    if not isinstance(code, str) or not code:
+        return False
+    return code in OWN_CALENDARS or code in _exchange_calendar_names()
+
+
+def validate_calendar_code(code: str) -> None:
+    if not is_known_calendar(code):
+        raise ValueError(
+            f"unknown calendar {code!r}: use an exchange_calendars code such as XNYS, XLON, XTKS "
+            f"(aliases like NYSE and LSE work too), '24/7' for crypto or '24/5' for the forex week "
+            f"(Sunday 17:00 to Friday 17:00 New York time)"
+        )
+
+
+def calendar_for_asset_class(asset_class: str) -> str:
+    """The default calendar of an asset class: equity XNYS, crypto 24/7, forex 24/5."""
+    try:
+        return ASSET_CLASS_CALENDARS[str(asset_class).lower()]
+    except KeyError:
+        raise ValueError(
+            f"no default calendar for asset class {asset_class!r}; expected one of "
+            f"{', '.join(ASSET_CLASS_CALENDARS)}"
+        ) from None
+
+
+# --- time conversion ---------------------------------------------------------------------------
+
+
+def _to_ns(value) -> int:
+    """A datetime-like as int64 ns since the epoch (UTC); naive values are taken as UTC."""
+    ts = pd.Timestamp(value)
+    if ts is pd.NaT:
+        raise ValueError("a time is required, got NaT/None")
+    ts = ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC)
+    return int(ts.as_unit("ns").value)
+
+
+def _index_from_ns(values: np.ndarray) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(np.asarray(values, dtype="int64").view("M8[ns]")).tz_localize(UTC)
+
+
+def _datetime_from_ns(value: int) -> datetime:
+    return pd.Timestamp(int(value), unit="ns", tz=UTC).to_pydatetime().astimezone(UTC)
+
+
+def _floor(values, step: int):
+    return values - np.mod(values, step)
+
+
+def _weekday(day_ns):
+    """Monday=0 for ns values at (or within) a UTC day; 1970-01-01 was a Thursday."""
+    return np.mod(np.floor_divide(day_ns, NS_PER_DAY) + 3, 7)
+
+
+# --- exchange calendars (cached, thread-safe) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ExchangeTable:
+    """One exchange_calendars build flattened to sorted int64 ns arrays."""
+
+    lo: int  # window the calendar was built for (session labels, ns)
+    hi: int
+    lo_is_bound: bool  # the window cannot be widened further that way
+    hi_is_bound: bool
+    sessions: np.ndarray  # session labels at 00:00 UTC
+    closes: np.ndarray  # session closes (monotonic)
+    iv_open: np.ndarray  # trading intervals [open, close): sessions split at lunch breaks
+    iv_close: np.ndarray
+
+    def covers(self, lo: int, hi: int) -> bool:
+        return (self.lo <= lo or self.lo_is_bound) and (self.hi >= hi or self.hi_is_bound)
+
+
+_tables: dict[str, _ExchangeTable] = {}
+_tables_lock = threading.Lock()
+_PAD = 366 * NS_PER_DAY
+
+
+def _ns_column(frame: pd.DataFrame, column: str) -> np.ndarray:
+    series = frame[column]
+    values = pd.DatetimeIndex(series).tz_convert(UTC).as_unit("ns")
+    return values.asi8.copy()
+
+
+def _build_table(name: str, lo: int, hi: int) -> _ExchangeTable:
+    import exchange_calendars as xcals
+
+    # The class's construction bounds (e.g. XHKG 1960..2049) are only reachable through the
+    # dispatcher's factory table; without it we just try and let exchange_calendars complain.
+    factories = getattr(xcals.calendar_utils.global_calendar_dispatcher, "_calendar_factories", {})
+    factory = factories.get(name)
+    bound_min = factory.bound_min() if factory is not None else None
+    bound_max = factory.bound_max() if factory is not None else None
+    today = pd.Timestamp.now(tz=UTC).normalize().tz_localize(None)
+    start = min(pd.Timestamp(lo, unit="ns"), today - pd.DateOffset(years=20)).normalize()
+    end = max(pd.Timestamp(hi, unit="ns"), today + pd.DateOffset(years=1)).normalize()
+    lo_is_bound = hi_is_bound = False
+    if bound_min is not None and start <= bound_min:
+        start, lo_is_bound = pd.Timestamp(bound_min), True
+    if bound_max is not None and end >= bound_max:
+        end, hi_is_bound = pd.Timestamp(bound_max), True
+    try:
+        with warnings.catch_warnings():
+            # exchange_calendars trips pandas 3 deprecation warnings that are not ours to fix.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            cal = xcals.get_calendar(name, start=start, end=end)
+    except Exception as exc:  # exchange_calendars raises assorted errors for unbuildable windows
+        raise ValueError(
+            f"calendar {name!r} could not be built for {start.date()}..{end.date()}: {exc}"
+        ) from exc
+    schedule = cal.schedule
+    opens = _ns_column(schedule, "open")
+    closes = _ns_column(schedule, "close")
+    iv_open, iv_close = opens, closes
+    if "break_start" in schedule and schedule["break_start"].notna().any():
+        has_break = schedule["break_start"].notna().to_numpy()
+        break_start = _ns_column(schedule, "break_start")
+        break_end = _ns_column(schedule, "break_end")
+        iv_open = np.concatenate([opens, break_end[has_break]])
+        iv_close = np.concatenate([np.where(has_break, break_start, closes), closes[has_break]])
+        order = np.argsort(iv_open, kind="stable")
+        iv_open, iv_close = iv_open[order], iv_close[order]
+    sessions = schedule.index.as_unit("ns").asi8.copy()  # naive session dates == UTC midnight
+    return _ExchangeTable(
+        lo=int(start.as_unit("ns").value), hi=int(end.as_unit("ns").value),
+        lo_is_bound=lo_is_bound, hi_is_bound=hi_is_bound,
+        sessions=sessions, closes=closes, iv_open=iv_open, iv_close=iv_close,
+    )
+
+
+def _exchange_table(code: str, lo: int, hi: int) -> _ExchangeTable:
+    """A table whose sessions cover [lo, hi] (ns), rebuilt wider when a request falls outside."""
+    import exchange_calendars as xcals
+
+    name = xcals.resolve_alias(code)
+    # Sessions may open the UTC day before their label (Asia-Pacific, futures): pad by days.
+    lo -= 3 * NS_PER_DAY
+    hi += 3 * NS_PER_DAY
+    table = _tables.get(name)
+    if table is not None and table.covers(lo, hi):
+        return table
+    with _tables_lock:
+        table = _tables.get(name)
+        if table is not None and table.covers(lo, hi):
+            return table
+        want_lo, want_hi = lo - _PAD, hi + _PAD
+        if table is not None:
+            want_lo, want_hi = min(want_lo, table.lo), max(want_hi, table.hi)
+        table = _build_table(name, want_lo, want_hi)
+        _tables[name] = table
+        return table
+
+
+# --- trading intervals -------------------------------------------------------------------------
+
+
+def _forex_intervals(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Forex weeks [Sunday 17:00, Friday 17:00) New York time overlapping [lo, hi] (ns)."""
+    first = pd.Timestamp(lo - 8 * NS_PER_DAY, unit="ns").normalize()
+    last = pd.Timestamp(hi + 8 * NS_PER_DAY, unit="ns").normalize()
+    sundays = pd.date_range(first, last, freq="W-SUN", unit="ns")
+    # 17:00 is never inside a DST transition in New York, so localisation is unambiguous.
+    opens = (sundays + _FOREX_CUTOFF).tz_localize(_FOREX_TZ).tz_convert(UTC).asi8
+    closes = (sundays + pd.Timedelta(days=5) + _FOREX_CUTOFF).tz_localize(_FOREX_TZ).tz_convert(UTC).asi8
+    return opens, closes
+
+
+def _forex_day_closes(days: np.ndarray) -> np.ndarray:
+    """Close (17:00 New York) of the forex trading days labelled by UTC-midnight ``days``."""
+    naive = pd.DatetimeIndex(np.asarray(days, dtype="int64").view("M8[ns]"))
+    return (naive + _FOREX_CUTOFF).tz_localize(_FOREX_TZ).tz_convert(UTC).asi8
+
+
+def _intervals(calendar: str, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted, non-overlapping trading intervals [open, close) covering at least [lo, hi]."""
+    if calendar == CRYPTO_CALENDAR:
+        return (np.array([_floor(lo, NS_PER_DAY) - NS_PER_DAY], dtype="int64"),
+                np.array([_floor(hi, NS_PER_DAY) + 2 * NS_PER_DAY], dtype="int64"))
+    if calendar == FOREX_CALENDAR:
+        return _forex_intervals(lo, hi)
+    table = _exchange_table(calendar, lo, hi)
+    a = np.searchsorted(table.iv_close, lo, side="right")
+    b = np.searchsorted(table.iv_open, hi, side="right")
+    return table.iv_open[a:b], table.iv_close[a:b]
+
+
+def _bars_in_intervals(iv_open: np.ndarray, iv_close: np.ndarray, step: int) -> np.ndarray:
+    """Sorted unique epoch-aligned bar opens whose [bar, bar+step) meets an interval."""
+    if len(iv_open) == 0:
+        return np.empty(0, dtype="int64")
+    first = _floor(iv_open, step)
+    last = _floor(iv_close - 1, step)
+    counts = (last - first) // step + 1
+    counts = np.maximum(counts, 0)
+    offsets = np.arange(int(counts.sum()), dtype="int64") - np.repeat(np.cumsum(counts) - counts, counts)
+    bars = np.repeat(first, counts) + offsets * step
+    # Intervals are sorted, so bars only repeat where adjacent intervals share a bucket.
+    if len(bars) > 1 and not np.all(bars[1:] > bars[:-1]):
+        bars = np.unique(bars)
+    return bars
+
+
+def _check(calendar: str, timeframe: str) -> int:
+    validate_calendar_code(calendar)
+    return timeframe_seconds(timeframe) * NS_PER_SECOND
+
+
+# --- public API --------------------------------------------------------------------------------
+
+
+def _expected_ns(calendar: str, timeframe: str, lo: int, hi: int) -> np.ndarray:
+    step = _check(calendar, timeframe)
+    if hi <= lo:
+        return np.empty(0, dtype="int64")
+    if timeframe == "1d":
+        first_day = -(-lo // NS_PER_DAY) * NS_PER_DAY  # ceil to a UTC midnight
+        if calendar in OWN_CALENDARS:
+            days = np.arange(first_day, hi, NS_PER_DAY, dtype="int64")
+            if calendar == FOREX_CALENDAR:
+                days = days[_weekday(days) < 5]
+            return days
+        table = _exchange_table(calendar, lo, hi)
+        a = np.searchsorted(table.sessions, lo, side="left")
+        b = np.searchsorted(table.sessions, hi, side="left")
+        return table.sessions[a:b].copy()
+    if calendar == CRYPTO_CALENDAR:
+        first = -(-lo // step) * step
+        return np.arange(first, hi, step, dtype="int64")
+    bars = _bars_in_intervals(*_intervals(calendar, lo, hi), step)
+    a = np.searchsorted(bars, lo, side="left")
+    b = np.searchsorted(bars, hi, side="left")
+    return bars[a:b]
+
+
+def expected_bars(calendar: str, timeframe: str, start: datetime, end: datetime) -> pd.DatetimeIndex:
+    """Open times (UTC, sorted, unique) of the bars ``calendar`` expects in [start, end)."""
+    return _index_from_ns(_expected_ns(calendar, timeframe, _to_ns(start), _to_ns(end)))
+
+
+def count_expected_bars(calendar: str, timeframe: str, start: datetime, end: datetime) -> int:
+    return len(_expected_ns(calendar, timeframe, _to_ns(start), _to_ns(end)))
+
+
+def is_expected_bar(calendar: str, timeframe: str, ts) -> np.ndarray:
+    """Which of the given bar open times the calendar expects (False for NaT and unaligned times).
+
+    Works per bar against the trading intervals spanning [min(ts), max(ts)], so sparse times far
+    apart cost no more than the sessions between them.
+    """
+    step = _check(calendar, timeframe)
+    index = pd.DatetimeIndex(pd.to_datetime(ts, utc=True)).as_unit("ns")
+    result = np.zeros(len(index), dtype=bool)
+    valid = ~np.asarray(index.isna())
+    if not valid.any():
+        return result
+    values = index.asi8[valid]
+    aligned = np.mod(values, step) == 0
+    lo, hi = int(values.min()), int(values.max()) + step
+    if timeframe == "1d":
+        if calendar == CRYPTO_CALENDAR:
+            ok = aligned
+        elif calendar == FOREX_CALENDAR:
+            ok = aligned & (_weekday(values) < 5)
+        else:
+            ok = aligned & np.isin(values, _exchange_table(calendar, lo, hi).sessions)
+    elif calendar == CRYPTO_CALENDAR:
+        ok = aligned
+    else:
+        iv_open, iv_close = _intervals(calendar, lo, hi)
+        # The last interval opening before the bar ends; intervals are disjoint and sorted, so if
+        # it closed before the bar opened, so did every earlier one.
+        idx = np.searchsorted(iv_open, values + step, side="left") - 1
+        safe = np.clip(idx, 0, max(len(iv_close) - 1, 0))
+        hit = (idx >= 0) & (iv_close[safe] > values) if len(iv_close) else np.zeros(len(values), bool)
+        ok = aligned & hit
+    result[valid] = ok
+    return result
+
+
+def last_completed_bar(calendar: str, timeframe: str, now: datetime) -> datetime | None:
+    """The newest expected bar that is complete at ``now``.
+
+    Intraday: bar open + timeframe <= now. Daily: exchanges, the last session whose close <= now;
+    24/7, the last UTC day that has ended; 24/5, the last trading day whose 17:00 New York close
+    <= now.
+    """
+    step = _check(calendar, timeframe)
+    now_ns = _to_ns(now)
+    if timeframe == "1d":
+        if calendar == CRYPTO_CALENDAR:
+            return _datetime_from_ns(_floor(now_ns, NS_PER_DAY) - NS_PER_DAY)
+        if calendar == FOREX_CALENDAR:
+            today = _floor(now_ns, NS_PER_DAY)
+            days = today + np.arange(-10, 2, dtype="int64") * NS_PER_DAY
+            days = days[_weekday(days) < 5]
+            days = days[_forex_day_closes(days) <= now_ns]
+            return _datetime_from_ns(days[-1]) if len(days) else None
+        table = _exchange_table(calendar, now_ns - int(_LOOKBACKS[-1].value), now_ns)
+        idx = int(np.searchsorted(table.closes, now_ns, side="right")) - 1
+        return _datetime_from_ns(table.sessions[idx]) if idx >= 0 else None
+    # Complete bars open at or before now - step; they are aligned, so end at floor(now - step) + step.
+    end = _floor(now_ns - step, step) + step
+    return _newest_before(calendar, timeframe, end)
+
+
+def previous_expected_bar(calendar: str, timeframe: str, ts: datetime) -> datetime | None:
+    """The newest expected bar strictly before ``ts``, looking back about a month at most."""
+    _check(calendar, timeframe)
+    return _newest_before(calendar, timeframe, _to_ns(ts))
+
+
+def _newest_before(calendar: str, timeframe: str, end_ns: int) -> datetime | None:
+    for lookback in _LOOKBACKS:
+        bars = _expected_ns(calendar, timeframe, end_ns - int(lookback.value), end_ns)
+        if len(bars):
+            return _datetime_from_ns(bars[-1])
+    return None

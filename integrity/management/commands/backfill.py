@@ -1,0 +1,184 @@
+"""``manage.py backfill``: fill candles for one or more series, each a tracked execution.
+
+Exit codes: 0 every series completed; 1 at least one series failed or was refused (another
+execution holds it); 2 the arguments are unusable (nothing was claimed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
+
+from integrity.backfill import BackfillError, BackfillResult, run_backfill
+from integrity.calendars import calendar_for_asset_class, validate_calendar_code
+from integrity.models import AssetClass, Instrument, Timeframe
+from integrity.providers import PROVIDER_NAMES
+
+
+def parse_when(value: str | None, label: str) -> datetime | None:
+    """ISO date or date-time; naive values are UTC."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CommandError(f"{label} {value!r} is not an ISO date or date-time (e.g. 2024-01-31 or "
+                           "2024-01-31T14:30:00Z)", returncode=2) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class Command(BaseCommand):
+    help = "Backfill candles for symbols/timeframes; every run is tracked in backfill_state_persistent."
+
+    def add_arguments(self, parser):
+        target = parser.add_mutually_exclusive_group()
+        target.add_argument("--symbols", "--symbol", dest="symbols",
+                            help="comma-separated symbols, e.g. AAPL,MSFT")
+        target.add_argument("--all", action="store_true", help="every active instrument of the watchlist")
+        parser.add_argument("--timeframe", help="1m, 5m, 15m, 1h, 4h or 1d (default: the instrument's own)")
+        parser.add_argument("--provider", choices=PROVIDER_NAMES, help="override the instrument's provider")
+        parser.add_argument("--file", help="CSV file (provider csv)")
+        parser.add_argument("--tz", help="time zone of naive CSV timestamps (default UTC)")
+        parser.add_argument("--asset-class", choices=AssetClass.values,
+                            help="registers the instrument when it is not on the watchlist yet")
+        parser.add_argument("--calendar", help="XNYS, …, 24/7 or 24/5 (with --asset-class for new instruments)")
+        parser.add_argument("--start", help="range start (ISO, UTC when naive; inclusive)")
+        parser.add_argument("--end", help="range end (ISO, UTC when naive; exclusive)")
+        parser.add_argument("--concurrency", type=int, default=1, help="series run in parallel (default 1)")
+        parser.add_argument("--strict", action="store_true", help="any invalid bar fails the run")
+        parser.add_argument("--batch-size", type=int, help="bars per committed batch")
+        parser.add_argument("--format", choices=["text", "json"], default="text")
+
+    # --- small methods that tests call directly ------------------------------------------------
+    def plan(self, options) -> list[tuple[str, str, dict]]:
+        """(symbol, timeframe, run kwargs) for every series the arguments name."""
+        timeframe = options.get("timeframe")
+        if timeframe and timeframe not in Timeframe.values:
+            raise CommandError(f"unknown timeframe {timeframe!r}; use one of {', '.join(Timeframe.values)}",
+                               returncode=2)
+        if options.get("calendar"):
+            try:
+                validate_calendar_code(options["calendar"])
+            except ValueError as exc:
+                raise CommandError(str(exc), returncode=2) from None
+        provider_options = {}
+        if options.get("file"):
+            provider_options["file"] = options["file"]
+        if options.get("tz"):
+            provider_options["tz"] = options["tz"]
+        if options.get("all"):
+            instruments = list(Instrument.objects.filter(active=True))
+            if not instruments:
+                raise CommandError("--all: the watchlist has no active instrument", returncode=2)
+        elif options.get("symbols"):
+            symbols = [s.strip() for s in options["symbols"].split(",") if s.strip()]
+            instruments = [self.ensure_instrument(symbol, options, timeframe) for symbol in symbols]
+        else:
+            raise CommandError("name the series: --symbols A,B or --all", returncode=2)
+        plans = []
+        for instrument in instruments:
+            timeframes = [timeframe] if timeframe else list(instrument.timeframes)
+            if not timeframes:
+                raise CommandError(f"{instrument.symbol}: no timeframe given and the instrument lists none",
+                                   returncode=2)
+            for tf in timeframes:
+                plans.append((instrument.symbol, tf, {"provider": options.get("provider"),
+                                                       "provider_options": provider_options}))
+        return plans
+
+    def ensure_instrument(self, symbol: str, options, timeframe: str | None) -> Instrument:
+        instrument = Instrument.objects.filter(symbol=symbol).first()
+        if instrument is not None:
+            return instrument
+        asset_class = options.get("asset_class")
+        if not asset_class:
+            raise CommandError(f"unknown instrument {symbol!r}: pass --asset-class (and --calendar) to register it",
+                               returncode=2)
+        instrument = Instrument.objects.create(
+            symbol=symbol,
+            asset_class=asset_class,
+            calendar=options.get("calendar") or calendar_for_asset_class(asset_class),
+            timeframes=[timeframe] if timeframe else ["1d"],
+            provider=options.get("provider") or "synthetic",
+            provider_options={k: v for k, v in (("file", options.get("file")), ("tz", options.get("tz"))) if v},
+        )
+        self.stderr.write(f"registered instrument {symbol} ({asset_class}, calendar {instrument.calendar})")
+        return instrument
+
+    def run_one(self, symbol: str, timeframe: str, kwargs: dict, options) -> BackfillResult:
+        try:
+            return run_backfill(
+                symbol, timeframe,
+                start=parse_when(options.get("start"), "--start"),
+                end=parse_when(options.get("end"), "--end"),
+                strict=options.get("strict", False),
+                batch_size=options.get("batch_size"),
+                requested_by="manage.py backfill",
+                **kwargs,
+            )
+        except BackfillError as exc:
+            return BackfillResult(symbol=symbol, timeframe=timeframe, status="failed", error=str(exc))
+        finally:
+            if threading.current_thread() is not threading.main_thread():
+                connections.close_all()
+
+    def handle(self, *args, **options):
+        plans = self.plan(options)
+        if options["concurrency"] < 1:
+            raise CommandError("--concurrency must be at least 1", returncode=2)
+        text = options["format"] == "text"
+        tty = text and sys.stderr.isatty()
+        results: list[BackfillResult] = []
+        lock = threading.Lock()
+
+        def done(result: BackfillResult):
+            with lock:
+                results.append(result)
+                if text:
+                    line = (f"[{len(results)}/{len(plans)}] {result.symbol} {result.timeframe}: {result.status}"
+                            f" +{result.inserted} inserted, {result.updated} updated, {result.invalid} invalid")
+                    if result.error:
+                        line += f" — {result.error}"
+                    self.stderr.write(("\r\033[K" if tty else "") + line)
+
+        if options["concurrency"] == 1 or len(plans) == 1:
+            for symbol, tf, kwargs in plans:
+                done(self.run_one(symbol, tf, kwargs, options))
+        else:
+            with ThreadPoolExecutor(max_workers=options["concurrency"]) as pool:
+                futures = [pool.submit(self.run_one, s, tf, kw, options) for s, tf, kw in plans]
+                for future in futures:
+                    done(future.result())
+
+        order = {(s, tf): i for i, (s, tf, _) in enumerate(plans)}
+        results.sort(key=lambda r: order[(r.symbol, r.timeframe)])
+        if text:
+            self.stdout.write(self.summary_table(results))
+        else:
+            self.stdout.write(json.dumps([r.as_dict() for r in results], indent=2))
+        if any(not r.ok for r in results):
+            sys.exit(1)
+
+    @staticmethod
+    def summary_table(results: list[BackfillResult]) -> str:
+        header = ("symbol", "tf", "status", "inserted", "updated", "invalid", "retry", "seconds", "execution")
+        rows = [header] + [
+            (r.symbol, r.timeframe, r.status, str(r.inserted), str(r.updated), str(r.invalid), str(r.retry_count),
+             f"{r.duration_seconds:.2f}", (r.execution_id or r.active_execution_id or "-"))
+            for r in results
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        failed = [r for r in results if not r.ok]
+        lines.append("")
+        lines.append(f"{len(results) - len(failed)} completed, {len(failed)} failed or refused")
+        for r in failed:
+            lines.append(f"  {r.symbol} {r.timeframe}: {r.error}")
+        return "\n".join(lines)

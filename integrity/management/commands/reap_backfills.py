@@ -1,0 +1,34 @@
+"""``manage.py reap_backfills``: fail executions whose worker died, freeing their series.
+
+Exit code 0 always (reaping nothing is fine); the output lists what was reaped.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.core.management.base import BaseCommand
+
+from integrity.backfill import reap_dead_backfills
+
+
+class Command(BaseCommand):
+    help = "Mark in_progress backfills with a stale heartbeat (and never-started pending ones) as failed."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--timeout", type=int, help="heartbeat timeout in seconds (default: setting)")
+        parser.add_argument("--format", choices=["text", "json"], default="text")
+
+    def handle(self, *args, **options):
+        reaped = reap_dead_backfills(timeout_seconds=options.get("timeout"))
+        rows = [
+            {"execution_id": str(s.execution_id), "symbol": s.symbol, "timeframe": s.timeframe,
+             "error_message": s.error_message}
+            for s in reaped
+        ]
+        if options["format"] == "json":
+            self.stdout.write(json.dumps(rows, indent=2))
+            return
+        self.stdout.write(f"reaped {len(rows)} execution(s)")
+        for row in rows:
+            self.stdout.write(f"  {row['symbol']} {row['timeframe']} {row['execution_id']}: {row['error_message']}")

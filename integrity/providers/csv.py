@@ -1,0 +1,391 @@
+"""Bars from a CSV file per symbol.
+
+File: ``file`` if given, else ``<directory>/<SYMBOL>.csv`` (path separators in the symbol, as in
+``EUR/USD``, become ``_``: ``EUR_USD.csv``). Options in ``request.options`` override the
+constructor's (``file``, ``directory``, ``tz``, ``page_size``).
+
+Format: a header row; the first column is the timestamp whatever its header says (even empty,
+as pandas writes an index); ``open``/``high``/``low``/``close``/``volume`` are found by name in any
+letter case among the other columns; anything else (``Adj Close``) is ignored. Timestamps may be:
+  - a date only (``2024-01-02``, ``2024/01/02``): the daily bar of that session, 00:00 UTC of that
+    date whatever ``tz`` says;
+  - a date-time with an offset or ``Z``: converted to UTC;
+  - a naive date-time: local time in ``tz`` (default UTC), converted to UTC. A wall time that does
+    not exist (spring forward) or is ambiguous and cannot be inferred from a repeated time in the
+    file (fall back) is an error naming the line;
+  - a number: epoch seconds, or milliseconds / microseconds / nanoseconds when its magnitude says
+    so (>= 1e11 / 1e14 / 1e17; 1e11 seconds would be the year 5138).
+Anything else is an error naming the line and the value. Price or volume cells that are not
+numbers become NaN: validation rejects those bars and the rest are stored.
+
+Streaming: a first pass reads only the timestamp column, in chunks, to check the timestamps
+(so a bad line fails the fetch before any page is yielded) and to learn whether the rows within
+[start, end) appear in ascending order. If they do (the usual case), a second pass streams the
+rows in chunks of ``page_size`` and memory stays bounded by the page size. If they do not, the
+file is read whole, stably sorted by ts and paged: memory then grows with the file.
+
+Pages hold ``page_size`` bars, except that a run of equal timestamps is never split across pages,
+so validation sees every copy of a duplicate together (a page may then be a little longer).
+Line numbers in messages count the header as line 1 and assume no quoted field spans lines.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import pandas as pd
+
+from integrity.providers.base import (
+    BAR_COLUMNS,
+    FetchRequest,
+    ProviderConfigError,
+    ProviderError,
+    empty_bar_frame,
+)
+
+REQUIRED_COLUMNS = ("open", "high", "low", "close", "volume")
+DEFAULT_PAGE_SIZE = 50_000
+
+_DATE_ONLY = r"\d{4}[-/]\d{1,2}[-/]\d{1,2}"
+# A time of day followed by a zone designator: "...09:30Z", "...09:30:00+01:00", "...09:30 -0500".
+_HAS_OFFSET = r".*\d:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[zZ]|UTC|GMT|[+-]\d{2}(?::?\d{2})?)"
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+# Epoch magnitude thresholds: at or above each, the number is in the next finer unit.
+_EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (float("inf"), "ns"))
+_TS_DTYPE = "datetime64[ns, UTC]"
+_MIN_SCAN_CHUNK = 10_000
+
+
+class CsvProvider:
+    name = "csv"
+
+    def __init__(self, file: str | None = None, directory: str | None = None, tz: str = "UTC",
+                 page_size: int = DEFAULT_PAGE_SIZE, **ignored: Any):
+        self.file = file
+        self.directory = directory
+        self.tz = tz
+        self.page_size = page_size
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _setting(self, request: FetchRequest, key: str):
+        options = request.options or {}
+        value = options.get(key)
+        return value if value is not None else getattr(self, key)
+
+    def resolve_path(self, request: FetchRequest) -> str:
+        file = self._setting(request, "file")
+        if file:
+            return os.fspath(file)
+        directory = self._setting(request, "directory")
+        if not directory:
+            raise ProviderConfigError("set either 'file' or 'directory' for the csv provider",
+                                      provider=self.name)
+        stem = request.symbol.replace("/", "_").replace("\\", "_")
+        if not stem or stem in {".", ".."}:
+            raise ProviderConfigError(f"symbol {request.symbol!r} cannot name a file", provider=self.name)
+        return os.path.join(os.fspath(directory), f"{stem}.csv")
+
+    def _page_size(self, request: FetchRequest) -> int:
+        raw = self._setting(request, "page_size")
+        try:
+            size = int(raw)
+        except (TypeError, ValueError):
+            size = 0
+        if size < 1:
+            raise ProviderConfigError(f"page_size must be a positive integer, got {raw!r}",
+                                      provider=self.name)
+        return size
+
+    def _tz(self, request: FetchRequest) -> str:
+        tz = str(self._setting(request, "tz") or "UTC")
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ProviderConfigError(f"unknown time zone {tz!r}", provider=self.name) from None
+        return tz
+
+    # -- fetching ------------------------------------------------------------------------------
+
+    def fetch(self, request: FetchRequest) -> Iterator[pd.DataFrame]:
+        path = self.resolve_path(request)
+        page_size = self._page_size(request)
+        tz = self._tz(request)
+        reader = _CsvReader(path, tz, provider=self.name)
+        start, end = _utc(request.start), _utc(request.end)
+
+        scan = reader.scan(start, end, page_size)
+        if scan.first_row is None:
+            return
+        if scan.in_order:
+            rows = reader.stream(start, end, page_size, scan.first_row, scan.last_row)
+        else:
+            rows = iter([reader.read_all_sorted(start, end)])
+        yield from _pages(rows, page_size)
+
+
+class _Scan:
+    def __init__(self):
+        self.first_row: int | None = None  # data row index of the first row within range
+        self.last_row: int | None = None
+        self.in_order = True
+        self._last_ts: int | None = None
+
+    def add(self, offset: int, ts: pd.Series, in_range: np.ndarray) -> None:
+        positions = np.flatnonzero(in_range)
+        if not len(positions):
+            return
+        if self.first_row is None:
+            self.first_row = offset + int(positions[0])
+        self.last_row = offset + int(positions[-1])
+        values = ts.array.asi8[positions]
+        if self.in_order:
+            ascending = bool((np.diff(values) >= 0).all())
+            follows = self._last_ts is None or values[0] >= self._last_ts
+            self.in_order = ascending and follows
+        self._last_ts = int(values[-1])
+
+
+class _CsvReader:
+    def __init__(self, path: str, tz: str, provider: str):
+        self.path = path
+        self.tz = tz
+        self.provider = provider
+        self.header = self._read_header()
+        self.width = len(self.header)
+        self.columns = self._locate_columns()
+
+    def _error(self, message: str, cls=ProviderError) -> ProviderError:
+        return cls(message, provider=self.provider, path=self.path)
+
+    def _read_header(self) -> list[str]:
+        if not os.path.isfile(self.path):
+            raise self._error(f"CSV file not found: {self.path}", ProviderConfigError)
+        try:
+            with open(self.path, newline="", encoding="utf-8-sig") as handle:
+                lines = csv.reader(handle)
+                header = next(lines, None)
+                first = next(lines, None)
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise self._error(f"cannot read CSV file: {exc}") from exc
+        if not header or not any(cell.strip() for cell in header):
+            raise self._error("CSV file is empty (no header row)")
+        header = [cell.strip() for cell in header]
+        # pandas writes an index without a header cell: "Open,High,..." over "2024-01-02,1,..."
+        if first is not None and len(first) == len(header) + 1:
+            header = ["", *header]
+        return header
+
+    def _locate_columns(self) -> list[int]:
+        positions: dict[str, int] = {}
+        for i, name in enumerate(self.header[1:], start=1):
+            positions.setdefault(name.lower(), i)
+        missing = [c for c in REQUIRED_COLUMNS if c not in positions]
+        if missing:
+            raise self._error(
+                f"CSV file is missing required column(s) {', '.join(missing)}; the first column must "
+                f"be the timestamp, then open, high, low, close, volume in any order and letter case; "
+                f"header found: {self.header}"
+            )
+        return [positions[c] for c in REQUIRED_COLUMNS]
+
+    def _read(self, usecols: list[int], chunksize: int | None):
+        try:
+            return pd.read_csv(
+                self.path,
+                header=None,
+                skiprows=1,
+                names=[f"c{i}" for i in range(self.width)],
+                usecols=usecols,
+                index_col=False,
+                dtype=str,
+                encoding="utf-8-sig",
+                skip_blank_lines=False,  # keeps row index == line number - 2
+                chunksize=chunksize,
+            )
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise self._error(f"cannot parse CSV file: {exc}") from exc
+
+    def _chunks(self, usecols: list[int], chunksize: int) -> Iterator[tuple[int, pd.DataFrame]]:
+        offset = 0
+        reader = self._read(usecols, chunksize)
+        try:
+            with reader:
+                for chunk in reader:
+                    yield offset, chunk
+                    offset += len(chunk)
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise self._error(f"cannot parse CSV file: {exc}") from exc
+
+    def _blank(self, chunk: pd.DataFrame) -> np.ndarray:
+        return chunk.isna().all(axis=1).to_numpy()
+
+    def scan(self, start: pd.Timestamp, end: pd.Timestamp, chunksize: int) -> _Scan:
+        result = _Scan()
+        # Only the ts column is held, so a larger chunk than a page costs little and saves time.
+        for offset, chunk in self._chunks([0], max(chunksize, _MIN_SCAN_CHUNK)):
+            blank = self._blank(chunk)
+            ts = self.parse_timestamps(chunk.iloc[:, 0], offset, blank)
+            in_range = ~blank & (ts >= start).to_numpy() & (ts < end).to_numpy()
+            result.add(offset, ts, in_range)
+        return result
+
+    def stream(self, start, end, chunksize: int, first_row: int, last_row: int) -> Iterator[pd.DataFrame]:
+        for offset, chunk in self._chunks([0, *self.columns], chunksize):
+            if offset + len(chunk) <= first_row:
+                continue
+            if offset > last_row:
+                return
+            yield self._bars(chunk, offset, start, end)
+
+    def read_all_sorted(self, start, end) -> pd.DataFrame:
+        bars = self._bars(self._read([0, *self.columns], None), 0, start, end)
+        return bars.sort_values("ts", kind="stable").reset_index(drop=True)
+
+    def _bars(self, chunk: pd.DataFrame, offset: int, start, end) -> pd.DataFrame:
+        blank = self._blank(chunk)
+        ts = self.parse_timestamps(chunk.iloc[:, 0], offset, blank)
+        keep = ~blank & (ts >= start).to_numpy() & (ts < end).to_numpy()
+        # usecols returns columns in file order; pick each by its file position.
+        by_position = dict(zip(sorted([0, *self.columns]), range(chunk.shape[1]), strict=True))
+        data = {"ts": ts[keep].reset_index(drop=True)}
+        for name, position in zip(BAR_COLUMNS[1:], self.columns, strict=True):
+            cells = chunk.iloc[keep, by_position[position]].reset_index(drop=True)
+            data[name] = pd.to_numeric(cells.str.strip(), errors="coerce").astype("float64")
+        return pd.DataFrame(data, columns=BAR_COLUMNS)
+
+    # -- timestamps ----------------------------------------------------------------------------
+
+    def parse_timestamps(self, raw: pd.Series, offset: int, blank: np.ndarray) -> pd.Series:
+        """UTC timestamps for one chunk of the first column; raises on the first bad value."""
+        text = raw.fillna("").astype("str").str.strip().reset_index(drop=True)
+        out = pd.Series(pd.NaT, index=text.index, dtype=_TS_DTYPE)
+
+        numeric = text.str.fullmatch(_NUMBER).to_numpy()
+        date_only = text.str.fullmatch(_DATE_ONLY).to_numpy()
+        aware = ~numeric & ~date_only & text.str.fullmatch(_HAS_OFFSET).to_numpy()
+        naive = ~numeric & ~date_only & ~aware & (text != "").to_numpy()
+
+        if numeric.any():
+            out[numeric] = self._parse_epoch(text[numeric])
+        if date_only.any():
+            dates = pd.to_datetime(text[date_only].str.replace("/", "-"), format="%Y-%m-%d",
+                                   errors="coerce")
+            out[date_only] = dates.dt.tz_localize("UTC").astype(_TS_DTYPE)
+        if aware.any():
+            out[aware] = _to_datetime(text[aware], utc=True).astype(_TS_DTYPE)
+        if naive.any():
+            out[naive] = self._localize(_to_datetime(text[naive], utc=False), offset)
+
+        bad = out.isna().to_numpy() & ~blank
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise self._error(
+                f"unparseable timestamp {text.iloc[row]!r} at line {offset + row + 2}"
+                f" (expected a date, an ISO date-time or epoch seconds/milliseconds)"
+            )
+        return out
+
+    def _parse_epoch(self, text: pd.Series) -> pd.Series:
+        numbers = pd.to_numeric(text, errors="coerce").astype("float64")
+        magnitude = numbers.abs()
+        out = pd.Series(pd.NaT, index=text.index, dtype=_TS_DTYPE)
+        lower = 0.0
+        for upper, unit in _EPOCH_UNITS:
+            band = (magnitude >= lower) & (magnitude < upper)
+            if band.any():
+                out[band] = pd.to_datetime(numbers[band], unit=unit, utc=True, errors="coerce") \
+                    .astype(_TS_DTYPE)
+            lower = upper
+        return out
+
+    def _localize(self, naive: pd.Series, offset: int) -> pd.Series:
+        if naive.dt.tz is not None:  # mixed-format parsing may still find an offset
+            return naive.dt.tz_convert("UTC").astype(_TS_DTYPE)
+        if self.tz == "UTC":
+            return naive.dt.tz_localize("UTC").astype(_TS_DTYPE)
+        try:
+            # A repeated wall time during the fall-back hour is told apart by its order.
+            local = naive.dt.tz_localize(self.tz, ambiguous="infer", nonexistent="NaT")
+        except Exception as exc:  # pandas raises several types for "cannot infer"
+            undecided = naive.dt.tz_localize(self.tz, ambiguous="NaT", nonexistent="NaT").isna()
+            as_dst = naive.dt.tz_localize(self.tz, ambiguous=np.ones(len(naive), dtype=bool),
+                                          nonexistent="NaT")
+            ambiguous = (undecided & as_dst.notna()).to_numpy()
+            if not ambiguous.any():
+                raise self._error(f"cannot convert local times from {self.tz}: {exc}") from exc
+            row = naive.index[ambiguous][0]
+            raise self._error(
+                f"ambiguous local time {naive[row]} in {self.tz} (clocks go back) at line "
+                f"{offset + int(row) + 2}; use timestamps with a UTC offset"
+            ) from None
+        gap = local.isna() & naive.notna()
+        if gap.any():
+            row = gap.index[gap.to_numpy()][0]
+            raise self._error(
+                f"local time {naive[row]} does not exist in {self.tz} (clocks go forward) at line "
+                f"{offset + int(row) + 2}"
+            )
+        return local.dt.tz_convert("UTC").astype(_TS_DTYPE)
+
+
+def _to_datetime(text: pd.Series, utc: bool) -> pd.Series:
+    """ISO 8601 first (fast); whatever it cannot read goes through the flexible parser.
+
+    Values still unreadable stay NaT, for the caller to report with their line number.
+    """
+    parsed = pd.to_datetime(text, format="ISO8601", utc=utc, errors="coerce").dt.as_unit("ns")
+    failed = parsed.isna() & (text != "")
+    if not failed.any():
+        return parsed
+    try:
+        retry = pd.to_datetime(text[failed], format="mixed", utc=utc, errors="coerce")
+    except (ValueError, TypeError, OverflowError):  # e.g. naive and aware values mixed together
+        return parsed
+    if not pd.api.types.is_datetime64_any_dtype(retry) or retry.dt.tz != parsed.dt.tz:
+        return parsed
+    parsed = parsed.copy()
+    parsed[failed] = retry.dt.as_unit("ns")
+    return parsed
+
+
+def _utc(value: datetime) -> pd.Timestamp:
+    stamp = pd.Timestamp(value)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return stamp.as_unit("ns")
+
+
+def _pages(chunks: Iterator[pd.DataFrame], page_size: int) -> Iterator[pd.DataFrame]:
+    """Regroup ascending bars into pages of ``page_size`` without splitting a run of equal ts."""
+    buffer = empty_bar_frame()
+    for chunk in chunks:
+        if chunk.empty:
+            continue
+        buffer = chunk if buffer.empty else pd.concat([buffer, chunk], ignore_index=True)
+        while len(buffer) > page_size:
+            cut = _cut(buffer["ts"].array.asi8, page_size)
+            if cut is None:  # a run of equal ts reaches the end of what we hold: read on
+                break
+            yield buffer.iloc[:cut].reset_index(drop=True)
+            buffer = buffer.iloc[cut:].reset_index(drop=True)
+    while not buffer.empty:
+        cut = _cut(buffer["ts"].array.asi8, page_size) if len(buffer) > page_size else None
+        cut = cut or len(buffer)
+        yield buffer.iloc[:cut].reset_index(drop=True)
+        buffer = buffer.iloc[cut:].reset_index(drop=True)
+
+
+def _cut(ts: np.ndarray, page_size: int) -> int | None:
+    """Where to end a page of ``ts`` (ascending, longer than page_size), or None if undecidable."""
+    boundary = ts[page_size]
+    run_start = int(np.searchsorted(ts, boundary, side="left"))
+    if run_start > 0:
+        return run_start
+    run_end = int(np.searchsorted(ts, boundary, side="right"))
+    return run_end if run_end < len(ts) else None
