@@ -36,6 +36,7 @@ from ..timeframes import timeframe_seconds
 from .base import BAR_COLUMNS, FetchRequest, ProviderConfigError, ProviderError, empty_bar_frame
 
 SPIKE_FACTOR = 1.5
+_BLOCK_ROWS = 50_000
 
 _DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -58,7 +59,7 @@ _NOISE_SCALES = (60, 300, 900, 3600, 14_400, 86_400, 604_800, 2_592_000, 31_536_
 _DAY = 86_400.0
 
 # Stream ids keep the hashed quantities independent of each other.
-_S_DRIFT, _S_WICK_HI, _S_WICK_LO, _S_VOLUME, _S_GAP, _S_SPIKE, _S_INVALID = range(100, 107)
+_S_WICK_HI, _S_WICK_LO, _S_VOLUME, _S_GAP, _S_SPIKE, _S_INVALID = range(101, 107)
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -94,6 +95,34 @@ def _uniform(key: int, counter: np.ndarray) -> np.ndarray:
     return (_mix(z) >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
 
 
+def _knot_values(key: int, knot: np.ndarray, amplitude: float) -> tuple[np.ndarray, np.ndarray]:
+    """Value noise at each point's knot and the knot after, in [-amplitude, amplitude].
+
+    ``knot`` is sorted: each distinct knot is hashed once, and a knot's successor value is reused
+    from the next distinct knot when they are consecutive (contiguous bars).
+    """
+    if len(knot) == 0:
+        return np.empty(0), np.empty(0)
+    change = np.empty(len(knot), dtype=bool)
+    change[0] = True
+    np.not_equal(knot[1:], knot[:-1], out=change[1:])
+    every = bool(change.all())
+    distinct = knot if every else knot[change]
+    h0 = _uniform(key, distinct)
+    h1 = np.empty_like(h0)
+    consecutive = distinct[1:] == distinct[:-1] + 1
+    h1[:-1][consecutive] = h0[1:][consecutive]
+    missing = np.ones(len(distinct), dtype=bool)
+    missing[:-1] = ~consecutive
+    h1[missing] = _uniform(key, distinct[missing] + 1)
+    v0 = (2.0 * amplitude) * h0 - amplitude
+    v1 = (2.0 * amplitude) * h1 - amplitude
+    if not every:
+        where = np.cumsum(change) - 1
+        v0, v1 = v0[where], v1[where]
+    return v0, v1
+
+
 def _as_ns_list(values) -> np.ndarray:
     if values is None:
         return np.empty(0, dtype="int64")
@@ -126,7 +155,7 @@ class _Series:
         path_key = _stable_key("path", seed, symbol)
         self.scale_keys = [_mix_int((path_key + (i + 1) * 0x9E3779B97F4A7C15) & _MASK)
                            for i in range(len(_NOISE_SCALES))]
-        phases = _uniform(path_key, np.arange(4, dtype="int64"))
+        phases = _uniform(path_key, np.arange(2, dtype="int64"))
         self.phases = phases * 2 * np.pi
         bar_key = _stable_key("bar", seed, symbol, timeframe)
         self.keys = {s: _mix_int(bar_key ^ _mix_int(s)) for s in
@@ -135,29 +164,25 @@ class _Series:
 
     def level(self, t: np.ndarray) -> np.ndarray:
         """Price level at times ``t`` (int64 seconds)."""
-        tf = t.astype(np.float64)
+        t = np.asarray(t, dtype="int64")
+        if len(t) > 1 and not bool(np.all(t[1:] >= t[:-1])):
+            order = np.argsort(t, kind="stable")
+            result = np.empty(len(t), dtype=np.float64)
+            result[order] = self.level(t[order])
+            return result
+        seconds = t.astype(np.float64)
         p = self.phases
-        log_level = (0.15 * np.sin(2 * np.pi * tf / (365.25 * _DAY) + p[0])
-                     + 0.05 * np.sin(2 * np.pi * tf / (41 * _DAY) + p[1])
-                     + 0.02 * np.sin(2 * np.pi * tf / (5.3 * _DAY) + p[2]))
-        ordered = len(t) < 2 or bool(np.all(t[1:] >= t[:-1]))
+        # Slow trends (at most ~0.5% a day) so charts have shape without swamping the noise.
+        log_level = (0.15 * np.sin(seconds * (2 * np.pi / (365.25 * _DAY)) + p[0])
+                     + 0.04 * np.sin(seconds * (2 * np.pi / (47 * _DAY)) + p[1]))
         for scale, key in zip(_NOISE_SCALES, self.scale_keys, strict=True):
             knot = np.floor_divide(t, scale)
-            frac = (t - knot * scale).astype(np.float64) / scale
-            if ordered and len(t) > 64 and knot[-1] - knot[0] < len(t) // 4:
-                # Coarse scale: few distinct knots, hash each once (t is sorted, so knots are too).
-                change = np.empty(len(knot), dtype=bool)
-                change[0] = True
-                np.not_equal(knot[1:], knot[:-1], out=change[1:])
-                distinct = knot[change]
-                where = np.cumsum(change) - 1
-                v0 = _uniform(key, distinct)[where]
-                v1 = _uniform(key, distinct + 1)[where]
-            else:
-                v0 = _uniform(key, knot)
-                v1 = _uniform(key, knot + 1)
-            amplitude = self.volatility * np.sqrt(scale / _DAY)
-            log_level += amplitude * (2.0 * (v0 + (v1 - v0) * frac) - 1.0)
+            frac = (t - knot * scale) * (1.0 / scale)
+            v0, v1 = _knot_values(key, knot, self.volatility * np.sqrt(scale / _DAY))
+            v1 -= v0
+            v1 *= frac
+            log_level += v0
+            log_level += v1
         return self.base_price * np.exp(log_level)
 
     def u(self, stream: int, t: np.ndarray) -> np.ndarray:
@@ -212,25 +237,30 @@ class SyntheticProvider:
 
         if fail_after is not None and fail_after <= 0:
             raise failure()
-        window = page_size * series.step * NS_PER_SECOND
+        # Bars are computed in blocks of whole pages (at least ~50k rows): numpy's per-call overhead
+        # dominates on small arrays, and memory stays bounded by the block.
+        block = page_size * max(1, _BLOCK_ROWS // page_size)
+        window = block * series.step * NS_PER_SECOND
         pending = np.empty(0, dtype="int64")
         cursor = lo
         while cursor < hi or len(pending):
-            if cursor < hi and len(pending) < page_size:
+            if cursor < hi and len(pending) < block:
                 upper = min(cursor + window, hi)
                 ts = _expected_ns(request.calendar, request.timeframe, cursor, upper)
                 cursor = upper
                 ts = self._drop_gaps(ts, series, gaps, float(opts["gap_rate"]))
                 pending = np.concatenate([pending, ts]) if len(pending) else ts
                 continue
-            page, pending = pending[:page_size], pending[page_size:]
-            frame = self._bars(page, series, spikes, invalid, opts)
-            if delay > 0:
-                time.sleep(delay)
-            yield frame
-            pages += 1
-            if fail_after is not None and pages >= fail_after:
-                raise failure()
+            chunk, pending = pending[:block], pending[block:]
+            frame = self._bars(chunk, series, spikes, invalid, opts)
+            for offset in range(0, len(frame), page_size):
+                page = frame.iloc[offset:offset + page_size].reset_index(drop=True)
+                if delay > 0:
+                    time.sleep(delay)
+                yield page
+                pages += 1
+                if fail_after is not None and pages >= fail_after:
+                    raise failure()
 
     @staticmethod
     def _drop_gaps(ts: np.ndarray, series: _Series, gaps: np.ndarray, gap_rate: float) -> np.ndarray:
