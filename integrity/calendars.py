@@ -302,7 +302,12 @@ def expected_bars(calendar: str, timeframe: str, start: datetime, end: datetime)
 
 
 def count_expected_bars(calendar: str, timeframe: str, start: datetime, end: datetime) -> int:
-    return len(_expected_ns(calendar, timeframe, _to_ns(start), _to_ns(end)))
+    lo, hi = _to_ns(start), _to_ns(end)
+    if calendar == CRYPTO_CALENDAR:
+        step = _check(calendar, timeframe)  # 24/7 bars, daily ones included, are epoch-aligned
+        first = -(-lo // step) * step
+        return max(0, -(-(hi - first) // step))
+    return len(_expected_ns(calendar, timeframe, lo, hi))
 
 
 def is_expected_bar(calendar: str, timeframe: str, ts) -> np.ndarray:

@@ -82,6 +82,9 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+    # Tests use a file (not the shared-cache in-memory default) so threads and worker processes
+    # lock, wait and see each other's commits the way production does.
+    _db["TEST"] = {"NAME": str(BASE_DIR / ".test_db.sqlite3")}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

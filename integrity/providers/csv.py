@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -56,6 +57,8 @@ _DATE_ONLY = r"\d{4}[-/]\d{1,2}[-/]\d{1,2}"
 # A time of day followed by a zone designator: "...09:30Z", "...09:30:00+01:00", "...09:30 -0500".
 _HAS_OFFSET = r".*\d:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[zZ]|UTC|GMT|[+-]\d{2}(?::?\d{2})?)"
 _NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_ISO_START = r"\d{4}-\d{2}-\d{2}(?:$|[T ]\d)"
+_OFFSET_SUFFIX = r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)\s*$"
 # Epoch magnitude thresholds: at or above each, the number is in the next finer unit.
 _EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (float("inf"), "ns"))
 _TS_DTYPE = "datetime64[ns, UTC]"
@@ -264,7 +267,62 @@ class _CsvReader:
 
     def parse_timestamps(self, raw: pd.Series, offset: int, blank: np.ndarray) -> pd.Series:
         """UTC timestamps for one chunk of the first column; raises on the first bad value."""
-        text = raw.fillna("").astype("str").str.strip().reset_index(drop=True)
+        raw = raw.reset_index(drop=True)
+        out = self._parse_uniform(raw, offset)
+        if out is None:
+            out = self._parse_each_kind(raw, offset)
+        bad = out.isna().to_numpy() & ~blank
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise self._error(
+                f"unparseable timestamp {str(raw.iloc[row]).strip()!r} at line {offset + row + 2}"
+                f" (expected a date, an ISO date-time or epoch seconds/milliseconds)"
+            )
+        return out
+
+    def _parse_uniform(self, raw: pd.Series, offset: int) -> pd.Series | None:
+        """Fast path for the usual file, where every value has the same kind: all epoch numbers,
+        or all ISO 8601 (dates and naive date-times, or all with a UTC offset). None otherwise."""
+        present = raw.dropna()
+        if present.empty:
+            return pd.Series(pd.NaT, index=raw.index, dtype=_TS_DTYPE)
+        first = str(present.iloc[0]).strip()
+        if re.fullmatch(_NUMBER, first):
+            numbers = pd.to_numeric(raw, errors="coerce")
+            if int(numbers.notna().sum()) != len(present):
+                return None
+            return _parse_epoch(numbers)
+        if not re.match(_ISO_START, first):
+            return None
+        try:
+            parsed = pd.to_datetime(raw, format="ISO8601")
+        except (ValueError, TypeError, OverflowError):
+            # Offsets that change with DST ("-05:00" then "-04:00") are still uniform if every
+            # value carries one.
+            if not re.fullmatch(_HAS_OFFSET, first):
+                return None
+            if not bool(present.str.contains(_OFFSET_SUFFIX, regex=True).all()):
+                return None
+            try:
+                parsed = pd.to_datetime(raw, format="ISO8601", utc=True)
+            except (ValueError, TypeError, OverflowError):
+                return None
+        if not pd.api.types.is_datetime64_any_dtype(parsed):
+            return None
+        if parsed.dt.tz is not None:
+            return parsed.dt.tz_convert("UTC").astype(_TS_DTYPE)
+        if self.tz == "UTC":  # date-only values land on 00:00 UTC either way
+            return parsed.dt.tz_localize("UTC").astype(_TS_DTYPE)
+        out = pd.Series(pd.NaT, index=raw.index, dtype=_TS_DTYPE)
+        date_only = (raw.str.len() <= len("YYYY-MM-DD")).fillna(False).to_numpy(dtype=bool)
+        out[date_only] = parsed[date_only].dt.tz_localize("UTC").astype(_TS_DTYPE)
+        if not date_only.all():
+            out[~date_only] = self._localize(parsed[~date_only].dt.as_unit("ns"), offset)
+        return out
+
+    def _parse_each_kind(self, raw: pd.Series, offset: int) -> pd.Series:
+        """Slow path: classify every value (epoch, date, with offset, naive) and parse each kind."""
+        text = raw.fillna("").astype("str").str.strip()
         out = pd.Series(pd.NaT, index=text.index, dtype=_TS_DTYPE)
 
         numeric = text.str.fullmatch(_NUMBER).to_numpy()
@@ -273,7 +331,7 @@ class _CsvReader:
         naive = ~numeric & ~date_only & ~aware & (text != "").to_numpy()
 
         if numeric.any():
-            out[numeric] = self._parse_epoch(text[numeric])
+            out[numeric] = _parse_epoch(pd.to_numeric(text[numeric], errors="coerce"))
         if date_only.any():
             dates = pd.to_datetime(text[date_only].str.replace("/", "-"), format="%Y-%m-%d",
                                    errors="coerce")
@@ -282,27 +340,6 @@ class _CsvReader:
             out[aware] = _to_datetime(text[aware], utc=True).astype(_TS_DTYPE)
         if naive.any():
             out[naive] = self._localize(_to_datetime(text[naive], utc=False), offset)
-
-        bad = out.isna().to_numpy() & ~blank
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise self._error(
-                f"unparseable timestamp {text.iloc[row]!r} at line {offset + row + 2}"
-                f" (expected a date, an ISO date-time or epoch seconds/milliseconds)"
-            )
-        return out
-
-    def _parse_epoch(self, text: pd.Series) -> pd.Series:
-        numbers = pd.to_numeric(text, errors="coerce").astype("float64")
-        magnitude = numbers.abs()
-        out = pd.Series(pd.NaT, index=text.index, dtype=_TS_DTYPE)
-        lower = 0.0
-        for upper, unit in _EPOCH_UNITS:
-            band = (magnitude >= lower) & (magnitude < upper)
-            if band.any():
-                out[band] = pd.to_datetime(numbers[band], unit=unit, utc=True, errors="coerce") \
-                    .astype(_TS_DTYPE)
-            lower = upper
         return out
 
     def _localize(self, naive: pd.Series, offset: int) -> pd.Series:
@@ -333,6 +370,19 @@ class _CsvReader:
                 f"{offset + int(row) + 2}"
             )
         return local.dt.tz_convert("UTC").astype(_TS_DTYPE)
+
+
+def _parse_epoch(numbers: pd.Series) -> pd.Series:
+    """Epoch numbers to UTC, the unit chosen per value by its magnitude."""
+    magnitude = numbers.abs()
+    out = pd.Series(pd.NaT, index=numbers.index, dtype=_TS_DTYPE)
+    lower = 0.0
+    for upper, unit in _EPOCH_UNITS:
+        band = ((magnitude >= lower) & (magnitude < upper)).to_numpy()
+        if band.any():
+            out[band] = pd.to_datetime(numbers[band], unit=unit, utc=True, errors="coerce").astype(_TS_DTYPE)
+        lower = upper
+    return out
 
 
 def _to_datetime(text: pd.Series, utc: bool) -> pd.Series:
