@@ -58,6 +58,9 @@ class Instrument(models.Model):
     timeframes = models.JSONField(default=list, blank=True, help_text='e.g. ["1d", "1h"]')
     provider = models.CharField(max_length=32, default="synthetic")
     provider_options = models.JSONField(default=dict, blank=True)
+    quality_thresholds = models.JSONField(
+        default=dict, blank=True, help_text='per-instrument detector overrides, e.g. {"outlier_move": 0.3}'
+    )
     active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -145,7 +148,7 @@ class BackfillState(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     records_inserted = models.IntegerField(default=0)
-    error_message = models.TextField(null=True, blank=True)
+    error_message = models.TextField(null=True, blank=True)  # noqa: DJ001 — the seed's column is nullable
     retry_count = models.IntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -193,6 +196,15 @@ class BackfillState(models.Model):
     def __str__(self) -> str:
         return f"{self.symbol} {self.timeframe} {self.status} ({self.execution_id})"
 
+    def save(self, *args, **kwargs):
+        # Terminal states are final, whoever saves: a row loaded as completed/failed may be edited
+        # (e.g. details) but its status cannot change.
+        loaded = getattr(self, "_loaded_status", None)
+        if loaded in TERMINAL_STATUSES and self.status != loaded:
+            raise InvalidTransition(f"execution {self.execution_id} is {loaded}; terminal states are final")
+        super().save(*args, **kwargs)
+        self._loaded_status = self.status
+
     @classmethod
     def from_db(cls, db, field_names, values):
         instance = super().from_db(db, field_names, values)
@@ -212,15 +224,6 @@ class BackfillState(models.Model):
         if self.started_at and self.completed_at:
             return self.completed_at - self.started_at
         return None
-
-    def save(self, *args, **kwargs):
-        # Terminal states are final, whoever saves: a row loaded as completed/failed may be edited
-        # (e.g. details) but its status cannot change.
-        loaded = getattr(self, "_loaded_status", None)
-        if loaded in TERMINAL_STATUSES and self.status != loaded:
-            raise InvalidTransition(f"execution {self.execution_id} is {loaded}; terminal states are final")
-        super().save(*args, **kwargs)
-        self._loaded_status = self.status
 
     # --- state changes: compare-and-set updates, the row count says whether we won -------------
     def _transition(self, allowed_from: tuple[str, ...], **changes) -> None:

@@ -13,8 +13,8 @@ loses at most the batch in flight and never leaves half a batch behind.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
+
 import pandas as pd
 from django.db import connection
 from django.utils import timezone

@@ -207,7 +207,8 @@ class _CsvReader:
                 names=[f"c{i}" for i in range(self.width)],
                 usecols=usecols,
                 index_col=False,
-                dtype=str,
+                # No dtype: the C parser reads numeric columns natively (fast); a column with
+                # any non-numeric cell comes back as strings and is coerced below.
                 encoding="utf-8-sig",
                 skip_blank_lines=False,  # keeps row index == line number - 2
                 chunksize=chunksize,
@@ -260,7 +261,9 @@ class _CsvReader:
         data = {"ts": ts[keep].reset_index(drop=True)}
         for name, position in zip(BAR_COLUMNS[1:], self.columns, strict=True):
             cells = chunk.iloc[keep, by_position[position]].reset_index(drop=True)
-            data[name] = pd.to_numeric(cells.str.strip(), errors="coerce").astype("float64")
+            if cells.dtype != np.float64:
+                cells = pd.to_numeric(cells, errors="coerce").astype("float64")
+            data[name] = cells
         return pd.DataFrame(data, columns=BAR_COLUMNS)
 
     # -- timestamps ----------------------------------------------------------------------------
@@ -268,7 +271,10 @@ class _CsvReader:
     def parse_timestamps(self, raw: pd.Series, offset: int, blank: np.ndarray) -> pd.Series:
         """UTC timestamps for one chunk of the first column; raises on the first bad value."""
         raw = raw.reset_index(drop=True)
-        out = self._parse_uniform(raw, offset)
+        if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+            out = _parse_epoch(raw)
+        else:
+            out = self._parse_uniform(raw.astype("str").where(raw.notna()), offset)
         if out is None:
             out = self._parse_each_kind(raw, offset)
         bad = out.isna().to_numpy() & ~blank

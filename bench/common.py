@@ -1,0 +1,188 @@
+"""Shared helpers for the benchmarks: database selection and creation, Django setup, timing, RSS.
+
+The benchmarks truncate tables, so they refuse to run against a database whose name does not
+contain "bench" unless told otherwise (``--allow-any-database`` or BENCH_ALLOW_ANY_DATABASE=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/marketdata_bench"
+RESULT_MARKER = "BENCH_RESULT "
+
+# Every table a backfill writes to; truncated before each run so runs start from the same state.
+BACKFILL_TABLES = (
+    "candles",
+    "backfill_state_persistent",
+    "data_anomalies",
+    "duplicate_records_log",
+    "symbol_failure_tracking",
+    "series_stats",
+)
+
+
+class BenchSetupError(Exception):
+    """The benchmark cannot run here (wrong database, unreachable server, ...)."""
+
+
+def database_url() -> str:
+    return os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+def _connect_kwargs(url: str, dbname: str | None = None) -> dict:
+    parts = urlsplit(url)
+    kwargs = {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 5432,
+        "user": unquote(parts.username) if parts.username else "postgres",
+        "dbname": dbname or unquote(parts.path.lstrip("/")),
+    }
+    if parts.password:
+        kwargs["password"] = unquote(parts.password)
+    return kwargs
+
+
+def require_postgresql(url: str, *, allow_any_database: bool = False) -> str:
+    """The database name, or ``BenchSetupError`` if the URL is not a benchmark PostgreSQL database."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("postgres", "postgresql", "pgsql"):
+        raise BenchSetupError(
+            f"the benchmarks need PostgreSQL (the production database); DATABASE_URL has scheme "
+            f"{scheme or '(none)'!r}. Use e.g. DATABASE_URL={DEFAULT_DATABASE_URL}"
+        )
+    name = _connect_kwargs(url)["dbname"]
+    if not name:
+        raise BenchSetupError(f"DATABASE_URL {url!r} names no database")
+    allowed = allow_any_database or os.environ.get("BENCH_ALLOW_ANY_DATABASE", "") in ("1", "true", "yes")
+    if "bench" not in name.lower() and not allowed:
+        raise BenchSetupError(
+            f"refusing to benchmark database {name!r}: the benchmarks TRUNCATE candles and the backfill "
+            "tables. Use a database whose name contains 'bench' (the default is marketdata_bench), or "
+            "pass --allow-any-database / BENCH_ALLOW_ANY_DATABASE=1 if you really mean it."
+        )
+    return name
+
+
+def ensure_database(url: str) -> bool:
+    """Create the database named by ``url`` if it is missing (True if it was created)."""
+    import psycopg
+    from psycopg import sql
+
+    target = _connect_kwargs(url)["dbname"]
+    try:
+        admin = psycopg.connect(**_connect_kwargs(url, dbname="postgres"), autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise BenchSetupError(f"cannot connect to PostgreSQL for {url!r}: {exc}".strip()) from None
+    with admin:
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [target]).fetchone()
+        if exists:
+            return False
+        try:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target)))
+        except psycopg.errors.DuplicateDatabase:
+            return False  # created concurrently
+    return True
+
+
+def setup_django(url: str) -> None:
+    """Point Django at ``url`` and set it up, production-like (DEBUG off: no query log)."""
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketdata_site.settings")
+    os.environ.setdefault("DEBUG", "False")
+    os.environ.setdefault("SECRET_KEY", "benchmark-only-secret-key-not-for-production-use-0123456789")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        raise BenchSetupError(f"Django is not using PostgreSQL (vendor {connection.vendor!r})")
+
+
+def prepare(url: str, *, allow_any_database: bool = False, migrate: bool = True) -> None:
+    """Check the URL, create the database if needed, set Django up and migrate."""
+    require_postgresql(url, allow_any_database=allow_any_database)
+    created = ensure_database(url)
+    if created:
+        print(f"created database {_connect_kwargs(url)['dbname']}", flush=True)
+    setup_django(url)
+    if migrate:
+        from django.core.management import call_command
+
+        call_command("migrate", interactive=False, verbosity=0)
+
+
+def truncate(tables=BACKFILL_TABLES) -> None:
+    from django.db import connection
+
+    existing = set(connection.introspection.table_names())
+    names = [t for t in tables if t in existing]
+    if names:
+        with connection.cursor() as cursor:
+            cursor.execute(f"TRUNCATE {', '.join(names)} RESTART IDENTITY")
+
+
+def checkpoint() -> None:
+    """Flush dirty buffers so a timed run does not pay for the previous run's writes."""
+    from django.db import connection
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("CHECKPOINT")
+    except Exception:  # noqa: BLE001 — needs superuser or pg_checkpoint; best effort only
+        pass
+
+
+@contextmanager
+def timer() -> Iterator[dict]:
+    box: dict = {}
+    started = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box["seconds"] = time.perf_counter() - started
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MB (ru_maxrss is KiB on Linux)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if sys.platform == "darwin":  # bytes there
+        kib /= 1024
+    return kib / 1024
+
+
+def current_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def emit_result(payload: dict) -> None:
+    """The machine-readable line a child process hands back to its parent."""
+    print(RESULT_MARKER + json.dumps(payload), flush=True)
+
+
+def parse_result(stdout: str) -> dict | None:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            return json.loads(line[len(RESULT_MARKER):])
+    return None

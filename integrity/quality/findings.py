@@ -1,0 +1,60 @@
+"""What detectors return: findings, not yet anomaly rows.
+
+Detectors never write. ``integrity.quality.anomalies`` turns findings into ``data_anomalies`` rows,
+idempotently, using the fingerprint: the same problem found again updates its open anomaly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass
+class SeriesContext:
+    """One (symbol, timeframe) series with what the detectors need to judge it."""
+
+    symbol: str
+    timeframe: str
+    calendar: str
+    asset_class: str
+    thresholds: dict[str, Any] = field(default_factory=dict)  # resolved: settings < asset class < instrument
+    robust_volatility: float | None = None  # from series_stats (enrichment), when known
+    since: datetime | None = None  # incremental scan: look at bars from here (already includes overlap)
+
+
+@dataclass
+class Finding:
+    symbol: str
+    timeframe: str
+    anomaly_type: str  # an AnomalyType value
+    severity: str  # a Severity value
+    description: str
+    affected_rows: int
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    # Stable identity of *this* problem within (type, symbol, timeframe): e.g. the gap's first
+    # missing bar, the outlier bar's ts, the duplicate group's ts. Same problem ⇒ same key.
+    key: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        raw = f"{self.anomaly_type}|{self.symbol}|{self.timeframe}|{self.key}"
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "timeframe": self.timeframe,
+            "anomaly_type": self.anomaly_type,
+            "severity": self.severity,
+            "period_start": self.period_start.isoformat() if self.period_start else None,
+            "period_end": self.period_end.isoformat() if self.period_end else None,
+            "affected_rows": self.affected_rows,
+            "description": self.description,
+            "fingerprint": self.fingerprint,
+            "details": self.details,
+        }
