@@ -366,6 +366,32 @@ class DataAnomaly(models.Model):
     def __str__(self) -> str:
         return f"{self.anomaly_type} {self.symbol} {self.timeframe} ({self.severity})"
 
+    # --- review lifecycle: open → acknowledged → resolved (resolved is final) -------------------
+    def _review(self, allowed_from: tuple[str, ...], **changes) -> None:
+        changes["updated_at"] = timezone.now()
+        updated = DataAnomaly.objects.filter(pk=self.pk, resolution_status__in=allowed_from).update(**changes)
+        if updated != 1:
+            current = DataAnomaly.objects.filter(pk=self.pk).values_list("resolution_status", flat=True).first()
+            raise InvalidTransition(
+                f"anomaly {self.pk} is {current}; cannot move it to {changes.get('resolution_status')}"
+            )
+        for key, value in changes.items():
+            setattr(self, key, value)
+
+    def acknowledge(self, by: str = "", note: str = "") -> None:
+        changes = {"resolution_status": ResolutionStatus.ACKNOWLEDGED, "acknowledged_by": by,
+                   "acknowledged_at": timezone.now()}
+        if note:
+            changes["resolution_note"] = note
+        self._review((ResolutionStatus.OPEN,), **changes)
+
+    def resolve(self, by: str = "", note: str = "") -> None:
+        changes = {"resolution_status": ResolutionStatus.RESOLVED, "resolved_by": by,
+                   "resolved_at": timezone.now()}
+        if note:
+            changes["resolution_note"] = note
+        self._review((ResolutionStatus.OPEN, ResolutionStatus.ACKNOWLEDGED), **changes)
+
 
 class BigIntegerArrayField(models.Field):
     """A list of ids: ``bigint[]`` on PostgreSQL, a JSON array in a text column elsewhere."""

@@ -155,6 +155,7 @@ ALERT_RECOVERY_NOTICES = envbool("ALERT_RECOVERY_NOTICES", "False")
 # --- Integrity: data quality (defaults; see integrity.quality for per-class overrides) -----------
 STALE_THRESHOLD_HOURS = envfloat("STALE_THRESHOLD_HOURS", 24.0)
 OUTLIER_MOVE_THRESHOLD = envfloat("OUTLIER_MOVE_THRESHOLD", 0.20)
+DETECTION_OVERLAP_BARS = envint("DETECTION_OVERLAP_BARS", 50)
 
 # --- django-q2 -----------------------------------------------------------------------------------
 Q_CLUSTER = {

@@ -1,0 +1,327 @@
+"""Backfill benchmark: run_backfill throughput against a raw COPY, and peak memory of a big run.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/marketdata_bench \\
+        python bench/bench_backfill.py [--bars 1000000] [--memory-bars 5000000] [--json]
+
+Throughput: ``integrity.backfill.run_backfill`` of a synthetic 24/7 1m series over a fixed
+historical range (end 2024-01-01 00:00 UTC, start ``--bars`` minutes earlier), timed end to end
+(claim, generation, validation, staging COPY, merge, checkpoints, finish), against a baseline
+measured in the same run: the same rows, generated beforehand and rendered to a COPY text buffer
+(untimed), loaded with one ``COPY candles (...) FROM STDIN`` into the same table with its index.
+The two alternate, ``--rounds`` times each, from an empty table; the best of each is compared.
+
+Memory: a fresh interpreter runs a backfill of ``--memory-bars`` bars and reports its peak RSS;
+another fresh interpreter only sets Django up and connects, to show the fixed overhead.
+
+Exit status: 0 once the figures are printed (targets are reported, not asserted), 1 if anything
+errored (a failed backfill, a row-count or checksum mismatch, a child process that crashed),
+2 if the benchmark cannot run here (not PostgreSQL, not a benchmark database).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import traceback
+from datetime import UTC, datetime, timedelta
+
+import common
+
+SYMBOL = "BENCHSYN"
+TIMEFRAME = "1m"
+CALENDAR = "24/7"
+PROVIDER_OPTIONS = {"seed": 7}
+RANGE_END = datetime(2024, 1, 1, tzinfo=UTC)
+RATIO_TARGET = 2.0
+RSS_TARGET_MB = 300.0
+COPY_COLUMNS = "symbol, timeframe, ts, open, high, low, close, volume, source, ingested_at, updated_at"
+COPY_CHUNK_BYTES = 1 << 20
+
+
+def bar_range(bars: int) -> tuple[datetime, datetime]:
+    """A fixed historical [start, end) holding exactly ``bars`` 24/7 1m bars."""
+    return RANGE_END - timedelta(minutes=bars), RANGE_END
+
+
+def register_instrument() -> None:
+    from integrity.models import Instrument
+
+    Instrument.objects.update_or_create(
+        symbol=SYMBOL,
+        defaults={
+            "asset_class": "crypto",
+            "calendar": CALENDAR,
+            "timeframes": [TIMEFRAME],
+            "provider": "synthetic",
+            "provider_options": PROVIDER_OPTIONS,
+            "active": True,
+        },
+    )
+
+
+def fingerprint() -> tuple:
+    """What the table holds for the series: count, first/last ts and the sums of every value."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*), min(ts), max(ts), sum(open), sum(high), sum(low), sum(close), sum(volume)"
+            " FROM candles WHERE symbol = %s AND timeframe = %s",
+            [SYMBOL, TIMEFRAME],
+        )
+        return tuple(cursor.fetchone())
+
+
+def same_fingerprint(a: tuple, b: tuple) -> bool:
+    if a[:3] != b[:3]:
+        return False
+    return all(abs(x - y) <= 1e-9 * max(1.0, abs(x)) for x, y in zip(a[3:], b[3:], strict=True))
+
+
+def run_backfill_once(bars: int, batch_size: int | None) -> tuple[float, object]:
+    from integrity.backfill import run_backfill
+
+    start, end = bar_range(bars)
+    with common.timer() as t:
+        result = run_backfill(SYMBOL, TIMEFRAME, start=start, end=end, batch_size=batch_size,
+                              requested_by="bench")
+    if result.status != "completed":
+        raise RuntimeError(f"run_backfill did not complete: {result.status}: {result.error}")
+    if result.inserted != bars or result.invalid:
+        raise RuntimeError(f"run_backfill inserted {result.inserted} bars (expected {bars}), "
+                           f"{result.invalid} invalid")
+    return t["seconds"], result
+
+
+def build_copy_buffer(bars: int) -> tuple[bytes, float, float]:
+    """The series' rows as COPY text for the candle table (generation and rendering, untimed)."""
+    import pandas as pd
+    from django.utils import timezone
+
+    from integrity.providers.synthetic import synthetic_bars
+
+    start, end = bar_range(bars)
+    with common.timer() as gen:
+        frame = synthetic_bars(SYMBOL, TIMEFRAME, CALENDAR, start, end, **PROVIDER_OPTIONS)
+    if len(frame) != bars:
+        raise RuntimeError(f"synthetic_bars returned {len(frame)} bars, expected {bars}")
+    with common.timer() as render:
+        now = timezone.now().isoformat()
+        rows = pd.DataFrame(
+            {
+                "symbol": SYMBOL,
+                "timeframe": TIMEFRAME,
+                "ts": frame["ts"],
+                "open": frame["open"],
+                "high": frame["high"],
+                "low": frame["low"],
+                "close": frame["close"],
+                "volume": frame["volume"],
+                "source": "synthetic",
+                "ingested_at": now,
+                "updated_at": now,
+            }
+        )
+        data = rows.to_csv(sep="\t", header=False, index=False, lineterminator="\n").encode()
+    return data, gen["seconds"], render["seconds"]
+
+
+def copy_once(data: bytes) -> float:
+    """One raw COPY of the prepared rows into candles, committed (the only timed part)."""
+    from django.db import connection, transaction
+
+    view = memoryview(data)
+    with common.timer() as t:
+        with transaction.atomic(), connection.cursor() as cursor:
+            with cursor.cursor.copy(f"COPY candles ({COPY_COLUMNS}) FROM STDIN") as copy:
+                for offset in range(0, len(view), COPY_CHUNK_BYTES):
+                    copy.write(view[offset:offset + COPY_CHUNK_BYTES])
+    return t["seconds"]
+
+
+def throughput(args, report: dict) -> None:
+    from django.conf import settings
+
+    bars = args.bars
+    batch_size = args.batch_size or settings.BACKFILL_BATCH_SIZE
+    start, end = bar_range(bars)
+    print(f"throughput: {bars:,} {TIMEFRAME} bars of {SYMBOL} ({CALENDAR} synthetic), "
+          f"[{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC, batch {batch_size:,}", flush=True)
+    register_instrument()
+    data, gen_seconds, render_seconds = build_copy_buffer(bars)
+    print(f"  baseline rows prepared (untimed): generation {gen_seconds:.2f} s, "
+          f"COPY text {render_seconds:.2f} s, {len(data) / 1e6:.0f} MB", flush=True)
+    backfill_times, copy_times = [], []
+    for round_no in range(1, args.rounds + 1):
+        common.truncate()
+        common.checkpoint()
+        seconds, _result = run_backfill_once(bars, args.batch_size)
+        backfill_times.append(seconds)
+        backfilled = fingerprint()
+
+        common.truncate(("candles",))
+        common.checkpoint()
+        copy_times.append(copy_once(data))
+        copied = fingerprint()
+        if not same_fingerprint(backfilled, copied):
+            raise RuntimeError(f"run_backfill and the raw COPY stored different rows: {backfilled} vs {copied}")
+        if copied[0] != bars:
+            raise RuntimeError(f"raw COPY stored {copied[0]} rows, expected {bars}")
+        print(f"  round {round_no}: run_backfill {seconds:7.2f} s ({bars / seconds:>10,.0f} bars/s)   "
+              f"raw COPY {copy_times[-1]:6.2f} s ({bars / copy_times[-1]:>10,.0f} bars/s)", flush=True)
+    best_backfill, best_copy = min(backfill_times), min(copy_times)
+    ratio = best_backfill / best_copy
+    print(f"  best:    run_backfill {best_backfill:7.2f} s ({bars / best_backfill:>10,.0f} bars/s)   "
+          f"raw COPY {best_copy:6.2f} s ({bars / best_copy:>10,.0f} bars/s)")
+    print(f"  ratio run_backfill / raw COPY = {ratio:.2f} (target <= {RATIO_TARGET})", flush=True)
+    report.update(
+        bars=bars,
+        batch_size=batch_size,
+        rounds=args.rounds,
+        backfill_seconds=round(best_backfill, 3),
+        copy_seconds=round(best_copy, 3),
+        backfill_seconds_all=[round(s, 3) for s in backfill_times],
+        copy_seconds_all=[round(s, 3) for s in copy_times],
+        backfill_bars_per_second=round(bars / best_backfill),
+        copy_bars_per_second=round(bars / best_copy),
+        ratio=round(ratio, 3),
+        ratio_target=RATIO_TARGET,
+    )
+
+
+def run_child(args, kind: str) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--child", kind, "--memory-bars", str(args.memory_bars)]
+    if args.batch_size:
+        command += ["--batch-size", str(args.batch_size)]
+    if args.allow_any_database:
+        command.append("--allow-any-database")
+    env = dict(os.environ, DATABASE_URL=args.database_url)
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    payload = common.parse_result(proc.stdout)
+    if proc.returncode != 0 or payload is None or payload.get("error"):
+        detail = (payload or {}).get("error") or (proc.stderr.strip()[-2000:] or proc.stdout.strip()[-2000:])
+        raise RuntimeError(f"{kind} child exited {proc.returncode}: {detail}")
+    return payload
+
+
+def memory(args, report: dict) -> None:
+    bars = args.memory_bars
+    start, end = bar_range(bars)
+    print(f"memory: run_backfill of {bars:,} {TIMEFRAME} bars, "
+          f"[{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC, each in a fresh interpreter", flush=True)
+    baseline = run_child(args, "baseline")
+    print(f"  baseline (import Django + app, setup, connect): peak RSS = {baseline['peak_rss_mb']:.0f} MB",
+          flush=True)
+    register_instrument()
+    common.truncate()
+    common.checkpoint()
+    run = run_child(args, "memory")
+    print(f"  backfill: peak RSS = {run['peak_rss_mb']:.0f} MB (target < {RSS_TARGET_MB:.0f} MB), "
+          f"{run['peak_rss_mb'] - baseline['peak_rss_mb']:+.0f} MB over the baseline; "
+          f"{run['seconds']:.1f} s, {bars / run['seconds']:,.0f} bars/s", flush=True)
+    report.update(
+        memory_bars=bars,
+        peak_rss_mb=round(run["peak_rss_mb"], 1),
+        baseline_rss_mb=round(baseline["peak_rss_mb"], 1),
+        rss_before_run_mb=run.get("rss_before_mb"),
+        memory_run_seconds=round(run["seconds"], 3),
+        rss_target_mb=RSS_TARGET_MB,
+    )
+
+
+# --- the child processes --------------------------------------------------------------------------
+
+
+def _import_app() -> None:
+    """What every backfill process has loaded before it starts (the same in both children)."""
+    from django.db import connection
+
+    import integrity.backfill  # noqa: F401
+    import integrity.providers.synthetic  # noqa: F401
+
+    connection.ensure_connection()
+
+
+def child(args) -> int:
+    payload: dict = {"kind": args.child}
+    try:
+        common.prepare(args.database_url, allow_any_database=args.allow_any_database, migrate=False)
+        _import_app()
+        if args.child == "memory":
+            payload["rss_before_mb"] = common.current_rss_mb()
+            seconds, result = run_backfill_once(args.memory_bars, args.batch_size)
+            payload.update(seconds=seconds, inserted=result.inserted)
+        payload["peak_rss_mb"] = common.peak_rss_mb()
+    except Exception as exc:  # noqa: BLE001 — reported to the parent, which fails the benchmark
+        traceback.print_exc()
+        payload["error"] = f"{exc.__class__.__name__}: {exc}"
+        common.emit_result(payload)
+        return 1
+    common.emit_result(payload)
+    return 0
+
+
+# --- main -------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bars", type=int, default=1_000_000, help="bars in the throughput run (default 1M)")
+    parser.add_argument("--memory-bars", type=int, default=5_000_000,
+                        help="bars in the memory run (default 5M)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of each (best is kept)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: BACKFILL_BATCH_SIZE")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--keep-data", action="store_true", help="leave the last run's candles in place")
+    parser.add_argument("--allow-any-database", action="store_true",
+                        help="run even if the database name does not contain 'bench' (tables are TRUNCATED)")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line with the figures")
+    parser.add_argument("--child", choices=["memory", "baseline"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.database_url = common.database_url()
+    if args.bars < 1 or args.memory_bars < 1 or args.rounds < 1:
+        parser.error("--bars, --memory-bars and --rounds must be at least 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child(args)
+    report: dict = {"benchmark": "backfill", "errors": []}
+    try:
+        common.prepare(args.database_url, allow_any_database=args.allow_any_database)
+    except common.BenchSetupError as exc:
+        print(f"bench_backfill: {exc}", file=sys.stderr)
+        return 2
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        version = cursor.fetchone()[0]
+    print(f"backfill benchmark: PostgreSQL {version}, database {connection.settings_dict['NAME']}", flush=True)
+    phases = [] if args.skip_throughput else [throughput]
+    phases += [] if args.skip_memory else [memory]
+    for phase in phases:
+        try:
+            phase(args, report)
+        except Exception as exc:  # noqa: BLE001 — report, run the other phase, exit non-zero
+            traceback.print_exc()
+            report["errors"].append(f"{phase.__name__}: {exc.__class__.__name__}: {exc}")
+            print(f"  ERROR in {phase.__name__}: {exc}", flush=True)
+    if not args.keep_data:
+        try:
+            common.truncate()
+        except Exception as exc:  # noqa: BLE001
+            report["errors"].append(f"cleanup: {exc}")
+    if args.json:
+        print(json.dumps(report))
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

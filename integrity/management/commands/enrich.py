@@ -1,0 +1,30 @@
+"""``manage.py enrich``: recompute per-series statistics (coverage, robust volatility)."""
+
+from __future__ import annotations
+
+import json
+
+from django.core.management.base import BaseCommand
+
+from integrity.quality.enrichment import enrich_series
+
+
+class Command(BaseCommand):
+    help = "Recompute series_stats (first/last bar, bar count, expected bars, coverage, robust volatility)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--symbol")
+        parser.add_argument("--timeframe")
+        parser.add_argument("--format", choices=["text", "json"], default="text")
+
+    def handle(self, *args, **options):
+        results = enrich_series(symbol=options.get("symbol"), timeframe=options.get("timeframe"))
+        if options["format"] == "json":
+            self.stdout.write(json.dumps([r.as_dict() for r in results], indent=2))
+            return
+        self.stdout.write(f"enriched {len(results)} series")
+        for r in results:
+            coverage = f"{r.coverage_pct:.2f}%" if r.coverage_pct is not None else "-"
+            vol = f"{r.robust_volatility:.5f}" if r.robust_volatility is not None else "-"
+            self.stdout.write(f"  {r.symbol:10} {r.timeframe:3} bars {r.bar_count:>9}  coverage {coverage:>8}"
+                              f"  robust vol {vol}")
