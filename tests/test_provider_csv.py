@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
+from integrity.providers import csv as csv_module
 from integrity.providers.base import BAR_COLUMNS, FetchRequest, ProviderConfigError, ProviderError
 from integrity.providers.csv import CsvProvider
 
@@ -98,10 +99,25 @@ class TestTimestamps:
         assert list(frame["ts"]) == [utc(2024, 11, 3, 4), utc(2024, 11, 3, 5), utc(2024, 11, 3, 6),
                                      utc(2024, 11, 3, 7)]
 
-    def test_it_rejects_an_ambiguous_local_time_it_cannot_infer(self, tmp_path):
+    def test_it_tells_repeated_fall_back_times_apart_across_read_chunks(self, tmp_path, monkeypatch):
+        monkeypatch.setattr(csv_module, "_MIN_SCAN_CHUNK", 1)  # the scan reads 3 rows at a time too
+        stamps = [f"2024-11-03 01:{m:02d}" for m in range(0, 60, 15)] * 2
+        frame = fetch_all(write(tmp_path, HEADER + rows(*stamps)), tz="America/New_York", page_size=3)
+        expected = [utc(2024, 11, 3, 5, m) for m in range(0, 60, 15)] + [
+            utc(2024, 11, 3, 6, m) for m in range(0, 60, 15)]
+        assert list(frame["ts"]) == expected
+
+    def test_it_takes_a_lone_fall_back_time_as_daylight_time(self, tmp_path):
         path = write(tmp_path, HEADER + rows("2024-11-02 01:30", "2024-11-03 01:30"))
-        with pytest.raises(ProviderError, match="ambiguous local time .* at line 3"):
-            fetch(path, tz="America/New_York")
+        frame = fetch_all(path, tz="America/New_York")
+        assert list(frame["ts"]) == [utc(2024, 11, 2, 5, 30), utc(2024, 11, 3, 5, 30)]
+
+    def test_it_resolves_fall_back_times_in_file_order_when_streaming_skips_chunks(self, tmp_path):
+        stamps = [f"2024-11-03 01:{m:02d}" for m in range(0, 60, 15)] * 2
+        req = request(start=datetime(2024, 11, 3, 6, tzinfo=UTC))
+        frame = fetch_all(write(tmp_path, HEADER + rows(*stamps)), req, tz="America/New_York",
+                          page_size=2)
+        assert list(frame["ts"]) == [utc(2024, 11, 3, 6, m) for m in range(0, 60, 15)]
 
     def test_it_rejects_a_local_time_skipped_by_dst(self, tmp_path):
         path = write(tmp_path, HEADER + rows("2024-03-10 02:30"))
@@ -125,6 +141,11 @@ class TestTimestamps:
     def test_it_rejects_an_unparseable_timestamp_naming_line_and_value(self, tmp_path):
         path = write(tmp_path, HEADER + rows("2024-01-02", "2024-01-03") + "\n" + rows("yesterday"))
         with pytest.raises(ProviderError, match=r"unparseable timestamp 'yesterday' at line 5"):
+            fetch(path)
+
+    def test_it_skips_blank_lines_but_rejects_a_row_without_a_timestamp(self, tmp_path):
+        path = write(tmp_path, HEADER + rows("2024-01-02") + "\n,,,,,\n" + ",1,2,0.5,1.5,10\n")
+        with pytest.raises(ProviderError, match=r"unparseable timestamp '' at line 5"):
             fetch(path)
 
     def test_it_rejects_a_bad_timestamp_before_yielding_any_page(self, tmp_path):
@@ -202,6 +223,11 @@ class TestFileLocation:
         path = write(tmp_path, HEADER + rows("2024-01-02"), name="other.csv")
         pages = list(CsvProvider(file="/nonexistent.csv").fetch(request(file=str(path))))
         assert len(pages[0]) == 1
+
+    def test_it_lets_request_options_override_the_time_zone(self, tmp_path):
+        path = write(tmp_path, HEADER + rows("2024-01-02 09:30"))
+        frame = fetch_all(path, request(tz="America/New_York"), tz="Asia/Tokyo")
+        assert list(frame["ts"]) == [utc(2024, 1, 2, 14, 30)]
 
     def test_it_ignores_unknown_constructor_options(self, tmp_path):
         path = write(tmp_path, HEADER + rows("2024-01-02"))

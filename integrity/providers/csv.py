@@ -10,20 +10,25 @@ letter case among the other columns; anything else (``Adj Close``) is ignored. T
   - a date only (``2024-01-02``, ``2024/01/02``): the daily bar of that session, 00:00 UTC of that
     date whatever ``tz`` says;
   - a date-time with an offset or ``Z``: converted to UTC;
-  - a naive date-time: local time in ``tz`` (default UTC), converted to UTC. A wall time that does
-    not exist (spring forward) or is ambiguous and cannot be inferred from a repeated time in the
-    file (fall back) is an error naming the line;
+  - a naive date-time: local time in ``tz`` (default UTC), converted to UTC. In the hour that
+    repeats when clocks go back, the first occurrence of a wall time (in file order) is taken as
+    daylight time and a repeat as standard time, as a file in time order means; a wall time that
+    does not exist (clocks go forward) is an error naming the line;
   - a number: epoch seconds, or milliseconds / microseconds / nanoseconds when its magnitude says
-    so (>= 1e11 / 1e14 / 1e17; 1e11 seconds would be the year 5138).
+    so (>= 1e11 / 1e14 / 1e17; 1e11 seconds would be the year 5138). ``20240102`` is a number
+    too, so write dates with separators.
 Anything else is an error naming the line and the value. Price or volume cells that are not
 numbers become NaN: validation rejects those bars and the rest are stored.
 
-Streaming: a first pass reads only the timestamp column, in chunks, to check the timestamps
+Rows whose cells are all empty are skipped; a row with values but no timestamp is an error.
+
+Streaming: a first pass reads the file in chunks and parses only the timestamps, to check them
 (so a bad line fails the fetch before any page is yielded) and to learn whether the rows within
 [start, end) appear in ascending order. If they do (the usual case), a second pass streams the
 rows in chunks of ``page_size`` and memory stays bounded by the page size. If they do not, the
 file is read whole, stably sorted by ts and paged: memory then grows with the file.
 
+Memory: the scan remembers, besides a few counters, only the rows in the repeated fall-back hour.
 Pages hold ``page_size`` bars, except that a run of equal timestamps is never split across pages,
 so validation sees every copy of a duplicate together (a page may then be a little longer).
 Line numbers in messages count the header as line 1 and assume no quoted field spans lines.
@@ -163,6 +168,10 @@ class _CsvReader:
         self.header = self._read_header()
         self.width = len(self.header)
         self.columns = self._locate_columns()
+        # Fall-back hour bookkeeping, see _second_occurrences.
+        self._resolving_folds = True
+        self._seen_walls = np.empty(0, dtype=np.int64)
+        self._fold_rows: set[int] = set()
 
     def _error(self, message: str, cls=ProviderError) -> ProviderError:
         return cls(message, provider=self.provider, path=self.path)
@@ -232,12 +241,15 @@ class _CsvReader:
 
     def scan(self, start: pd.Timestamp, end: pd.Timestamp, chunksize: int) -> _Scan:
         result = _Scan()
-        # Only the ts column is held, so a larger chunk than a page costs little and saves time.
-        for offset, chunk in self._chunks([0], max(chunksize, _MIN_SCAN_CHUNK)):
+        # Nothing but counters outlives a chunk here, so chunks larger than a page cost little
+        # and save time. All used columns are read (tokenising dominates the cost anyway) so
+        # that "blank row" means the same here as when streaming.
+        for offset, chunk in self._chunks([0, *self.columns], max(chunksize, _MIN_SCAN_CHUNK)):
             blank = self._blank(chunk)
             ts = self.parse_timestamps(chunk.iloc[:, 0], offset, blank)
             in_range = ~blank & (ts >= start).to_numpy() & (ts < end).to_numpy()
             result.add(offset, ts, in_range)
+        self._resolving_folds = False
         return result
 
     def stream(self, start, end, chunksize: int, first_row: int, last_row: int) -> Iterator[pd.DataFrame]:
@@ -281,7 +293,7 @@ class _CsvReader:
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise self._error(
-                f"unparseable timestamp {str(raw.iloc[row]).strip()!r} at line {offset + row + 2}"
+                f"unparseable timestamp {_cell_text(raw.iloc[row])!r} at line {offset + row + 2}"
                 f" (expected a date, an ISO date-time or epoch seconds/milliseconds)"
             )
         return out
@@ -348,26 +360,41 @@ class _CsvReader:
             out[naive] = self._localize(_to_datetime(text[naive], utc=False), offset)
         return out
 
+    def _second_occurrences(self, naive: pd.Series, offset: int, positions: np.ndarray) -> np.ndarray:
+        """Which ambiguous wall times (fall-back hour) are a repeat, hence standard time.
+
+        The first time a wall time of the repeated hour is met in file order it is taken as
+        daylight time, a repeat as standard time (Python's fold=0 / fold=1), which is right for
+        a file in time order. The decision is made in the scan pass, in file order, and
+        remembered by row, so a repeat split across chunks, or a chunk the stream skips, cannot
+        change it.
+        """
+        rows = offset + naive.index.to_numpy(dtype=np.int64)[positions]  # index = row in chunk
+        if self._resolving_folds:
+            walls = naive.array.asi8[positions]
+            repeat = pd.Series(walls).duplicated().to_numpy() | np.isin(walls, self._seen_walls)
+            self._seen_walls = np.union1d(self._seen_walls, walls)
+            self._fold_rows.update(int(r) for r in rows[repeat])
+        else:
+            repeat = np.isin(rows, np.fromiter(self._fold_rows, dtype=np.int64))
+        second = np.zeros(len(naive), dtype=bool)
+        second[positions[repeat]] = True
+        return second
+
     def _localize(self, naive: pd.Series, offset: int) -> pd.Series:
         if naive.dt.tz is not None:  # mixed-format parsing may still find an offset
             return naive.dt.tz_convert("UTC").astype(_TS_DTYPE)
         if self.tz == "UTC":
             return naive.dt.tz_localize("UTC").astype(_TS_DTYPE)
-        try:
-            # A repeated wall time during the fall-back hour is told apart by its order.
-            local = naive.dt.tz_localize(self.tz, ambiguous="infer", nonexistent="NaT")
-        except Exception as exc:  # pandas raises several types for "cannot infer"
-            undecided = naive.dt.tz_localize(self.tz, ambiguous="NaT", nonexistent="NaT").isna()
-            as_dst = naive.dt.tz_localize(self.tz, ambiguous=np.ones(len(naive), dtype=bool),
-                                          nonexistent="NaT")
-            ambiguous = (undecided & as_dst.notna()).to_numpy()
-            if not ambiguous.any():
-                raise self._error(f"cannot convert local times from {self.tz}: {exc}") from exc
-            row = naive.index[ambiguous][0]
-            raise self._error(
-                f"ambiguous local time {naive[row]} in {self.tz} (clocks go back) at line "
-                f"{offset + int(row) + 2}; use timestamps with a UTC offset"
-            ) from None
+        naive = naive.dt.as_unit("ns")
+        n = len(naive)
+        as_dst = naive.dt.tz_localize(self.tz, ambiguous=np.ones(n, dtype=bool), nonexistent="NaT")
+        as_std = naive.dt.tz_localize(self.tz, ambiguous=np.zeros(n, dtype=bool), nonexistent="NaT")
+        ambiguous = (as_dst.notna() & (as_dst != as_std)).to_numpy()
+        local = as_dst
+        if ambiguous.any():
+            second = self._second_occurrences(naive, offset, np.flatnonzero(ambiguous))
+            local = as_dst.where(~second, as_std)
         gap = local.isna() & naive.notna()
         if gap.any():
             row = gap.index[gap.to_numpy()][0]
@@ -376,6 +403,10 @@ class _CsvReader:
                 f"{offset + int(row) + 2}"
             )
         return local.dt.tz_convert("UTC").astype(_TS_DTYPE)
+
+
+def _cell_text(value) -> str:
+    return "" if pd.isna(value) else str(value).strip()
 
 
 def _parse_epoch(numbers: pd.Series) -> pd.Series:

@@ -1,0 +1,118 @@
+"""``manage.py cleanup_duplicates``: keep the latest row of every duplicate candle group, log the rest.
+
+    manage.py cleanup_duplicates [--symbol S] [--timeframe T] [--dry-run] [--batch-size N]
+                                 [--format text|json]
+
+Exit codes: 0 the cleanup (or dry run) finished; 1 it stopped on a failed batch (that batch was rolled
+back, earlier batches stay committed: re-run to finish); 2 the arguments are unusable (nothing ran).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from integrity.models import Timeframe
+from integrity.quality.cleanup import (
+    DEFAULT_BATCH_SIZE,
+    CleanupError,
+    CleanupResult,
+    cleanup_duplicate_records,
+)
+
+SHOWN_GROUPS = 10
+
+
+class Command(BaseCommand):
+    help = ("Delete duplicate candles (same symbol, timeframe, ts), keeping the latest ingested row of each "
+            "group; every cleaned group is logged in duplicate_records_log.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--symbol", help="only this symbol")
+        parser.add_argument("--timeframe", help=f"only this timeframe ({', '.join(Timeframe.values)})")
+        parser.add_argument("--dry-run", action="store_true", help="report what would be deleted; write nothing")
+        parser.add_argument("--batch-size", default=str(DEFAULT_BATCH_SIZE),
+                            help=f"duplicate groups per transaction (default {DEFAULT_BATCH_SIZE})")
+        parser.add_argument("--format", choices=["text", "json"], default="text")
+
+    # --- small methods that tests call directly ------------------------------------------------
+    def parse_options(self, options) -> dict:
+        """Keyword arguments for ``cleanup_duplicate_records``, or CommandError(returncode=2)."""
+        timeframe = options.get("timeframe") or None
+        if timeframe and timeframe not in Timeframe.values:
+            raise CommandError(f"unknown timeframe {timeframe!r}; use one of {', '.join(Timeframe.values)}",
+                               returncode=2)
+        raw = options.get("batch_size")
+        try:
+            batch_size = int(raw) if raw is not None else DEFAULT_BATCH_SIZE
+        except (TypeError, ValueError):
+            raise CommandError(f"--batch-size {raw!r} is not a whole number", returncode=2) from None
+        if batch_size < 1:
+            raise CommandError("--batch-size must be at least 1", returncode=2)
+        symbol = (options.get("symbol") or "").strip() or None
+        return {"symbol": symbol, "timeframe": timeframe, "dry_run": bool(options.get("dry_run")),
+                "batch_size": batch_size}
+
+    def handle(self, *args, **options):
+        kwargs = self.parse_options(options)
+        text = options["format"] == "text"
+        tty = text and sys.stderr.isatty()
+
+        def progress(done: int, total: int) -> None:
+            if tty:
+                width = 30
+                filled = width * done // total if total else width
+                self.stderr.write(f"\r\033[K[{'#' * filled}{'.' * (width - filled)}] {done}/{total} groups",
+                                  ending="")
+
+        try:
+            result = cleanup_duplicate_records(progress=progress, **kwargs)
+        except CleanupError as exc:
+            if tty:
+                self.stderr.write("")
+            partial = exc.result
+            if text:
+                if partial is not None:
+                    self.stdout.write(self.summary(partial))
+                self.stderr.write(f"cleanup stopped: {exc}")
+            else:
+                payload = partial.as_dict() if partial is not None else {}
+                payload["error"] = str(exc)
+                self.stdout.write(json.dumps(payload, indent=2))
+            sys.exit(1)
+        if tty:
+            self.stderr.write("")
+        if text:
+            self.stdout.write(self.summary(result))
+        else:
+            self.stdout.write(json.dumps(result.as_dict(), indent=2))
+
+    @staticmethod
+    def summary(result: CleanupResult) -> str:
+        verb = "would delete" if result.dry_run else "deleted"
+        scope = " ".join(filter(None, [result.symbol, result.timeframe])) or "all series"
+        lines = [
+            f"duplicate cleanup{' (dry run)' if result.dry_run else ''} of {scope}, run {result.run_id}",
+            f"{result.groups_total} duplicate groups, {verb} {result.rows_deleted} rows "
+            f"in {result.batches} batch(es)",
+        ]
+        if result.series:
+            lines.append("")
+            rows = [("symbol", "tf", "groups", "rows")] + [
+                (s, tf, str(c["groups"]), str(c["rows_deleted"])) for (s, tf), c in sorted(result.series.items())
+            ]
+            widths = [max(len(row[i]) for row in rows) for i in range(4)]
+            for row in rows:
+                lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+        if result.groups:
+            lines.append("")
+            lines.append(f"first {min(SHOWN_GROUPS, len(result.groups))} of {result.groups_total} groups:")
+            for g in result.groups[:SHOWN_GROUPS]:
+                lines.append(f"  {g['symbol']} {g['timeframe']} {g['candle_time']}: kept {g['kept_id']}, "
+                             f"{verb} {g['deleted_ids']} ({g['duplicate_count']} rows)")
+        if result.dry_run and result.groups_total:
+            lines.append("")
+            lines.append("dry run: nothing was written; run without --dry-run to clean up")
+        return "\n".join(lines)

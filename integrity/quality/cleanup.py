@@ -1,0 +1,373 @@
+"""Duplicate cleanup: keep the latest row of every duplicate (symbol, timeframe, ts) group.
+
+``cleanup_duplicate_records`` finds every group of ``candles`` rows sharing (symbol, timeframe, ts),
+keeps the latest one (latest ``ingested_at``, ties broken by the highest ``id``), deletes the others
+and writes one ``duplicate_records_log`` row per group naming the deleted ids and the kept id.
+
+How it runs (set-based, both databases):
+
+1. One pass over ``candles`` (``GROUP BY symbol, timeframe, ts HAVING count(*) > 1``) numbers the
+   duplicate groups in a stable order (symbol, timeframe, ts) into a session temporary table.
+2. The groups are processed ``batch_size`` at a time by keyset on that dense group number, one
+   transaction per batch. In the transaction one statement locks the live rows of the batch's
+   groups (PostgreSQL: ``FOR UPDATE``; SQLite: the IMMEDIATE transaction already holds the write
+   lock) and ranks them with ``row_number() OVER (PARTITION BY symbol, timeframe, ts ORDER BY
+   ingested_at DESC, id DESC)``; every row ranked after the first is a victim. Then one
+   ``DELETE … WHERE id = ANY(…)`` (SQLite: ``IN (SELECT value FROM json_each(?))``) and one
+   ``executemany`` of the log rows, then commit.
+
+Guarantees:
+
+- The rows deleted are exactly the ids logged: the DELETE names only the ids the batch computed and
+  its row count (PostgreSQL: the RETURNING ids) must equal them, otherwise the batch is rolled back
+  and ``CleanupConflict`` is raised. Because the batch's rows are locked and re-read when the batch
+  starts, a concurrent writer cannot change them in between, so a conflict means something broke
+  the locking assumption; re-running is safe (it recomputes from live rows).
+- A batch is all-or-nothing: any error inside it (including the test hook ``_before_commit``) rolls
+  the batch back entirely — its candles are all still there and it has no log rows — while earlier
+  batches stay committed. The error surfaces as ``CleanupError`` carrying the committed progress.
+- Groups change under us gracefully: a group that lost its duplicates since step 1 (another cleanup,
+  a writer) is skipped; a row inserted into a group since step 1 is ranked and locked with it.
+- Dry run computes the same groups, kept ids and deleted ids a real run would (same statements,
+  without the lock and the writes) and writes nothing.
+
+``duplicate_count`` is the number of rows the group had when it was cleaned, *including* the kept
+row (so ``duplicate_count == len(duplicate_ids) + 1``): it is how many copies of the bar existed.
+
+Called inside an outer transaction the batches become savepoints: each is still all-or-nothing, but
+nothing is durable until the caller commits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from integrity.models import DuplicateRecordLog
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CleanupConflict",
+    "CleanupError",
+    "CleanupResult",
+    "cleanup_duplicate_records",
+]
+
+DEFAULT_BATCH_SIZE = 1000
+# How many group details a result keeps in memory; totals are always exact.
+DEFAULT_KEEP_GROUPS = 1000
+
+_GROUPS_TABLE = "integrity_cleanup_groups"
+
+
+class CleanupError(Exception):
+    """A cleanup stopped. Batches committed before the failing one stand; ``result`` says what they did."""
+
+    def __init__(self, message: str, result: CleanupResult | None = None, batch_index: int | None = None):
+        super().__init__(message)
+        self.result = result
+        self.batch_index = batch_index
+
+
+class CleanupConflict(CleanupError):
+    """The DELETE did not remove exactly the ids the batch computed; the batch was rolled back."""
+
+
+@dataclass
+class CleanupResult:
+    run_id: uuid.UUID
+    dry_run: bool
+    symbol: str | None = None
+    timeframe: str | None = None
+    # Details of the first ``keep_groups`` groups (cleaned, or that would be cleaned in a dry run).
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    groups_total: int = 0
+    rows_deleted: int = 0  # in a dry run: rows that would be deleted
+    batches: int = 0  # batch transactions committed (dry run: batches planned)
+    # (symbol, timeframe) -> {"groups": n, "rows_deleted": m}; exact, one entry per touched series.
+    series: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    groups_planned: int = 0  # duplicate groups found by the first pass
+    anomalies_resolved: int | None = None  # from integrity.quality.anomalies, when available
+    duration_seconds: float = 0.0
+    keep_groups: int = DEFAULT_KEEP_GROUPS
+
+    @property
+    def groups_truncated(self) -> bool:
+        return self.groups_total > len(self.groups)
+
+    def add_batch(self, groups: list[dict[str, Any]]) -> None:
+        self.batches += 1
+        for group in groups:
+            self.groups_total += 1
+            deleted = len(group["deleted_ids"])
+            self.rows_deleted += deleted
+            counts = self.series.setdefault((group["symbol"], group["timeframe"]), {"groups": 0, "rows_deleted": 0})
+            counts["groups"] += 1
+            counts["rows_deleted"] += deleted
+            if len(self.groups) < self.keep_groups:
+                self.groups.append(group)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": str(self.run_id),
+            "dry_run": self.dry_run,
+            "symbol": self.symbol,
+            "timeframe": self.timeframe,
+            "groups_total": self.groups_total,
+            "rows_deleted": self.rows_deleted,
+            "batches": self.batches,
+            "groups_planned": self.groups_planned,
+            "groups_truncated": self.groups_truncated,
+            "series": [
+                {"symbol": s, "timeframe": tf, **counts} for (s, tf), counts in sorted(self.series.items())
+            ],
+            "anomalies_resolved": self.anomalies_resolved,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "groups": self.groups,
+        }
+
+
+Progress = Callable[[int, int], None]  # (groups done, groups planned), after every batch
+
+
+def cleanup_duplicate_records(
+    symbol: str | None = None,
+    timeframe: str | None = None,
+    dry_run: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Progress | None = None,
+    *,
+    keep_groups: int = DEFAULT_KEEP_GROUPS,
+    _before_commit: Callable[[int], None] | None = None,
+) -> CleanupResult:
+    """Delete all but the latest row of every duplicate candle group and log each group.
+
+    ``batch_size`` is in groups per transaction. ``_before_commit(batch_index)`` (1-based) runs
+    inside each batch's transaction after its writes, just before the commit: a test hook for
+    injecting failures. Raises ``CleanupError`` (``CleanupConflict`` for a DELETE mismatch) when a
+    batch fails; that batch is rolled back and earlier batches stay committed.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    started = time.perf_counter()
+    result = CleanupResult(
+        run_id=uuid.uuid4(), dry_run=dry_run, symbol=symbol, timeframe=timeframe, keep_groups=keep_groups
+    )
+    sql = _Sql(connection.vendor)
+    with connection.cursor() as cursor:
+        try:
+            result.groups_planned = _number_groups(cursor, sql, symbol, timeframe)
+            for batch_index, low in enumerate(range(0, result.groups_planned, batch_size), start=1):
+                try:
+                    groups = _run_batch(
+                        cursor, sql, result.run_id, low, low + batch_size, dry_run, batch_index, _before_commit
+                    )
+                except CleanupError as exc:
+                    exc.result, exc.batch_index = result, batch_index
+                    raise
+                except Exception as exc:
+                    raise CleanupError(
+                        f"batch {batch_index} failed and was rolled back ({type(exc).__name__}: {exc}); "
+                        f"{result.batches} earlier batch(es) committed, {result.rows_deleted} rows deleted",
+                        result, batch_index,
+                    ) from exc
+                result.add_batch(groups)
+                if progress is not None:
+                    progress(min(low + batch_size, result.groups_planned), result.groups_planned)
+        finally:
+            result.duration_seconds = time.perf_counter() - started
+            _drop_groups_table(cursor, sql)
+
+    if not dry_run:
+        result.anomalies_resolved = _resolve_anomalies(symbol, timeframe)
+    result.duration_seconds = time.perf_counter() - started
+    logger.info(
+        "duplicate cleanup %s%s: %d groups, %d rows %s in %d batches (%.2fs)",
+        result.run_id, " (dry run)" if dry_run else "", result.groups_total, result.rows_deleted,
+        "would be deleted" if dry_run else "deleted", result.batches, result.duration_seconds,
+    )
+    return result
+
+
+# --- SQL ----------------------------------------------------------------------------------------
+
+
+class _Sql:
+    """The few statements that differ between PostgreSQL and SQLite."""
+
+    def __init__(self, vendor: str):
+        self.postgres = vendor == "postgresql"
+        if self.postgres:
+            self.table = f"pg_temp.{_GROUPS_TABLE}"
+            ts_type = "timestamptz"
+        else:
+            self.table = f"temp.{_GROUPS_TABLE}"
+            ts_type = "datetime"  # the declared type makes Django's SQLite converter parse it
+        self.create = (
+            f"CREATE TEMPORARY TABLE {_GROUPS_TABLE} (gno integer PRIMARY KEY, symbol varchar(50) NOT NULL, "
+            f"timeframe varchar(20) NOT NULL, ts {ts_type} NOT NULL, n integer NOT NULL)"
+        )
+        # The stable order (symbol, timeframe, ts) becomes a dense number: batches are keyset ranges.
+        self.fill = (
+            f"INSERT INTO {self.table} (gno, symbol, timeframe, ts, n) "
+            "SELECT row_number() OVER (ORDER BY symbol, timeframe, ts), symbol, timeframe, ts, n "
+            "FROM (SELECT symbol, timeframe, ts, count(*) AS n FROM candles {where} "
+            "GROUP BY symbol, timeframe, ts HAVING count(*) > 1) AS d"
+        )
+        lock = "FOR UPDATE OF c" if self.postgres else ""
+        # Rows of the batch's groups as they are now (locked on PostgreSQL), ranked within the group.
+        self.plan = (
+            "WITH grp AS ("
+            "  SELECT c.id, c.symbol, c.timeframe, c.ts, c.ingested_at, g.gno"
+            f"   FROM {self.table} AS g"
+            "    JOIN candles AS c ON c.symbol = g.symbol AND c.timeframe = g.timeframe AND c.ts = g.ts"
+            f"  WHERE g.gno > %s AND g.gno <= %s {{lock}}"
+            ") "
+            "SELECT gno, symbol, timeframe, ts, id,"
+            " row_number() OVER (PARTITION BY symbol, timeframe, ts ORDER BY ingested_at DESC, id DESC) AS rn,"
+            " count(*) OVER (PARTITION BY symbol, timeframe, ts) AS n "
+            "FROM grp ORDER BY gno, rn"
+        )
+        self.plan_locked = self.plan.format(lock=lock)
+        self.plan_read = self.plan.format(lock="")
+        if self.postgres:
+            self.delete = "DELETE FROM candles WHERE id = ANY(%s::bigint[]) RETURNING id"
+            ids_placeholder = "%s::bigint[]"
+        else:
+            self.delete = "DELETE FROM candles WHERE id IN (SELECT value FROM json_each(%s))"
+            ids_placeholder = "%s"
+        self.insert_log = (
+            f"INSERT INTO {DuplicateRecordLog._meta.db_table} "
+            "(symbol, timeframe, candle_time, duplicate_count, duplicate_ids, kept_id, run_id, cleaned_at, "
+            f"created_at) VALUES (%s, %s, %s, %s, {ids_placeholder}, %s, %s, %s, %s)"
+        )
+
+    def ids_param(self, ids: list[int]):
+        return ids if self.postgres else json.dumps(ids)
+
+
+def _number_groups(cursor, sql: _Sql, symbol: str | None, timeframe: str | None) -> int:
+    """Step 1: the duplicate groups, numbered 1..n in (symbol, timeframe, ts) order. Returns n."""
+    conditions, params = [], []
+    if symbol:
+        conditions.append("symbol = %s")
+        params.append(symbol)
+    if timeframe:
+        conditions.append("timeframe = %s")
+        params.append(timeframe)
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    _drop_groups_table(cursor, sql)
+    cursor.execute(sql.create)
+    cursor.execute(sql.fill.format(where=where), params)
+    count = cursor.rowcount
+    if count is None or count < 0:
+        cursor.execute(f"SELECT count(*) FROM {sql.table}")
+        count = cursor.fetchone()[0]
+    if sql.postgres:
+        # Temporary tables are never auto-analyzed: give the planner the row count so the batch join
+        # walks candles' (symbol, timeframe, ts) index instead of scanning the table.
+        cursor.execute(f"ANALYZE {sql.table}")
+    return count
+
+
+def _drop_groups_table(cursor, sql: _Sql) -> None:
+    try:
+        cursor.execute(f"DROP TABLE IF EXISTS {sql.table}")
+    except Exception:  # a broken connection: the session (and its temporary table) is gone anyway
+        logger.debug("could not drop %s", sql.table, exc_info=True)
+
+
+def _run_batch(cursor, sql: _Sql, run_id: uuid.UUID, low: int, high: int, dry_run: bool, batch_index: int,
+               before_commit: Callable[[int], None] | None) -> list[dict[str, Any]]:
+    """One transaction: plan the groups numbered (low, high], delete their victims, log them."""
+    with transaction.atomic():
+        cursor.execute(sql.plan_read if dry_run else sql.plan_locked, [low, high])
+        planned = _groups_from_ranked_rows(cursor.fetchall())
+        if not dry_run and planned:
+            victims = [i for _, g in planned for i in g["deleted_ids"]]
+            cursor.execute(sql.delete, [sql.ids_param(victims)])
+            # PostgreSQL returns the ids it deleted; SQLite's row count suffices there (the ids are
+            # distinct and the DELETE names only them, so equal counts mean equal sets).
+            deleted = len(cursor.fetchall()) if sql.postgres else cursor.rowcount
+            if deleted != len(victims):
+                raise CleanupConflict(
+                    f"batch {batch_index}: computed {len(victims)} rows to delete but the DELETE removed "
+                    f"{deleted}; the batch was rolled back (candles changed concurrently). Earlier batches "
+                    "are committed; re-run to finish."
+                )
+            _insert_logs(cursor, sql, run_id, planned)
+        if before_commit is not None:
+            before_commit(batch_index)
+    return [group for _, group in planned]
+
+
+def _groups_from_ranked_rows(rows) -> list[tuple[datetime, dict[str, Any]]]:
+    """Rows (gno, symbol, timeframe, ts, id, rn, n) ordered by gno, rn → (ts, group) per duplicate group."""
+    planned: list[tuple[datetime, dict[str, Any]]] = []
+    current = None
+    for _gno, symbol, timeframe, ts, row_id, rn, n in rows:
+        if rn == 1:
+            current = None
+            if n < 2:
+                continue  # the group lost its duplicates since it was numbered: nothing to do
+            ts = _aware(ts)
+            current = {
+                "symbol": symbol,
+                "timeframe": timeframe,
+                "candle_time": ts.isoformat(),
+                "kept_id": int(row_id),
+                "deleted_ids": [],
+                "duplicate_count": int(n),
+            }
+            planned.append((ts, current))
+        elif current is not None:
+            current["deleted_ids"].append(int(row_id))
+    for _, group in planned:
+        group["deleted_ids"].sort()
+    return planned
+
+
+def _insert_logs(cursor, sql: _Sql, run_id: uuid.UUID, planned: list[tuple[datetime, dict[str, Any]]]) -> None:
+    ops = connection.ops
+    run = run_id if sql.postgres else run_id.hex  # UUIDField: native uuid on PostgreSQL, char(32) else
+    stamp = ops.adapt_datetimefield_value(timezone.now())
+    cursor.executemany(
+        sql.insert_log,
+        [
+            (g["symbol"], g["timeframe"], ops.adapt_datetimefield_value(ts), g["duplicate_count"],
+             sql.ids_param(g["deleted_ids"]), g["kept_id"], run, stamp, stamp)
+            for ts, g in planned
+        ],
+    )
+
+
+def _aware(value) -> datetime:
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if timezone.is_naive(value):
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _resolve_anomalies(symbol: str | None, timeframe: str | None) -> int | None:
+    """Resolve open duplicate anomalies of series that are clean now (when that module exists)."""
+    try:
+        from integrity.quality.anomalies import resolve_cleaned_duplicates
+    except ImportError:
+        return None
+    try:
+        return resolve_cleaned_duplicates(symbol, timeframe)
+    except Exception:  # the cleanup itself is committed; a failure here must not hide that
+        logger.exception("duplicate cleanup: resolving duplicate anomalies failed")
+        return None

@@ -1,0 +1,111 @@
+"""The schedule table: what runs when. ``manage.py setup_schedules`` writes it into django-q2.
+
+Every entry is a django-q2 CRON schedule whose expression comes from a setting (environment
+variable), evaluated in UTC (``TIME_ZONE`` is UTC, and django-q2 computes cron times in it):
+
+    name                 task                                  setting (default)
+    integrity.enrichment integrity.tasks.enrichment_task       SCHEDULE_ENRICHMENT_CRON ("30 1 * * *")
+    integrity.backfill   integrity.tasks.backfill_all_task     SCHEDULE_BACKFILL_CRON   ("0 2 * * *")
+    integrity.health     integrity.tasks.health_task           SCHEDULE_HEALTH_CRON     ("0 0,6,12,18 * * *")
+
+``setup_schedules`` is idempotent: it creates missing schedules, updates changed ones (a new cron
+expression moves ``next_run`` to the expression's next time), leaves unchanged ones alone and deletes
+schedules under our ``integrity.`` prefix that are no longer in the table. An unchanged schedule
+whose ``next_run`` is already past (the cluster was down) is moved to its next future time, so a
+deploy never replays missed runs; the cluster itself has ``catch_up: False`` for the same reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+PREFIX = "integrity."
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    name: str
+    func: str
+    setting: str
+    default_cron: str
+    description: str
+
+    @property
+    def cron(self) -> str:
+        return str(getattr(settings, self.setting, None) or self.default_cron).strip()
+
+
+SCHEDULES: tuple[ScheduleSpec, ...] = (
+    ScheduleSpec("integrity.enrichment", "integrity.tasks.enrichment_task", "SCHEDULE_ENRICHMENT_CRON",
+                 "30 1 * * *", "recompute series statistics (coverage, volatility)"),
+    ScheduleSpec("integrity.backfill", "integrity.tasks.backfill_all_task", "SCHEDULE_BACKFILL_CRON",
+                 "0 2 * * *", "incremental backfill: one task per active series"),
+    ScheduleSpec("integrity.health", "integrity.tasks.health_task", "SCHEDULE_HEALTH_CRON",
+                 "0 0,6,12,18 * * *", "health monitoring: staleness, failures, anomalies, alerts"),
+)
+
+
+class ScheduleConfigError(ValueError):
+    pass
+
+
+def next_run_for(cron: str, now: datetime | None = None) -> datetime:
+    """The first time strictly after ``now`` that ``cron`` fires, in UTC."""
+    from croniter import croniter
+
+    base = (now or timezone.now()).astimezone(UTC)
+    return croniter(cron, base).get_next(datetime).astimezone(UTC)
+
+
+def validate_cron(spec: ScheduleSpec) -> str:
+    from croniter import croniter
+
+    cron = spec.cron
+    if not croniter.is_valid(cron) or len(cron.split()) != 5:
+        raise ScheduleConfigError(f"{spec.setting}={cron!r} is not a five-field cron expression "
+                                  f"(minute hour day-of-month month day-of-week), e.g. {spec.default_cron!r}")
+    return cron
+
+
+def setup_schedules(now: datetime | None = None) -> list[dict[str, Any]]:
+    """Create or update the schedules of ``SCHEDULES``; returns what was done to each."""
+    from django_q.models import Schedule
+
+    now = now or timezone.now()
+    crons = {spec.name: validate_cron(spec) for spec in SCHEDULES}  # all valid, or change nothing
+    report = []
+    with transaction.atomic():
+        for spec in SCHEDULES:
+            cron = crons[spec.name]
+            existing = Schedule.objects.select_for_update().filter(name=spec.name).order_by("id")
+            schedule = existing.first()
+            if schedule is not None:
+                Schedule.objects.filter(name=spec.name).exclude(pk=schedule.pk).delete()  # stray copies
+            wanted = {"func": spec.func, "schedule_type": Schedule.CRON, "cron": cron, "repeats": -1,
+                      "args": None, "kwargs": None, "hook": None, "cluster": None}
+            if schedule is None:
+                schedule = Schedule.objects.create(name=spec.name, next_run=next_run_for(cron, now), **wanted)
+                action = "created"
+            else:
+                changed = {k: v for k, v in wanted.items() if getattr(schedule, k) != v}
+                if "cron" in changed or schedule.next_run is None or schedule.next_run <= now:
+                    changed["next_run"] = next_run_for(cron, now)
+                if changed:
+                    Schedule.objects.filter(pk=schedule.pk).update(**changed)
+                    schedule.refresh_from_db()
+                action = "updated" if changed else "unchanged"
+            report.append({"name": spec.name, "func": spec.func, "cron": cron, "setting": spec.setting,
+                           "next_run": schedule.next_run.astimezone(UTC).isoformat(), "action": action,
+                           "description": spec.description})
+        known = [spec.name for spec in SCHEDULES]
+        for name in Schedule.objects.filter(name__startswith=PREFIX).exclude(name__in=known).values_list(
+                "name", flat=True):
+            report.append({"name": name, "action": "deleted"})
+        Schedule.objects.filter(name__startswith=PREFIX).exclude(name__in=known).delete()
+    return report

@@ -1,0 +1,70 @@
+"""django-q2 entry points: thin wrappers over the services, named in ``integrity.schedules``.
+
+The cluster runs each task once (``max_attempts: 1``) with a timeout below the broker's retry
+(``Q_TIMEOUT`` < ``Q_RETRY``), so a slow task is never handed to a second worker while it runs.
+Results are small dicts (django-q2 stores them with the task).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+BACKFILL_SERIES_TASK = "integrity.tasks.backfill_series_task"
+
+
+def health_task() -> dict[str, Any]:
+    """Run the health-monitoring job (``integrity.health.run_health_monitoring``)."""
+    from .health import run_health_monitoring
+
+    report = run_health_monitoring()
+    return {"run_id": report["run_id"], "status": report["status"], "stale_series": report["stale_series"]["count"],
+            "failing_symbols": report["failing_symbols"]["count"], "alerts": len(report["alerts"]),
+            "errors": len(report["errors"]), "duration_ms": report["duration_ms"]}
+
+
+def enrichment_task() -> dict[str, Any]:
+    """Recompute ``series_stats`` for the watchlist (``integrity.quality.enrichment.enrich_series``)."""
+    from .quality.enrichment import enrich_series
+
+    return {"series": len(enrich_series())}
+
+
+def active_series() -> list[tuple[str, str]]:
+    from .models import Instrument
+
+    series = []
+    for symbol, timeframes in Instrument.objects.filter(active=True).order_by("symbol").values_list(
+            "symbol", "timeframes"):
+        for timeframe in dict.fromkeys(timeframes if isinstance(timeframes, list) else []):
+            series.append((symbol, timeframe))
+    return series
+
+
+def backfill_all_task() -> dict[str, Any]:
+    """Fan out: one queued ``backfill_series_task`` per active series (instrument × timeframe).
+
+    Series run in parallel on however many workers there are. No series runs twice at once even if
+    two fan-outs overlap: the claim (a partial unique index) refuses the second.
+    """
+    from django_q.tasks import async_task
+
+    from .backfill import reap_dead_backfills
+
+    reap_dead_backfills()
+    series = active_series()
+    for symbol, timeframe in series:
+        async_task(BACKFILL_SERIES_TASK, symbol, timeframe, group="integrity.backfill",
+                   task_name=f"backfill {symbol} {timeframe}"[:100])
+    logger.info("backfill fan-out: %s series queued", len(series))
+    return {"enqueued": len(series)}
+
+
+def backfill_series_task(symbol: str, timeframe: str) -> dict[str, Any]:
+    """Incremental backfill of one series (``integrity.backfill.run_backfill``)."""
+    from .backfill import run_backfill
+
+    result = run_backfill(symbol, timeframe, requested_by="schedule")
+    return result.as_dict()
