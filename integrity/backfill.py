@@ -522,6 +522,33 @@ def run_backfill(
     return result
 
 
+def run_backfill_execution(execution_id: str) -> dict[str, Any]:
+    """Queue entry point: run an execution claimed earlier (API/admin request). Returns the result."""
+    state = BackfillState.objects.get(execution_id=execution_id)
+    return run_backfill(state.symbol, state.timeframe, execution_id=state.execution_id).as_dict()
+
+
+def request_backfill(symbol: str, timeframe: str, *, start: datetime | None = None, end: datetime | None = None,
+                     provider: str | None = None, requested_by: str = "", enqueue: bool = True) -> BackfillState:
+    """Claim a series now and queue its run (API and admin). Raises BackfillRefused / BackfillError."""
+    spec = resolve_series(symbol, timeframe, provider=provider)
+    if start is not None and end is not None and start >= end:
+        raise BackfillError(f"empty range: start {start.isoformat()} is not before end {end.isoformat()}")
+    state = create_backfill_state(symbol, timeframe, spec.asset_class, provider=spec.provider,
+                                  range_start=start, range_end=end, requested_by=requested_by)
+    if enqueue:
+        from django_q.tasks import async_task
+
+        try:
+            async_task("integrity.backfill.run_backfill_execution", str(state.execution_id),
+                       task_name=f"backfill {symbol} {timeframe}", group="backfill")
+        except Exception as exc:
+            # Without a queue the claim would block the series until the pending timeout: release it.
+            state.mark_failed(f"could not enqueue: {exc}")
+            raise BackfillError(f"the task queue is unavailable: {exc}") from exc
+    return state
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"

@@ -1,0 +1,79 @@
+"""django-filter sets for the list endpoints (invalid filter values answer 400, never 500)."""
+
+from __future__ import annotations
+
+import django_filters as filters
+
+from ..models import (
+    AnomalyType,
+    BackfillState,
+    BackfillStatus,
+    DataAnomaly,
+    DuplicateRecordLog,
+    Instrument,
+    ResolutionStatus,
+    SeriesStats,
+    Severity,
+    SymbolFailureTracking,
+    Timeframe,
+)
+
+
+class BackfillFilter(filters.FilterSet):
+    symbol = filters.CharFilter()
+    timeframe = filters.ChoiceFilter(choices=Timeframe.choices)
+    status = filters.MultipleChoiceFilter(choices=BackfillStatus.choices)
+    created_after = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = BackfillState
+        fields = ["symbol", "timeframe", "status"]
+
+
+class AnomalyFilter(filters.FilterSet):
+    symbol = filters.CharFilter()
+    timeframe = filters.ChoiceFilter(choices=Timeframe.choices)
+    anomaly_type = filters.MultipleChoiceFilter(choices=AnomalyType.choices)
+    severity = filters.MultipleChoiceFilter(choices=Severity.choices)
+    resolution_status = filters.MultipleChoiceFilter(choices=ResolutionStatus.choices)
+    detected_after = filters.IsoDateTimeFilter(field_name="detected_at", lookup_expr="gte")
+    detected_before = filters.IsoDateTimeFilter(field_name="detected_at", lookup_expr="lt")
+
+    class Meta:
+        model = DataAnomaly
+        fields = ["symbol", "timeframe", "anomaly_type", "severity", "resolution_status"]
+
+
+class DuplicateLogFilter(filters.FilterSet):
+    symbol = filters.CharFilter()
+    timeframe = filters.ChoiceFilter(choices=Timeframe.choices)
+    cleaned_after = filters.IsoDateTimeFilter(field_name="cleaned_at", lookup_expr="gte")
+    cleaned_before = filters.IsoDateTimeFilter(field_name="cleaned_at", lookup_expr="lt")
+
+    class Meta:
+        model = DuplicateRecordLog
+        fields = ["symbol", "timeframe"]
+
+
+class FailureFilter(filters.FilterSet):
+    min_failures = filters.NumberFilter(field_name="consecutive_failures", lookup_expr="gte")
+
+    class Meta:
+        model = SymbolFailureTracking
+        fields = ["symbol", "alert_sent"]
+
+
+class InstrumentFilter(filters.FilterSet):
+    class Meta:
+        model = Instrument
+        fields = ["asset_class", "provider", "active", "calendar"]
+
+
+class SeriesFilter(filters.FilterSet):
+    timeframe = filters.ChoiceFilter(choices=Timeframe.choices)
+    max_coverage = filters.NumberFilter(field_name="coverage_pct", lookup_expr="lte")
+
+    class Meta:
+        model = SeriesStats
+        fields = ["symbol", "timeframe"]

@@ -1,0 +1,123 @@
+"""Serializers: what the API shows and accepts."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from ..calendars import validate_calendar_code
+from ..models import (
+    BackfillState,
+    DataAnomaly,
+    DuplicateRecordLog,
+    HealthCheckRun,
+    Instrument,
+    SeriesStats,
+    SymbolFailureTracking,
+    Timeframe,
+)
+from ..providers import PROVIDER_NAMES
+
+
+class BackfillStateSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = BackfillState
+        fields = [
+            "execution_id", "symbol", "asset_class", "timeframe", "status", "started_at", "completed_at",
+            "records_inserted", "records_updated", "invalid_bars", "error_message", "retry_count", "provider",
+            "range_start", "range_end", "heartbeat_at", "checkpoint_ts", "worker", "requested_by", "details",
+            "created_at", "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class BackfillRequestSerializer(serializers.Serializer):
+    symbol = serializers.CharField(max_length=50)
+    timeframe = serializers.ChoiceField(choices=Timeframe.choices)
+    start = serializers.DateTimeField(required=False, allow_null=True)
+    end = serializers.DateTimeField(required=False, allow_null=True)
+    provider = serializers.ChoiceField(choices=PROVIDER_NAMES, required=False, allow_null=True)
+
+    def validate_symbol(self, value):
+        if not Instrument.objects.filter(symbol=value).exists():
+            raise serializers.ValidationError(f"unknown instrument {value!r}: add it to /api/v1/instruments/ first")
+        return value
+
+    def validate(self, attrs):
+        start, end = attrs.get("start"), attrs.get("end")
+        if start and end and start >= end:
+            raise serializers.ValidationError({"end": "must be after start"})
+        return attrs
+
+
+class DataAnomalySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DataAnomaly
+        fields = [
+            "id", "symbol", "timeframe", "anomaly_type", "severity", "description", "affected_rows",
+            "resolution_status", "period_start", "period_end", "detected_at", "last_seen_at", "fingerprint",
+            "details", "execution_id", "acknowledged_by", "acknowledged_at", "resolved_by", "resolved_at",
+            "resolution_note", "created_at", "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class ReviewSerializer(serializers.Serializer):
+    note = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+
+
+class DuplicateRecordLogSerializer(serializers.ModelSerializer):
+    duplicate_ids = serializers.ListField(child=serializers.IntegerField(), read_only=True)
+
+    class Meta:
+        model = DuplicateRecordLog
+        fields = ["id", "symbol", "timeframe", "candle_time", "duplicate_count", "duplicate_ids", "kept_id",
+                  "run_id", "cleaned_at", "created_at"]
+        read_only_fields = fields
+
+
+class SymbolFailureSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = SymbolFailureTracking
+        fields = ["symbol", "consecutive_failures", "last_failure_at", "last_success_at", "alert_sent",
+                  "alert_sent_at", "last_error", "created_at", "updated_at"]
+        read_only_fields = fields
+
+
+class InstrumentSerializer(serializers.ModelSerializer):
+    timeframes = serializers.ListField(child=serializers.ChoiceField(choices=Timeframe.choices), allow_empty=True)
+    provider = serializers.ChoiceField(choices=PROVIDER_NAMES, default="synthetic")
+    provider_options = serializers.DictField(required=False)
+    quality_thresholds = serializers.DictField(required=False)
+
+    class Meta:
+        model = Instrument
+        fields = ["id", "symbol", "asset_class", "calendar", "timeframes", "provider", "provider_options",
+                  "quality_thresholds", "active", "created_at", "updated_at"]
+        read_only_fields = ["id", "created_at", "updated_at"]
+
+    def validate_calendar(self, value):
+        try:
+            validate_calendar_code(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return value
+
+    def validate_timeframes(self, value):
+        if len(set(value)) != len(value):
+            raise serializers.ValidationError("each timeframe once")
+        return value
+
+
+class SeriesStatsSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = SeriesStats
+        fields = ["symbol", "timeframe", "first_ts", "last_ts", "bar_count", "expected_bars", "coverage_pct",
+                  "robust_volatility", "last_scan_at", "last_scanned_ts", "updated_at"]
+        read_only_fields = fields
+
+
+class HealthCheckRunSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = HealthCheckRun
+        fields = ["id", "started_at", "finished_at", "duration_ms", "status", "results", "errors", "alerts_sent"]
+        read_only_fields = fields

@@ -1,0 +1,17 @@
+from django.urls import include, path
+from rest_framework.routers import DefaultRouter
+
+from . import views
+
+router = DefaultRouter()
+router.register("backfills", views.BackfillViewSet, basename="backfill")
+router.register("anomalies", views.AnomalyViewSet, basename="anomaly")
+router.register("duplicates", views.DuplicateLogViewSet, basename="duplicate")
+router.register("symbol-failures", views.SymbolFailureViewSet, basename="symbol-failure")
+router.register("instruments", views.InstrumentViewSet, basename="instrument")
+router.register("series", views.SeriesViewSet, basename="series")
+
+urlpatterns = [
+    path("health/", views.HealthView.as_view(), name="api-health"),
+    path("", include(router.urls)),
+]

@@ -1,0 +1,192 @@
+"""REST API v1. Thin: every action calls the same service functions as the commands and admin."""
+
+from __future__ import annotations
+
+from django.db.models import Count
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from ..backfill import BackfillError, BackfillRefused, request_backfill
+from ..failures import reset_symbol_failures
+from ..models import (
+    ACTIVE_STATUSES,
+    BackfillState,
+    DataAnomaly,
+    DuplicateRecordLog,
+    HealthCheckRun,
+    Instrument,
+    InvalidTransition,
+    ResolutionStatus,
+    SeriesStats,
+    SymbolFailureTracking,
+)
+from . import filters
+from .permissions import InstrumentPermissions, ModelPermissions
+from .serializers import (
+    BackfillRequestSerializer,
+    BackfillStateSerializer,
+    DataAnomalySerializer,
+    DuplicateRecordLogSerializer,
+    HealthCheckRunSerializer,
+    InstrumentSerializer,
+    ReviewSerializer,
+    SeriesStatsSerializer,
+    SymbolFailureSerializer,
+)
+
+
+def cursor_pagination(field: str):
+    """Keyset pagination for the large tables: stable under inserts, cost independent of the page."""
+    return type(f"CursorBy{field.strip('-').title()}", (CursorPagination,),
+                {"ordering": (field, "-id"), "page_size": 100, "page_size_query_param": "page_size",
+                 "max_page_size": 1000})
+
+
+def actor(request) -> str:
+    return request.user.get_username() if request.user and request.user.is_authenticated else ""
+
+
+class BackfillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Backfill executions. POST requests a backfill: 202 with the execution id, or 409 naming the
+    execution that already holds the series."""
+
+    queryset = BackfillState.objects.all()
+    serializer_class = BackfillStateSerializer
+    permission_classes = [ModelPermissions]
+    filterset_class = filters.BackfillFilter
+    pagination_class = cursor_pagination("-created_at")
+    lookup_field = "execution_id"
+
+    @extend_schema(
+        request=BackfillRequestSerializer,
+        responses={
+            202: BackfillStateSerializer,
+            400: OpenApiResponse(description="invalid request"),
+            409: inline_serializer("BackfillConflict", {"detail": serializers.CharField(),
+                                                        "active_execution_id": serializers.UUIDField()}),
+        },
+    )
+    def create(self, request):
+        payload = BackfillRequestSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        try:
+            state = request_backfill(data["symbol"], data["timeframe"], start=data.get("start"),
+                                     end=data.get("end"), provider=data.get("provider"),
+                                     requested_by=f"api:{actor(request)}")
+        except BackfillRefused as refused:
+            return Response(
+                {"detail": str(refused),
+                 "active_execution_id": str(refused.active.execution_id) if refused.active else None},
+                status=status.HTTP_409_CONFLICT,
+            )
+        except BackfillError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(BackfillStateSerializer(state).data, status=status.HTTP_202_ACCEPTED)
+
+
+class AnomalyViewSet(viewsets.ReadOnlyModelViewSet):
+    """Data anomalies with their review lifecycle: open → acknowledged → resolved."""
+
+    queryset = DataAnomaly.objects.all()
+    serializer_class = DataAnomalySerializer
+    permission_classes = [ModelPermissions]
+    filterset_class = filters.AnomalyFilter
+    pagination_class = cursor_pagination("-detected_at")
+
+    def _review(self, request, method: str):
+        anomaly = self.get_object()
+        body = ReviewSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            getattr(anomaly, method)(by=actor(request), note=body.validated_data.get("note", ""))
+        except InvalidTransition as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        anomaly.refresh_from_db()
+        return Response(DataAnomalySerializer(anomaly).data)
+
+    @extend_schema(request=ReviewSerializer, responses={200: DataAnomalySerializer, 409: OpenApiResponse()})
+    @action(detail=True, methods=["post"])
+    def acknowledge(self, request, pk=None):
+        return self._review(request, "acknowledge")
+
+    @extend_schema(request=ReviewSerializer, responses={200: DataAnomalySerializer, 409: OpenApiResponse()})
+    @action(detail=True, methods=["post"])
+    def resolve(self, request, pk=None):
+        return self._review(request, "resolve")
+
+
+class DuplicateLogViewSet(viewsets.ReadOnlyModelViewSet):
+    """The audit log of duplicate cleanup (read-only)."""
+
+    queryset = DuplicateRecordLog.objects.all()
+    serializer_class = DuplicateRecordLogSerializer
+    permission_classes = [ModelPermissions]
+    filterset_class = filters.DuplicateLogFilter
+    pagination_class = cursor_pagination("-cleaned_at")
+
+
+class SymbolFailureViewSet(viewsets.ReadOnlyModelViewSet):
+    """Consecutive failures per symbol; POST …/reset/ zeroes the count and re-arms the alert."""
+
+    queryset = SymbolFailureTracking.objects.all().order_by("-consecutive_failures", "symbol")
+    serializer_class = SymbolFailureSerializer
+    permission_classes = [ModelPermissions]
+    filterset_class = filters.FailureFilter
+    lookup_field = "symbol"
+    lookup_value_regex = "[^/]+"
+
+    @extend_schema(request=None, responses={200: SymbolFailureSerializer})
+    @action(detail=True, methods=["post"])
+    def reset(self, request, symbol=None):
+        tracking = self.get_object()
+        reset_symbol_failures(tracking.symbol)
+        tracking.refresh_from_db()
+        return Response(SymbolFailureSerializer(tracking).data)
+
+
+class InstrumentViewSet(viewsets.ModelViewSet):
+    """The watchlist."""
+
+    queryset = Instrument.objects.all().order_by("symbol")
+    serializer_class = InstrumentSerializer
+    permission_classes = [InstrumentPermissions]
+    filterset_class = filters.InstrumentFilter
+    lookup_field = "symbol"
+    lookup_value_regex = "[^/]+"
+
+
+class SeriesViewSet(viewsets.ReadOnlyModelViewSet):
+    """Per-series coverage and statistics (from enrichment)."""
+
+    queryset = SeriesStats.objects.all().order_by("symbol", "timeframe")
+    serializer_class = SeriesStatsSerializer
+    permission_classes = [ModelPermissions]
+    filterset_class = filters.SeriesFilter
+
+
+class HealthView(APIView):
+    """The latest health run and a live summary."""
+
+    permission_classes = [ModelPermissions]
+    queryset = HealthCheckRun.objects.all()  # for the permission check
+
+    @extend_schema(responses=inline_serializer("HealthSummary", {
+        "latest_run": HealthCheckRunSerializer(allow_null=True),
+        "live": serializers.DictField(),
+    }))
+    def get(self, request):
+        latest = HealthCheckRun.objects.order_by("-started_at").first()
+        open_anomalies = DataAnomaly.objects.exclude(resolution_status=ResolutionStatus.RESOLVED)
+        live = {
+            "open_anomalies_by_severity": dict(open_anomalies.values_list("severity").annotate(n=Count("id"))),
+            "open_anomalies_by_type": dict(open_anomalies.values_list("anomaly_type").annotate(n=Count("id"))),
+            "active_backfills": BackfillState.objects.filter(status__in=ACTIVE_STATUSES).count(),
+            "failing_symbols": SymbolFailureTracking.objects.filter(consecutive_failures__gt=0).count(),
+            "instruments": Instrument.objects.filter(active=True).count(),
+        }
+        return Response({"latest_run": HealthCheckRunSerializer(latest).data if latest else None, "live": live})
