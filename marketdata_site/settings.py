@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -84,7 +85,8 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     )
     # Tests use a file (not the shared-cache in-memory default) so threads and worker processes
     # lock, wait and see each other's commits the way production does.
-    _db["TEST"] = {"NAME": str(BASE_DIR / ".test_db.sqlite3")}
+    # One file per test process, so parallel runs in one checkout never share it.
+    _db["TEST"] = {"NAME": str(BASE_DIR / f".test_db.{os.getpid()}.sqlite3")}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -190,4 +192,33 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {"TimeframeEnum": "integrity.timeframes.Timeframe"},
+    "COMPONENT_SPLIT_REQUEST": True,
 }
+
+# --- Health monitoring, alerts, schedules, metrics (integrity.health/alerts/schedules/metrics) ---
+# A series is stale when its last bar is more than this many hours behind the newest bar its
+# calendar expects to be complete (calendar-aware: weekends and holidays are not "behind").
+HEALTH_STALE_HOURS = envfloat("HEALTH_STALE_HOURS", 6.0)
+# Email channel: on when ALERT_EMAIL_RECIPIENTS (comma list) is set; sent via Django's mail backend.
+ALERT_EMAIL_RECIPIENTS = envlist("ALERT_EMAIL_RECIPIENTS", "")
+EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
+EMAIL_PORT = envint("EMAIL_PORT", 25)
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", "False")
+EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", "False")
+EMAIL_TIMEOUT = envint("EMAIL_TIMEOUT", 10)
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "marketdata-integrity@localhost")
+# Webhook channel: on when ALERT_WEBHOOK_URL is set; JSON POST with a Slack-compatible "text".
+ALERT_WEBHOOK_URL = envstr("ALERT_WEBHOOK_URL", "")
+ALERT_WEBHOOK_TIMEOUT = envfloat("ALERT_WEBHOOK_TIMEOUT", 5.0)
+ALERT_WEBHOOK_RETRIES = envint("ALERT_WEBHOOK_RETRIES", 2)  # extra attempts on connection errors/429/5xx
+ALERT_WEBHOOK_BACKOFF = envfloat("ALERT_WEBHOOK_BACKOFF", 0.5)  # seconds, doubled each retry
+# django-q2 schedules (UTC cron expressions), written by `manage.py setup_schedules`.
+SCHEDULE_ENRICHMENT_CRON = envstr("SCHEDULE_ENRICHMENT_CRON", "30 1 * * *")
+SCHEDULE_BACKFILL_CRON = envstr("SCHEDULE_BACKFILL_CRON", "0 2 * * *")
+SCHEDULE_HEALTH_CRON = envstr("SCHEDULE_HEALTH_CRON", "0 0,6,12,18 * * *")
+# /metrics: bearer token required when set; when unset, loopback clients only.
+METRICS_TOKEN = envstr("METRICS_TOKEN", "")
