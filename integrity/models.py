@@ -350,6 +350,12 @@ class DataAnomaly(models.Model):
         indexes = [
             models.Index(fields=["symbol", "-detected_at"], name="anomaly_symbol_detected_idx"),
             models.Index(fields=["severity", "resolution_status"], name="anomaly_severity_status_idx"),
+            # The review list: filtered by status (and severity), newest first, keyset-paginated on
+            # (detected_at, id) — these serve it as an index scan that stops after one page.
+            models.Index(fields=["resolution_status", "-detected_at", "-id"], name="anomaly_status_detected_idx"),
+            models.Index(fields=["severity", "resolution_status", "-detected_at", "-id"],
+                         name="anomaly_sev_status_det_idx"),
+            models.Index(fields=["-detected_at", "-id"], name="anomaly_detected_id_idx"),
         ]
         constraints = [
             _choices_check("severity", Severity, "anomaly_severity_valid"),

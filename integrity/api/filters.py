@@ -22,7 +22,7 @@ from ..models import (
 class BackfillFilter(filters.FilterSet):
     symbol = filters.CharFilter()
     timeframe = filters.ChoiceFilter(choices=Timeframe.choices)
-    status = filters.MultipleChoiceFilter(choices=BackfillStatus.choices)
+    status = filters.MultipleChoiceFilter(choices=BackfillStatus.choices, distinct=False)
     created_after = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
@@ -34,9 +34,9 @@ class BackfillFilter(filters.FilterSet):
 class AnomalyFilter(filters.FilterSet):
     symbol = filters.CharFilter()
     timeframe = filters.ChoiceFilter(choices=Timeframe.choices)
-    anomaly_type = filters.MultipleChoiceFilter(choices=AnomalyType.choices)
-    severity = filters.MultipleChoiceFilter(choices=Severity.choices)
-    resolution_status = filters.MultipleChoiceFilter(choices=ResolutionStatus.choices)
+    anomaly_type = filters.MultipleChoiceFilter(choices=AnomalyType.choices, distinct=False)
+    severity = filters.MultipleChoiceFilter(choices=Severity.choices, distinct=False)
+    resolution_status = filters.MultipleChoiceFilter(choices=ResolutionStatus.choices, distinct=False)
     detected_after = filters.IsoDateTimeFilter(field_name="detected_at", lookup_expr="gte")
     detected_before = filters.IsoDateTimeFilter(field_name="detected_at", lookup_expr="lt")
 

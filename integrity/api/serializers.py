@@ -61,6 +61,16 @@ class DataAnomalySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class DataAnomalyListSerializer(serializers.ModelSerializer):
+    """The list's compact row (details, fingerprint and review fields are on the detail)."""
+
+    class Meta:
+        model = DataAnomaly
+        fields = ["id", "symbol", "timeframe", "anomaly_type", "severity", "resolution_status", "period_start",
+                  "period_end", "affected_rows", "detected_at", "description"]
+        read_only_fields = fields
+
+
 class ReviewSerializer(serializers.Serializer):
     note = serializers.CharField(required=False, allow_blank=True, max_length=2000)
 

@@ -29,6 +29,7 @@ from .permissions import InstrumentPermissions, ModelPermissions
 from .serializers import (
     BackfillRequestSerializer,
     BackfillStateSerializer,
+    DataAnomalyListSerializer,
     DataAnomalySerializer,
     DuplicateRecordLogSerializer,
     HealthCheckRunSerializer,
@@ -97,6 +98,9 @@ class AnomalyViewSet(viewsets.ReadOnlyModelViewSet):
     permission_classes = [ModelPermissions]
     filterset_class = filters.AnomalyFilter
     pagination_class = cursor_pagination("-detected_at")
+
+    def get_serializer_class(self):
+        return DataAnomalyListSerializer if self.action == "list" else DataAnomalySerializer
 
     def _review(self, request, method: str):
         anomaly = self.get_object()
