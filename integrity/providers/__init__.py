@@ -7,7 +7,7 @@ from .base import BAR_COLUMNS, FetchRequest, Provider, ProviderConfigError, Prov
 __all__ = ["BAR_COLUMNS", "FetchRequest", "Provider", "ProviderConfigError", "ProviderError",
            "get_provider", "PROVIDER_NAMES"]
 
-PROVIDER_NAMES = ("synthetic", "csv")
+PROVIDER_NAMES = ("synthetic", "csv", "binance", "alpaca")
 
 
 def get_provider(name: str, **options) -> Provider:
@@ -19,6 +19,14 @@ def get_provider(name: str, **options) -> Provider:
         from .csv import CsvProvider
 
         return CsvProvider(**options)
+    if name == "binance":
+        from .binance import BinanceProvider
+
+        return BinanceProvider(**options)
+    if name == "alpaca":
+        from .alpaca import AlpacaProvider
+
+        return AlpacaProvider(**options)
     raise ProviderConfigError(
         f"unknown provider {name!r}; expected one of {', '.join(PROVIDER_NAMES)}"
     )

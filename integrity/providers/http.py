@@ -1,0 +1,355 @@
+"""Shared HTTP behaviour of the market-data providers that talk to a web API (binance, alpaca).
+
+``HttpClient`` wraps one ``httpx.Client`` per fetch and gives every HTTP provider the same
+resilience and the same error reporting:
+
+- timeouts: ``PROVIDER_HTTP_CONNECT_TIMEOUT`` (default 5 s) to connect, ``PROVIDER_HTTP_READ_TIMEOUT``
+  (default 30 s) between bytes of the reply (also used for write and pool waits);
+- retries, at most ``PROVIDER_HTTP_MAX_RETRIES`` (default 4) after the first attempt, on timeouts,
+  connection errors, 429 and every 5xx. The wait is the reply's ``Retry-After`` (seconds or an
+  HTTP-date) when it has one, else exponential backoff with jitter: ``PROVIDER_HTTP_BACKOFF_BASE``
+  × 2^attempt, capped at ``PROVIDER_HTTP_BACKOFF_MAX``, then a uniformly drawn point in its upper
+  half ("equal jitter": workers that failed together spread out, yet none retries early).
+  A ``Retry-After`` longer than ``PROVIDER_HTTP_RETRY_AFTER_MAX`` is not slept through: the fetch
+  fails at once with an error that says how long the server asked to wait. Retrying early would
+  only earn more 429s (and, at Binance, an IP ban), and holding a worker for an hour is worse
+  than failing the execution, which the next scheduled run resumes from its checkpoint.
+- no retry on any other status (4xx: the request itself is wrong; 3xx: redirects are not
+  followed, so API keys in headers never travel to another host);
+- a client-side rate limit per provider (``<PROVIDER>_MAX_REQUESTS_PER_SECOND``): request starts
+  are spaced at least 1/rate apart, shared by every fetch of that provider in the process (the
+  threads of ``backfill --concurrency`` included). It is per process: N worker processes may
+  together send N × rate.
+- ``User-Agent: marketdata-integrity/1.0``.
+
+Every failure is a ``ProviderError`` carrying the provider, the URL *path* (never the host or the
+query string), the HTTP status and a short excerpt of the body. Secrets handed to the client
+(API keys) are replaced by ``***`` in anything it puts into an error or a log line.
+
+Sleeping goes through ``HttpClient.sleep`` and jitter through ``HttpClient.jitter`` (class
+attributes, overridable per instance) so tests run fast and deterministically.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+from django.conf import settings
+
+from .base import ProviderConfigError, ProviderError
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = "marketdata-integrity/1.0"
+EXCERPT_CHARS = 200
+
+DEFAULTS: dict[str, float] = {
+    "PROVIDER_HTTP_CONNECT_TIMEOUT": 5.0,
+    "PROVIDER_HTTP_READ_TIMEOUT": 30.0,
+    "PROVIDER_HTTP_MAX_RETRIES": 4,
+    "PROVIDER_HTTP_BACKOFF_BASE": 0.5,
+    "PROVIDER_HTTP_BACKOFF_MAX": 30.0,
+    "PROVIDER_HTTP_RETRY_AFTER_MAX": 60.0,
+}
+
+
+def number_setting(name: str, default: float, *, provider: str = "", minimum: float = 0.0,
+                   integer: bool = False) -> float:
+    """A numeric Django setting read at call time (so tests and deployments can change it)."""
+    raw = getattr(settings, name, default)
+    try:
+        value = int(raw) if integer else float(raw)
+    except (TypeError, ValueError):
+        raise ProviderConfigError(f"setting {name} must be a number, got {raw!r}", provider=provider) from None
+    if value < minimum or value != value:  # value != value: NaN
+        raise ProviderConfigError(f"setting {name} must be >= {minimum}, got {raw!r}", provider=provider)
+    return value
+
+
+def resolve_base_url(options: Mapping[str, Any], setting_name: str, default: str, provider: str) -> str:
+    """``base_url`` from the instrument/call options, else the setting, else the public default."""
+    value = options.get("base_url") or getattr(settings, setting_name, None) or default
+    url = str(value).strip()
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ProviderConfigError(
+            f"base_url must be an http(s) URL such as https://api.example.com, got {url!r}", provider=provider
+        )
+    if parsed.query or parsed.fragment:
+        raise ProviderConfigError(f"base_url must not carry a query string or fragment: {url!r}",
+                                  provider=provider)
+    return url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_retries: int = 4
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    retry_after_max: float = 60.0
+    max_requests_per_second: float = 0.0  # 0: no client-side limit
+
+    @classmethod
+    def from_settings(cls, provider: str, rate_setting: str | None = None,
+                      default_rate: float = 0.0) -> HttpConfig:
+        def get(name: str, integer: bool = False) -> float:
+            return number_setting(name, DEFAULTS[name], provider=provider, integer=integer)
+
+        rate = number_setting(rate_setting, default_rate, provider=provider) if rate_setting else 0.0
+        return cls(
+            connect_timeout=get("PROVIDER_HTTP_CONNECT_TIMEOUT"),
+            read_timeout=get("PROVIDER_HTTP_READ_TIMEOUT"),
+            max_retries=int(get("PROVIDER_HTTP_MAX_RETRIES", integer=True)),
+            backoff_base=get("PROVIDER_HTTP_BACKOFF_BASE"),
+            backoff_max=get("PROVIDER_HTTP_BACKOFF_MAX"),
+            retry_after_max=get("PROVIDER_HTTP_RETRY_AFTER_MAX"),
+            max_requests_per_second=rate,
+        )
+
+
+# --- client-side rate limit ---------------------------------------------------------------------
+
+
+class RateLimiter:
+    """Spaces request starts at least ``1 / rate`` seconds apart (thread-safe).
+
+    ``reserve()`` books the next free slot and returns how long the caller must wait for it; the
+    caller sleeps outside the lock, so concurrent threads queue up in slot order.
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.clock = clock
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        if self.rate <= 0:
+            return 0.0
+        with self._lock:
+            now = self.clock()
+            slot = max(now, self._next)
+            self._next = slot + 1.0 / self.rate
+            return slot - now
+
+
+_limiters: dict[str, RateLimiter] = {}
+_limiters_lock = threading.Lock()
+
+
+def rate_limiter(provider: str, rate: float) -> RateLimiter:
+    """The process-wide limiter of ``provider`` (its rate follows the current setting)."""
+    with _limiters_lock:
+        limiter = _limiters.get(provider)
+        if limiter is None:
+            limiter = _limiters[provider] = RateLimiter(rate)
+        limiter.rate = rate
+        return limiter
+
+
+def reset_rate_limiters() -> None:
+    """Forget every limiter's booked slots (tests)."""
+    with _limiters_lock:
+        _limiters.clear()
+
+
+# --- Retry-After ----------------------------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date); None if absent/bad."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+# --- the client -----------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    """One verified TLS context for the process: building one (loading the CA bundle) costs ~0.1 s,
+    reusing it for every client costs nothing, and SSLContext is safe to share between threads."""
+    return httpx.create_ssl_context()
+
+
+def _is_retryable_status(status: int) -> bool:
+    return status == 429 or 500 <= status <= 599
+
+
+class HttpClient:
+    """GET requests with timeouts, retries, a rate limit and safe errors, for one provider."""
+
+    sleep: Callable[[float], None] = staticmethod(time.sleep)
+    jitter: Callable[[], float] = staticmethod(random.random)  # uniform in [0, 1)
+
+    def __init__(
+        self,
+        provider: str,
+        base_url: str,
+        config: HttpConfig,
+        *,
+        headers: Mapping[str, str] | None = None,
+        secrets: Iterable[str] = (),
+        explain_status: Callable[[httpx.Response, str], str | None] | None = None,
+    ):
+        self.provider = provider
+        self.base_url = base_url.rstrip("/")
+        self.config = config
+        self.secrets = tuple(s for s in secrets if s)
+        self.explain_status = explain_status
+        self.limiter = rate_limiter(provider, config.max_requests_per_second)
+        self._client = httpx.Client(
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})},
+            timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
+            follow_redirects=False,
+            verify=_ssl_context(),
+        )
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def excerpt(self, response: httpx.Response) -> str:
+        try:
+            text = response.text
+        except Exception:  # undecodable bytes: show what we can
+            text = response.content.decode("utf-8", "replace")
+        return self.redact(" ".join(text[: EXCERPT_CHARS * 2].split()))[:EXCERPT_CHARS]
+
+    def error(self, message: str, *, path: str, response: httpx.Response | None = None,
+              cls: type[ProviderError] = ProviderError) -> ProviderError:
+        return cls(
+            self.redact(message),
+            provider=self.provider,
+            path=path,
+            status=response.status_code if response is not None else None,
+            body_excerpt=self.excerpt(response) if response is not None else "",
+        )
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential backoff with equal jitter: a point in [d/2, d], d = base × 2^attempt (capped)."""
+        delay = min(self.config.backoff_max, self.config.backoff_base * (2 ** attempt))
+        return delay / 2 + self.jitter() * delay / 2
+
+    def _throttle(self) -> None:
+        wait = self.limiter.reserve()
+        if wait > 0:
+            self.sleep(wait)
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def get(self, path: str, params: Mapping[str, Any] | None = None) -> httpx.Response:
+        """GET ``base_url + path``; the successful (2xx) response, or ``ProviderError``."""
+        url = self.base_url + path
+        url_path = httpx.URL(url).path
+        attempts = self.config.max_retries + 1
+        for attempt in range(attempts):
+            self._throttle()
+            response: httpx.Response | None = None
+            retry_after: float | None = None
+            try:
+                response = self._client.get(url, params=params)
+            except httpx.TimeoutException as exc:
+                problem = f"{_timeout_kind(exc)}timeout ({self._timeout_of(exc):g}s)"
+            except httpx.UnsupportedProtocol as exc:
+                raise self.error(f"unsupported URL: {exc}", path=url_path, cls=ProviderConfigError) from exc
+            except (httpx.TransportError, httpx.DecodingError) as exc:
+                # Includes a body cut short by the connection (RemoteProtocolError) and a corrupt
+                # compressed body: both may be transient.
+                problem = f"connection error ({exc.__class__.__name__}: {exc})"
+            else:
+                status = response.status_code
+                if response.is_success:
+                    return response
+                if not _is_retryable_status(status):
+                    message = None
+                    if self.explain_status is not None:
+                        message = self.explain_status(response, url_path)
+                    raise self.error(message or f"request rejected: HTTP {status} {response.reason_phrase}",
+                                     path=url_path, response=response)
+                problem = f"HTTP {status} {response.reason_phrase}"
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                if retry_after is not None and retry_after > self.config.retry_after_max:
+                    raise self.error(
+                        f"{problem}: the server asked to wait {retry_after:g}s before retrying (Retry-After), "
+                        f"more than PROVIDER_HTTP_RETRY_AFTER_MAX={self.config.retry_after_max:g}s; giving up",
+                        path=url_path, response=response,
+                    )
+            if attempt + 1 >= attempts:
+                raise self.error(f"{problem}; giving up after {attempts} attempt(s)", path=url_path,
+                                 response=response)
+            delay = retry_after if retry_after is not None else self.backoff(attempt)
+            logger.warning("%s: GET %s failed: %s; retry %d/%d in %.2fs", self.provider, url_path,
+                           self.redact(problem), attempt + 1, self.config.max_retries, delay)
+            self.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> tuple[Any, httpx.Response]:
+        """GET and decode JSON; a body that is not complete JSON is a ``ProviderError``."""
+        response = self.get(path, params)
+        try:
+            return json.loads(response.content), response
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise self.error(f"malformed JSON in the reply (not JSON, or truncated): {exc}",
+                             path=response.url.path, response=response) from None
+
+    def _timeout_of(self, exc: httpx.TimeoutException) -> float:
+        if isinstance(exc, httpx.ConnectTimeout):
+            return self.config.connect_timeout
+        return self.config.read_timeout
+
+
+def _timeout_kind(exc: httpx.TimeoutException) -> str:
+    return {
+        httpx.ConnectTimeout: "connect ",
+        httpx.ReadTimeout: "read ",
+        httpx.WriteTimeout: "write ",
+        httpx.PoolTimeout: "pool ",
+    }.get(type(exc), "")
