@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from datetime import timedelta
 from io import StringIO
 
@@ -239,14 +240,15 @@ class TestInterruptedBatch:
 
     def test_a_delete_that_misses_a_computed_id_rolls_back_the_batch(self, monkeypatch):
         duplicate_groups(2)
-        real = cleanup_module._groups_from_ranked_rows
+        real = cleanup_module._group
 
-        def with_a_phantom_id(rows):
-            planned = real(rows)
-            planned[0][1]["deleted_ids"].append(10**12)  # an id that is not in candles
-            return planned
+        def with_a_phantom_id(*row):
+            ts, group = real(*row)
+            if group["candle_time"] == T0.isoformat():
+                group["deleted_ids"].append(10**12)  # an id that is not in candles
+            return ts, group
 
-        monkeypatch.setattr(cleanup_module, "_groups_from_ranked_rows", with_a_phantom_id)
+        monkeypatch.setattr(cleanup_module, "_group", with_a_phantom_id)
         with pytest.raises(CleanupConflict, match="computed 3 rows to delete but the DELETE removed 2"):
             cleanup_duplicate_records()
         assert Candle.objects.count() == 4
@@ -267,6 +269,19 @@ class TestConcurrentChanges:
         log = DuplicateRecordLog.objects.get(candle_time=T0 + timedelta(hours=2))
         assert (log.duplicate_ids, log.kept_id, log.duplicate_count) == ([groups[2][1]], groups[2][2], 2)
         assert not DuplicateRecordLog.objects.filter(candle_time=T0 + timedelta(hours=3)).exists()
+        assert_invariants()
+
+
+class TestOuterTransaction:
+    @pytest.mark.django_db  # the test runs in a transaction: the batches become savepoints in it
+    def test_it_runs_inside_an_outer_transaction(self):
+        groups = duplicate_groups(3)
+        with pytest.raises(CleanupError):
+            cleanup_duplicate_records(batch_size=1, _before_commit=fail_in_batch(2))
+        assert Candle.objects.filter(pk__in=groups[1]).count() == 2  # the failed savepoint rolled back
+        assert DuplicateRecordLog.objects.count() == 1
+        result = cleanup_duplicate_records(batch_size=1)
+        assert result.groups_total == 2
         assert_invariants()
 
 
@@ -298,6 +313,37 @@ class TestPostgresArray:
                            " FROM duplicate_records_log")
             length, stored, type_name = cursor.fetchone()
         assert (length, sorted(stored), type_name) == (3, sorted(ids[:-1]), "bigint[]")
+
+
+@pytest.mark.postgres_only  # row locks (FOR UPDATE); SQLite's IMMEDIATE transaction locks the whole file
+class TestPostgresLocking:
+    def test_a_batch_locks_its_rows_against_concurrent_writers(self):
+        [ids] = duplicate_groups(1, copies=3)
+        outcome = {}
+
+        def concurrent_delete_of_the_kept_row():
+            from django.db import OperationalError
+            from django.db import connection as other
+
+            try:
+                with other.cursor() as cursor:
+                    cursor.execute("SET lock_timeout = '200ms'")
+                    cursor.execute("DELETE FROM candles WHERE id = %s", [ids[-1]])
+                outcome["error"] = None
+            except OperationalError as exc:
+                outcome["error"] = exc
+            finally:
+                other.close()
+
+        def before_commit(batch_index):
+            worker = threading.Thread(target=concurrent_delete_of_the_kept_row)
+            worker.start()
+            worker.join()
+
+        cleanup_duplicate_records(_before_commit=before_commit)
+        assert "lock timeout" in str(outcome["error"])
+        assert list(Candle.objects.values_list("id", flat=True)) == [ids[-1]]
+        assert_invariants()
 
 
 def run(*args, **kwargs) -> tuple[int, str, str]:

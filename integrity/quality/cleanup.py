@@ -12,9 +12,11 @@ How it runs (set-based, both databases):
    transaction per batch. In the transaction one statement locks the live rows of the batch's
    groups (PostgreSQL: ``FOR UPDATE``; SQLite: the IMMEDIATE transaction already holds the write
    lock) and ranks them with ``row_number() OVER (PARTITION BY symbol, timeframe, ts ORDER BY
-   ingested_at DESC, id DESC)``; every row ranked after the first is a victim. Then one
-   ``DELETE … WHERE id = ANY(…)`` (SQLite: ``IN (SELECT value FROM json_each(?))``) and one
-   ``executemany`` of the log rows, then commit.
+   ingested_at DESC, id DESC)``, returning one row per group (size, kept id, ids to delete). Then
+   one ``DELETE … WHERE id = ANY(…) RETURNING id`` (SQLite: ``IN (SELECT value FROM json_each(?))``)
+   and one ``INSERT … SELECT`` of the batch's log rows from a JSON document (PostgreSQL:
+   ``json_to_recordset``; SQLite: ``json_each``), then commit. Every statement is set-based; the
+   ids and the log rows each travel as a single parameter.
 
 Guarantees:
 
@@ -22,7 +24,9 @@ Guarantees:
   its row count (PostgreSQL: the RETURNING ids) must equal them, otherwise the batch is rolled back
   and ``CleanupConflict`` is raised. Because the batch's rows are locked and re-read when the batch
   starts, a concurrent writer cannot change them in between, so a conflict means something broke
-  the locking assumption; re-running is safe (it recomputes from live rows).
+  the locking assumption; re-running is safe (it recomputes from live rows). The lock matters most
+  for the kept row: without it a writer could delete the kept row while we delete its copies, and
+  the bar would be lost altogether.
 - A batch is all-or-nothing: any error inside it (including the test hook ``_before_commit``) rolls
   the batch back entirely — its candles are all still there and it has no log rows — while earlier
   batches stay committed. The error surfaces as ``CleanupError`` carrying the committed progress.
@@ -192,7 +196,9 @@ def cleanup_duplicate_records(
     if not dry_run:
         result.anomalies_resolved = _resolve_anomalies(symbol, timeframe)
     result.duration_seconds = time.perf_counter() - started
-    logger.info(
+    # DEBUG, not INFO: the log handler writes to stdout, where ``cleanup_duplicates --format json``
+    # prints its document; the run itself is recorded in duplicate_records_log under its run_id.
+    logger.debug(
         "duplicate cleanup %s%s: %d groups, %d rows %s in %d batches (%.2fs)",
         result.run_id, " (dry run)" if dry_run else "", result.groups_total, result.rows_deleted,
         "would be deleted" if dry_run else "deleted", result.batches, result.duration_seconds,
@@ -226,35 +232,54 @@ class _Sql:
             "GROUP BY symbol, timeframe, ts HAVING count(*) > 1) AS d"
         )
         lock = "FOR UPDATE OF c" if self.postgres else ""
-        # Rows of the batch's groups as they are now (locked on PostgreSQL), ranked within the group.
+        id_list = "string_agg(CASE WHEN rn > 1 THEN id::text END, ',')" if self.postgres else \
+            "group_concat(CASE WHEN rn > 1 THEN id END, ',')"
+        # The batch's groups as they are now (rows locked on PostgreSQL), ranked within each group;
+        # one row per group that still has duplicates: its size, the kept id, the ids to delete.
         self.plan = (
             "WITH grp AS ("
-            "  SELECT c.id, c.symbol, c.timeframe, c.ts, c.ingested_at, g.gno"
-            f"   FROM {self.table} AS g"
-            "    JOIN candles AS c ON c.symbol = g.symbol AND c.timeframe = g.timeframe AND c.ts = g.ts"
-            f"  WHERE g.gno > %s AND g.gno <= %s {{lock}}"
-            ") "
-            "SELECT gno, symbol, timeframe, ts, id,"
+            " SELECT c.id, c.symbol, c.timeframe, c.ts, c.ingested_at, g.gno"
+            f" FROM {self.table} AS g"
+            " JOIN candles AS c ON c.symbol = g.symbol AND c.timeframe = g.timeframe AND c.ts = g.ts"
+            " WHERE g.gno > %s AND g.gno <= %s {lock}"
+            "), ranked AS ("
+            " SELECT gno, symbol, timeframe, ts, id,"
             " row_number() OVER (PARTITION BY symbol, timeframe, ts ORDER BY ingested_at DESC, id DESC) AS rn,"
-            " count(*) OVER (PARTITION BY symbol, timeframe, ts) AS n "
-            "FROM grp ORDER BY gno, rn"
+            " count(*) OVER (PARTITION BY symbol, timeframe, ts) AS n"
+            " FROM grp"
+            ") "
+            f"SELECT symbol, timeframe, ts, n, max(CASE WHEN rn = 1 THEN id END), {id_list} "
+            "FROM ranked GROUP BY gno, symbol, timeframe, ts, n HAVING n > 1 ORDER BY gno"
         )
         self.plan_locked = self.plan.format(lock=lock)
         self.plan_read = self.plan.format(lock="")
+        columns = ("symbol, timeframe, candle_time, duplicate_count, duplicate_ids, kept_id, run_id, cleaned_at, "
+                   "created_at")
+        log_table = DuplicateRecordLog._meta.db_table
+        # The ids to delete and the batch's log rows each travel as ONE parameter (an array literal,
+        # a JSON document): no per-row statements, no per-element adaptation on the client.
         if self.postgres:
             self.delete = "DELETE FROM candles WHERE id = ANY(%s::bigint[]) RETURNING id"
-            ids_placeholder = "%s::bigint[]"
+            self.insert_log = (
+                f"INSERT INTO {log_table} ({columns}) "
+                "SELECT g.symbol, g.timeframe, g.ts, g.n, g.ids, g.kept, %s, %s, %s "
+                "FROM json_to_recordset(%s::json) "
+                "AS g(symbol text, timeframe text, ts timestamptz, n integer, ids bigint[], kept bigint)"
+            )
         else:
             self.delete = "DELETE FROM candles WHERE id IN (SELECT value FROM json_each(%s))"
-            ids_placeholder = "%s"
-        self.insert_log = (
-            f"INSERT INTO {DuplicateRecordLog._meta.db_table} "
-            "(symbol, timeframe, candle_time, duplicate_count, duplicate_ids, kept_id, run_id, cleaned_at, "
-            f"created_at) VALUES (%s, %s, %s, %s, {ids_placeholder}, %s, %s, %s, %s)"
-        )
+            self.insert_log = (
+                f"INSERT INTO {log_table} ({columns}) "
+                "SELECT json_extract(value, '$.symbol'), json_extract(value, '$.timeframe'),"
+                " json_extract(value, '$.ts'), json_extract(value, '$.n'), json_extract(value, '$.ids'),"
+                " json_extract(value, '$.kept'), %s, %s, %s "
+                "FROM json_each(%s)"
+            )
 
-    def ids_param(self, ids: list[int]):
-        return ids if self.postgres else json.dumps(ids)
+    def ids_param(self, ids: list[int]) -> str:
+        if self.postgres:
+            return "{" + ",".join(map(str, ids)) + "}"
+        return json.dumps(ids)
 
 
 def _number_groups(cursor, sql: _Sql, symbol: str | None, timeframe: str | None) -> int:
@@ -269,8 +294,18 @@ def _number_groups(cursor, sql: _Sql, symbol: str | None, timeframe: str | None)
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     _drop_groups_table(cursor, sql)
     cursor.execute(sql.create)
-    cursor.execute(sql.fill.format(where=where), params)
-    count = cursor.rowcount
+    with transaction.atomic():
+        if sql.postgres:
+            # A streaming GroupAggregate over the (symbol, timeframe, ts) index never spills; the
+            # HashAggregate the planner tends to pick over millions of distinct keys spills to disk at
+            # the default work_mem and is several times slower. Scoped to this statement.
+            cursor.execute("SELECT current_setting('enable_hashagg')")
+            previous = cursor.fetchone()[0]
+            cursor.execute("SET LOCAL enable_hashagg = off")
+        cursor.execute(sql.fill.format(where=where), params)
+        count = cursor.rowcount
+        if sql.postgres:
+            cursor.execute("SELECT set_config('enable_hashagg', %s, true)", [previous])
     if count is None or count < 0:
         cursor.execute(f"SELECT count(*) FROM {sql.table}")
         count = cursor.fetchone()[0]
@@ -293,7 +328,7 @@ def _run_batch(cursor, sql: _Sql, run_id: uuid.UUID, low: int, high: int, dry_ru
     """One transaction: plan the groups numbered (low, high], delete their victims, log them."""
     with transaction.atomic():
         cursor.execute(sql.plan_read if dry_run else sql.plan_locked, [low, high])
-        planned = _groups_from_ranked_rows(cursor.fetchall())
+        planned = [_group(*row) for row in cursor.fetchall()]
         if not dry_run and planned:
             victims = [i for _, g in planned for i in g["deleted_ids"]]
             cursor.execute(sql.delete, [sql.ids_param(victims)])
@@ -312,44 +347,32 @@ def _run_batch(cursor, sql: _Sql, run_id: uuid.UUID, low: int, high: int, dry_ru
     return [group for _, group in planned]
 
 
-def _groups_from_ranked_rows(rows) -> list[tuple[datetime, dict[str, Any]]]:
-    """Rows (gno, symbol, timeframe, ts, id, rn, n) ordered by gno, rn → (ts, group) per duplicate group."""
-    planned: list[tuple[datetime, dict[str, Any]]] = []
-    current = None
-    for _gno, symbol, timeframe, ts, row_id, rn, n in rows:
-        if rn == 1:
-            current = None
-            if n < 2:
-                continue  # the group lost its duplicates since it was numbered: nothing to do
-            ts = _aware(ts)
-            current = {
-                "symbol": symbol,
-                "timeframe": timeframe,
-                "candle_time": ts.isoformat(),
-                "kept_id": int(row_id),
-                "deleted_ids": [],
-                "duplicate_count": int(n),
-            }
-            planned.append((ts, current))
-        elif current is not None:
-            current["deleted_ids"].append(int(row_id))
-    for _, group in planned:
-        group["deleted_ids"].sort()
-    return planned
+def _group(symbol, timeframe, ts, n, kept_id, deleted) -> tuple[datetime, dict[str, Any]]:
+    """A plan row (symbol, timeframe, ts, rows in group, kept id, "id,id,…") → (ts, group dict)."""
+    ts = _aware(ts)
+    return ts, {
+        "symbol": symbol,
+        "timeframe": timeframe,
+        "candle_time": ts.isoformat(),
+        "kept_id": int(kept_id),
+        "deleted_ids": sorted(int(i) for i in str(deleted).split(",")),
+        "duplicate_count": int(n),
+    }
 
 
 def _insert_logs(cursor, sql: _Sql, run_id: uuid.UUID, planned: list[tuple[datetime, dict[str, Any]]]) -> None:
+    """The batch's log rows, one INSERT … SELECT over a JSON document of the groups."""
     ops = connection.ops
-    run = run_id if sql.postgres else run_id.hex  # UUIDField: native uuid on PostgreSQL, char(32) else
     stamp = ops.adapt_datetimefield_value(timezone.now())
-    cursor.executemany(
-        sql.insert_log,
-        [
-            (g["symbol"], g["timeframe"], ops.adapt_datetimefield_value(ts), g["duplicate_count"],
-             sql.ids_param(g["deleted_ids"]), g["kept_id"], run, stamp, stamp)
-            for ts, g in planned
-        ],
-    )
+    document = json.dumps([
+        {"symbol": g["symbol"], "timeframe": g["timeframe"], "n": g["duplicate_count"], "ids": g["deleted_ids"],
+         "kept": g["kept_id"],
+         # SQLite stores datetimes as Django's text format; PostgreSQL parses the ISO string.
+         "ts": g["candle_time"] if sql.postgres else ops.adapt_datetimefield_value(ts)}
+        for ts, g in planned
+    ])
+    run = run_id if sql.postgres else run_id.hex  # UUIDField: native uuid on PostgreSQL, char(32) elsewhere
+    cursor.execute(sql.insert_log, [run, stamp, stamp, document])
 
 
 def _aware(value) -> datetime:

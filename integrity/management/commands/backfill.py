@@ -17,6 +17,7 @@ from django.db import connections
 
 from integrity.backfill import BackfillError, BackfillResult, run_backfill
 from integrity.calendars import calendar_for_asset_class, validate_calendar_code
+from integrity.management.output import keep_stdout_for_json
 from integrity.models import AssetClass, Instrument, Timeframe
 from integrity.providers import PROVIDER_NAMES
 
@@ -129,6 +130,7 @@ class Command(BaseCommand):
                 connections.close_all()
 
     def handle(self, *args, **options):
+        keep_stdout_for_json(options)
         plans = self.plan(options)
         if options["concurrency"] < 1:
             raise CommandError("--concurrency must be at least 1", returncode=2)

@@ -14,6 +14,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
+from integrity.management.output import keep_stdout_for_json
 from integrity.models import Timeframe
 from integrity.quality.cleanup import (
     DEFAULT_BATCH_SIZE,
@@ -23,6 +24,10 @@ from integrity.quality.cleanup import (
 )
 
 SHOWN_GROUPS = 10
+
+
+def _plain(text: str) -> str:
+    return text  # progress lines on stderr are not errors: no red
 
 
 class Command(BaseCommand):
@@ -56,6 +61,7 @@ class Command(BaseCommand):
                 "batch_size": batch_size}
 
     def handle(self, *args, **options):
+        keep_stdout_for_json(options)
         kwargs = self.parse_options(options)
         text = options["format"] == "text"
         tty = text and sys.stderr.isatty()
@@ -65,13 +71,13 @@ class Command(BaseCommand):
                 width = 30
                 filled = width * done // total if total else width
                 self.stderr.write(f"\r\033[K[{'#' * filled}{'.' * (width - filled)}] {done}/{total} groups",
-                                  ending="")
+                                  style_func=_plain, ending="")
 
         try:
             result = cleanup_duplicate_records(progress=progress, **kwargs)
         except CleanupError as exc:
             if tty:
-                self.stderr.write("")
+                self.stderr.write("", style_func=_plain)
             partial = exc.result
             if text:
                 if partial is not None:
@@ -83,7 +89,7 @@ class Command(BaseCommand):
                 self.stdout.write(json.dumps(payload, indent=2))
             sys.exit(1)
         if tty:
-            self.stderr.write("")
+            self.stderr.write("", style_func=_plain)
         if text:
             self.stdout.write(self.summary(result))
         else:

@@ -11,6 +11,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
+from integrity.management.output import keep_stdout_for_json
 from integrity.models import Timeframe
 from integrity.quality.anomalies import detect_data_anomalies
 
@@ -30,6 +31,7 @@ class Command(BaseCommand):
         parser.add_argument("--format", choices=["text", "json"], default="text")
 
     def handle(self, *args, **options):
+        keep_stdout_for_json(options)
         timeframe = options.get("timeframe")
         if timeframe and timeframe not in Timeframe.values:
             raise CommandError(f"unknown timeframe {timeframe!r}", returncode=2)

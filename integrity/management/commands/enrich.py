@@ -6,6 +6,7 @@ import json
 
 from django.core.management.base import BaseCommand
 
+from integrity.management.output import keep_stdout_for_json
 from integrity.quality.enrichment import enrich_series
 
 
@@ -18,6 +19,7 @@ class Command(BaseCommand):
         parser.add_argument("--format", choices=["text", "json"], default="text")
 
     def handle(self, *args, **options):
+        keep_stdout_for_json(options)
         results = enrich_series(symbol=options.get("symbol"), timeframe=options.get("timeframe"))
         if options["format"] == "json":
             self.stdout.write(json.dumps([r.as_dict() for r in results], indent=2))

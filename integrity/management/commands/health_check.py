@@ -20,9 +20,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--format", choices=["text", "json"], default="text")
+        parser.add_argument("--skip-scan", action="store_true",
+                            help="leave the anomaly scan out (stored anomalies still count)")
 
     def handle(self, *args, **options):
-        report = run_health_monitoring()
+        report = run_health_monitoring(scan_anomalies=not options["skip_scan"])
         if options["format"] == "json":
             self.stdout.write(json.dumps(report, indent=2, default=str))
         else:

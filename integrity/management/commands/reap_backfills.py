@@ -10,6 +10,7 @@ import json
 from django.core.management.base import BaseCommand
 
 from integrity.backfill import reap_dead_backfills
+from integrity.management.output import keep_stdout_for_json
 
 
 class Command(BaseCommand):
@@ -20,6 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--format", choices=["text", "json"], default="text")
 
     def handle(self, *args, **options):
+        keep_stdout_for_json(options)
         reaped = reap_dead_backfills(timeout_seconds=options.get("timeout"))
         rows = [
             {"execution_id": str(s.execution_id), "symbol": s.symbol, "timeframe": s.timeframe,
