@@ -126,14 +126,31 @@ def prepare(url: str, *, allow_any_database: bool = False, migrate: bool = True)
         call_command("migrate", interactive=False, verbosity=0)
 
 
-def truncate(tables=BACKFILL_TABLES) -> None:
-    from django.db import connection
+def truncate(tables=BACKFILL_TABLES, *, reset_statistics: bool = False) -> bool:
+    """Empty the tables; with ``reset_statistics``, also forget their planner statistics.
+
+    TRUNCATE (and ANALYZE of an empty table) keeps pg_statistic, so without the reset the plans a
+    run gets depend on whichever ANALYZE last ran in this database. The reset returns the tables to
+    "never analyzed", like a fresh deployment. Needs superuser; returns whether it was done.
+    """
+    from django.db import DatabaseError, connection, transaction
 
     existing = set(connection.introspection.table_names())
     names = [t for t in tables if t in existing]
-    if names:
-        with connection.cursor() as cursor:
-            cursor.execute(f"TRUNCATE {', '.join(names)} RESTART IDENTITY")
+    if not names:
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {', '.join(names)} RESTART IDENTITY")
+    if not reset_statistics:
+        return False
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                "DELETE FROM pg_statistic WHERE starelid = ANY(%s::regclass[])", [names]
+            )
+    except DatabaseError:
+        return False
+    return True
 
 
 def checkpoint() -> None:
@@ -157,23 +174,40 @@ def timer() -> Iterator[dict]:
         box["seconds"] = time.perf_counter() - started
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MB (ru_maxrss is KiB on Linux)."""
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if sys.platform == "darwin":  # bytes there
-        kib /= 1024
-    return kib / 1024
+def ru_maxrss_mb() -> float:
+    """``getrusage(RUSAGE_SELF).ru_maxrss`` in MB (KiB on Linux, bytes on macOS).
+
+    Caveat: on Linux the value survives ``execve`` and starts from the high-water mark of the process
+    that exec'ed (the parent, forked or vforked), so in a child started from a big parent it reports
+    the parent's size. ``peak_rss_mb`` avoids that.
+    """
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / (1024 * 1024) if sys.platform == "darwin" else maxrss / 1024
 
 
-def current_rss_mb() -> float | None:
+def _proc_status_mb(field: str, pid: int | str = "self") -> float | None:
     try:
-        with open("/proc/self/status") as fh:
+        with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
-    except OSError:
+    except (OSError, ValueError):
         return None
     return None
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """Peak resident set size of this process image in MB.
+
+    Linux: ``VmHWM`` (the same high-water mark as ``ru_maxrss``, but of this process image only);
+    elsewhere ``ru_maxrss``.
+    """
+    hwm = _proc_status_mb("VmHWM", pid)
+    return hwm if hwm is not None else ru_maxrss_mb()
+
+
+def current_rss_mb(pid: int | str = "self") -> float | None:
+    return _proc_status_mb("VmRSS", pid)
 
 
 def emit_result(payload: dict) -> None:
@@ -186,3 +220,24 @@ def parse_result(stdout: str) -> dict | None:
         if line.startswith(RESULT_MARKER):
             return json.loads(line[len(RESULT_MARKER):])
     return None
+
+
+def server_setting(name: str) -> str:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting(%s)", [name])
+        return cursor.fetchone()[0]
+
+
+def terminate_backends(application_name: str) -> int:
+    """End this database's sessions opened under ``application_name`` (a killed child's leftovers)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %s AND pid <> pg_backend_pid()",
+            [application_name],
+        )
+        return cursor.fetchone()[0]

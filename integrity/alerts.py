@@ -73,7 +73,7 @@ def _email_channel(alert: Alert) -> None:
     if alert.context:
         body += "\n\nDetails:\n" + json.dumps(alert.context, indent=2, default=str, sort_keys=True)
     message = EmailMessage(
-        subject=f"[marketdata {alert.severity}] {alert.subject}"[:250],
+        subject=" ".join(f"[marketdata {alert.severity}] {alert.subject}".split())[:250],  # no header injection
         body=body,
         from_email=settings.DEFAULT_FROM_EMAIL,
         to=email_recipients(),

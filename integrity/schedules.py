@@ -90,7 +90,11 @@ def setup_schedules(now: datetime | None = None) -> list[dict[str, Any]]:
             wanted = {"func": spec.func, "schedule_type": Schedule.CRON, "cron": cron, "repeats": -1,
                       "args": None, "kwargs": None, "hook": None, "cluster": None}
             if schedule is None:
-                schedule = Schedule.objects.create(name=spec.name, next_run=next_run_for(cron, now), **wanted)
+                schedule = Schedule.objects.create(name=spec.name, **wanted)
+                # Schedule.save() computes a new CRON schedule's next_run from the wall clock; ours is
+                # from ``now`` (the same thing outside tests), written without save()'s recomputation.
+                Schedule.objects.filter(pk=schedule.pk).update(next_run=next_run_for(cron, now))
+                schedule.refresh_from_db()
                 action = "created"
             else:
                 changed = {k: v for k, v in wanted.items() if getattr(schedule, k) != v}

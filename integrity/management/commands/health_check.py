@@ -11,6 +11,7 @@ import sys
 from django.core.management.base import BaseCommand
 
 from integrity.health import run_health_monitoring
+from integrity.management.output import keep_stdout_for_json
 
 EXIT_CODES = {"healthy": 0, "warning": 1, "critical": 2}
 
@@ -24,6 +25,7 @@ class Command(BaseCommand):
                             help="leave the anomaly scan out (stored anomalies still count)")
 
     def handle(self, *args, **options):
+        keep_stdout_for_json(options)
         report = run_health_monitoring(scan_anomalies=not options["skip_scan"])
         if options["format"] == "json":
             self.stdout.write(json.dumps(report, indent=2, default=str))

@@ -10,6 +10,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
+from integrity.management.output import keep_stdout_for_json
 from integrity.schedules import ScheduleConfigError, setup_schedules
 
 
@@ -20,6 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--format", choices=["text", "json"], default="text")
 
     def handle(self, *args, **options):
+        keep_stdout_for_json(options)
         try:
             report = setup_schedules()
         except ScheduleConfigError as exc:

@@ -1,0 +1,177 @@
+"""Detector thresholds and the series the detectors look at.
+
+Thresholds resolve in layers, later wins:
+
+1. ``DEFAULT_THRESHOLDS`` below (``stale_hours`` and ``outlier_move`` take their defaults from the
+   ``STALE_THRESHOLD_HOURS`` and ``OUTLIER_MOVE_THRESHOLD`` settings when those exist);
+2. ``settings.QUALITY_THRESHOLDS["default"]``;
+3. ``settings.QUALITY_THRESHOLDS[<asset class>]`` ("equity", "crypto", "forex");
+4. the instrument's own ``Instrument.quality_thresholds``.
+
+Unknown keys and values of the wrong type are logged and ignored while resolving (one mistyped
+instrument must not stop a scan of the whole watchlist); ``validate_thresholds`` is the strict
+check for forms and ``Instrument.clean``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from django.conf import settings
+
+from ..calendars import is_known_calendar
+from ..models import Candle, Instrument, SeriesStats
+from ..timeframes import TIMEFRAME_DELTAS
+from .findings import SeriesContext
+from .sql import existing_series
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLDS: dict[str, Any] = {
+    # stale: a bar newer than the last stored one has been complete for more than this many hours.
+    "stale_hours": 24.0,
+    # outlier, threshold test: |close / previous close - 1| (or the open's) above this is flagged.
+    "outlier_move": 0.20,
+    # outlier, volatility test: |log return| above z × the series' robust volatility (1.4826 × MAD of
+    # per-bar log returns) that the next close takes back is a bad tick. 10 keeps fat-tailed
+    # intraday data (where 6-8 sigma bars happen weekly) quiet while a real bad tick is far beyond.
+    "outlier_robust_z": 10.0,
+    # ... "takes back": the next close is within this fraction of the jump from the previous close.
+    "outlier_revert_tolerance": 0.3,
+    # ... and never for moves smaller than this (in a near-flat series every tick is many sigma).
+    "outlier_vol_min_move": 0.005,
+    # ... with a volatility computed from at least this many returns (when series_stats has none),
+    "outlier_min_bars": 30,
+    # ... out of the newest this-many bars of the series.
+    "outlier_vol_sample": 5000,
+    # price ratios named in descriptions: k means a k:1 split (price / k) or 1:k reverse split (× k).
+    "outlier_split_ratios": [2, 3, 4, 5, 10],
+    # price ratios read as a unit error (pence vs pounds, cents vs dollars, milli-units).
+    "outlier_unit_factors": [100, 1000],
+    # how close (relative) a ratio must be to one of those to be named.
+    "outlier_ratio_tolerance": 0.03,
+    # gap severity: 1 missing bar low; this many or more medium; a trading day of bars or more high;
+    # this many trading days (a trading week) or more critical.
+    "gap_medium_bars": 2,
+    "gap_high_days": 1.0,
+    "gap_critical_days": 5.0,
+    # how many rows / groups a finding lists in its details.
+    "sample_limit": 20,
+}
+
+_SETTING_DEFAULTS = {"stale_hours": "STALE_THRESHOLD_HOURS", "outlier_move": "OUTLIER_MOVE_THRESHOLD"}
+_LIST_KEYS = {"outlier_split_ratios", "outlier_unit_factors"}
+_INT_KEYS = {"outlier_min_bars", "outlier_vol_sample", "gap_medium_bars", "sample_limit"}
+
+
+def base_thresholds() -> dict[str, Any]:
+    """``DEFAULT_THRESHOLDS`` with the scalar settings that predate ``QUALITY_THRESHOLDS`` applied."""
+    base = {k: list(v) if isinstance(v, list) else v for k, v in DEFAULT_THRESHOLDS.items()}
+    for key, name in _SETTING_DEFAULTS.items():
+        value = getattr(settings, name, None)
+        if value is not None:
+            base[key] = float(value)
+    return base
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """The value in the type the detectors use, or ValueError."""
+    if key not in DEFAULT_THRESHOLDS:
+        raise ValueError(f"unknown threshold {key!r}; expected one of {', '.join(sorted(DEFAULT_THRESHOLDS))}")
+    if key in _LIST_KEYS:
+        if isinstance(value, str) or not isinstance(value, Iterable):
+            raise ValueError(f"threshold {key!r} must be a list of numbers, got {value!r}")
+        numbers = [float(v) for v in value]
+        if any(not n > 1 for n in numbers):
+            raise ValueError(f"threshold {key!r} must list numbers greater than 1, got {value!r}")
+        return numbers
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"threshold {key!r} must be a number, got {value!r}")
+    if value < 0:
+        raise ValueError(f"threshold {key!r} must not be negative, got {value!r}")
+    return int(value) if key in _INT_KEYS else float(value)
+
+
+def validate_thresholds(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Strictly check a dict of overrides (for forms and model validation); returns it coerced."""
+    if not isinstance(overrides, Mapping):
+        raise ValueError("thresholds must be a JSON object")
+    return {key: _coerce(key, value) for key, value in overrides.items()}
+
+
+def _apply(target: dict[str, Any], overrides: Any, origin: str) -> None:
+    if not overrides:
+        return
+    if not isinstance(overrides, Mapping):
+        logger.warning("ignoring %s quality thresholds: not a mapping (%r)", origin, overrides)
+        return
+    for key, value in overrides.items():
+        try:
+            target[key] = _coerce(key, value)
+        except (TypeError, ValueError) as exc:
+            logger.warning("ignoring %s quality threshold: %s", origin, exc)
+
+
+def resolve_thresholds(asset_class: str | None, instrument_overrides: Mapping[str, Any] | None = None) -> dict:
+    """Thresholds for one series: defaults < settings default < settings asset class < instrument."""
+    resolved = base_thresholds()
+    configured = getattr(settings, "QUALITY_THRESHOLDS", None) or {}
+    if not isinstance(configured, Mapping):
+        logger.warning("ignoring settings.QUALITY_THRESHOLDS: not a mapping")
+        configured = {}
+    _apply(resolved, configured.get("default"), "settings default")
+    if asset_class:
+        _apply(resolved, configured.get(asset_class), f"settings {asset_class}")
+    _apply(resolved, instrument_overrides, "instrument")
+    return resolved
+
+
+def series_contexts(symbol: str | None = None, timeframe: str | None = None) -> list[SeriesContext]:
+    """The series to judge: every active instrument × its timeframes, plus the instrument's other
+    timeframes that have stored candles. Candle series of symbols that are no instrument are not ours
+    to judge (no calendar) and are skipped. Naming a symbol includes it even when inactive.
+    """
+    instruments = Instrument.objects.all()
+    if symbol:
+        instruments = instruments.filter(symbol=symbol)
+    else:
+        instruments = instruments.filter(active=True)
+    instruments = list(instruments.order_by("symbol"))
+    if timeframe and timeframe not in TIMEFRAME_DELTAS:
+        raise ValueError(f"unknown timeframe {timeframe!r}; expected one of {', '.join(TIMEFRAME_DELTAS)}")
+    timeframes = [timeframe] if timeframe else list(TIMEFRAME_DELTAS)
+
+    wanted: dict[tuple[str, str], Instrument] = {}
+    probe: list[tuple[str, str]] = []
+    for instrument in instruments:
+        if not is_known_calendar(instrument.calendar):
+            logger.warning("skipping %s: unknown calendar %r", instrument.symbol, instrument.calendar)
+            continue
+        listed = instrument.timeframes if isinstance(instrument.timeframes, list) else []
+        for tf in timeframes:
+            if tf in listed:
+                wanted[(instrument.symbol, tf)] = instrument
+            else:
+                probe.append((instrument.symbol, tf))
+    by_symbol = {i.symbol: i for i in instruments}
+    for pair in existing_series(Candle._meta.db_table, probe):
+        wanted[pair] = by_symbol[pair[0]]
+
+    stats = {}
+    if wanted:
+        rows = SeriesStats.objects.filter(symbol__in={s for s, _ in wanted}, robust_volatility__isnull=False)
+        stats = {(r.symbol, r.timeframe): r.robust_volatility for r in rows.only("symbol", "timeframe",
+                                                                                  "robust_volatility")}
+    contexts = []
+    for (sym, tf), instrument in sorted(wanted.items()):
+        contexts.append(SeriesContext(
+            symbol=sym,
+            timeframe=tf,
+            calendar=instrument.calendar,
+            asset_class=instrument.asset_class,
+            thresholds=resolve_thresholds(instrument.asset_class, instrument.quality_thresholds),
+            robust_volatility=stats.get((sym, tf)),
+        ))
+    return contexts

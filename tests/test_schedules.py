@@ -1,0 +1,276 @@
+"""Schedules and tasks with django-q2: the schedule table, its scheduler, the tasks, a real cluster."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from croniter import croniter
+from django.conf import settings as django_settings
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.utils import timezone
+from django_q.brokers.orm import ORM
+from django_q.conf import Conf
+from django_q.models import OrmQ, Schedule, Success
+from django_q.scheduler import scheduler
+from django_q.tasks import async_task
+
+from integrity.models import BackfillState, Candle, HealthCheckRun, SeriesStats
+from integrity.schedules import SCHEDULES, setup_schedules
+from integrity.tasks import backfill_all_task, backfill_series_task, enrichment_task, health_task
+from tests.helpers import add_instrument, utc
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = utc(2024, 6, 5, 12, 0)
+EXPECTED = {
+    "integrity.enrichment": ("integrity.tasks.enrichment_task", "30 1 * * *"),
+    "integrity.backfill": ("integrity.tasks.backfill_all_task", "0 2 * * *"),
+    "integrity.health": ("integrity.tasks.health_task", "0 0,6,12,18 * * *"),
+}
+
+
+def orm_broker() -> ORM:
+    """The database broker, whatever REDIS_URL says (the tests look at its OrmQ rows)."""
+    return ORM(list_key=Conf.CLUSTER_NAME)
+
+
+@pytest.fixture
+def orm_queue(monkeypatch):
+    monkeypatch.setattr(Conf, "ORM", "default")  # get_broker() → ORM even when REDIS_URL is set
+    return orm_broker()
+
+
+def schedules() -> dict[str, Schedule]:
+    return {s.name: s for s in Schedule.objects.all()}
+
+
+@pytest.mark.django_db
+class TestSetupSchedules:
+    def test_running_it_twice_leaves_exactly_the_three_schedules(self):
+        first = setup_schedules(now=NOW)
+        second = setup_schedules(now=NOW + timedelta(minutes=5))
+        assert [r["action"] for r in first] == ["created"] * 3
+        assert [r["action"] for r in second] == ["unchanged"] * 3
+        found = schedules()
+        assert set(found) == set(EXPECTED)
+        for name, (func, cron) in EXPECTED.items():
+            schedule = found[name]
+            assert (schedule.func, schedule.cron, schedule.schedule_type) == (func, cron, Schedule.CRON)
+            assert schedule.repeats == -1
+
+    def test_next_runs_are_the_cron_times_after_now_in_utc(self):
+        setup_schedules(now=NOW)  # a Wednesday, 12:00 UTC
+        found = schedules()
+        assert found["integrity.enrichment"].next_run == utc(2024, 6, 6, 1, 30)
+        assert found["integrity.backfill"].next_run == utc(2024, 6, 6, 2, 0)
+        assert found["integrity.health"].next_run == utc(2024, 6, 5, 18, 0)
+
+    def test_changing_a_cron_setting_updates_the_schedule_and_its_next_run(self, settings):
+        setup_schedules(now=NOW)
+        settings.SCHEDULE_HEALTH_CRON = "15 */2 * * *"
+        report = {r["name"]: r for r in setup_schedules(now=NOW)}
+        assert report["integrity.health"]["action"] == "updated"
+        assert report["integrity.backfill"]["action"] == "unchanged"
+        health = Schedule.objects.get(name="integrity.health")
+        assert health.cron == "15 */2 * * *"
+        assert health.next_run == utc(2024, 6, 5, 12, 15)
+        assert Schedule.objects.count() == 3
+
+    def test_a_schedule_whose_next_run_passed_is_moved_to_the_future_not_replayed(self):
+        setup_schedules(now=NOW)
+        Schedule.objects.filter(name="integrity.health").update(next_run=NOW - timedelta(days=3))
+        report = {r["name"]: r for r in setup_schedules(now=NOW)}
+        assert report["integrity.health"]["action"] == "updated"
+        assert Schedule.objects.get(name="integrity.health").next_run == utc(2024, 6, 5, 18, 0)
+
+    def test_an_edited_schedule_is_put_back(self):
+        setup_schedules(now=NOW)
+        Schedule.objects.filter(name="integrity.backfill").update(func="somewhere.else", repeats=0)
+        setup_schedules(now=NOW)
+        backfill = Schedule.objects.get(name="integrity.backfill")
+        assert (backfill.func, backfill.repeats) == ("integrity.tasks.backfill_all_task", -1)
+
+    def test_obsolete_integrity_schedules_are_deleted_and_others_kept(self):
+        Schedule.objects.create(name="integrity.retired", func="integrity.tasks.gone", schedule_type=Schedule.DAILY)
+        Schedule.objects.create(name="reports.daily", func="reports.tasks.run", schedule_type=Schedule.DAILY)
+        report = setup_schedules(now=NOW)
+        assert {"name": "integrity.retired", "action": "deleted"} in report
+        assert set(schedules()) == set(EXPECTED) | {"reports.daily"}
+
+    def test_an_invalid_cron_setting_changes_nothing_and_exits_2(self, settings):
+        settings.SCHEDULE_BACKFILL_CRON = "every night"
+        with pytest.raises(CommandError) as error:
+            call_command("setup_schedules", stdout=io.StringIO())
+        assert error.value.returncode == 2
+        assert "SCHEDULE_BACKFILL_CRON" in str(error.value)
+        assert not Schedule.objects.exists()
+
+    def test_the_command_prints_json(self):
+        out = io.StringIO()
+        before = timezone.now()
+        call_command("setup_schedules", "--format", "json", stdout=out)
+        after = timezone.now()
+        rows = {r["name"]: r for r in json.loads(out.getvalue())}
+        assert set(rows) == set(EXPECTED)
+        for name, (func, cron) in EXPECTED.items():
+            assert (rows[name]["func"], rows[name]["cron"], rows[name]["action"]) == (func, cron, "created")
+            possible = {croniter(cron, t).get_next(type(t)).isoformat() for t in (before, after)}
+            assert rows[name]["next_run"] in possible
+
+    def test_the_table_names_a_real_function_for_every_schedule(self):
+        import importlib
+
+        for spec in SCHEDULES:
+            module, func = spec.func.rsplit(".", 1)
+            assert callable(getattr(importlib.import_module(module), func))
+
+
+class TestClusterSettings:
+    def test_missed_runs_are_not_caught_up(self):
+        assert django_settings.Q_CLUSTER["catch_up"] is False
+        assert Conf.CATCH_UP is False
+
+    def test_a_task_gets_one_attempt(self):
+        assert Conf.MAX_ATTEMPTS == 1
+
+    def test_the_task_timeout_is_below_the_broker_retry(self):
+        assert Conf.TIMEOUT < Conf.RETRY
+
+
+@pytest.mark.django_db(transaction=True)  # the scheduler closes stale connections: no test transaction
+class TestScheduler:
+    def due(self, name: str, ago: timedelta) -> None:
+        Schedule.objects.filter(name=name).update(next_run=timezone.now() - ago)
+
+    def test_a_due_schedule_is_enqueued_in_the_broker(self):
+        setup_schedules()
+        self.due("integrity.health", timedelta(minutes=1))
+        scheduler(broker=orm_broker())
+        [queued] = OrmQ.objects.all()
+        assert queued.key == Conf.CLUSTER_NAME
+        assert queued.func() == "integrity.tasks.health_task"
+        assert queued.group() == "integrity.health"
+        health = Schedule.objects.get(name="integrity.health")
+        assert health.task == queued.task_id()
+        assert health.next_run > timezone.now()
+        assert health.next_run == croniter("0 0,6,12,18 * * *", timezone.now()).get_next(type(health.next_run))
+
+    def test_schedules_not_due_are_not_enqueued(self):
+        setup_schedules()
+        scheduler(broker=orm_broker())
+        assert not OrmQ.objects.exists()
+
+    def test_missed_runs_are_not_replayed(self):
+        setup_schedules()
+        self.due("integrity.health", timedelta(days=3))  # twelve runs missed
+        scheduler(broker=orm_broker())
+        scheduler(broker=orm_broker())
+        assert OrmQ.objects.count() == 1
+        assert Schedule.objects.get(name="integrity.health").next_run > timezone.now()
+
+
+@pytest.mark.django_db
+class TestTasks:
+    def test_the_backfill_task_queues_one_task_per_active_series(self, orm_queue):
+        add_instrument("AAPL", asset_class="equity", calendar="XNYS", timeframes=("1d", "1h"))
+        add_instrument("BTC-USD", timeframes=("1h",))
+        retired = add_instrument("OLD-USD", timeframes=("1h",))
+        retired.active = False
+        retired.save()
+        assert backfill_all_task() == {"enqueued": 3}
+        queued = sorted((q.func(), tuple(q.args())) for q in OrmQ.objects.all())
+        assert queued == [("integrity.tasks.backfill_series_task", ("AAPL", "1d")),
+                          ("integrity.tasks.backfill_series_task", ("AAPL", "1h")),
+                          ("integrity.tasks.backfill_series_task", ("BTC-USD", "1h"))]
+
+    def test_the_series_task_runs_an_incremental_backfill(self, settings):
+        settings.BACKFILL_LOOKBACK_DAYS = {**settings.BACKFILL_LOOKBACK_DAYS, "1h": 2}
+        add_instrument("BTC-USD")
+        result = backfill_series_task("BTC-USD", "1h")
+        assert result["status"] == "completed"
+        assert result["inserted"] == Candle.objects.count() > 24
+        assert BackfillState.objects.get().requested_by == "schedule"
+
+    def test_the_series_task_is_refused_while_the_series_is_running(self):
+        add_instrument("BTC-USD")
+        BackfillState.objects.create(symbol="BTC-USD", timeframe="1h", asset_class="crypto")
+        assert backfill_series_task("BTC-USD", "1h")["status"] == "refused"
+
+    def test_the_enrichment_task_recomputes_series_stats(self):
+        add_instrument("BTC-USD")
+        Candle.objects.bulk_create([Candle(symbol="BTC-USD", timeframe="1h", ts=utc(2024, 6, 5, h), open=1, high=1,
+                                           low=1, close=1, volume=1) for h in range(10)])
+        assert enrichment_task() == {"series": 1}
+        assert SeriesStats.objects.get(symbol="BTC-USD").bar_count == 10
+
+    def test_the_health_task_runs_the_health_job(self, monkeypatch):
+        from integrity.quality.anomalies import DetectionResult
+
+        monkeypatch.setattr("integrity.quality.anomalies.detect_data_anomalies",
+                            lambda **kw: DetectionResult(dry_run=False, full=False))
+        result = health_task()
+        run = HealthCheckRun.objects.get()
+        assert result["run_id"] == run.pk
+        assert result["status"] == run.status == "healthy"
+
+
+# --- a real cluster --------------------------------------------------------------------------------
+
+
+def worker_db_url() -> str:
+    db = django_settings.DATABASES["default"]
+    return (f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/"
+            f"{connection.settings_dict['NAME']}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM (the cluster stops its workers and exits), then SIGKILL for the group if it hangs."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the group is the cluster we started (own session)
+        process.wait(timeout=10)
+
+
+@pytest.mark.postgres_only  # the cluster is a separate process sharing the test database: needs a server
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+class TestRealCluster:
+    def test_a_qcluster_executes_a_queued_health_task(self, tmp_path):
+        log = tmp_path / "qcluster.log"
+        env = {**os.environ, "DATABASE_URL": worker_db_url(), "DJANGO_SETTINGS_MODULE": "marketdata_site.settings",
+               "REDIS_URL": "", "Q_WORKERS": "1", "DJANGO_Q_LOG_LEVEL": "INFO"}
+        task_id = async_task("integrity.tasks.health_task", broker=orm_broker(), task_name="health from test")
+        with open(log, "wb") as out:
+            cluster = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if Success.objects.filter(id=task_id).exists():
+                    break
+                assert cluster.poll() is None, f"qcluster exited early:\n{log.read_text()[-3000:]}"
+                time.sleep(0.25)
+            else:
+                pytest.fail(f"the health task did not complete within 60 s:\n{log.read_text()[-3000:]}")
+        finally:
+            stop(cluster)
+        done = Success.objects.get(id=task_id)
+        assert done.func == "integrity.tasks.health_task"
+        run = HealthCheckRun.objects.get()
+        assert done.result["run_id"] == run.pk
+        assert run.finished_at is not None
+        assert cluster.returncode == 0, log.read_text()[-3000:]  # stopped by SIGTERM, cleanly
+        assert not OrmQ.objects.exists()  # acknowledged and removed from the queue
