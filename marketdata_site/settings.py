@@ -191,6 +191,12 @@ Q_CLUSTER = {
 if REDIS_URL:
     Q_CLUSTER.pop("orm")
     Q_CLUSTER["redis"] = REDIS_URL
+# A task still running when the broker's retry window ends would be handed to a second worker.
+if Q_CLUSTER["timeout"] >= Q_CLUSTER["retry"]:
+    raise ImproperlyConfigured(
+        f"Q_TIMEOUT ({Q_CLUSTER['timeout']}) must be below Q_RETRY ({Q_CLUSTER['retry']}): "
+        "otherwise a running task is handed to a second worker"
+    )
 
 # --- REST framework ------------------------------------------------------------------------------
 REST_FRAMEWORK = {
