@@ -26,6 +26,8 @@ RUN SECRET_KEY=collectstatic-only DEBUG=false python manage.py collectstatic --n
     && chown -R app:app /app/staticfiles
 USER app
 EXPOSE 8000
+# The probe asks for /healthz with a Host the app serves (the first ALLOWED_HOSTS entry), so a
+# production ALLOWED_HOSTS does not turn the check into a 400.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD python -c "import os,urllib.request,sys; r=urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\",\"8000\")}/healthz', timeout=4); sys.exit(0 if r.status == 200 else 1)"
+    CMD python -c "import os, sys, urllib.request as u; h = (os.environ.get('ALLOWED_HOSTS') or 'localhost').split(',')[0].strip().lstrip('.'); h = 'localhost' if h in ('', '*') else h; r = u.urlopen(u.Request('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), headers={'Host': h}), timeout=4); sys.exit(0 if r.status == 200 else 1)"
 CMD ["sh", "-c", "gunicorn marketdata_site.wsgi:application --bind 0.0.0.0:${PORT} --workers ${WEB_CONCURRENCY:-3} --access-logfile - --timeout 60"]

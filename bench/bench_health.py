@@ -20,9 +20,10 @@ aware for real), each series holding BARS bars that end at its calendar's newest
   series answered by a backward probe of the (symbol, timeframe, ts) index) and a plain
   ``GROUP BY symbol, timeframe`` over the candles (the portable fallback).
 
-Growth ratios compare configurations measured in the same run: same series, twice the candles
-(ideal 1.0: the job should not read history) and twice the series, same bars per series (ideal 2.0
-or less). Exit status: 0 figures printed (targets reported, not asserted); 1 a phase errored;
+Growth ratios compare configurations measured in the same run: every pair with the same series and
+more candles (the defaults: 10000x400 / 10000x200, twice the candles; ideal 1.0, the job should not
+read history) and every pair with the same bars per series and more series (10000x400 / 5000x400;
+ideal 2.0 or less). Exit status: 0 figures printed (targets reported, not asserted); 1 a phase errored;
 2 cannot run here (not PostgreSQL, not a benchmark database).
 """
 
@@ -220,16 +221,20 @@ def main(argv=None) -> int:
             return None
         return round(x / y, 2) if y else None
 
+    # Pairs measured in this run: (more candles, same series) and (more series, same bars per series).
+    keys = [(s, b) for s, b in configs if f"{s}x{b}" in results]
+    candle_pairs = [(f"{s}x{b2}", f"{s}x{b1}") for s, b1 in keys for s2, b2 in keys if s2 == s and b2 > b1]
+    series_pairs = [(f"{s2}x{b}", f"{s1}x{b}") for s1, b in keys for s2, b2 in keys if b2 == b and s2 > s1]
     growth = {}
     for label, field in (("health_without_scan", lambda r: r["steady_without_scan"]["seconds"]),
                          ("health_with_scan", lambda r: r["steady"]["seconds"]),
                          ("last_bars", lambda r: r["last_bars"]["correlated_probe_seconds"]),
                          ("group_by", lambda r: r["last_bars"]["group_by_seconds"])):
-        growth[label] = {"x2_candles_same_series": ratio("10000x400", "10000x200", field),
-                         "x2_series_same_bars": ratio("10000x400", "5000x400", field)}
-        print(f"  growth {label:>20}: ×2 candles (10000x400 / 10000x200) = "
-              f"{growth[label]['x2_candles_same_series']}; ×2 series (10000x400 / 5000x400) = "
-              f"{growth[label]['x2_series_same_bars']}")
+        growth[label] = {"more_candles_same_series": {f"{a} / {b}": ratio(a, b, field) for a, b in candle_pairs},
+                         "more_series_same_bars": {f"{a} / {b}": ratio(a, b, field) for a, b in series_pairs}}
+        print(f"  growth {label:>20}: more candles, same series "
+              f"{growth[label]['more_candles_same_series'] or '-'} (ideal 1.0); "
+              f"more series, same bars {growth[label]['more_series_same_bars'] or '-'} (ideal: the series ratio)")
     if not args.keep_data:
         truncate()
         truncate(EXTRA_TABLES)

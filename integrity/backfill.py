@@ -42,7 +42,7 @@ from .models import (
     InvalidTransition,
     Timeframe,
 )
-from .providers import FetchRequest, get_provider
+from .providers import FetchRequest, Provider, get_provider
 from .timeframes import floor_to_timeframe, timeframe_delta
 from .validation import ValidationSummary, validate_bars
 from .writer import WriteResult, write_bars
@@ -297,12 +297,15 @@ def plan_range(
     end: datetime | None,
     now: datetime,
     previous: BackfillState | None,
+    provider: Provider | None = None,
 ) -> tuple[datetime, datetime, datetime | None]:
     """[start, end) to fetch, and the checkpoint resumed from (if any).
 
     end: never past the last *completed* bar (bars still forming are never stored).
     start: explicit, else the last stored bar minus a small overlap (to pick up revisions), else
-    the configured lookback. A failed previous run of the same range resumes from its checkpoint.
+    the configured lookback — or, for a provider that knows its first bar (a CSV file), that bar,
+    so a file's older history is not cut off. A failed previous run of the same range resumes
+    from its checkpoint.
     """
     step = timeframe_delta(spec.timeframe)
     last_complete = last_completed_bar(spec.calendar, spec.timeframe, now)
@@ -319,7 +322,9 @@ def plan_range(
         if last_stored is not None:
             start = last_stored - settings.BACKFILL_OVERLAP_BARS * step
         else:
-            start = now - timedelta(days=settings.BACKFILL_LOOKBACK_DAYS[spec.timeframe])
+            first = _provider_first_bar(provider, spec, end)
+            start = first if first is not None else now - timedelta(
+                days=settings.BACKFILL_LOOKBACK_DAYS[spec.timeframe])
         if resumable and previous.range_start is not None and previous.checkpoint_ts >= start:
             resumed_from = previous.checkpoint_ts
     else:
@@ -331,14 +336,28 @@ def plan_range(
     return start, end, resumed_from
 
 
+def _fetch_request(spec: SeriesSpec, start: datetime, end: datetime) -> FetchRequest:
+    return FetchRequest(symbol=spec.symbol, timeframe=spec.timeframe, start=start, end=end,
+                        calendar=spec.calendar, asset_class=spec.asset_class, options=spec.provider_options)
+
+
+def _provider_first_bar(provider: Provider | None, spec: SeriesSpec, end: datetime) -> datetime | None:
+    first_bar_ts = getattr(provider, "first_bar_ts", None)
+    if first_bar_ts is None:
+        return None
+    return first_bar_ts(_fetch_request(spec, end, end))
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
 class _Run:
     """One execution's fetch → validate → write loop, with batching and checkpoints."""
 
-    def __init__(self, state: BackfillState, spec: SeriesSpec, *, start, end, strict, batch_size, now, progress):
+    def __init__(self, state: BackfillState, spec: SeriesSpec, provider: Provider, *, start, end, strict,
+                 batch_size, now, progress):
         self.state = state
+        self.provider = provider
         self.spec = spec
         self.start = pd.Timestamp(start)
         self.end = pd.Timestamp(end)
@@ -357,17 +376,8 @@ class _Run:
         self.last_heartbeat = time.monotonic()
 
     def execute(self) -> None:
-        provider = get_provider(self.spec.provider)
-        request = FetchRequest(
-            symbol=self.spec.symbol,
-            timeframe=self.spec.timeframe,
-            start=self.start.to_pydatetime(),
-            end=self.end.to_pydatetime(),
-            calendar=self.spec.calendar,
-            asset_class=self.spec.asset_class,
-            options=self.spec.provider_options,
-        )
-        for page in provider.fetch(request):
+        request = _fetch_request(self.spec, self.start.to_pydatetime(), self.end.to_pydatetime())
+        for page in self.provider.fetch(request):
             self._take(page)
         self._flush(final=True)
 
@@ -491,7 +501,9 @@ def run_backfill(
 
     run = None
     try:
-        range_start, range_end, resumed_from = plan_range(spec, start=start, end=end, now=now, previous=previous)
+        provider_impl = get_provider(spec.provider)
+        range_start, range_end, resumed_from = plan_range(spec, start=start, end=end, now=now, previous=previous,
+                                                          provider=provider_impl)
         details = dict(state.details or {})
         details.update({"calendar": spec.calendar, "batch_size": batch_size})
         if resumed_from:
@@ -499,9 +511,10 @@ def run_backfill(
         BackfillState.objects.filter(pk=state.pk).update(
             range_start=range_start, range_end=range_end, provider=spec.provider, details=details
         )
+        state.range_start, state.range_end = range_start, range_end  # progress callbacks read them
         result.range_start, result.range_end = _iso(range_start), _iso(range_end)
         result.resumed_from = _iso(resumed_from)
-        run = _Run(state, spec, start=range_start, end=range_end, strict=strict, batch_size=batch_size,
+        run = _Run(state, spec, provider_impl, start=range_start, end=range_end, strict=strict, batch_size=batch_size,
                    now=now, progress=progress)
         if range_start < range_end:
             run.execute()

@@ -373,11 +373,9 @@ def alert_critical_anomalies() -> list[dict[str, Any]]:
         severity=Severity.CRITICAL, resolution_status=ResolutionStatus.OPEN, alert_sent_at__isnull=True,
     ).order_by("detected_at", "id").only("id", "symbol", "timeframe", "anomaly_type", "description",
                                          "period_start", "period_end"))
-    won = []
-    now = timezone.now()
-    for anomaly in pending:
-        if DataAnomaly.objects.filter(pk=anomaly.pk, alert_sent_at=None).update(alert_sent_at=now):
-            won.append(anomaly)
+    # Claimed in batches (one locked SELECT and one UPDATE per chunk), not one UPDATE per anomaly.
+    claimed = set(_claim(DataAnomaly, [a.pk for a in pending], "alert_sent_at", timezone.now()))
+    won = [a for a in pending if a.pk in claimed]
     if not won:
         return []
     listed = "\n".join(f"- #{a.pk} {a.symbol} {a.timeframe} {a.anomaly_type}: {a.description}"

@@ -241,6 +241,21 @@ class TestWebhookChannel:
         assert outcome["webhook"].startswith("failed: webhook delivery failed after 3 attempt(s): HTTP 503")
         assert len(httpserver.log) == 3
 
+    def test_a_hook_that_does_not_answer_is_timed_out_and_retried(self, fast_webhook):
+        # A real listening socket that never answers: connects succeed (the backlog), reads time out.
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        try:
+            fast_webhook.ALERT_WEBHOOK_URL = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
+            fast_webhook.ALERT_WEBHOOK_TIMEOUT = 0.2
+            fast_webhook.ALERT_WEBHOOK_RETRIES = 1
+            outcome = send_alert(Alert(kind="t", subject="s", message="m"))
+        finally:
+            silent.close()
+        assert outcome["log"] == "sent"
+        assert outcome["webhook"].startswith("failed: webhook delivery failed after 2 attempt(s): ReadTimeout")
+
     def test_a_client_error_is_not_retried(self, fast_webhook, httpserver):
         fast_webhook.ALERT_WEBHOOK_URL = httpserver.url_for("/hook")
         httpserver.expect_request("/hook", method="POST").respond_with_data("no such hook", status=404)
@@ -386,3 +401,29 @@ class TestFailingSymbolAlertsOnce:
         for _ in range(3):
             track_symbol_failure("AAPL", success=False)
         assert len(mail.outbox) == 2
+
+
+class TestSymbolRecoveryNotice:
+    def fail_three_times(self):
+        for _ in range(3):
+            track_symbol_failure("AAPL", success=False, error="provider timeout")
+
+    def test_an_alerted_symbol_that_succeeds_sends_a_notice_when_enabled(self, email_on):
+        email_on.ALERT_RECOVERY_NOTICES = True
+        self.fail_three_times()
+        track_symbol_failure("AAPL", success=True)
+        track_symbol_failure("AAPL", success=True)  # once: the second success has nothing to recover from
+        assert [m.subject for m in mail.outbox] == ["[marketdata high] AAPL: 3 consecutive backfill failures",
+                                                   "[marketdata low] AAPL recovered"]
+
+    def test_no_notice_by_default(self, email_on):
+        email_on.ALERT_RECOVERY_NOTICES = False
+        self.fail_three_times()
+        track_symbol_failure("AAPL", success=True)
+        assert len(mail.outbox) == 1
+
+    def test_no_notice_for_a_symbol_that_never_alerted(self, email_on):
+        email_on.ALERT_RECOVERY_NOTICES = True
+        track_symbol_failure("AAPL", success=False)
+        track_symbol_failure("AAPL", success=True)
+        assert mail.outbox == []

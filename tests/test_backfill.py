@@ -273,6 +273,34 @@ class TestRangeLogic:
         assert Candle.objects.order_by("-ts").first().ts == utc(2024, 6, 14)
 
 
+class TestHeartbeat:
+    def test_a_run_heartbeats_between_pages_while_its_batch_is_still_filling(self, monkeypatch):
+        from integrity import backfill as service
+
+        monkeypatch.setattr(service, "HEARTBEAT_EVERY_SECONDS", 0.0)
+        add_instrument(page_size=20)
+        long_ago = utc(2000, 1, 1)
+        seen = []
+        real_get_provider = service.get_provider
+
+        class Watched:
+            def __init__(self, inner):
+                self.inner = inner
+
+            def fetch(self, request):
+                for i, page in enumerate(self.inner.fetch(request)):
+                    state = BackfillState.objects.get(symbol="BTC-USD")
+                    if i:
+                        seen.append(state.heartbeat_at)
+                    BackfillState.objects.filter(pk=state.pk).update(heartbeat_at=long_ago)
+                    yield page
+
+        monkeypatch.setattr(service, "get_provider", lambda name: Watched(real_get_provider(name)))
+        result = backfill(batch_size=10_000)  # one batch at the end: only heartbeats keep it alive
+        assert result.status == "completed"
+        assert len(seen) == 11 and all(ts > long_ago for ts in seen)
+
+
 class TestReaper:
     def start_execution(self, heartbeat_age_seconds):
         state = create_backfill_state("BTC-USD", "1h", "crypto")

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connections
 from django.utils import timezone
 
 from integrity.backfill import create_backfill_state
 from integrity.calendars import expected_bars
-from integrity.models import BackfillState, Candle, Instrument
+from integrity.models import BackfillState, Candle, DataAnomaly, Instrument
 from tests.helpers import add_instrument, utc
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class TtyStringIO(StringIO):
+    def isatty(self) -> bool:
+        return True
 
 
 def run(*args) -> tuple[int, str, str]:
@@ -29,10 +36,9 @@ def run(*args) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-@pytest.fixture
-def daily_csv(tmp_path):
-    """A Yahoo-style daily file for 2023: one row per NYSE session."""
-    sessions = expected_bars("XNYS", "1d", utc(2023, 1, 1), utc(2024, 1, 1))
+def write_daily_csv(path, start, end, extra_lines=()):
+    """A Yahoo-style daily file: one row per NYSE session in [start, end)."""
+    sessions = expected_bars("XNYS", "1d", start, end)
     lines = ["Date,Open,High,Low,Close,Adj Close,Volume"]
     price = 130.0
     for i, day in enumerate(sessions):
@@ -40,9 +46,15 @@ def daily_csv(tmp_path):
         lines.append(f"{day:%Y-%m-%d},{o:.4f},{max(o, c) * 1.01:.4f},{min(o, c) * 0.99:.4f},{c:.4f},{c:.4f},"
                      f"{50_000_000 + i * 1000}")
         price = c
-    path = tmp_path / "AAPL.csv"
+    lines.extend(extra_lines)
     path.write_text("\n".join(lines) + "\n")
     return path, len(sessions)
+
+
+@pytest.fixture
+def daily_csv(tmp_path):
+    """2023: 250 NYSE sessions."""
+    return write_daily_csv(tmp_path / "AAPL.csv", utc(2023, 1, 1), utc(2024, 1, 1))
 
 
 CSV_ARGS = ["--provider", "csv", "--symbol", "AAPL", "--timeframe", "1d", "--asset-class", "equity",
@@ -68,14 +80,148 @@ class TestCsvBackfill:
         [result] = json.loads(out)
         assert (result["status"], result["inserted"], result["updated"]) == ("completed", 0, 0)
 
-    def test_a_missing_file_fails_the_run_with_exit_code_1(self, tmp_path):
-        code, out, _ = run(*CSV_ARGS, "--file", str(tmp_path / "nope.csv"), "--format", "json")
+    def test_the_acceptance_command_loads_the_file_and_a_rerun_inserts_zero(self, daily_csv):
+        # Exactly as the issue spells it: no --start/--end, so the range logic decides.
+        path, sessions = daily_csv
+        args = ["--provider", "csv", "--file", str(path), "--symbol", "AAPL", "--timeframe", "1d",
+                "--asset-class", "equity", "--calendar", "XNYS"]
+        code, out, _ = run(*args, "--format", "json")
+        assert code == 0
+        [first] = json.loads(out)
+        assert (first["status"], first["inserted"], first["invalid"]) == ("completed", sessions, 0)
+        assert Candle.objects.filter(symbol="AAPL", timeframe="1d").count() == sessions
+        code, out, _ = run(*args, "--format", "json")
+        assert code == 0
+        [again] = json.loads(out)
+        assert (again["status"], again["inserted"], again["updated"]) == ("completed", 0, 0)
+        assert Candle.objects.count() == sessions
+
+    def test_a_new_series_from_a_file_starts_at_its_first_bar_not_at_the_lookback(self, tmp_path, settings):
+        settings.BACKFILL_LOOKBACK_DAYS = {**settings.BACKFILL_LOOKBACK_DAYS, "1d": 30}
+        path, sessions = write_daily_csv(tmp_path / "IBM.csv", utc(2004, 1, 1), utc(2006, 1, 1))
+        code, out, _ = run("--file", str(path), "--symbol", "IBM", "--timeframe", "1d", "--asset-class", "equity",
+                           "--calendar", "XNYS", "--format", "json")
+        assert code == 0
+        [result] = json.loads(out)
+        assert result["range_start"] == utc(2004, 1, 2).isoformat()
+        assert result["inserted"] == sessions == 504
+
+    def test_a_later_run_of_the_registered_instrument_reuses_its_file(self, daily_csv, tmp_path, monkeypatch):
+        path, _ = daily_csv
+        monkeypatch.chdir(path.parent)
+        run(*CSV_ARGS, "--file", path.name)  # relative: stored as an absolute path
+        monkeypatch.chdir(tmp_path.parent)
+        code, out, _ = run("--symbols", "AAPL", "--timeframe", "1d", "--format", "json")
+        assert code == 0
+        assert json.loads(out)[0]["inserted"] == 0
+        assert Instrument.objects.get(symbol="AAPL").provider_options["file"] == str(path)
+
+    def test_file_implies_the_csv_provider(self, daily_csv):
+        path, sessions = daily_csv
+        add_instrument("AAPL", "equity", "XNYS", ("1d",))  # a synthetic instrument
+        code, out, _ = run("--symbols", "AAPL", "--timeframe", "1d", "--file", str(path),
+                           "--start", "2023-01-01", "--end", "2024-01-01", "--format", "json")
+        assert code == 0
+        assert json.loads(out)[0]["inserted"] == sessions
+        assert set(Candle.objects.values_list("source", flat=True)) == {"csv"}
+
+    def test_a_missing_file_is_exit_code_2_and_registers_nothing(self, tmp_path):
+        with pytest.raises(CommandError, match="nope.csv.*no such file") as error:
+            call_command("backfill", *CSV_ARGS, "--file", str(tmp_path / "nope.csv"), stdout=StringIO(),
+                         stderr=StringIO())
+        assert error.value.returncode == 2
+        assert not Instrument.objects.exists() and not BackfillState.objects.exists()
+
+    def test_a_file_for_several_symbols_is_refused(self, daily_csv):
+        path, _ = daily_csv
+        with pytest.raises(CommandError, match="one symbol") as error:
+            call_command("backfill", "--symbols", "AAPL,MSFT", "--asset-class", "equity", "--file", str(path),
+                         stdout=StringIO(), stderr=StringIO())
+        assert error.value.returncode == 2
+        assert not Instrument.objects.exists()
+
+    def test_a_file_removed_after_registration_fails_the_run_with_exit_code_1(self, daily_csv):
+        path, _ = daily_csv
+        run(*CSV_ARGS, "--file", str(path))
+        path.unlink()
+        code, out, _ = run("--symbols", "AAPL", "--timeframe", "1d", "--start", "2024-01-01", "--format", "json")
         assert code == 1
         [result] = json.loads(out)
-        assert result["status"] == "failed" and "nope.csv" in result["error"]
+        assert result["status"] == "failed" and "AAPL.csv" in result["error"]
+        assert BackfillState.objects.get(execution_id=result["execution_id"]).status == "failed"
+
+    def test_a_timestamp_twice_in_the_file_rejects_both_copies_and_the_run_completes(self, tmp_path):
+        path, sessions = write_daily_csv(tmp_path / "AAPL.csv", utc(2023, 1, 1), utc(2023, 2, 1),
+                                         extra_lines=["2023-01-17,1,2,0.5,1.5,1.5,100"])
+        code, out, _ = run(*CSV_ARGS, "--file", str(path), "--format", "json")
+        assert code == 0
+        [result] = json.loads(out)
+        assert (result["status"], result["inserted"], result["invalid"]) == ("completed", sessions - 1, 2)
+        assert result["invalid_reasons"] == {"duplicate_ts": 2}
+        assert not Candle.objects.filter(ts=utc(2023, 1, 17)).exists()
+        anomaly = DataAnomaly.objects.get(anomaly_type="invalid_ohlc")
+        assert anomaly.affected_rows == 2 and str(anomaly.execution_id) == result["execution_id"]
 
 
 class TestCommandOutput:
+    @pytest.mark.parametrize("flag", ["--symbols", "--symbol"])
+    def test_both_spellings_take_a_comma_separated_list(self, flag):
+        add_instrument("A")
+        add_instrument("B")
+        code, out, _ = run(flag, "A, B", "--start", "2024-01-01", "--end", "2024-01-02", "--format", "json")
+        assert code == 0
+        assert [(r["symbol"], r["inserted"]) for r in json.loads(out)] == [("A", 24), ("B", 24)]
+
+    def test_concurrency_runs_series_in_parallel_each_on_its_own_connection(self, monkeypatch):
+        from integrity import backfill as service
+
+        for symbol in "AB":
+            add_instrument(symbol)
+        both_fetching = threading.Barrier(2, timeout=20)  # only passes if the two runs overlap
+        seen = []
+        real_get_provider = service.get_provider
+
+        class Rendezvous:
+            def __init__(self, inner):
+                self.inner = inner
+
+            def fetch(self, request):
+                seen.append(connections["default"])  # Django's per-thread connection
+                both_fetching.wait()
+                yield from self.inner.fetch(request)
+
+        monkeypatch.setattr(service, "get_provider", lambda name: Rendezvous(real_get_provider(name)))
+        code, out, _ = run("--all", "--start", "2024-01-01", "--end", "2024-01-02", "--concurrency", "2",
+                           "--format", "json")
+        assert code == 0, out
+        assert [r["status"] for r in json.loads(out)] == ["completed", "completed"]
+        assert len({id(c) for c in seen}) == 2
+
+    def test_strict_fails_the_run_on_an_invalid_bar_and_exits_1(self):
+        add_instrument("A", invalid=["2024-01-01T05:00:00+00:00"])
+        code, out, _ = run("--symbols", "A", "--start", "2024-01-01", "--end", "2024-01-02", "--format", "json")
+        assert code == 0 and json.loads(out)[0]["invalid"] == 1
+        Candle.objects.all().delete()
+        code, out, _ = run("--symbols", "A", "--start", "2024-01-01", "--end", "2024-01-02", "--strict",
+                           "--format", "json")
+        assert code == 1
+        [result] = json.loads(out)
+        assert result["status"] == "failed" and result["error"].startswith("--strict")
+
+    def test_a_terminal_gets_a_progress_bar(self):
+        add_instrument("A")
+        err = TtyStringIO()
+        call_command("backfill", "--symbols", "A", "--start", "2024-01-01", "--end", "2024-01-03",
+                     "--batch-size", "12", stdout=StringIO(), stderr=err)
+        text = err.getvalue()
+        assert "[0/1] A 1h [" in text and "]  50% 24 inserted" in text and "100% 48 inserted" in text
+        assert "\r\033[K[1/1] A 1h: completed +48 inserted" in text
+
+    def test_without_a_terminal_there_is_no_progress_bar(self):
+        add_instrument("A")
+        _, _, err = run("--symbols", "A", "--start", "2024-01-01", "--end", "2024-01-02", "--batch-size", "6")
+        assert "#" not in err and "\r" not in err
+
     def test_json_output_has_one_object_per_execution(self):
         add_instrument("A", timeframes=("1h",))
         add_instrument("B", timeframes=("1h", "4h"))
@@ -134,6 +280,24 @@ class TestCommandArguments:
         add_instrument("A")
         with pytest.raises(CommandError, match="not an ISO date") as error:
             call_command("backfill", "--symbols", "A", "--start", "yesterday", stdout=StringIO(), stderr=StringIO())
+        assert error.value.returncode == 2
+
+    def test_a_malformed_date_registers_no_instrument(self):
+        with pytest.raises(CommandError, match="not an ISO date"):
+            call_command("backfill", "--symbols", "NEW", "--asset-class", "crypto", "--end", "soon",
+                         stdout=StringIO(), stderr=StringIO())
+        assert not Instrument.objects.exists()
+
+    @pytest.mark.parametrize("flag", ["--concurrency", "--batch-size"])
+    def test_a_non_positive_count_is_exit_code_2(self, flag):
+        add_instrument("A")
+        with pytest.raises(CommandError, match="at least 1") as error:
+            call_command("backfill", "--symbols", "A", flag, "0", stdout=StringIO(), stderr=StringIO())
+        assert error.value.returncode == 2
+
+    def test_no_series_named_is_exit_code_2(self):
+        with pytest.raises(CommandError, match="--symbols A,B or --all") as error:
+            call_command("backfill", stdout=StringIO(), stderr=StringIO())
         assert error.value.returncode == 2
 
 

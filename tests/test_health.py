@@ -220,6 +220,24 @@ class TestAnomalies:
         assert report["anomalies"]["open_by_type"].get("gap", 0) >= 1
 
 
+    def test_the_scan_is_incremental_old_history_is_not_rescanned(self, fresh_crypto, settings):
+        settings.DETECTION_OVERLAP_BARS = 3
+        add_bars("BTC-USD", "1h", hourly_until(utc(2024, 6, 4, 11), hours=24))  # 48 h of history in all
+        first = run_health_monitoring(now=NOW)
+        assert first["anomaly_scan"]["created"] == 0
+        assert SeriesStats.objects.get(symbol="BTC-USD", timeframe="1h").last_scanned_ts == utc(2024, 6, 5, 11)
+        # A hole 30 bars back: far outside the incremental window (last scanned bar - 3 bars).
+        Candle.objects.filter(symbol="BTC-USD", ts=utc(2024, 6, 4, 5)).delete()
+        second = run_health_monitoring(now=NOW)
+        assert second["anomaly_scan"]["series_scanned"] == 1
+        assert not DataAnomaly.objects.filter(anomaly_type="gap").exists()
+        # ... which a full scan does find: the hole was detectable, the health job just did not reread it.
+        from integrity.quality.anomalies import detect_data_anomalies
+
+        detect_data_anomalies(full=True, now=NOW)
+        assert DataAnomaly.objects.filter(symbol="BTC-USD", anomaly_type="gap").exists()
+
+
 class TestStatus:
     def test_it_is_healthy_when_nothing_is_wrong(self, quiet_scan, fresh_crypto):
         assert run_health_monitoring(now=NOW)["status"] == "healthy"
@@ -315,6 +333,33 @@ class TestRunRecord:
         assert run.results == json.loads(json.dumps(report))
         assert run.errors == [] and run.alerts_sent == 0
         assert report["as_of"] == NOW.isoformat()
+
+    def test_it_persists_what_it_found_and_the_alerts_it_sent(self, quiet_scan, fresh_crypto):
+        add_instrument("ETH-USD")
+        add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 5, 2)))  # 9 h behind
+        for _ in range(2):
+            track_symbol_failure("AAA", success=False, error="provider down")
+        add_anomaly(symbol="ETH-USD", severity="critical", anomaly_type="gap", key="1")
+        add_anomaly(symbol="ETH-USD", severity="medium", anomaly_type="outlier", key="2")
+
+        report = run_health_monitoring(now=NOW)
+
+        run = HealthCheckRun.objects.get(pk=report["run_id"])
+        assert run.status == "critical"
+        assert run.started_at <= run.finished_at
+        assert run.duration_ms == report["duration_ms"]
+        stored = run.results
+        assert stored["started_at"] == run.started_at.isoformat()
+        assert stored["finished_at"] == run.finished_at.isoformat()
+        assert [(s["symbol"], s["timeframe"], s["hours_stale"]) for s in stored["stale_series"]["series"]] == [
+            ("ETH-USD", "1h", 9.0)]
+        assert [(f["symbol"], f["consecutive_failures"]) for f in stored["failing_symbols"]["symbols"]] == [("AAA", 2)]
+        assert stored["anomalies"]["open_by_severity"] == {"low": 0, "medium": 1, "high": 0, "critical": 1}
+        assert stored["anomalies"]["open_by_type"] == {"gap": 1, "outlier": 1}
+        assert run.alerts_sent == 2
+        assert [(a["kind"], a["channels"]) for a in stored["alerts"]] == [
+            ("series_stale", {"log": "sent"}), ("critical_anomaly", {"log": "sent"})]
+        assert stored == json.loads(json.dumps(report))  # what it returns is what it stored
 
     def test_each_run_is_a_new_record(self, quiet_scan, fresh_crypto):
         run_health_monitoring(now=NOW)

@@ -2,12 +2,46 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from django.db import connection
 
-pytestmark = pytest.mark.django_db
+ROOT = Path(__file__).resolve().parent.parent
+
+# A fresh Django process, configured only by the environment, asks its own /healthz once.
+PROBE = """
+import json, django
+django.setup()
+from django.test import Client
+response = Client().get("/healthz")
+print("PROBE " + json.dumps({"status": response.status_code, "body": response.content.decode(),
+                             "content_type": response["Content-Type"]}))
+"""
 
 
+def probe_with(database_url: str) -> dict:
+    env = {**os.environ, "DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": "marketdata_site.settings",
+           "DEBUG": "False", "SECRET_KEY": "probe-test-secret-key-not-the-default", "LOG_LEVEL": "CRITICAL"}
+    done = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE ")]
+    assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-2000:]
+    return json.loads(lines[-1][len("PROBE "):])
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+@pytest.mark.django_db
 class TestHealthz:
     def test_it_answers_200_without_authentication(self, client):
         response = client.get("/healthz")
@@ -22,3 +56,25 @@ class TestHealthz:
         response = client.get("/healthz")
         assert response.status_code == 503
         assert response.json() == {"status": "unavailable"}
+
+    def test_only_get_is_allowed(self, client):
+        assert client.post("/healthz").status_code == 405
+
+
+@pytest.mark.slow  # starts a Django process per case (about a second each)
+class TestHealthzInAFreshProcess:
+    def test_it_answers_200_when_the_database_answers(self, tmp_path):
+        result = probe_with(f"sqlite:///{tmp_path / 'up.sqlite3'}")
+        assert (result["status"], json.loads(result["body"])) == (200, {"status": "ok"})
+
+    def test_it_answers_503_when_postgresql_refuses_the_connection(self):
+        port = closed_port()
+        result = probe_with(f"postgres://postgres@127.0.0.1:{port}/nowhere")
+        assert result["status"] == 503
+        assert result["content_type"] == "application/json"
+        assert json.loads(result["body"]) == {"status": "unavailable"}  # no host, port, driver or error text
+        assert str(port) not in result["body"]
+
+    def test_it_answers_503_when_the_sqlite_file_cannot_be_opened(self, tmp_path):
+        result = probe_with(f"sqlite:///{tmp_path / 'no-such-dir' / 'db.sqlite3'}")
+        assert (result["status"], json.loads(result["body"])) == (503, {"status": "unavailable"})

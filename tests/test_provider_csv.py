@@ -208,6 +208,26 @@ class TestUnsortedFile:
         assert list(fetch_all(path)["ts"]) == [utc(2024, 1, 1), utc(2024, 1, 2), utc(2024, 1, 3)]
 
 
+class TestFirstBar:
+    def test_it_finds_the_earliest_bar_of_an_unsorted_file(self, tmp_path):
+        path = write(tmp_path, HEADER + rows("1995-03-03", "1987-10-19", "2024-01-02"))
+        assert CsvProvider(file=str(path)).first_bar_ts(request(start=END, end=END)) == utc(1987, 10, 19)
+
+    def test_it_reads_naive_times_in_the_files_time_zone(self, tmp_path):
+        path = write(tmp_path, HEADER + rows("2024-07-01 09:30", "2024-07-01 10:30"))
+        first = CsvProvider(file=str(path), tz="America/New_York").first_bar_ts(request(timeframe="1h"))
+        assert first == utc(2024, 7, 1, 13, 30)
+
+    def test_it_is_none_for_a_file_without_bars(self, tmp_path):
+        path = write(tmp_path, HEADER)
+        assert CsvProvider(file=str(path)).first_bar_ts(request()) is None
+
+    def test_it_names_a_bad_line(self, tmp_path):
+        path = write(tmp_path, HEADER + rows("2024-01-02") + "not-a-date,1,2,0.5,1.5,10\n")
+        with pytest.raises(ProviderError, match="line 3"):
+            CsvProvider(file=str(path)).first_bar_ts(request())
+
+
 class TestFileLocation:
     def test_it_reads_symbol_csv_from_the_directory(self, tmp_path):
         write(tmp_path, HEADER + rows("2024-01-02"), name="MSFT.csv")

@@ -20,13 +20,19 @@ from django.db import connection
 from django.utils import timezone
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf
-from django_q.models import OrmQ, Schedule, Success
+from django_q.models import Failure, OrmQ, Schedule, Success
 from django_q.scheduler import scheduler
 from django_q.tasks import async_task
 
 from integrity.models import BackfillState, Candle, HealthCheckRun, SeriesStats
 from integrity.schedules import SCHEDULES, setup_schedules
-from integrity.tasks import backfill_all_task, backfill_series_task, enrichment_task, health_task
+from integrity.tasks import (
+    BACKFILL_SERIES_TASK,
+    backfill_all_task,
+    backfill_series_task,
+    enrichment_task,
+    health_task,
+)
 from tests.helpers import add_instrument, utc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,6 +170,15 @@ class TestScheduler:
         assert health.next_run > timezone.now()
         assert health.next_run == croniter("0 0,6,12,18 * * *", timezone.now()).get_next(type(health.next_run))
 
+    def test_every_due_schedule_is_enqueued_and_only_those(self):
+        setup_schedules()
+        self.due("integrity.enrichment", timedelta(minutes=2))
+        self.due("integrity.backfill", timedelta(seconds=5))
+        scheduler(broker=orm_broker())
+        assert sorted(q.func() for q in OrmQ.objects.all()) == ["integrity.tasks.backfill_all_task",
+                                                                "integrity.tasks.enrichment_task"]
+        assert Schedule.objects.get(name="integrity.health").task is None  # not due: left alone
+
     def test_schedules_not_due_are_not_enqueued(self):
         setup_schedules()
         scheduler(broker=orm_broker())
@@ -248,23 +263,31 @@ def stop(process: subprocess.Popen) -> None:
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 class TestRealCluster:
-    def test_a_qcluster_executes_a_queued_health_task(self, tmp_path):
+    def test_a_qcluster_executes_a_queued_health_task_and_gives_a_failing_task_one_attempt(self, tmp_path):
         log = tmp_path / "qcluster.log"
         env = {**os.environ, "DATABASE_URL": worker_db_url(), "DJANGO_SETTINGS_MODULE": "marketdata_site.settings",
                "REDIS_URL": "", "Q_WORKERS": "1", "DJANGO_Q_LOG_LEVEL": "INFO"}
         task_id = async_task("integrity.tasks.health_task", broker=orm_broker(), task_name="health from test")
+        # Not on the watchlist: run_backfill raises BackfillError, so the task fails.
+        failing_id = async_task(BACKFILL_SERIES_TASK, "NOT-LISTED", "1h", broker=orm_broker(),
+                                task_name="failing backfill from test")
+
+        def finished() -> bool:
+            return (Success.objects.filter(id=task_id).exists() and Failure.objects.filter(id=failing_id).exists()
+                    and not OrmQ.objects.exists())
+
         with open(log, "wb") as out:
             cluster = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=out,
                                        stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                if Success.objects.filter(id=task_id).exists():
+                if finished():
                     break
                 assert cluster.poll() is None, f"qcluster exited early:\n{log.read_text()[-3000:]}"
                 time.sleep(0.25)
             else:
-                pytest.fail(f"the health task did not complete within 60 s:\n{log.read_text()[-3000:]}")
+                pytest.fail(f"the tasks did not finish within 60 s:\n{log.read_text()[-3000:]}")
         finally:
             stop(cluster)
         done = Success.objects.get(id=task_id)
@@ -272,5 +295,10 @@ class TestRealCluster:
         run = HealthCheckRun.objects.get()
         assert done.result["run_id"] == run.pk
         assert run.finished_at is not None
+        failed = Failure.objects.get(id=failing_id)
+        assert "unknown instrument 'NOT-LISTED'" in failed.result
+        # One attempt: with max_attempts=1 the failed task is acknowledged (removed from the queue)
+        # instead of being handed to a worker again once the retry window passes.
+        assert failed.attempt_count == 1
+        assert not OrmQ.objects.exists()
         assert cluster.returncode == 0, log.read_text()[-3000:]  # stopped by SIGTERM, cleanly
-        assert not OrmQ.objects.exists()  # acknowledged and removed from the queue

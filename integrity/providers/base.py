@@ -68,6 +68,10 @@ class Provider(Protocol):
         """Yield pages of bars in ascending ``ts`` within [start, end), in the bar frame layout."""
         ...
 
+    # Optional: ``first_bar_ts(request) -> datetime | None``, the earliest bar the source holds
+    # for the series. A provider that knows it (a CSV file) lets a series with no stored bars start
+    # there instead of at the configured lookback.
+
 
 def empty_bar_frame() -> pd.DataFrame:
     frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in BAR_COLUMNS})

@@ -137,12 +137,24 @@ class CsvProvider:
             rows = iter([reader.read_all_sorted(start, end)])
         yield from _pages(rows, page_size)
 
+    def first_bar_ts(self, request: FetchRequest) -> datetime | None:
+        """The earliest bar in the file (any order), or None for a file without bars.
+
+        A file is the whole source: a series loaded from one for the first time starts at its first
+        bar rather than at the configured lookback, so an old history is not cut silently.
+        """
+        reader = _CsvReader(self.resolve_path(request), self._tz(request), provider=self.name)
+        scan = reader.scan(pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC"),
+                           self._page_size(request))
+        return None if scan.min_ts is None else pd.Timestamp(scan.min_ts, tz="UTC").to_pydatetime()
+
 
 class _Scan:
     def __init__(self):
         self.first_row: int | None = None  # data row index of the first row within range
         self.last_row: int | None = None
         self.in_order = True
+        self.min_ts: int | None = None  # ns since the epoch, over the rows within range
         self._last_ts: int | None = None
 
     def add(self, offset: int, ts: pd.Series, in_range: np.ndarray) -> None:
@@ -153,6 +165,8 @@ class _Scan:
             self.first_row = offset + int(positions[0])
         self.last_row = offset + int(positions[-1])
         values = ts.array.asi8[positions]
+        low = int(values.min())
+        self.min_ts = low if self.min_ts is None else min(self.min_ts, low)
         if self.in_order:
             ascending = bool((np.diff(values) >= 0).all())
             follows = self._last_ts is None or values[0] >= self._last_ts

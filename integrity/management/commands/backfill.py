@@ -7,9 +7,10 @@ execution holds it); 2 the arguments are unusable (nothing was claimed).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
 
 from django.core.management.base import BaseCommand, CommandError
@@ -20,6 +21,7 @@ from integrity.calendars import calendar_for_asset_class, validate_calendar_code
 from integrity.management.output import keep_stdout_for_json
 from integrity.models import AssetClass, Instrument, Timeframe
 from integrity.providers import PROVIDER_NAMES
+from integrity.timeframes import timeframe_delta
 
 
 def parse_when(value: str | None, label: str) -> datetime | None:
@@ -70,15 +72,27 @@ class Command(BaseCommand):
                 raise CommandError(str(exc), returncode=2) from None
         provider_options = {}
         if options.get("file"):
-            provider_options["file"] = options["file"]
+            # --file names a CSV file: it implies --provider csv and must exist before anything is
+            # registered or claimed.
+            if options.get("provider") not in (None, "csv"):
+                raise CommandError(f"--file is for the csv provider, not {options['provider']!r}", returncode=2)
+            options["provider"] = "csv"
+            if not os.path.isfile(options["file"]):
+                raise CommandError(f"--file {options['file']!r}: no such file", returncode=2)
+            provider_options["file"] = os.path.abspath(options["file"])
         if options.get("tz"):
             provider_options["tz"] = options["tz"]
+        named = [s for s in (options.get("symbols") or "").split(",") if s.strip()]
+        if options.get("file") and (options.get("all") or len(named) > 1):
+            raise CommandError("--file holds the bars of one symbol: name exactly one with --symbol", returncode=2)
         if options.get("all"):
             instruments = list(Instrument.objects.filter(active=True))
             if not instruments:
                 raise CommandError("--all: the watchlist has no active instrument", returncode=2)
         elif options.get("symbols"):
             symbols = [s.strip() for s in options["symbols"].split(",") if s.strip()]
+            if not symbols:
+                raise CommandError("--symbols names no symbol", returncode=2)
             instruments = [self.ensure_instrument(symbol, options, timeframe) for symbol in symbols]
         else:
             raise CommandError("name the series: --symbols A,B or --all", returncode=2)
@@ -107,12 +121,13 @@ class Command(BaseCommand):
             calendar=options.get("calendar") or calendar_for_asset_class(asset_class),
             timeframes=[timeframe] if timeframe else ["1d"],
             provider=options.get("provider") or "synthetic",
-            provider_options={k: v for k, v in (("file", options.get("file")), ("tz", options.get("tz"))) if v},
+            provider_options={k: v for k, v in (("file", options.get("file") and os.path.abspath(options["file"])),
+                                                ("tz", options.get("tz"))) if v},
         )
         self.stderr.write(f"registered instrument {symbol} ({asset_class}, calendar {instrument.calendar})")
         return instrument
 
-    def run_one(self, symbol: str, timeframe: str, kwargs: dict, options) -> BackfillResult:
+    def run_one(self, symbol: str, timeframe: str, kwargs: dict, options, progress=None) -> BackfillResult:
         try:
             return run_backfill(
                 symbol, timeframe,
@@ -121,6 +136,7 @@ class Command(BaseCommand):
                 strict=options.get("strict", False),
                 batch_size=options.get("batch_size"),
                 requested_by="manage.py backfill",
+                progress=progress,
                 **kwargs,
             )
         except BackfillError as exc:
@@ -131,11 +147,16 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         keep_stdout_for_json(options)
-        plans = self.plan(options)
         if options["concurrency"] < 1:
             raise CommandError("--concurrency must be at least 1", returncode=2)
+        if options.get("batch_size") is not None and options["batch_size"] < 1:
+            raise CommandError("--batch-size must be at least 1", returncode=2)
+        # Dates are checked before anything is registered or claimed.
+        parse_when(options.get("start"), "--start")
+        parse_when(options.get("end"), "--end")
+        plans = self.plan(options)
         text = options["format"] == "text"
-        tty = text and sys.stderr.isatty()
+        tty = text and self.stderr.isatty()
         results: list[BackfillResult] = []
         lock = threading.Lock()
 
@@ -149,13 +170,24 @@ class Command(BaseCommand):
                         line += f" — {result.error}"
                     self.stderr.write(("\r\033[K" if tty else "") + line)
 
+        def progress_for(symbol: str, timeframe: str):
+            if not tty:
+                return None
+
+            def progress(state, totals):
+                with lock:
+                    self.stderr.write("\r\033[K" + self.progress_line(symbol, timeframe, state, totals,
+                                                                        len(results), len(plans)), ending="")
+                    self.stderr.flush()
+            return progress
+
         if options["concurrency"] == 1 or len(plans) == 1:
             for symbol, tf, kwargs in plans:
-                done(self.run_one(symbol, tf, kwargs, options))
+                done(self.run_one(symbol, tf, kwargs, options, progress_for(symbol, tf)))
         else:
             with ThreadPoolExecutor(max_workers=options["concurrency"]) as pool:
-                futures = [pool.submit(self.run_one, s, tf, kw, options) for s, tf, kw in plans]
-                for future in futures:
+                futures = [pool.submit(self.run_one, s, tf, kw, options, progress_for(s, tf)) for s, tf, kw in plans]
+                for future in as_completed(futures):
                     done(future.result())
 
         order = {(s, tf): i for i, (s, tf, _) in enumerate(plans)}
@@ -168,6 +200,20 @@ class Command(BaseCommand):
             sys.exit(1)
 
     @staticmethod
+    def progress_line(symbol: str, timeframe: str, state, totals, finished: int, total: int,
+                      width: int = 30) -> str:
+        """``[1/3] AAPL 1d [#########.....]  64% 1,234 inserted, 5 updated``: the share of the range
+        up to the last committed bar."""
+        fraction = 0.0
+        start, end, checkpoint = state.range_start, state.range_end, state.checkpoint_ts
+        if start and end and checkpoint and end > start:
+            covered = checkpoint + timeframe_delta(timeframe) - start  # the checkpoint bar is written
+            fraction = min(max(covered / (end - start), 0.0), 1.0)
+        filled = int(round(fraction * width))
+        return (f"[{finished}/{total}] {symbol} {timeframe} [{'#' * filled}{'.' * (width - filled)}] "
+                f"{fraction:4.0%} {totals.inserted:,} inserted, {totals.updated:,} updated")
+
+    @staticmethod
     def summary_table(results: list[BackfillResult]) -> str:
         header = ("symbol", "tf", "status", "inserted", "updated", "invalid", "retry", "seconds", "execution")
         rows = [header] + [
@@ -176,7 +222,7 @@ class Command(BaseCommand):
             for r in results
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         failed = [r for r in results if not r.ok]
         lines.append("")

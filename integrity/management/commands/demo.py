@@ -1,6 +1,7 @@
-"""``manage.py demo``: a small synthetic watchlist, the jobs run over it, and a summary.
+"""``manage.py demo``: a small synthetic watchlist, every job run over it, and a summary.
 
-Safe to run repeatedly: instruments are upserted, backfills are incremental and idempotent.
+Safe to run repeatedly: instruments are upserted, backfills are incremental and idempotent, and the
+simulated legacy double-write happens on the first run only.
 """
 
 from __future__ import annotations
@@ -11,8 +12,13 @@ from django.core.management.base import BaseCommand
 from django.db.models import Count
 from django.utils import timezone
 
-from integrity.backfill import run_backfill
-from integrity.models import BackfillState, Candle, DataAnomaly, Instrument
+from integrity.backfill import BackfillResult, run_backfill
+from integrity.health import run_health_monitoring
+from integrity.management.commands.backfill import Command as BackfillCommand
+from integrity.models import BackfillState, Candle, DataAnomaly, DuplicateRecordLog, Instrument
+from integrity.quality.anomalies import detect_data_anomalies
+from integrity.quality.cleanup import cleanup_duplicate_records
+from integrity.quality.enrichment import enrich_series
 
 WATCHLIST = [
     # symbol, asset class, calendar, timeframes, provider options (faults make the demo interesting)
@@ -25,35 +31,38 @@ WATCHLIST = [
                                           "gap_rate": 0.003}),
 ]
 LOOKBACK = {"1d": timedelta(days=730), "1h": timedelta(days=60)}
+LEGACY_DUPLICATES = 3  # bars a simulated legacy loader writes twice, for the cleanup step to find
 
 
 class Command(BaseCommand):
-    help = "Load a synthetic watchlist, run the jobs over it and print a summary (for a first look)."
+    help = "Load a synthetic watchlist, run every job over it and print a summary (for a first look)."
 
     def handle(self, *args, **options):
         self.section("1. Watchlist")
-        for symbol, asset_class, calendar, timeframes, provider_options in WATCHLIST:
-            Instrument.objects.update_or_create(
-                symbol=symbol,
-                defaults={"asset_class": asset_class, "calendar": calendar, "timeframes": timeframes,
-                          "provider": "synthetic", "provider_options": provider_options, "active": True},
-            )
-            self.stdout.write(f"  {symbol:8} {asset_class:6} calendar {calendar:5} timeframes {', '.join(timeframes)}")
+        self.load_watchlist()
 
         self.section("2. Backfill (synthetic provider, tracked executions)")
-        now = timezone.now()
-        for instrument in Instrument.objects.filter(active=True):
-            for timeframe in instrument.timeframes:
-                has_data = Candle.objects.filter(symbol=instrument.symbol, timeframe=timeframe).exists()
-                start = None if has_data else now - LOOKBACK[timeframe]
-                result = run_backfill(instrument.symbol, timeframe, start=start, requested_by="demo")
-                self.stdout.write(
-                    f"  {instrument.symbol:8} {timeframe:3} {result.status:9} +{result.inserted} inserted, "
-                    f"{result.updated} updated, {result.invalid} invalid bars rejected"
-                    + (f" — {result.error}" if result.error else "")
-                )
+        results = self.backfill()
+        self.stdout.write(BackfillCommand.summary_table(results))
 
-        self.section("3. Summary")
+        self.section("3. Duplicate cleanup (audited: keep the latest row, log the rest)")
+        self.cleanup()
+
+        self.section("4. Anomaly detection (calendar-aware)")
+        self.detect()
+
+        self.section("5. Series statistics")
+        for r in enrich_series():
+            coverage = f"{r.coverage_pct:.2f}%" if r.coverage_pct is not None else "-"
+            self.stdout.write(f"  {r.symbol:8} {r.timeframe:3} {r.bar_count:>6} bars  coverage {coverage:>8}")
+
+        self.section("6. Health check")
+        report = run_health_monitoring(scan_anomalies=False)
+        self.stdout.write(f"  status {report['status']}: {report['stale_series']['count']} stale series, "
+                          f"{report['failing_symbols']['count']} failing symbols, "
+                          f"{report['anomalies']['open']} open anomalies, {len(report['alerts'])} alert(s) sent")
+
+        self.section("Summary")
         self.stdout.write(f"  candles stored:      {Candle.objects.count()}")
         by_status = dict(BackfillState.objects.values_list("status").annotate(n=Count("id")))
         self.stdout.write(f"  backfill executions: {by_status}")
@@ -70,6 +79,49 @@ class Command(BaseCommand):
             "  Run a backfill yourself:\n"
             "    .venv/bin/python manage.py backfill --symbols AAPL --timeframe 1d"
         )
+        if any(not r.ok for r in results):
+            self.stderr.write(self.style.WARNING("some backfills did not complete: see the table above"))
+
+    def load_watchlist(self) -> None:
+        for symbol, asset_class, calendar, timeframes, provider_options in WATCHLIST:
+            Instrument.objects.update_or_create(
+                symbol=symbol,
+                defaults={"asset_class": asset_class, "calendar": calendar, "timeframes": timeframes,
+                          "provider": "synthetic", "provider_options": provider_options, "active": True},
+            )
+            self.stdout.write(f"  {symbol:8} {asset_class:6} calendar {calendar:5} timeframes {', '.join(timeframes)}")
+
+    def backfill(self) -> list[BackfillResult]:
+        now = timezone.now()
+        results = []
+        for instrument in Instrument.objects.filter(active=True).order_by("symbol"):
+            for timeframe in instrument.timeframes:
+                has_data = Candle.objects.filter(symbol=instrument.symbol, timeframe=timeframe).exists()
+                start = None if has_data else now - LOOKBACK.get(timeframe, timedelta(days=30))
+                results.append(run_backfill(instrument.symbol, timeframe, start=start, requested_by="demo"))
+        return results
+
+    def cleanup(self) -> None:
+        if not DuplicateRecordLog.objects.exists():
+            # Our writer never doubles a bar; a shared table's other writers may. Simulate one once.
+            copies = list(Candle.objects.filter(symbol="MSFT", timeframe="1d").order_by("ts")[:LEGACY_DUPLICATES])
+            for candle in copies:
+                candle.pk = None
+                candle.source = "legacy-loader"
+            Candle.objects.bulk_create(copies)
+            self.stdout.write(f"  a simulated legacy loader wrote {len(copies)} MSFT 1d bars a second time")
+        result = cleanup_duplicate_records()
+        self.stdout.write(f"  {result.groups_total} duplicate group(s), {result.rows_deleted} row(s) deleted "
+                          f"and logged in duplicate_records_log")
+
+    def detect(self) -> None:
+        result = detect_data_anomalies()
+        summary = result.as_dict()
+        self.stdout.write(f"  scanned {summary['series_scanned']} series: {summary['found']} finding(s), "
+                          f"{summary['created']} new, {summary['updated']} updated, "
+                          f"{summary['resolved']} auto-resolved")
+        for anomaly_type, n in sorted(summary["by_type"].items()):
+            self.stdout.write(f"    {anomaly_type:14} {n}")
 
     def section(self, title: str) -> None:
         self.stdout.write(self.style.MIGRATE_HEADING(f"\n{title}"))
