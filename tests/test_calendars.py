@@ -97,6 +97,17 @@ class TestExchangeDailyBars:
         june = expected_bars("XNYS", "1d", utc(2004, 6, 9), utc(2004, 6, 15))
         assert list(june) == stamps("2004-06-09", "2004-06-10", "2004-06-14")
 
+    def test_it_widens_a_calendar_already_built_for_recent_years(self):
+        # exchange_calendars builds 20 years back by default; a request older than that rebuilds it.
+        assert count_expected_bars("XNYS", "1d", utc(2024, 1, 1), utc(2025, 1, 1)) == 252
+        assert count_expected_bars("XNYS", "1d", utc(1995, 1, 1), utc(1996, 1, 1)) == 252
+        assert count_expected_bars("XNYS", "1d", utc(2004, 1, 1), utc(2014, 1, 1)) == 2517
+
+    def test_it_knows_old_half_days_and_closures_minute_by_minute(self):
+        assert count_expected_bars("XNYS", "1m", utc(2004, 6, 11), utc(2004, 6, 12)) == 0  # Reagan's funeral
+        assert count_expected_bars("XNYS", "1m", utc(2004, 11, 26), utc(2004, 11, 27)) == 210  # 13:00 close
+        assert count_expected_bars("XNYS", "1m", utc(2012, 10, 29), utc(2012, 10, 31)) == 0  # Hurricane Sandy
+
     def test_it_is_empty_for_an_empty_range(self):
         assert len(expected_bars("XNYS", "1d", utc(2024, 7, 5), utc(2024, 7, 1))) == 0
 

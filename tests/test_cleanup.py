@@ -255,6 +255,25 @@ class TestInterruptedBatch:
         assert not DuplicateRecordLog.objects.exists()
 
 
+    def test_a_log_insert_failing_after_the_delete_rolls_the_delete_back(self, monkeypatch):
+        groups = duplicate_groups(3, copies=3)
+        real, calls = cleanup_module._insert_logs, []
+
+        def failing_in_batch_2(*args):
+            calls.append(1)
+            if len(calls) == 2:  # batch 2's DELETE has already run in this transaction
+                raise RuntimeError("disk full")
+            real(*args)
+
+        monkeypatch.setattr(cleanup_module, "_insert_logs", failing_in_batch_2)
+        with pytest.raises(CleanupError, match="batch 2 failed and was rolled back"):
+            cleanup_duplicate_records(batch_size=1)
+        assert [Candle.objects.filter(pk__in=ids).count() for ids in groups] == [1, 3, 3]
+        logged = [i for log in DuplicateRecordLog.objects.all() for i in log.duplicate_ids]
+        assert sorted(logged) == sorted(groups[0][:-1])
+        assert Candle.objects.count() == 9 - len(logged)  # rows deleted == ids logged
+
+
 class TestConcurrentChanges:
     def test_rows_changed_after_the_groups_were_found_are_reread_at_batch_time(self):
         groups = duplicate_groups(4, copies=3)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
+import httpx
 import pandas as pd
 import pytest
 from werkzeug import Request, Response
@@ -17,7 +19,7 @@ from werkzeug import Request, Response
 from integrity.backfill import run_backfill
 from integrity.models import BackfillState
 from integrity.providers import FetchRequest, ProviderConfigError, ProviderError, get_provider
-from integrity.providers.alpaca import parse_bars_page, to_session_dates
+from integrity.providers.alpaca import parse_bars_page, rate_limit_wait, to_session_dates, validate_options
 from integrity.providers.http import HttpClient, reset_rate_limiters
 from tests.helpers import add_instrument, assert_same_bars, stored_bars, utc
 
@@ -279,6 +281,30 @@ class TestRetries:
         assert len(fetched(httpserver)) == 28
         assert sleeps == [2.0]
 
+    def test_a_429_without_retry_after_waits_for_alpacas_rate_limit_reset(self, httpserver, sleeps):
+        reset = int(time.time()) + 30  # Alpaca's X-RateLimit-Reset: Unix seconds when the window reopens
+        httpserver.expect_ordered_request(BARS).respond_with_data(
+            '{"message":"too many requests."}', status=429,
+            headers={"X-RateLimit-Limit": "200", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset)})
+        serve(httpserver, FakeAlpaca(hourly_bars()))
+        assert len(fetched(httpserver)) == 28
+        [wait] = sleeps
+        assert 20 < wait <= 30  # the reset, not a 0.01 s backoff that would only earn another 429
+
+    def test_a_rate_limit_reset_beyond_the_cap_fails_at_once(self, httpserver, sleeps):
+        httpserver.expect_request(BARS).respond_with_data(
+            '{"message":"too many requests."}', status=429,
+            headers={"X-RateLimit-Reset": str(int(time.time()) + 3600)})
+        error = fetch_error(httpserver)
+        assert "before retrying (rate-limit reset header)" in str(error) and error.status == 429
+        assert sleeps == [] and len(httpserver.log) == 1
+
+    @pytest.mark.parametrize(("status", "reset", "wait"), [
+        (429, "1030", 30.0), (429, "990", None), (429, "soon", None), (429, None, None), (503, "1030", None)])
+    def test_the_rate_limit_reset_is_read_only_from_a_429(self, status, reset, wait):
+        headers = {"X-RateLimit-Reset": reset} if reset is not None else {}
+        assert rate_limit_wait(httpx.Response(status, headers=headers), now=1000.0) == wait
+
     def test_a_5xx_is_retried_then_the_fetch_succeeds(self, httpserver):
         httpserver.expect_ordered_request(BARS).respond_with_data("internal error", status=500)
         serve(httpserver, FakeAlpaca(hourly_bars()))
@@ -368,3 +394,32 @@ class TestConfiguration:
     def test_a_null_bars_field_is_an_empty_page(self):
         frame, token = parse_bars_page({"bars": None, "next_page_token": None}, BARS)
         assert frame.empty and token is None
+
+
+class TestOptionValidation:
+    def test_the_documented_options_are_accepted(self):
+        validate_options({"base_url": "http://127.0.0.1:8080", "provider_symbol": "BRK.B", "limit": 500,
+                          "feed": "sip", "adjustment": "split", "extended_hours": True})
+        validate_options({})
+
+    @pytest.mark.parametrize(("options", "message"), [
+        ({"seed": 3}, "unknown option(s) seed; alpaca accepts base_url, provider_symbol, limit, feed"),
+        ({"api_key": "x"}, "unknown option(s) api_key"),  # keys are settings, never stored options
+        ({"limit": 20000}, "limit must be an integer 1..10000"),
+        ({"limit": True}, "limit must be an integer 1..10000"),
+        ({"adjustment": "splits"}, "adjustment must be one of raw, split, dividend, all"),
+        ({"feed": "iex; sip"}, "feed must be a feed name"),
+        ({"extended_hours": "maybe"}, "extended_hours must be true or false"),
+        ({"base_url": "ftp://example.com"}, "base_url must be an http(s) URL"),
+        ({"provider_symbol": ""}, "provider_symbol must be a non-empty string"),
+        (["limit", 5], "provider_options must be a JSON object"),
+    ])
+    def test_bad_options_are_a_config_error_naming_the_problem(self, options, message):
+        with pytest.raises(ProviderConfigError) as caught:
+            validate_options(options)
+        assert message in str(caught.value)
+
+    def test_a_bad_adjustment_fails_the_fetch_before_any_request(self, httpserver):
+        with pytest.raises(ProviderConfigError, match="adjustment must be one of"):
+            fetch(httpserver, adjustment="splits")
+        assert len(httpserver.log) == 0

@@ -20,7 +20,7 @@ from werkzeug import Request, Response
 from integrity.backfill import run_backfill
 from integrity.models import BackfillState, Candle, Instrument
 from integrity.providers import FetchRequest, ProviderConfigError, ProviderError, get_provider
-from integrity.providers.binance import binance_symbol, parse_klines
+from integrity.providers.binance import binance_symbol, parse_klines, validate_options
 from integrity.providers.http import HttpClient, reset_rate_limiters
 from integrity.timeframes import timeframe_seconds
 from tests.helpers import add_instrument, assert_same_bars, stored_bars, utc
@@ -423,8 +423,34 @@ class TestConfiguration:
             get_provider("binance").fetch(FetchRequest("BTC-USD", "2h", START, END))
 
     def test_a_limit_above_the_documented_maximum_is_a_config_error(self):
-        with pytest.raises(ProviderConfigError, match="limit must be 1..1000"):
+        with pytest.raises(ProviderConfigError, match="limit must be an integer 1..1000"):
             get_provider("binance").fetch(FetchRequest("BTC-USD", "1h", START, END, options={"limit": 5000}))
+
+    @pytest.mark.parametrize("limit", [0, -5, 2.5, "ten", True, [10]])
+    def test_a_limit_that_is_not_an_integer_in_range_is_a_config_error(self, limit):
+        with pytest.raises(ProviderConfigError, match="limit must be an integer 1..1000"):
+            get_provider("binance").fetch(FetchRequest("BTC-USD", "1h", START, END, options={"limit": limit}))
+
+    def test_the_documented_options_are_accepted(self):
+        validate_options({"base_url": "https://data-api.binance.vision", "provider_symbol": "BTCFDUSD",
+                          "limit": "500"}, symbol="BTC-USD")
+
+    @pytest.mark.parametrize(("options", "message"), [
+        ({"seed": 3, "volatility": 0.1}, "unknown option(s) seed, volatility; binance accepts base_url, "
+                                         "provider_symbol, limit"),
+        ({"limit": 1001}, "limit must be an integer 1..1000"),
+        ({"provider_symbol": "BTC USDT"}, "cannot map"),
+        ({"base_url": "api.binance.com"}, "base_url must be an http(s) URL"),
+        ({"base_url": "https://api.binance.com/?x=1"}, "must not carry a query string"),
+    ])
+    def test_bad_options_are_a_config_error_naming_the_problem(self, options, message):
+        with pytest.raises(ProviderConfigError) as caught:
+            validate_options(options, symbol="BTC-USD")
+        assert message in str(caught.value)
+
+    def test_an_unmappable_symbol_without_provider_symbol_is_reported(self):
+        with pytest.raises(ProviderConfigError, match="set provider_symbol"):
+            validate_options({}, symbol="BTC USD?")
 
     def test_parse_klines_rejects_a_non_list_reply(self):
         with pytest.raises(ProviderError, match="expected a JSON array"):

@@ -31,6 +31,11 @@ dropped here, so it is not stored and then reported as off-calendar. Note that t
 session (the 13:00 or 14:00 UTC hour bar for XNYS) still aggregates the pre-market minutes it
 contains: Alpaca's bars cannot be split. Misaligned bars are kept, for validation to reject.
 
+Rate limits: the plan's requests per minute (200 on the free plan), paced client-side by
+``ALPACA_MAX_REQUESTS_PER_SECOND`` (default 3). A 429 is retried after its ``Retry-After`` or, as
+Alpaca sends it, after its ``X-RateLimit-Reset`` (Unix seconds when the window reopens); without
+either, after exponential backoff.
+
 Paging: follow ``next_page_token`` until it is null. A token seen before, or a page whose last bar
 is not after the previous page's, fails with "pagination cursor did not advance". An empty page
 *with* a next token is suspicious (Alpaca documents a null token once there is no more data) but
@@ -56,6 +61,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -69,7 +75,7 @@ from django.conf import settings
 from ..calendars import CRYPTO_CALENDAR, is_expected_bar
 from ..timeframes import timeframe_seconds
 from .base import FetchRequest, ProviderConfigError, ProviderError, make_bar_frame
-from .http import HttpClient, HttpConfig, resolve_base_url
+from .http import HttpClient, HttpConfig, check_option_names, page_limit, resolve_base_url
 
 NAME = "alpaca"
 DEFAULT_BASE_URL = "https://data.alpaca.markets"
@@ -156,6 +162,29 @@ def to_session_dates(ts: pd.Series) -> pd.Series:
     return ts.where(~midnight, dates)
 
 
+RATE_LIMIT_RESET_HEADER = "X-RateLimit-Reset"
+
+
+def rate_limit_wait(response: httpx.Response, now: float | None = None) -> float | None:
+    """Seconds until Alpaca's rate-limit window reopens, from a 429's ``X-RateLimit-Reset``.
+
+    Alpaca answers a 429 with ``X-RateLimit-Reset`` (Unix seconds when the minute window resets)
+    rather than ``Retry-After``; waiting for it beats blind backoff that would only earn more 429s.
+    None (→ backoff) when absent, unparseable or already past.
+    """
+    if response.status_code != 429:
+        return None
+    raw = response.headers.get(RATE_LIMIT_RESET_HEADER)
+    try:
+        reset = float(raw) if raw is not None else math.nan
+    except ValueError:
+        return None
+    wait = reset - (time.time() if now is None else now)
+    if not math.isfinite(wait) or wait <= 0:
+        return None
+    return wait
+
+
 def explain_status(response: httpx.Response, path: str) -> str | None:
     status = response.status_code
     if status in (401, 403):
@@ -174,8 +203,45 @@ def explain_status(response: httpx.Response, path: str) -> str | None:
     return None
 
 
+OPTIONS = ("base_url", "provider_symbol", "limit", "feed", "adjustment", "extended_hours")
+ADJUSTMENTS = ("raw", "split", "dividend", "all")
+
+
+def _check_choices(options: dict[str, Any]) -> None:
+    adjustment = options.get("adjustment")
+    if adjustment not in (None, "") and adjustment not in ADJUSTMENTS:
+        raise ProviderConfigError(f"adjustment must be one of {', '.join(ADJUSTMENTS)}, got {adjustment!r}",
+                                  provider=NAME)
+    feed = options.get("feed")
+    if feed not in (None, "") and not (isinstance(feed, str) and feed.strip().isidentifier()):
+        raise ProviderConfigError(f"feed must be a feed name such as iex or sip, got {feed!r}", provider=NAME)
+    extended = options.get("extended_hours")
+    if extended is not None and not isinstance(extended, bool) and not (
+            isinstance(extended, str) and extended.strip().lower() in _BOOL_WORDS):
+        raise ProviderConfigError(f"extended_hours must be true or false, got {extended!r}", provider=NAME)
+
+
+_BOOL_WORDS = ("1", "0", "true", "false", "yes", "no", "on", "off", "")
+
+
+def validate_options(options: Any, symbol: str = "") -> None:
+    """Check an instrument's ``provider_options`` for Alpaca (admin/API edits): names and values.
+
+    API keys are not options (options are stored in the database and shown in the admin)."""
+    options = check_option_names(options, OPTIONS, NAME)
+    if options.get("base_url"):
+        resolve_base_url(options, "ALPACA_DATA_BASE_URL", DEFAULT_BASE_URL, NAME)
+    provider_symbol = options.get("provider_symbol")
+    if provider_symbol is not None and not (isinstance(provider_symbol, str) and provider_symbol.strip()):
+        raise ProviderConfigError(f"provider_symbol must be a non-empty string, got {provider_symbol!r}",
+                                  provider=NAME)
+    page_limit(options, MAX_LIMIT, NAME)
+    _check_choices(options)
+
+
 class AlpacaProvider:
     name = NAME
+    asset_class = "equity"  # the asset class of an instrument registered for this provider
 
     def __init__(self, **defaults: Any):
         self.defaults = defaults
@@ -195,12 +261,8 @@ class AlpacaProvider:
         symbol = str(options.get("provider_symbol") or request.symbol).strip().upper()
         if not symbol:
             raise ProviderConfigError("empty symbol", provider=NAME)
-        try:
-            limit = int(options.get("limit") or MAX_LIMIT)
-        except (TypeError, ValueError):
-            limit = 0
-        if not 1 <= limit <= MAX_LIMIT:
-            raise ProviderConfigError(f"limit must be 1..{MAX_LIMIT}, got {options.get('limit')!r}", provider=NAME)
+        limit = page_limit(options, MAX_LIMIT, NAME)
+        _check_choices(options)
         params = {
             "timeframe": timeframe,
             "start": _rfc3339(request.start),
@@ -220,7 +282,7 @@ class AlpacaProvider:
             return HttpClient(
                 NAME, base_url, config,
                 headers={"APCA-API-KEY-ID": key_id, "APCA-API-SECRET-KEY": secret},
-                secrets=(key_id, secret), explain_status=explain_status,
+                secrets=(key_id, secret), explain_status=explain_status, retry_after_of=rate_limit_wait,
             )
 
         return self._pages(request, client, path, params, filter_sessions)

@@ -51,7 +51,7 @@ import pandas as pd
 
 from ..timeframes import timeframe_seconds
 from .base import FetchRequest, ProviderConfigError, ProviderError, make_bar_frame
-from .http import HttpClient, HttpConfig, number_setting, resolve_base_url
+from .http import HttpClient, HttpConfig, check_option_names, number_setting, page_limit, resolve_base_url
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +151,30 @@ def explain_status(response: httpx.Response, path: str) -> str | None:
     return None
 
 
+OPTIONS = ("base_url", "provider_symbol", "limit")
+
+
+def _mapped_symbol(symbol: str, options: dict[str, Any]) -> str:
+    mapped = str(options.get("provider_symbol") or binance_symbol(symbol)).strip().upper()
+    if not _SYMBOL.fullmatch(mapped):
+        raise ProviderConfigError(f"cannot map {symbol!r} to a Binance symbol (got {mapped!r}); "
+                                  f"set provider_symbol, e.g. BTCUSDT", provider=NAME)
+    return mapped
+
+
+def validate_options(options: Any, symbol: str = "") -> None:
+    """Check an instrument's ``provider_options`` for Binance (admin/API edits): names and values."""
+    options = check_option_names(options, OPTIONS, NAME)
+    if options.get("base_url"):
+        resolve_base_url(options, "BINANCE_BASE_URL", DEFAULT_BASE_URL, NAME)
+    if symbol or options.get("provider_symbol"):
+        _mapped_symbol(symbol, options)
+    page_limit(options, MAX_LIMIT, NAME)
+
+
 class BinanceProvider:
     name = NAME
+    asset_class = "crypto"  # the asset class of an instrument registered for this provider
 
     def __init__(self, **defaults: Any):
         self.defaults = defaults
@@ -167,16 +189,8 @@ class BinanceProvider:
         if interval is None:
             raise ProviderConfigError(f"timeframe {request.timeframe!r} has no Binance interval; expected one "
                                       f"of {', '.join(INTERVALS)}", provider=NAME)
-        symbol = str(options.get("provider_symbol") or binance_symbol(request.symbol)).strip().upper()
-        if not _SYMBOL.fullmatch(symbol):
-            raise ProviderConfigError(f"cannot map {request.symbol!r} to a Binance symbol (got {symbol!r}); "
-                                      f"set provider_symbol, e.g. BTCUSDT", provider=NAME)
-        try:
-            limit = int(options.get("limit") or MAX_LIMIT)
-        except (TypeError, ValueError):
-            limit = 0
-        if not 1 <= limit <= MAX_LIMIT:
-            raise ProviderConfigError(f"limit must be 1..{MAX_LIMIT}, got {options.get('limit')!r}", provider=NAME)
+        symbol = _mapped_symbol(request.symbol, options)
+        limit = page_limit(options, MAX_LIMIT, NAME)
         base_url = resolve_base_url(options, "BINANCE_BASE_URL", DEFAULT_BASE_URL, NAME)
         config = HttpConfig.from_settings(NAME, "BINANCE_MAX_REQUESTS_PER_SECOND", 10.0)
         weight_limit = number_setting("BINANCE_WEIGHT_LIMIT", 6000, provider=NAME, minimum=1)

@@ -10,6 +10,8 @@ resilience and the same error reporting:
   HTTP-date) when it has one, else exponential backoff with jitter: ``PROVIDER_HTTP_BACKOFF_BASE``
   × 2^attempt, capped at ``PROVIDER_HTTP_BACKOFF_MAX``, then a uniformly drawn point in its upper
   half ("equal jitter": workers that failed together spread out, yet none retries early).
+  A provider may name another wait a reply carries (``retry_after_of``: Alpaca's
+  ``X-RateLimit-Reset``), used when there is no ``Retry-After``.
   A ``Retry-After`` longer than ``PROVIDER_HTTP_RETRY_AFTER_MAX`` is not slept through: the fetch
   fails at once with an error that says how long the server asked to wait. Retrying early would
   only earn more 429s (and, at Binance, an IP ban), and holding a worker for an hour is worse
@@ -94,6 +96,40 @@ def resolve_base_url(options: Mapping[str, Any], setting_name: str, default: str
         raise ProviderConfigError(f"base_url must not carry a query string or fragment: {url!r}",
                                   provider=provider)
     return url.rstrip("/")
+
+
+def page_limit(options: Mapping[str, Any], maximum: int, provider: str) -> int:
+    """The ``limit`` option: an integer 1..maximum (an integral string too), ``maximum`` when unset."""
+    raw = options.get("limit")
+    if raw is None or raw == "":
+        return maximum
+    value: int | None = None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, float) and raw.is_integer():
+        value = int(raw)
+    elif isinstance(raw, str) and raw.strip().isdigit():
+        value = int(raw.strip())
+    if value is None or not 1 <= value <= maximum:
+        raise ProviderConfigError(f"limit must be an integer 1..{maximum}, got {raw!r}", provider=provider)
+    return value
+
+
+def check_option_names(options: Any, known: Iterable[str], provider: str) -> dict[str, Any]:
+    """``provider_options`` must be a JSON object naming only options this provider knows.
+
+    Used when an instrument's options are edited (admin/API), not at fetch time: a run with
+    ``--provider`` overriding the instrument's own may meet options meant for that one.
+    """
+    if not isinstance(options, Mapping):
+        raise ProviderConfigError(f"provider_options must be a JSON object, got {type(options).__name__}",
+                                  provider=provider)
+    known = tuple(known)
+    unknown = sorted(str(k) for k in options if k not in known)
+    if unknown:
+        raise ProviderConfigError(f"unknown option(s) {', '.join(unknown)}; {provider} accepts "
+                                  f"{', '.join(known)}", provider=provider)
+    return dict(options)
 
 
 @dataclass(frozen=True)
@@ -226,12 +262,14 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         secrets: Iterable[str] = (),
         explain_status: Callable[[httpx.Response, str], str | None] | None = None,
+        retry_after_of: Callable[[httpx.Response], float | None] | None = None,
     ):
         self.provider = provider
         self.base_url = base_url.rstrip("/")
         self.config = config
         self.secrets = tuple(s for s in secrets if s)
         self.explain_status = explain_status
+        self.retry_after_of = retry_after_of
         self.limiter = rate_limiter(provider, config.max_requests_per_second)
         self._client = httpx.Client(
             headers={"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})},
@@ -315,10 +353,12 @@ class HttpClient:
                     raise self.error(message or f"request rejected: HTTP {status} {response.reason_phrase}",
                                      path=url_path, response=response)
                 problem = f"HTTP {status} {response.reason_phrase}"
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                retry_after, source = parse_retry_after(response.headers.get("Retry-After")), "Retry-After"
+                if retry_after is None and self.retry_after_of is not None:
+                    retry_after, source = self.retry_after_of(response), "rate-limit reset header"
                 if retry_after is not None and retry_after > self.config.retry_after_max:
                     raise self.error(
-                        f"{problem}: the server asked to wait {retry_after:g}s before retrying (Retry-After), "
+                        f"{problem}: the server asked to wait {retry_after:g}s before retrying ({source}), "
                         f"more than PROVIDER_HTTP_RETRY_AFTER_MAX={self.config.retry_after_max:g}s; giving up",
                         path=url_path, response=response,
                     )

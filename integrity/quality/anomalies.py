@@ -18,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Min
+from django.db.models import Min
 from django.utils import timezone
 
 from ..models import AnomalyType, Candle, DataAnomaly, ResolutionStatus, SeriesStats
@@ -126,13 +126,25 @@ def detect_data_anomalies(
     now = now or timezone.now()
     contexts = series_contexts(symbol=symbol, timeframe=timeframe)
     plan_windows(contexts, full, types)
+    # Where each series ended when the scan began: bars written while it runs are newer than this,
+    # so the next incremental scan still covers them, however many arrive.
+    scanned_to = _newest_bars(contexts) if contexts and not dry_run else {}
     findings = run_detectors(contexts, types=types, now=now)
     result = DetectionResult(dry_run=dry_run, full=full, series_scanned=len(contexts), findings=findings)
     if dry_run or not contexts:
         return result
     record_findings(result, contexts, types or list(DETECTORS), now)
-    mark_scanned(contexts, now)
+    mark_scanned(contexts, now, scanned_to)
     return result
+
+
+def _newest_bars(contexts: list[SeriesContext]) -> dict[tuple[str, str], datetime]:
+    """Newest stored bar per series: one index probe each, in one statement."""
+    from . import sql
+
+    pairs = [(i, c.symbol, c.timeframe) for i, c in enumerate(contexts)]
+    newest = sql.last_bars(Candle._meta.db_table, pairs)
+    return {(contexts[i].symbol, contexts[i].timeframe): sql.ns_to_datetime(ns) for i, ns in newest.items()}
 
 
 def record_findings(result: DetectionResult, contexts: list[SeriesContext], types: list[str],
@@ -219,18 +231,16 @@ def resolve_missing(contexts: list[SeriesContext], types: list[str], seen: set[s
     return resolved
 
 
-def mark_scanned(contexts: list[SeriesContext], now: datetime) -> None:
-    symbols = {c.symbol for c in contexts}
-    last_bars = {
-        (row["symbol"], row["timeframe"]): row["last"]
-        for row in Candle.objects.filter(symbol__in=symbols).values("symbol", "timeframe").annotate(last=Max("ts"))
-    }
-    for ctx in contexts:
-        last = last_bars.get((ctx.symbol, ctx.timeframe))
-        SeriesStats.objects.update_or_create(
-            symbol=ctx.symbol, timeframe=ctx.timeframe,
-            defaults={"last_scan_at": now, "last_scanned_ts": last},
-        )
+def mark_scanned(contexts: list[SeriesContext], now: datetime,
+                 scanned_to: dict[tuple[str, str], datetime] | None = None) -> None:
+    """Record the scan in series_stats: when, and up to which bar (one upsert for all series)."""
+    if scanned_to is None:
+        scanned_to = _newest_bars(contexts)
+    rows = [SeriesStats(symbol=c.symbol, timeframe=c.timeframe, last_scan_at=now,
+                        last_scanned_ts=scanned_to.get((c.symbol, c.timeframe)), updated_at=now)
+            for c in contexts]
+    SeriesStats.objects.bulk_create(rows, update_conflicts=True, unique_fields=["symbol", "timeframe"],
+                                    update_fields=["last_scan_at", "last_scanned_ts", "updated_at"])
 
 
 def resolve_cleaned_duplicates(symbol: str | None = None, timeframe: str | None = None) -> int:

@@ -16,7 +16,9 @@ How the work is done (set-based, few passes, whatever the number of series):
 * off-calendar bars are found without reading every timestamp: with N distinct stored bars in the
   window [first, last], E expected bars in it and M expected bars missing (from the gap step),
   N - (E - M) stored bars are not expected. Only a series where that is non-zero (or which has
-  unaligned times) has its timestamps streamed and checked bar by bar;
+  unaligned times) looks closer: the same identity per bucket (a UTC day, or 1024 bars when longer)
+  from one GROUP BY, and only the timestamps of buckets where it fails are read and checked bar by
+  bar, never the whole series;
 * stale: one index probe per series for the newest bar; duplicates of a series scanned
   incrementally: one GROUP BY over that series (duplicates can be written anywhere in history by
   other writers, so they are always judged on the whole series; a full scan gets them from the
@@ -335,7 +337,8 @@ class _Scan:
             TABLE, specs, expected_rows=self._rows_bound(),
             gaps=bool(types & {GAP, OFF_CALENDAR}),
             bad=INVALID_OHLC in types,
-            odd=OFF_CALENDAR in types,
+            # Gaps need it too: an unaligned bar can hide a missing bar time next to it.
+            odd=bool(types & {GAP, OFF_CALENDAR}),
             outliers=outliers,
         )
         for row in rows:
@@ -388,18 +391,34 @@ class _Scan:
 # --- gap ---------------------------------------------------------------------------------------
 
 
+def _merged_gaps(s: _Series, stats) -> list[tuple[int, int, int, int, int]]:
+    """(previous bar, next bar, missing, first missing, last missing) per run of missing bars.
+
+    Missing bars separated only by unaligned stored bars (a block stamped 30 s late: 10:01:30,
+    10:02:30 ... instead of 10:01, 10:02 ...) are one run: nothing was stored at any of their times.
+    """
+    runs: list[list[int]] = []
+    for row, missing, first, last in stats:
+        if missing <= 0:
+            continue  # closed in between: a night, a weekend, a holiday
+        if runs and runs[-1][1] == row.pt and row.pt % s.step_ns != 0:
+            run = runs[-1]
+            run[1], run[2], run[4] = row.ts, run[2] + missing, last
+        else:
+            runs.append([row.pt, row.ts, missing, first, last])
+    return [tuple(run) for run in runs]
+
+
 def _gap_findings(scan: _Scan) -> list[Finding]:
     findings = []
     for s in scan.series:
-        for row, missing, first, last in scan.gap_stats().get(s.idx, ()):
-            if missing <= 0:
-                continue  # closed in between: a night, a weekend, a holiday
+        for previous, following, missing, first, last in _merged_gaps(s, scan.gap_stats().get(s.idx, ())):
             severity = _missing_severity(missing, s, first)
             findings.append(s.finding(
                 GAP, severity,
                 f"{missing} missing {s.timeframe} bar{'' if missing == 1 else 's'} {_span(first, last, s.timeframe)}",
                 missing, first, last, _iso(first),
-                {"missing_bars": missing, "previous_bar": _iso(row.pt), "next_bar": _iso(row.ts),
+                {"missing_bars": missing, "previous_bar": _iso(previous), "next_bar": _iso(following),
                  "first_missing": _iso(first), "last_missing": _iso(last), "calendar": s.calendar},
             ))
     return findings
@@ -433,23 +452,76 @@ def _runs_from_positions(times: np.ndarray, positions: np.ndarray, step: int, li
     return runs
 
 
-def _off_calendar_runs_streamed(s: _Series) -> list[_Run]:
-    """Stream the series' distinct times in the window and check each against the calendar."""
+# Off-calendar narrowing: a bucket holds at least this many bars and never less than a UTC day.
+_BUCKET_BARS = 1024
+
+
+def _bucket_ns(s: _Series) -> int:
+    return max(NS_PER_DAY, _BUCKET_BARS * s.step_ns)
+
+
+def _off_calendar_ranges(s: _Series, gaps: Sequence[tuple[sql.WindowRow, int, int, int]]) -> list[tuple[int, int]]:
+    """The [lo, hi) ranges (ns) of the window whose stored times must be checked bar by bar.
+
+    The count identity of ``_off_calendar_findings``, applied per epoch-aligned bucket instead of to
+    the whole window: one GROUP BY returns the distinct stored times per bucket, the calendar says
+    how many expected bars each bucket has and the gap step how many of those are missing; only
+    buckets where stored != expected - missing hold off-calendar bars. Buckets holding an unaligned
+    time (off-calendar by definition) are checked without asking the counts.
+    """
+    first, last, step = int(s.first_ts), int(s.last_ts), s.step_ns
+    window = [(first, last + 1)]
+    if first < 0 or (last - first) // step > _DENSE_LIMIT:
+        return window  # pre-1970 (bucket arithmetic) or too long to materialise: check it all
+    width = _bucket_ns(s)
+    expected = _expected_ns(s.calendar, s.timeframe, first, last + 1)
+    change = np.zeros(len(expected) + 1, dtype="int64")
+    for row, missing, _, _ in gaps:
+        if missing > 0:
+            change[np.searchsorted(expected, row.pt, side="right")] += 1
+            change[np.searchsorted(expected, row.ts, side="left")] -= 1
+    present = expected[np.cumsum(change[:-1]) == 0]
+    exp_buckets, exp_counts = np.unique(present // width, return_counts=True)
+    got_buckets, got_counts = sql.bucket_counts(TABLE, s.symbol, s.timeframe, _dt(first), _dt(last),
+                                                width // NS_PER_SECOND)
+    buckets = np.union1d(exp_buckets, got_buckets)
+    want = np.zeros(len(buckets), dtype="int64")
+    have = np.zeros(len(buckets), dtype="int64")
+    want[np.searchsorted(buckets, exp_buckets)] = exp_counts
+    have[np.searchsorted(buckets, got_buckets)] = got_counts
+    suspect = set(buckets[want != have].tolist())
+    suspect.update(row.ts // width for row in s.rows if row.odd)
+    if s.since_ns is not None:
+        suspect = {b for b in suspect if (b + 1) * width > s.since_ns}  # nothing before since is reported
+    ranges: list[tuple[int, int]] = []
+    for b in sorted(suspect):
+        lo, hi = max(first, b * width), min(last + 1, (b + 1) * width)
+        if ranges and ranges[-1][1] == lo:
+            ranges[-1] = (ranges[-1][0], hi)  # adjacent buckets: one range, so runs across them stay one
+        else:
+            ranges.append((lo, hi))
+    return ranges
+
+
+def _off_calendar_runs_streamed(s: _Series, ranges: Sequence[tuple[int, int]]) -> list[_Run]:
+    """Stream the series' distinct times in the given ranges and check each against the calendar."""
     limit = int(s.th["sample_limit"])
     runs: list[_Run] = []
-    open_run = False  # the previous chunk ended inside a run
-    for times in sql.distinct_times(TABLE, s.symbol, s.timeframe, _dt(s.first_ts)):
-        off = ~is_expected_bar(s.calendar, s.timeframe, pd.to_datetime(times, utc=True))
-        if s.since_ns is not None:
-            off &= times >= s.since_ns
-        positions = np.flatnonzero(off)
-        chunk_runs = _runs_from_positions(times, positions, s.step_ns, limit)
-        if chunk_runs and open_run and positions[0] == 0 and chunk_runs[0].first - runs[-1].last <= s.step_ns:
-            head, run = chunk_runs.pop(0), runs[-1]
-            run.last, run.count = head.last, run.count + head.count
-            run.sample.extend(head.sample[: max(0, limit - len(run.sample))])
-        runs.extend(chunk_runs)
-        open_run = bool(len(off)) and bool(off[-1])
+    for lo, hi in ranges:
+        open_run = False  # the previous chunk of this range ended inside a run
+        for times in sql.distinct_times(TABLE, s.symbol, s.timeframe, _dt(lo), end=_dt(hi)):
+            off = ~is_expected_bar(s.calendar, s.timeframe, pd.to_datetime(times, utc=True))
+            if s.since_ns is not None:
+                off &= times >= s.since_ns
+            positions = np.flatnonzero(off)
+            chunk_runs = _runs_from_positions(times, positions, s.step_ns, limit)
+            if (chunk_runs and open_run and positions[0] == 0
+                    and chunk_runs[0].first - runs[-1].last <= s.step_ns):
+                head, run = chunk_runs.pop(0), runs[-1]
+                run.last, run.count = head.last, run.count + head.count
+                run.sample.extend(head.sample[: max(0, limit - len(run.sample))])
+            runs.extend(chunk_runs)
+            open_run = bool(len(off)) and bool(off[-1])
     return runs
 
 
@@ -458,7 +530,7 @@ def _off_calendar_findings(scan: _Scan) -> list[Finding]:
     gaps = scan.gap_stats()
     # The count identity, per (calendar, timeframe): stored - (expected - missing) = not expected.
     to_check: dict[tuple[str, str], list[_Series]] = defaultdict(list)
-    streamed: list[_Series] = []
+    narrowed: list[_Series] = []
     odd_runs: dict[int, list[_Run]] = {}
     for s in scan.series:
         if s.n_rows == 0 or s.first_ts is None:
@@ -468,7 +540,7 @@ def _off_calendar_findings(scan: _Scan) -> list[Finding]:
             # Every aligned bar is expected on 24/7: off-calendar means unaligned, already in hand.
             odd_runs[s.idx] = _odd_runs(s, odd)
         elif odd:
-            streamed.append(s)
+            narrowed.append(s)
         else:
             to_check[(s.calendar, s.timeframe)].append(s)
     for (calendar, timeframe), items in to_check.items():
@@ -479,9 +551,9 @@ def _off_calendar_findings(scan: _Scan) -> list[Finding]:
             stored = s.n_rows - sum(1 for row in s.rows if row.is_dup)
             missing = sum(n for _, n, _, _ in gaps.get(s.idx, ()))
             if stored - (int(e) - missing) != 0:
-                streamed.append(s)
-    for s in streamed:
-        odd_runs[s.idx] = _off_calendar_runs_streamed(s)
+                narrowed.append(s)
+    for s in narrowed:
+        odd_runs[s.idx] = _off_calendar_runs_streamed(s, _off_calendar_ranges(s, gaps.get(s.idx, ())))
 
     findings = []
     for s in scan.series:

@@ -1,9 +1,10 @@
 """Enrichment: per-series statistics in ``series_stats``.
 
 First/last bar and counts come from one GROUP BY over the candle table; expected bars from the
-instrument's calendar; robust volatility (1.4826 × median |log return|, a volatility estimate that
-bad ticks cannot inflate) from a bounded sample of the newest closes of each series, read through
-the (symbol, timeframe, ts) index, so the cost does not grow with a series' history.
+instrument's calendar; robust volatility (1.4826 × the median absolute deviation of the log returns,
+a volatility estimate that bad ticks cannot inflate) from a bounded sample of the newest closes of
+each series, for all series in one statement read through the (symbol, timeframe, ts) index, so the
+cost does not grow with a series' history.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
-import numpy as np
 from django.db.models import Count, Max, Min
 from django.utils import timezone
 
 from ..calendars import count_expected_bars
 from ..models import Candle, Instrument, SeriesStats
 from ..timeframes import timeframe_delta
+from .sql import robust_volatilities
 
 VOLATILITY_SAMPLE_BARS = 5000
-MAD_TO_SIGMA = 1.4826
 
 
 @dataclass
@@ -49,24 +49,23 @@ class SeriesEnrichment:
 
 
 def robust_volatility(symbol: str, timeframe: str, sample: int = VOLATILITY_SAMPLE_BARS) -> float | None:
-    closes = list(
-        Candle.objects.filter(symbol=symbol, timeframe=timeframe, close__gt=0)
-        .order_by("-ts")
-        .values_list("close", flat=True)[: sample + 1]
-    )
-    if len(closes) < 3:
-        return None
-    values = np.asarray(closes[::-1], dtype="float64")
-    values = values[np.isfinite(values)]
-    returns = np.diff(np.log(values))
-    returns = returns[np.isfinite(returns)]
-    if returns.size < 2:
-        return None
-    return float(MAD_TO_SIGMA * np.median(np.abs(returns - np.median(returns))))
+    """1.4826 × MAD of the log returns of the series' newest ``sample`` closes (None below 2 returns)."""
+    return _volatilities([(symbol, timeframe)], sample).get((symbol, timeframe))
+
+
+def _volatilities(pairs: list[tuple[str, str]], sample: int = VOLATILITY_SAMPLE_BARS) -> dict[tuple[str, str], float]:
+    """Robust volatility of many series in one statement (``sql.robust_volatilities``, which the
+    outlier detector uses too, so both always agree)."""
+    found = robust_volatilities(Candle._meta.db_table, [(i, s, tf) for i, (s, tf) in enumerate(pairs)], sample)
+    return {pairs[i]: sigma for i, (n, sigma) in found.items() if n >= 2 and math.isfinite(sigma)}
 
 
 def enrich_series(symbol: str | None = None, timeframe: str | None = None) -> list[SeriesEnrichment]:
-    """Recompute statistics for the watchlist's series (optionally one symbol/timeframe)."""
+    """Recompute statistics for the watchlist's series (optionally one symbol/timeframe).
+
+    One GROUP BY for first/last bar and counts, one statement for every series' robust volatility,
+    the calendar for expected bars, one upsert into series_stats.
+    """
     instruments = Instrument.objects.all()
     if symbol:
         instruments = instruments.filter(symbol=symbol)
@@ -76,30 +75,27 @@ def enrich_series(symbol: str | None = None, timeframe: str | None = None) -> li
     rows = Candle.objects.filter(symbol__in=calendars)
     if timeframe:
         rows = rows.filter(timeframe=timeframe)
-    aggregates = rows.values("symbol", "timeframe").annotate(
+    aggregates = list(rows.values("symbol", "timeframe").annotate(
         first=Min("ts"), last=Max("ts"), n=Count("id"), distinct=Count("ts", distinct=True)
-    )
+    ).order_by("symbol", "timeframe"))
+    volatilities = _volatilities([(row["symbol"], row["timeframe"]) for row in aggregates])
     results = []
     now = timezone.now()
-    for row in aggregates.order_by("symbol", "timeframe"):
+    for row in aggregates:
         calendar = calendars[row["symbol"]]
         expected = count_expected_bars(calendar, row["timeframe"], row["first"],
                                        row["last"] + timeframe_delta(row["timeframe"]))
         coverage = round(100.0 * row["distinct"] / expected, 3) if expected else None
-        vol = robust_volatility(row["symbol"], row["timeframe"])
-        enrichment = SeriesEnrichment(
+        results.append(SeriesEnrichment(
             symbol=row["symbol"], timeframe=row["timeframe"], first_ts=row["first"], last_ts=row["last"],
             bar_count=row["n"], expected_bars=expected, coverage_pct=coverage,
-            robust_volatility=None if vol is None or math.isnan(vol) else vol,
-        )
-        SeriesStats.objects.update_or_create(
-            symbol=enrichment.symbol, timeframe=enrichment.timeframe,
-            defaults={
-                "first_ts": enrichment.first_ts, "last_ts": enrichment.last_ts,
-                "bar_count": enrichment.bar_count, "expected_bars": enrichment.expected_bars,
-                "coverage_pct": enrichment.coverage_pct, "robust_volatility": enrichment.robust_volatility,
-                "updated_at": now,
-            },
-        )
-        results.append(enrichment)
+            robust_volatility=volatilities.get((row["symbol"], row["timeframe"])),
+        ))
+    fields = ["first_ts", "last_ts", "bar_count", "expected_bars", "coverage_pct", "robust_volatility", "updated_at"]
+    SeriesStats.objects.bulk_create(
+        [SeriesStats(symbol=e.symbol, timeframe=e.timeframe, first_ts=e.first_ts, last_ts=e.last_ts,
+                     bar_count=e.bar_count, expected_bars=e.expected_bars, coverage_pct=e.coverage_pct,
+                     robust_volatility=e.robust_volatility, updated_at=now) for e in results],
+        update_conflicts=True, unique_fields=["symbol", "timeframe"], update_fields=fields,
+    )
     return results

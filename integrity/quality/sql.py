@@ -12,7 +12,8 @@ rows some detector must look at (rows of a duplicate group come in index order o
 a (ts, id) order would add a sort per series, and by id on SQLite):
 
     first / last row of the window (bounds)          pt IS NULL / nc IS NULL
-    gap candidates                                    ts - previous ts > one bar
+    gap candidates                                    ts - previous ts > one bar, or an unaligned
+                                                      ts whose bar time is after the previous ts
     duplicate rows (the 2nd, 3rd ... of a group)      ts = previous ts
     rows breaking OHLC invariants (``bad``)           see ``_BAD_*``
     unaligned bar times (``odd``)                     ts not a multiple of the bar length
@@ -200,7 +201,9 @@ def _window_where(w: str, s: str, gap_sql: str, *, gaps: bool, bad: bool, odd: b
 
 
 def _window_pg(table, specs, *, gaps, bad, odd, outliers, jit=True) -> list[tuple]:
-    gap_sql = "w.pt < w.ts - s.step"
+    # An unaligned ts can follow the previous one by less than a bar and still skip a bar time.
+    gap_sql = ("(w.pt < w.ts - s.step"
+               " OR (w.odd AND date_bin(s.step, w.ts, timestamptz '1970-01-01 00:00:00+00') > w.pt))")
     where = _window_where("w", "s", gap_sql, gaps=gaps, bad=bad, odd=odd, outliers=outliers)
     sql = f"""
         WITH s AS (
@@ -258,7 +261,9 @@ def _window_sqlite(table, specs, *, gaps, bad, odd, outliers) -> list[tuple]:
          for sp in specs],
     )
     # julianday arithmetic is exact to well under a millisecond at today's dates.
-    gap_sql = "(julianday(w.ts) - julianday(w.pt)) * 86400.0 > w.step_s + 0.001"
+    gap_sql = ("((julianday(w.ts) - julianday(w.pt)) * 86400.0 > w.step_s + 0.001"
+               " OR (w.odd AND (CAST(strftime('%%s', w.ts) AS INTEGER) / w.step_s) * w.step_s"
+               " > CAST(strftime('%%s', w.pt) AS INTEGER)))")
     where = _window_where("w", "w", gap_sql, gaps=gaps, bad=bad, odd=odd, outliers=outliers)
     sql = f"""
         WITH {values},
@@ -389,8 +394,8 @@ def rows_by_id(table: str, ids: Sequence[int]) -> list[tuple]:
 
 
 def distinct_times(table: str, symbol: str, timeframe: str, start: datetime | None,
-                   chunk: int | None = None) -> Iterable[np.ndarray]:
-    """The series' distinct ts (ns, ascending) from ``start`` on, streamed in chunks (keyset paging)."""
+                   chunk: int | None = None, end: datetime | None = None) -> Iterable[np.ndarray]:
+    """The series' distinct ts (ns, ascending) in [start, end), streamed in chunks (keyset paging)."""
     chunk = chunk or TS_CHUNK
     lower, inclusive = start, True
     while True:
@@ -399,6 +404,9 @@ def distinct_times(table: str, symbol: str, timeframe: str, start: datetime | No
         if lower is not None:
             condition = f" AND ts {op} %s"
             params.append(to_db(lower))
+        if end is not None:
+            condition += " AND ts < %s"
+            params.append(to_db(end))
         with connection.cursor() as cursor:
             cursor.execute(
                 f"SELECT DISTINCT ts FROM {table} WHERE symbol = %s AND timeframe = %s{condition} "
@@ -411,6 +419,25 @@ def distinct_times(table: str, symbol: str, timeframe: str, start: datetime | No
         if len(raw) < chunk:
             return
         lower, inclusive = ns_to_datetime(int(times[-1])), False
+
+
+def bucket_counts(table: str, symbol: str, timeframe: str, start: datetime, end: datetime,
+                  bucket_seconds: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct stored ts per epoch-aligned bucket of ``bucket_seconds`` in [start, end]: (bucket
+    numbers, counts), ascending. One GROUP BY over the series' index range; one row per bucket comes
+    back (for 1m bars, one per day), never the timestamps themselves. Times must be >= 1970."""
+    if is_postgres():
+        bucket = "floor(extract(epoch FROM ts) / %s)::bigint"
+    else:
+        bucket = "CAST(strftime('%%s', ts) AS INTEGER) / %s"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {bucket} AS b, count(DISTINCT ts) FROM {table} "
+            "WHERE symbol = %s AND timeframe = %s AND ts >= %s AND ts <= %s GROUP BY 1 ORDER BY 1",
+            [int(bucket_seconds), symbol, timeframe, to_db(start), to_db(end)])
+        rows = cursor.fetchall()
+    return (np.fromiter((int(r[0]) for r in rows), dtype="int64", count=len(rows)),
+            np.fromiter((int(r[1]) for r in rows), dtype="int64", count=len(rows)))
 
 
 MAD_TO_SIGMA = 1.4826

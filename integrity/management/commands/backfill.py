@@ -20,7 +20,7 @@ from integrity.backfill import BackfillError, BackfillResult, run_backfill
 from integrity.calendars import calendar_for_asset_class, validate_calendar_code
 from integrity.management.output import keep_stdout_for_json
 from integrity.models import AssetClass, Instrument, Timeframe
-from integrity.providers import PROVIDER_NAMES
+from integrity.providers import PROVIDER_NAMES, get_provider
 from integrity.timeframes import timeframe_delta
 
 
@@ -112,6 +112,9 @@ class Command(BaseCommand):
         if instrument is not None:
             return instrument
         asset_class = options.get("asset_class")
+        if not asset_class and options.get("provider"):
+            # binance serves crypto only, alpaca US equities only: the provider says what a new symbol is.
+            asset_class = getattr(get_provider(options["provider"]), "asset_class", None)
         if not asset_class:
             raise CommandError(f"unknown instrument {symbol!r}: pass --asset-class (and --calendar) to register it",
                                returncode=2)
