@@ -1,20 +1,30 @@
 """Admin screens: review lists, actions that call the service layer, a dashboard, anomaly charts.
 
-Audit tables (duplicate log, health runs, finished backfills) are read-only. No model has foreign
-keys, so every list is one query plus the paginator's count.
+Audit tables (duplicate log, health runs, backfill executions) are read-only. No model has foreign
+keys, so there is nothing for ``list_select_related`` to join: every list is the page query plus the
+paginator's count and the filters' choices, whatever the number of rows (tests/test_admin.py).
 """
 
 from __future__ import annotations
 
+from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
-from django.db.models import Count
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db import connection
+from django.db.models import Q
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils import timezone
+from django.utils.functional import cached_property
 from django.utils.safestring import mark_safe
 
+from .api.validators import validate_provider_options
 from .backfill import BackfillError, BackfillRefused, reap_dead_backfills, request_backfill
 from .charts import anomaly_chart_svg
 from .failures import reset_symbol_failures
+from .health import open_anomaly_totals
 from .models import (
     ACTIVE_STATUSES,
     BackfillState,
@@ -24,11 +34,12 @@ from .models import (
     DuplicateRecordLog,
     HealthCheckRun,
     Instrument,
-    InvalidTransition,
     ResolutionStatus,
     SeriesStats,
     SymbolFailureTracking,
 )
+from .providers import PROVIDER_NAMES
+from .quality.thresholds import validate_thresholds
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -63,26 +74,110 @@ def _request_backfills(modeladmin, request, series: list[tuple[str, str, object,
     _report(modeladmin, request, done, refused, "backfills queued")
 
 
+class InstrumentForm(forms.ModelForm):
+    """The model's clean() checks calendar and timeframes; the form adds provider and thresholds."""
+
+    provider = forms.ChoiceField(choices=[(name, name) for name in PROVIDER_NAMES], initial="synthetic")
+
+    class Meta:
+        model = Instrument
+        fields = ["symbol", "asset_class", "calendar", "timeframes", "provider", "provider_options",
+                  "quality_thresholds", "active"]
+
+    def clean(self):
+        cleaned = super().clean()
+        if "provider" in cleaned and "provider_options" in cleaned:
+            try:
+                validate_provider_options(cleaned["provider"], cleaned["provider_options"], cleaned.get("symbol", ""))
+            except ValueError as exc:
+                self.add_error("provider_options", str(exc))
+        return cleaned
+
+    def clean_quality_thresholds(self):
+        value = self.cleaned_data.get("quality_thresholds") or {}
+        try:
+            validate_thresholds(value)
+        except (TypeError, ValueError) as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return value
+
+
 @admin.register(Instrument)
 class InstrumentAdmin(admin.ModelAdmin):
+    form = InstrumentForm
     list_display = ("symbol", "asset_class", "calendar", "timeframes", "provider", "active", "updated_at")
-    list_filter = ("asset_class", "provider", "active", "calendar")
+    list_filter = ("asset_class", "provider", "active", "calendar", "created_at")
     search_fields = ("symbol",)
+    date_hierarchy = "created_at"
     actions = ["backfill_now"]
 
     @admin.action(description="Backfill selected instruments now (every timeframe)", permissions=["change"])
     def backfill_now(self, request, queryset):
-        series = [(i.symbol, tf, None, None) for i in queryset for tf in i.timeframes]
-        _request_backfills(self, request, series)
+        series, refused = [], []
+        for instrument in queryset.order_by("symbol"):
+            if not instrument.timeframes:
+                refused.append(f"{instrument.symbol} refused: it has no timeframes to backfill")
+            series.extend((instrument.symbol, tf, None, None) for tf in instrument.timeframes)
+        for reason in refused:
+            self.message_user(request, reason, messages.WARNING)
+        if series or not refused:
+            _request_backfills(self, request, series)
+
+
+class EstimatedCountPaginator(Paginator):
+    """The unfiltered candle list counts from PostgreSQL's statistics (``pg_class.reltuples``)
+    instead of a COUNT(*) over a table of hundreds of millions of rows; filtered lists and small
+    tables count exactly."""
+
+    estimate_from = 1_000_000
+
+    @cached_property
+    def count(self):
+        queryset = self.object_list
+        if connection.vendor == "postgresql" and not queryset.query.where:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                               [queryset.model._meta.db_table])
+                row = cursor.fetchone()
+            if row and row[0] >= self.estimate_from:
+                return row[0]
+        return super().count
+
+
+class CandleSourceFilter(admin.SimpleListFilter):
+    """The providers as choices: a DISTINCT over the candle table would scan all of it."""
+
+    title = "source"
+    parameter_name = "source"
+
+    def lookups(self, request, model_admin):
+        return [(name, name) for name in PROVIDER_NAMES]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(source=self.value()) if self.value() else queryset
 
 
 @admin.register(Candle)
 class CandleAdmin(admin.ModelAdmin):
+    """Built for a very large table: every query on this list can be answered from an index.
+
+    No date hierarchy (its min/max and DISTINCT years scan the whole table); the ``ts`` filter
+    offers fixed ranges instead. Search is by exact symbol (served by the (symbol, timeframe, ts)
+    index; a substring search would scan).
+    """
+
     list_display = ("symbol", "timeframe", "ts", "open", "high", "low", "close", "volume", "source", "ingested_at")
-    list_filter = ("timeframe", "source")
+    list_filter = ("timeframe", CandleSourceFilter, "ts")
     search_fields = ("symbol",)
-    date_hierarchy = "ts"
-    show_full_result_count = False  # the table is large: no full COUNT(*) on every page
+    search_help_text = "exact symbol, e.g. BTC-USD"
+    show_full_result_count = False  # no second COUNT(*) of the whole table on a filtered page
+    paginator = EstimatedCountPaginator
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(symbol__in={term, term.upper()}), False
 
 
 @admin.register(BackfillState)
@@ -103,6 +198,9 @@ class BackfillStateAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False  # executions change only through the service (terminal states are final)
 
+    def has_delete_permission(self, request, obj=None):
+        return False  # the execution history is the audit trail of what ran, when, and why it failed
+
     @admin.display(description="error")
     def short_error(self, obj):
         return (obj.error_message or "")[:80]
@@ -121,10 +219,23 @@ class BackfillStateAdmin(admin.ModelAdmin):
                               messages.WARNING)
         _request_backfills(self, request, series)
 
-    @admin.action(description="Reap dead backfills (heartbeat timed out)", permissions=["retry"])
+    @admin.action(description="Reap dead backfills (every execution whose worker is gone, as the health job does)",
+                  permissions=["retry"])
     def reap_dead(self, request, queryset):
         reaped = reap_dead_backfills()
-        _report(self, request, [f"{s.symbol} {s.timeframe}" for s in reaped], [], "reaped")
+        done = [f"{s.symbol} {s.timeframe} ({s.execution_id}): {s.error_message}" for s in reaped]
+        reaped_ids = {s.pk for s in reaped}
+        refused = [
+            f"{s.symbol} {s.timeframe} ({s.execution_id}) not reaped: it is {s.status} and its worker is alive "
+            f"(heartbeat within {settings.BACKFILL_HEARTBEAT_TIMEOUT_SECONDS}s)"
+            for s in queryset.filter(status__in=ACTIVE_STATUSES).exclude(pk__in=reaped_ids)[:20]
+        ]
+        finished = queryset.exclude(status__in=ACTIVE_STATUSES).count()
+        if finished:
+            refused.append(f"{finished} selected execution(s) are already finished: nothing to reap")
+        if not done and not refused:
+            refused.append("no dead backfills: every active execution has a live worker")
+        _report(self, request, done, refused, "reaped")
 
     def has_retry_permission(self, request):
         return request.user.has_perm("integrity.change_backfillstate")
@@ -154,23 +265,33 @@ class DataAnomalyAdmin(admin.ModelAdmin):
     def chart(self, obj):
         return mark_safe(anomaly_chart_svg(obj))  # noqa: S308 — our own SVG, values escaped in charts.py
 
-    def _review(self, request, queryset, method: str, verb: str):
-        done, refused = [], []
-        for anomaly in queryset:
-            try:
-                getattr(anomaly, method)(by=request.user.get_username())
-                done.append(f"#{anomaly.pk}")
-            except InvalidTransition as exc:
-                refused.append(str(exc))
-        _report(self, request, done, refused, verb)
+    def _review(self, request, queryset, target: str, allowed_from: tuple[str, ...], who: str, when: str):
+        """One UPDATE for the whole selection ("select all" may be thousands of rows), with the
+        lifecycle of ``DataAnomaly.acknowledge`` / ``resolve``: only rows in ``allowed_from`` move."""
+        movable = queryset.filter(resolution_status__in=allowed_from)
+        sample = [f"#{pk}" for pk in movable.values_list("pk", flat=True)[:20]]
+        now = timezone.now()
+        moved = movable.update(resolution_status=target, updated_at=now,
+                               **{who: request.user.get_username(), when: now})
+        blocked = queryset.exclude(resolution_status__in=allowed_from)
+        refused = [f"anomaly #{pk} is {current}; cannot move it to {target}"
+                   for pk, current in blocked.values_list("pk", "resolution_status")[:20]]
+        if moved:
+            more = f" and {moved - len(sample)} more" if moved > len(sample) else ""
+            self.message_user(request, f"{target.capitalize()}: {moved} — {', '.join(sample)}{more} "
+                              f"(by {request.user.get_username()} at {now:%Y-%m-%d %H:%M:%S} UTC)",
+                              messages.SUCCESS)
+        _report(self, request, [], refused, target)
 
     @admin.action(description="Acknowledge selected anomalies", permissions=["change"])
     def acknowledge(self, request, queryset):
-        self._review(request, queryset, "acknowledge", "acknowledged")
+        self._review(request, queryset, ResolutionStatus.ACKNOWLEDGED, (ResolutionStatus.OPEN,),
+                     "acknowledged_by", "acknowledged_at")
 
     @admin.action(description="Resolve selected anomalies", permissions=["change"])
     def resolve(self, request, queryset):
-        self._review(request, queryset, "resolve", "resolved")
+        self._review(request, queryset, ResolutionStatus.RESOLVED,
+                     (ResolutionStatus.OPEN, ResolutionStatus.ACKNOWLEDGED), "resolved_by", "resolved_at")
 
 
 @admin.register(DuplicateRecordLog)
@@ -190,8 +311,9 @@ class SymbolFailureTrackingAdmin(admin.ModelAdmin):
     list_display = (
         "symbol", "consecutive_failures", "last_failure_at", "last_success_at", "alert_sent", "alert_sent_at",
     )
-    list_filter = ("alert_sent", "last_failure_at")
+    list_filter = ("alert_sent", "last_failure_at", "last_success_at")
     search_fields = ("symbol", "last_error")
+    date_hierarchy = "last_failure_at"
     readonly_fields = [f.name for f in SymbolFailureTracking._meta.fields]
     actions = ["reset"]
 
@@ -200,10 +322,12 @@ class SymbolFailureTrackingAdmin(admin.ModelAdmin):
 
     @admin.action(description="Reset failure tracking of selected symbols", permissions=["change"])
     def reset(self, request, queryset):
-        symbols = list(queryset.values_list("symbol", flat=True))
-        for symbol in symbols:
-            reset_symbol_failures(symbol)
-        _report(self, request, symbols, [], "reset")
+        failing = queryset.filter(Q(consecutive_failures__gt=0) | Q(alert_sent=True))
+        done = [s for s in failing.values_list("symbol", flat=True) if reset_symbol_failures(s)]
+        refused = [f"{s} not reset: it has no consecutive failures and no alert outstanding"
+                   for s in queryset.filter(consecutive_failures=0, alert_sent=False)
+                   .values_list("symbol", flat=True)[:20]]
+        _report(self, request, done, refused, "reset")
 
 
 @admin.register(HealthCheckRun)
@@ -217,31 +341,40 @@ class HealthCheckRunAdmin(ReadOnlyAdmin):
 class SeriesStatsAdmin(ReadOnlyAdmin):
     list_display = ("symbol", "timeframe", "first_ts", "last_ts", "bar_count", "expected_bars", "coverage_pct",
                     "robust_volatility", "last_scan_at")
-    list_filter = ("timeframe",)
+    list_filter = ("timeframe", "last_scan_at")
     search_fields = ("symbol",)
+    date_hierarchy = "last_scan_at"
 
 
 # --- dashboard ---------------------------------------------------------------------------------
 
 
 def dashboard_context() -> dict:
-    open_anomalies = DataAnomaly.objects.exclude(resolution_status=ResolutionStatus.RESOLVED)
+    # Counted as the health job counts them (status open); acknowledged ones are shown apart.
+    totals = open_anomaly_totals()
     latest_run = HealthCheckRun.objects.order_by("-started_at").first()
-    stale = (latest_run.results or {}).get("stale_series", []) if latest_run else []
+    # The health job's report: {"stale_series": {"count": n, "series": [...], "truncated": bool}}.
+    stale = (latest_run.results or {}).get("stale_series") if latest_run else None
+    stale = stale if isinstance(stale, dict) else {}
     return {
-        "by_severity": list(open_anomalies.values("severity").annotate(n=Count("id")).order_by("severity")),
-        "by_type": list(open_anomalies.values("anomaly_type").annotate(n=Count("id")).order_by("anomaly_type")),
-        "open_total": open_anomalies.count(),
-        "stale_series": stale,
+        "by_severity": [{"severity": k, "n": n} for k, n in totals["by_severity"].items()],
+        "by_type": [{"anomaly_type": k, "n": n} for k, n in totals["by_type"].items()],
+        "open_total": totals["open"],
+        "acknowledged_total": DataAnomaly.objects.filter(resolution_status=ResolutionStatus.ACKNOWLEDGED).count(),
+        "stale_series": stale.get("series") or [],
+        "stale_count": stale.get("count", 0),
+        "stale_truncated": bool(stale.get("truncated")),
         "failing": list(SymbolFailureTracking.objects.filter(consecutive_failures__gt=0)
-                        .order_by("-consecutive_failures")[:50]),
+                        .order_by("-consecutive_failures", "symbol")[:50]),
         "active_backfills": list(BackfillState.objects.filter(status__in=ACTIVE_STATUSES).order_by("created_at")[:50]),
         "latest_run": latest_run,
-        "coverage": list(SeriesStats.objects.order_by("coverage_pct", "symbol")[:100]),
+        "coverage": list(SeriesStats.objects.order_by("coverage_pct", "symbol", "timeframe")[:100]),
     }
 
 
 def dashboard_view(request):
+    if not request.user.has_perm("integrity.view_dataanomaly"):
+        raise PermissionDenied("the dashboard needs the permission to view data anomalies")
     context = {**admin.site.each_context(request), "title": "Market-data integrity dashboard",
                **dashboard_context()}
     return TemplateResponse(request, "admin/integrity/dashboard.html", context)

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
+
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 from django_q.models import OrmQ
 
 from integrity.backfill import create_backfill_state, run_backfill
+from integrity.health import run_health_monitoring
 from integrity.models import (
     BackfillState,
+    Candle,
     DataAnomaly,
     DuplicateRecordLog,
     HealthCheckRun,
+    Instrument,
     SeriesStats,
     SymbolFailureTracking,
 )
@@ -22,9 +29,6 @@ from integrity.quality.anomalies import detect_data_anomalies
 from tests.helpers import add_instrument, utc
 
 pytestmark = pytest.mark.django_db
-
-MODELS = ["instrument", "candle", "backfillstate", "dataanomaly", "duplicaterecordlog", "symbolfailuretracking",
-          "healthcheckrun", "seriesstats"]
 
 
 @pytest.fixture
@@ -41,102 +45,381 @@ def make_anomaly(**kwargs):
     return DataAnomaly.objects.create(**values)
 
 
+def n(model) -> int:
+    return model.objects.count()
+
+
+# One new row of each model per call (unique values where the model needs them).
+FACTORIES = {
+    "instrument": lambda: add_instrument(f"I{n(Instrument)}"),
+    "candle": lambda: Candle.objects.create(symbol="BTC-USD", timeframe="1h", ts=utc(2024, 1, 1) + timedelta(
+        hours=n(Candle)), open=1, high=2, low=0.5, close=1.5, volume=10, source="test"),
+    "backfillstate": lambda: create_backfill_state(f"S{n(BackfillState)}", "1h", "crypto"),
+    "dataanomaly": lambda: make_anomaly(),
+    "duplicaterecordlog": lambda: DuplicateRecordLog.objects.create(
+        symbol=f"S{n(DuplicateRecordLog)}", timeframe="1h", candle_time=utc(2024, 1, 1), duplicate_count=2,
+        duplicate_ids=[1, 2]),
+    "symbolfailuretracking": lambda: SymbolFailureTracking.objects.create(
+        symbol=f"S{n(SymbolFailureTracking)}", consecutive_failures=1, last_failure_at=timezone.now()),
+    "healthcheckrun": lambda: HealthCheckRun.objects.create(status="healthy", results={"stale_series": {}}),
+    "seriesstats": lambda: SeriesStats.objects.create(symbol=f"S{n(SeriesStats)}", timeframe="1h", bar_count=1,
+                                                      last_scan_at=timezone.now()),
+}
+
+
 def changelist(model: str) -> str:
     return reverse(f"admin:integrity_{model}_changelist")
 
 
+def act(client, model, action, ids):
+    return client.post(changelist(model), {"action": action, "_selected_action": [str(i) for i in ids]},
+                       follow=True)
+
+
+def messages_of(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
 class TestLists:
-    @pytest.mark.parametrize("model", MODELS)
+    @pytest.mark.parametrize("model", list(FACTORIES))
     def test_every_list_renders(self, admin_client, model):
+        FACTORIES[model]()
         assert admin_client.get(changelist(model)).status_code == 200
 
-    @pytest.mark.parametrize("model,factory", [
-        ("dataanomaly", lambda: make_anomaly()),
-        ("backfillstate", lambda: create_backfill_state(f"S{BackfillState.objects.count()}", "1h", "crypto")),
-        ("symbolfailuretracking", lambda: SymbolFailureTracking.objects.create(
-            symbol=f"S{SymbolFailureTracking.objects.count()}", consecutive_failures=1)),
-    ])
-    def test_list_query_count_does_not_grow_with_rows(self, admin_client, model, factory):
-        factory()
-        admin_client.get(changelist(model))
+    @pytest.mark.parametrize("model", list(FACTORIES))
+    def test_list_query_count_does_not_grow_with_rows(self, admin_client, model):
+        FACTORIES[model]()
+        admin_client.get(changelist(model))  # warm session and content-type caches
         with CaptureQueriesContext(connection) as few:
             admin_client.get(changelist(model))
         for _ in range(20):
-            factory()
+            FACTORIES[model]()
         with CaptureQueriesContext(connection) as many:
-            admin_client.get(changelist(model))
+            response = admin_client.get(changelist(model))
+        assert response.context["cl"].result_count == 21
+        assert len(many) == len(few), [q["sql"] for q in many.captured_queries]
+
+    @pytest.mark.parametrize("model,query", [
+        ("dataanomaly", "severity__exact=high&resolution_status__exact=open&anomaly_type__exact=gap"),
+        ("dataanomaly", "timeframe__exact=1h&q=BTC"),
+        ("backfillstate", "status__exact=pending&asset_class__exact=crypto&timeframe__exact=1h"),
+        ("instrument", "asset_class__exact=crypto&q=I"),
+    ])
+    def test_a_filtered_list_query_count_does_not_grow_with_rows(self, admin_client, model, query):
+        FACTORIES[model]()
+        admin_client.get(f"{changelist(model)}?{query}")
+        with CaptureQueriesContext(connection) as few:
+            admin_client.get(f"{changelist(model)}?{query}")
+        for _ in range(20):
+            FACTORIES[model]()
+        with CaptureQueriesContext(connection) as many:
+            response = admin_client.get(f"{changelist(model)}?{query}")
+        assert response.context["cl"].result_count == 21
         assert len(many) == len(few)
 
-    @pytest.mark.parametrize("model", ["duplicaterecordlog", "healthcheckrun", "seriesstats"])
+    @pytest.mark.parametrize("model,query,shown,hidden", [
+        ("dataanomaly", "severity__exact=critical", {"severity": "critical"}, {"severity": "low"}),
+        ("dataanomaly", "resolution_status__exact=acknowledged", {"resolution_status": "acknowledged"},
+         {"resolution_status": "open"}),
+        ("dataanomaly", "anomaly_type__exact=outlier", {"anomaly_type": "outlier"}, {"anomaly_type": "gap"}),
+        ("dataanomaly", "timeframe__exact=1d", {"timeframe": "1d"}, {"timeframe": "1h"}),
+        ("dataanomaly", "detected_at__year=2023", {"detected_at": utc(2023, 5, 1)}, {"detected_at": utc(2024, 5, 1)}),
+        ("dataanomaly", "q=ETH", {"symbol": "ETH-USD"}, {"symbol": "BTC-USD"}),
+        ("backfillstate", "status__exact=failed", {"status": "failed"}, {"status": "pending"}),
+        ("backfillstate", "asset_class__exact=equity", {"asset_class": "equity"}, {"asset_class": "crypto"}),
+        ("instrument", "asset_class__exact=forex", {"asset_class": "forex"}, {"asset_class": "crypto"}),
+        ("healthcheckrun", "status__exact=critical", {"status": "critical"}, {"status": "healthy"}),
+        ("symbolfailuretracking", "alert_sent__exact=1", {"alert_sent": True}, {"alert_sent": False}),
+    ])
+    def test_filters_and_search_narrow_the_list(self, admin_client, model, query, shown, hidden):
+        keep, drop = FACTORIES[model](), FACTORIES[model]()
+        type(keep).objects.filter(pk=keep.pk).update(**shown)
+        type(drop).objects.filter(pk=drop.pk).update(**hidden)
+        response = admin_client.get(f"{changelist(model)}?{query}")
+        assert response.status_code == 200  # an unconfigured filter would redirect with ?e=1
+        assert [o.pk for o in response.context["cl"].result_list] == [keep.pk]
+
+    @pytest.mark.parametrize("model", ["dataanomaly", "backfillstate", "duplicaterecordlog", "healthcheckrun",
+                                       "instrument", "symbolfailuretracking", "seriesstats"])
+    def test_every_list_but_candles_has_a_date_hierarchy(self, admin_client, model):
+        FACTORIES[model]()
+        assert 'class="toplinks"' in admin_client.get(changelist(model)).content.decode()
+
+
+class TestCandleList:
+    """The candle table is the big one: its list avoids every whole-table scan."""
+
+    def test_search_is_by_exact_symbol_in_any_case(self, admin_client):
+        FACTORIES["candle"]()
+        Candle.objects.create(symbol="BTC-USDT", timeframe="1h", ts=utc(2024, 1, 1), open=1, high=1, low=1,
+                              close=1, volume=1)
+        for term in ("BTC-USD", "btc-usd", " BTC-USD "):
+            rows = admin_client.get(changelist("candle"), {"q": term}).context["cl"].result_list
+            assert [c.symbol for c in rows] == ["BTC-USD"]
+
+    def test_the_source_filter_offers_the_providers_without_reading_the_table(self, admin_client):
+        FACTORIES["candle"]()
+        Candle.objects.filter(pk=FACTORIES["candle"]().pk).update(source="binance")
+        with CaptureQueriesContext(connection) as queries:
+            response = admin_client.get(changelist("candle"), {"source": "binance"})
+        assert [c.source for c in response.context["cl"].result_list] == ["binance"]
+        assert queries.captured_queries and not any("DISTINCT" in q["sql"] for q in queries.captured_queries)
+
+    def test_the_time_filter_offers_fixed_ranges(self, admin_client):
+        FACTORIES["candle"]()
+        Candle.objects.create(symbol="BTC-USD", timeframe="1h", ts=timezone.now(), open=1, high=1, low=1, close=1,
+                              volume=1)
+        today = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+        response = admin_client.get(changelist("candle"), {"ts__gte": today.isoformat(sep=" ")})
+        assert response.context["cl"].result_count == 1
+
+    @pytest.mark.postgres_only  # reads PostgreSQL's planner statistics (pg_class.reltuples)
+    def test_the_unfiltered_count_comes_from_the_statistics_on_a_large_table(self, admin_client, monkeypatch):
+        from integrity.admin import EstimatedCountPaginator
+
+        for _ in range(30):
+            FACTORIES["candle"]()
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE candles")
+        for _ in range(5):
+            FACTORIES["candle"]()  # not in the statistics yet
+        monkeypatch.setattr(EstimatedCountPaginator, "estimate_from", 10)
+        assert admin_client.get(changelist("candle")).context["cl"].result_count == 30
+        assert admin_client.get(changelist("candle"), {"q": "BTC-USD"}).context["cl"].result_count == 35
+        monkeypatch.setattr(EstimatedCountPaginator, "estimate_from", 1000)
+        assert admin_client.get(changelist("candle")).context["cl"].result_count == 35
+
+
+class TestReadOnlyAudit:
+    @pytest.mark.parametrize("model", ["duplicaterecordlog", "healthcheckrun", "seriesstats", "backfillstate"])
     def test_audit_tables_cannot_be_added_to(self, admin_client, model):
         assert admin_client.get(reverse(f"admin:integrity_{model}_add")).status_code == 403
 
-    def test_a_duplicate_log_entry_is_read_only(self, admin_client):
-        log = DuplicateRecordLog.objects.create(symbol="A", timeframe="1h", candle_time=utc(2024, 1, 1),
-                                                duplicate_count=2, duplicate_ids=[1])
-        url = reverse("admin:integrity_duplicaterecordlog_change", args=[log.pk])
-        admin_client.post(url, {"symbol": "B"})
-        assert DuplicateRecordLog.objects.get(pk=log.pk).symbol == "A"
+    @pytest.mark.parametrize("model,field,value", [
+        ("duplicaterecordlog", "symbol", "CHANGED"),
+        ("healthcheckrun", "status", "critical"),
+        ("backfillstate", "symbol", "CHANGED"),
+    ])
+    def test_an_audit_row_cannot_be_edited_or_deleted(self, admin_client, model, field, value):
+        row = FACTORIES[model]()
+        if model == "backfillstate":
+            row.mark_failed("boom")  # a finished execution
+        before = getattr(type(row).objects.get(pk=row.pk), field)
+        page = admin_client.get(reverse(f"admin:integrity_{model}_change", args=[row.pk])).content.decode()
+        assert 'name="_save"' not in page
+        admin_client.post(reverse(f"admin:integrity_{model}_change", args=[row.pk]), {field: value})
+        assert admin_client.post(reverse(f"admin:integrity_{model}_delete", args=[row.pk]),
+                                 {"post": "yes"}).status_code == 403
+        assert getattr(type(row).objects.get(pk=row.pk), field) == before
+
+    @pytest.mark.parametrize("model", ["duplicaterecordlog", "healthcheckrun", "backfillstate"])
+    def test_audit_lists_offer_no_bulk_delete(self, admin_client, model):
+        row = FACTORIES[model]()
+        response = act(admin_client, model, "delete_selected", [row.pk])
+        assert type(row).objects.filter(pk=row.pk).exists()
+        assert "delete_selected" not in response.content.decode()
 
 
-def act(admin_client, model, action, ids):
-    return admin_client.post(changelist(model), {"action": action, "_selected_action": [str(i) for i in ids]},
-                             follow=True)
-
-
-class TestActions:
-    def test_acknowledge_records_who_and_reports_it(self, admin_client):
+class TestAnomalyActions:
+    def test_acknowledge_records_who_and_when_and_reports_it(self, admin_client):
         anomaly = make_anomaly()
+        before = timezone.now()
         response = act(admin_client, "dataanomaly", "acknowledge", [anomaly.pk])
         anomaly.refresh_from_db()
         assert (anomaly.resolution_status, anomaly.acknowledged_by) == ("acknowledged", "root")
-        assert "Acknowledged: 1" in response.content.decode()
+        assert anomaly.acknowledged_at >= before
+        assert any(m.startswith(f"Acknowledged: 1 — #{anomaly.pk}") and "by root" in m for m in messages_of(response))
+
+    def test_resolve_records_who_and_when_and_reports_it(self, admin_client):
+        anomaly = make_anomaly(resolution_status="acknowledged")
+        response = act(admin_client, "dataanomaly", "resolve", [anomaly.pk])
+        anomaly.refresh_from_db()
+        assert (anomaly.resolution_status, anomaly.resolved_by) == ("resolved", "root")
+        assert anomaly.resolved_at is not None
+        assert any(m.startswith("Resolved: 1") for m in messages_of(response))
 
     def test_resolving_an_already_resolved_anomaly_is_refused_clearly(self, admin_client):
-        anomaly = make_anomaly(resolution_status="resolved")
+        anomaly = make_anomaly(resolution_status="resolved", resolved_by="someone")
         response = act(admin_client, "dataanomaly", "resolve", [anomaly.pk])
-        assert "cannot move it to resolved" in response.content.decode()
+        assert f"anomaly #{anomaly.pk} is resolved; cannot move it to resolved" in messages_of(response)
+        anomaly.refresh_from_db()
+        assert anomaly.resolved_by == "someone"
 
-    def test_retry_failed_queues_a_new_execution_for_the_series(self, admin_client):
+    def test_a_mixed_selection_moves_what_it_may_and_names_the_rest(self, admin_client):
+        open_one, done = make_anomaly(), make_anomaly(resolution_status="resolved")
+        response = act(admin_client, "dataanomaly", "acknowledge", [open_one.pk, done.pk])
+        assert DataAnomaly.objects.get(pk=open_one.pk).resolution_status == "acknowledged"
+        assert DataAnomaly.objects.get(pk=done.pk).resolution_status == "resolved"
+        texts = messages_of(response)
+        assert any(t.startswith("Acknowledged: 1") for t in texts)
+        assert f"anomaly #{done.pk} is resolved; cannot move it to acknowledged" in texts
+
+    def test_a_view_only_reviewer_cannot_run_review_actions(self, client):
+        viewer = User.objects.create_user("viewer", is_staff=True)
+        viewer.user_permissions.set(Permission.objects.filter(codename="view_dataanomaly"))
+        client.force_login(viewer)
+        anomaly = make_anomaly()
+        page = client.get(changelist("dataanomaly")).content.decode()
+        assert 'value="acknowledge"' not in page
+        act(client, "dataanomaly", "acknowledge", [anomaly.pk])
+        assert DataAnomaly.objects.get(pk=anomaly.pk).resolution_status == "open"
+
+
+class TestBackfillActions:
+    def test_retry_failed_queues_a_new_execution_for_the_series_and_reports_it(self, admin_client):
         add_instrument()
         failed = create_backfill_state("BTC-USD", "1h", "crypto")
         failed.mark_failed("boom")
-        act(admin_client, "backfillstate", "retry_failed", [failed.pk])
+        response = act(admin_client, "backfillstate", "retry_failed", [failed.pk])
         retry = BackfillState.objects.exclude(pk=failed.pk).get()
-        assert (retry.status, retry.retry_count) == ("pending", 1)
+        assert (retry.status, retry.retry_count, retry.requested_by) == ("pending", 1, "admin:root")
         assert OrmQ.objects.count() == 1
+        assert f"backfills queued: 1 — BTC-USD 1h ({retry.execution_id})" in messages_of(response)
+
+    def test_retry_skips_executions_that_did_not_fail(self, admin_client):
+        add_instrument()
+        state = create_backfill_state("BTC-USD", "1h", "crypto")
+        response = act(admin_client, "backfillstate", "retry_failed", [state.pk])
+        assert "1 selected execution(s) are not failed and were skipped" in messages_of(response)
+        assert BackfillState.objects.count() == 1
 
     def test_retry_refuses_a_series_that_is_busy(self, admin_client):
         add_instrument()
         failed = create_backfill_state("BTC-USD", "1h", "crypto")
         failed.mark_failed("boom")
-        create_backfill_state("BTC-USD", "1h", "crypto")
+        holder = create_backfill_state("BTC-USD", "1h", "crypto")
         response = act(admin_client, "backfillstate", "retry_failed", [failed.pk])
-        assert "refused" in response.content.decode()
+        assert any(m.startswith("BTC-USD 1h refused:") and str(holder.execution_id) in m
+                   for m in messages_of(response))
+        assert BackfillState.objects.count() == 2
 
+    def test_reap_fails_dead_executions_and_reports_them(self, admin_client):
+        dead = create_backfill_state("BTC-USD", "1h", "crypto")
+        dead.mark_started(worker="gone:1")
+        BackfillState.objects.filter(pk=dead.pk).update(heartbeat_at=timezone.now() - timedelta(hours=2))
+        response = act(admin_client, "backfillstate", "reap_dead", [dead.pk])
+        dead.refresh_from_db()
+        assert dead.status == "failed" and "heartbeat timeout" in dead.error_message
+        assert any(m.startswith("reaped: 1 — BTC-USD 1h") for m in messages_of(response))
+
+    def test_reap_leaves_a_live_execution_alone_and_says_why(self, admin_client):
+        live = create_backfill_state("BTC-USD", "1h", "crypto")
+        live.mark_started(worker="here:1")
+        response = act(admin_client, "backfillstate", "reap_dead", [live.pk])
+        assert BackfillState.objects.get(pk=live.pk).status == "in_progress"
+        assert any("not reaped: it is in_progress and its worker is alive" in m for m in messages_of(response))
+
+    def test_reap_of_a_finished_execution_is_refused(self, admin_client):
+        done = create_backfill_state("BTC-USD", "1h", "crypto")
+        done.mark_failed("x")
+        response = act(admin_client, "backfillstate", "reap_dead", [done.pk])
+        assert "1 selected execution(s) are already finished: nothing to reap" in messages_of(response)
+
+
+class TestInstrumentAndFailureActions:
     def test_backfill_now_queues_every_timeframe_of_the_instrument(self, admin_client):
         instrument = add_instrument(timeframes=("1h", "1d"))
-        act(admin_client, "instrument", "backfill_now", [instrument.pk])
+        response = act(admin_client, "instrument", "backfill_now", [instrument.pk])
         assert sorted(BackfillState.objects.values_list("timeframe", flat=True)) == ["1d", "1h"]
+        assert any(m.startswith("backfills queued: 2") for m in messages_of(response))
 
-    def test_reset_zeroes_failures_and_rearms_the_alert(self, admin_client):
+    def test_backfill_now_refuses_an_instrument_without_timeframes(self, admin_client):
+        instrument = add_instrument(timeframes=())
+        response = act(admin_client, "instrument", "backfill_now", [instrument.pk])
+        assert "BTC-USD refused: it has no timeframes to backfill" in messages_of(response)
+        assert not BackfillState.objects.exists()
+
+    def test_backfill_now_refuses_a_busy_series_and_queues_the_others(self, admin_client):
+        instrument = add_instrument(timeframes=("1h", "1d"))
+        holder = create_backfill_state("BTC-USD", "1h", "crypto")
+        response = act(admin_client, "instrument", "backfill_now", [instrument.pk])
+        texts = messages_of(response)
+        assert any(t.startswith("backfills queued: 1 — BTC-USD 1d") for t in texts)
+        assert any(t.startswith("BTC-USD 1h refused:") and str(holder.execution_id) in t for t in texts)
+
+    def test_reset_zeroes_failures_rearms_the_alert_and_reports_it(self, admin_client):
         row = SymbolFailureTracking.objects.create(symbol="A", consecutive_failures=4, alert_sent=True)
-        act(admin_client, "symbolfailuretracking", "reset", [row.pk])
+        response = act(admin_client, "symbolfailuretracking", "reset", [row.pk])
         row.refresh_from_db()
         assert (row.consecutive_failures, row.alert_sent) == (0, False)
+        assert "reset: 1 — A" in messages_of(response)
+
+    def test_reset_of_a_healthy_symbol_is_refused(self, admin_client):
+        row = SymbolFailureTracking.objects.create(symbol="OK", consecutive_failures=0)
+        response = act(admin_client, "symbolfailuretracking", "reset", [row.pk])
+        assert "OK not reset: it has no consecutive failures and no alert outstanding" in messages_of(response)
+
+
+class TestInstrumentForm:
+    def post(self, client, **overrides):
+        data = {"symbol": "ETH-USD", "asset_class": "crypto", "calendar": "24/7", "timeframes": '["1h"]',
+                "provider": "synthetic", "provider_options": "{}", "quality_thresholds": "{}", "active": "on"}
+        data.update(overrides)
+        return client.post(reverse("admin:integrity_instrument_add"), data)
+
+    def test_a_valid_instrument_is_saved(self, admin_client):
+        assert self.post(admin_client).status_code == 302
+        assert Instrument.objects.get(symbol="ETH-USD").timeframes == ["1h"]
+
+    @pytest.mark.parametrize("field,value,message", [
+        ("provider", "nasdaq-ftp", "Select a valid choice"),
+        ("calendar", "MOON", "unknown calendar"),
+        ("timeframes", '["7m"]', "a list of timeframes"),
+        ("quality_thresholds", '{"outlier_mvoe": 0.3}', "unknown threshold"),
+        ("provider_options", '{"limt": 500}', "unknown option(s) limt"),
+    ])
+    def test_invalid_values_are_refused_with_a_field_message(self, admin_client, field, value, message):
+        provider = {"provider": "binance"} if field == "provider_options" else {}
+        response = self.post(admin_client, **{**provider, field: value})
+        assert response.status_code == 200 and message in str(response.context["adminform"].form.errors)
+        assert not Instrument.objects.exists()
 
 
 class TestDashboardAndChart:
     def test_the_dashboard_is_linked_from_the_index(self, admin_client):
         assert reverse("admin:integrity-dashboard") in admin_client.get(reverse("admin:index")).content.decode()
 
-    def test_the_dashboard_shows_open_anomalies_failures_and_coverage(self, admin_client):
-        make_anomaly(severity="critical")
-        SymbolFailureTracking.objects.create(symbol="XYZ", consecutive_failures=3)
-        SeriesStats.objects.create(symbol="BTC-USD", timeframe="1h", bar_count=10, coverage_pct=87.5)
-        HealthCheckRun.objects.create(status="warning")
+    def test_the_dashboard_needs_the_permission_to_view_anomalies(self, client):
+        client.force_login(User.objects.create_user("staff", is_staff=True))
+        assert reverse("admin:integrity-dashboard") not in client.get(reverse("admin:index")).content.decode()
+        assert client.get(reverse("admin:integrity-dashboard")).status_code == 403
+
+    def test_the_dashboard_shows_every_panel(self, admin_client):
+        add_instrument("NEVER-LOADED")  # on the watchlist, no bars: stale in the health run
+        make_anomaly(severity="critical", anomaly_type="outlier")
+        make_anomaly(severity="low", resolution_status="acknowledged")
+        SymbolFailureTracking.objects.create(symbol="XYZ", consecutive_failures=3, last_error="HTTP 503")
+        SeriesStats.objects.create(symbol="BTC-USD", timeframe="1h", bar_count=10, expected_bars=12,
+                                   coverage_pct=83.3)
+        create_backfill_state("RUNNING-1", "1h", "crypto")
+        run_health_monitoring(scan_anomalies=False)
         html = admin_client.get(reverse("admin:integrity-dashboard")).content.decode()
-        assert "critical" in html and "XYZ" in html and "87.5" in html and "warning" in html
+
+        def section(element_id: str) -> str:
+            return re.search(rf'id="{element_id}".*?</(table|p)>', html, re.S).group(0)
+
+        assert re.search(r"critical</td><td><a [^>]*>1</a>", section("anomalies-by-severity"))
+        assert re.search(r"outlier</td><td><a [^>]*>1</a>", section("anomalies-by-type"))
+        assert "1 acknowledged" in section("acknowledged-total")
+        assert "NEVER-LOADED" in section("stale-series") and "no bars yet" in section("stale-series")
+        assert "XYZ" in section("failing-symbols") and "HTTP 503" in section("failing-symbols")
+        assert "RUNNING-1 1h" in section("active-backfills")
+        assert "83.3%" in section("coverage")
+        assert HealthCheckRun.objects.get().status in section("latest-run")
+
+    def test_the_dashboard_query_count_does_not_grow_with_rows(self, admin_client):
+        url = reverse("admin:integrity-dashboard")
+        for factory in FACTORIES.values():
+            factory()
+        admin_client.get(url)
+        with CaptureQueriesContext(connection) as few:
+            admin_client.get(url)
+        for factory in FACTORIES.values():
+            for _ in range(10):
+                factory()
+        with CaptureQueriesContext(connection) as many:
+            admin_client.get(url)
+        assert len(many) == len(few)
 
     def test_an_anomaly_page_charts_the_candles_with_the_gap_shaded(self, admin_client):
         add_instrument(gaps=[["2024-01-03T10:00:00Z", "2024-01-03T15:00:00Z"]])
@@ -144,4 +427,35 @@ class TestDashboardAndChart:
         detect_data_anomalies(now=utc(2024, 1, 6, 1), types=["gap"])
         gap = DataAnomaly.objects.get(anomaly_type="gap")
         html = admin_client.get(reverse("admin:integrity_dataanomaly_change", args=[gap.pk])).content.decode()
-        assert "<svg" in html and 'class="anomaly-period"' in html and "<polyline" in html
+        svg = re.search(r'<svg[^>]*class="anomaly-chart".*?</svg>', html, re.S).group(0)
+        assert 'class="anomaly-period"' in svg and "<polyline" in svg
+        assert 'class="anomaly-bar"' not in svg  # a gap has no bars of its own: an empty shaded band
+
+    def test_an_outlier_page_highlights_the_outlier_bar(self, admin_client):
+        add_instrument(spikes=["2024-01-04T12:00:00Z"])
+        run_backfill("BTC-USD", "1h", start=utc(2024, 1, 1), end=utc(2024, 1, 6), now=utc(2024, 1, 6, 1))
+        detect_data_anomalies(now=utc(2024, 1, 6, 1), types=["outlier"])
+        outlier = DataAnomaly.objects.get(anomaly_type="outlier")
+        html = admin_client.get(reverse("admin:integrity_dataanomaly_change", args=[outlier.pk])).content.decode()
+        svg = re.search(r'<svg[^>]*class="anomaly-chart".*?</svg>', html, re.S).group(0)
+        assert svg.count('class="anomaly-bar"') == 1
+        spiked = Candle.objects.get(ts=utc(2024, 1, 4, 12))
+        lines = re.findall(r'<line x1="[\d.]+" y1="([\d.]+)" x2="[\d.]+" y2="([\d.]+)" stroke="(#[0-9a-f]+)"', svg)
+        assert [colour for *_, colour in lines].count("#c0392b") == 1  # only the spiked bar is red
+        highest = min(float(y1) for y1, _, _ in lines)  # SVG y grows downwards: the tallest high
+        red = next(float(y1) for y1, _, colour in lines if colour == "#c0392b")
+        assert red == highest and spiked.high == Candle.objects.order_by("-high").first().high
+
+    def test_the_anomaly_page_loads_nothing_from_other_hosts(self, admin_client):
+        add_instrument(gaps=[["2024-01-03T10:00:00Z", "2024-01-03T12:00:00Z"]])
+        run_backfill("BTC-USD", "1h", start=utc(2024, 1, 1), end=utc(2024, 1, 5), now=utc(2024, 1, 5, 1))
+        detect_data_anomalies(now=utc(2024, 1, 5, 1), types=["gap"])
+        gap = DataAnomaly.objects.get(anomaly_type="gap")
+        html = admin_client.get(reverse("admin:integrity_dataanomaly_change", args=[gap.pk])).content.decode()
+        sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert sources and not [s for s in sources if s.startswith(("http:", "https:", "//"))]
+
+    def test_an_anomaly_without_a_period_says_there_is_nothing_to_chart(self, admin_client):
+        stale = make_anomaly(anomaly_type="stale")
+        html = admin_client.get(reverse("admin:integrity_dataanomaly_change", args=[stale.pk])).content.decode()
+        assert "nothing to chart" in html

@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 
 from integrity.backfill import run_backfill
 from integrity.models import DataAnomaly
@@ -42,6 +43,16 @@ def page():
 
 
 def test_a_reviewer_logs_in_opens_the_dashboard_and_acknowledges_an_anomaly(live_server, page):
+    try:
+        review_flow(live_server, page)
+    finally:
+        # While Playwright's sync API runs, the body's ORM calls open a connection in a context the
+        # fixture teardown cannot see; close it here, or PostgreSQL cannot drop the test database at
+        # the end of the session ("being accessed by other users").
+        connections.close_all()
+
+
+def review_flow(live_server, page):
     User.objects.create_superuser("reviewer", "r@example.com", "correct-horse-battery")
     add_instrument(gaps=[["2024-01-03T10:00:00Z", "2024-01-03T15:00:00Z"]])
     run_backfill("BTC-USD", "1h", start=utc(2024, 1, 1), end=utc(2024, 1, 6), now=utc(2024, 1, 6, 1))
@@ -56,12 +67,35 @@ def test_a_reviewer_logs_in_opens_the_dashboard_and_acknowledges_an_anomaly(live
     assert f"{gap.severity}\t1" in page.locator("#anomalies-by-severity").inner_text()
 
     page.goto(f"{live_server.url}/admin/integrity/dataanomaly/{gap.pk}/change/")
-    assert page.locator("svg.anomaly-chart rect.anomaly-period").count() == 1
+    chart = page.locator("svg.anomaly-chart")
+    assert chart.is_visible() and chart.locator("rect.anomaly-period").count() == 1
+    assert chart.locator("polyline").count() == 1 and chart.locator("line").count() > 50
 
     page.goto(f"{live_server.url}/admin/integrity/dataanomaly/")
     page.check(f"input[name=_selected_action][value='{gap.pk}']")
     page.select_option("select[name=action]", "acknowledge")
     page.click("button[name=index]")
     assert "Acknowledged: 1" in page.locator(".messagelist").inner_text()
+    row = page.locator(f"#result_list tr:has(input[value='{gap.pk}'])")
+    assert "Acknowledged" in row.inner_text()
     gap.refresh_from_db()
     assert (gap.resolution_status, gap.acknowledged_by) == ("acknowledged", "reviewer")
+    assert gap.acknowledged_at is not None
+
+
+def test_the_api_docs_render_without_any_other_host(live_server, page):
+    foreign = []
+
+    def only_local(route):
+        if route.request.url.startswith(live_server.url):
+            route.continue_()
+        else:
+            foreign.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_local)
+    page.goto(f"{live_server.url}/api/docs/")
+    page.wait_for_selector(".opblock-summary")
+    assert page.locator(".opblock-summary-path", has_text="/api/v1/anomalies/").count() >= 1
+    assert foreign == []
+

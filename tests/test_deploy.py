@@ -120,3 +120,19 @@ class TestCompose:
         for name in ("web", "worker"):
             depends = self.compose["services"][name]["depends_on"]
             assert depends["migrate"]["condition"] == "service_completed_successfully"
+
+
+class TestStaticFiles:
+    def test_collected_static_files_are_served_with_debug_off(self, settings, tmp_path):
+        from django.core.management import call_command
+        from django.test import Client
+
+        settings.DEBUG = False
+        settings.STATIC_ROOT = tmp_path
+        call_command("collectstatic", "--noinput", verbosity=0)
+
+        # A new client builds its middleware now, so WhiteNoise indexes the new STATIC_ROOT.
+        response = Client().get("/static/admin/css/base.css")
+
+        assert response.status_code == 200
+        assert b"".join(response.streaming_content).strip()

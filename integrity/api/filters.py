@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import django_filters as filters
+from django.core.exceptions import ValidationError
+from django_filters.fields import IsoDateTimeField
 
 from ..models import (
     AnomalyType,
@@ -19,12 +23,30 @@ from ..models import (
 )
 
 
+class UTCDateTimeField(IsoDateTimeField):
+    """An ISO 8601 instant, converted to UTC: PostgreSQL refuses offsets beyond ±15:59 that Python
+    parses (``+20:33``), and an instant outside the representable range is a 400, not a 500."""
+
+    def to_python(self, value):
+        value = super().to_python(value)
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError("the date is out of the supported range", code="overflow") from None
+
+
+class UTCDateTimeFilter(filters.IsoDateTimeFilter):
+    field_class = UTCDateTimeField
+
+
 class BackfillFilter(filters.FilterSet):
     symbol = filters.CharFilter()
     timeframe = filters.ChoiceFilter(choices=Timeframe.choices)
     status = filters.MultipleChoiceFilter(choices=BackfillStatus.choices, distinct=False)
-    created_after = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UTCDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UTCDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = BackfillState
@@ -37,8 +59,8 @@ class AnomalyFilter(filters.FilterSet):
     anomaly_type = filters.MultipleChoiceFilter(choices=AnomalyType.choices, distinct=False)
     severity = filters.MultipleChoiceFilter(choices=Severity.choices, distinct=False)
     resolution_status = filters.MultipleChoiceFilter(choices=ResolutionStatus.choices, distinct=False)
-    detected_after = filters.IsoDateTimeFilter(field_name="detected_at", lookup_expr="gte")
-    detected_before = filters.IsoDateTimeFilter(field_name="detected_at", lookup_expr="lt")
+    detected_after = UTCDateTimeFilter(field_name="detected_at", lookup_expr="gte")
+    detected_before = UTCDateTimeFilter(field_name="detected_at", lookup_expr="lt")
 
     class Meta:
         model = DataAnomaly
@@ -48,8 +70,8 @@ class AnomalyFilter(filters.FilterSet):
 class DuplicateLogFilter(filters.FilterSet):
     symbol = filters.CharFilter()
     timeframe = filters.ChoiceFilter(choices=Timeframe.choices)
-    cleaned_after = filters.IsoDateTimeFilter(field_name="cleaned_at", lookup_expr="gte")
-    cleaned_before = filters.IsoDateTimeFilter(field_name="cleaned_at", lookup_expr="lt")
+    cleaned_after = UTCDateTimeFilter(field_name="cleaned_at", lookup_expr="gte")
+    cleaned_before = UTCDateTimeFilter(field_name="cleaned_at", lookup_expr="lt")
 
     class Meta:
         model = DuplicateRecordLog

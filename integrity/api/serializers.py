@@ -16,6 +16,8 @@ from ..models import (
     Timeframe,
 )
 from ..providers import PROVIDER_NAMES
+from ..quality.thresholds import validate_thresholds
+from .validators import validate_provider_options
 
 
 class BackfillStateSerializer(serializers.ModelSerializer):
@@ -105,10 +107,35 @@ class InstrumentSerializer(serializers.ModelSerializer):
                   "quality_thresholds", "active", "created_at", "updated_at"]
         read_only_fields = ["id", "created_at", "updated_at"]
 
+    def validate_symbol(self, value):
+        if self.instance is not None and value != self.instance.symbol:
+            # Candles, executions and anomalies refer to the symbol: a rename would orphan them.
+            raise serializers.ValidationError("the symbol of an instrument cannot be changed; add a new one")
+        if "/" in value or value != value.strip() or any(ch.isspace() for ch in value):
+            raise serializers.ValidationError("a symbol has no '/' and no whitespace (e.g. BTC-USD, EURUSD, AAPL)")
+        return value
+
     def validate_calendar(self, value):
         try:
             validate_calendar_code(value)
         except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return value
+
+    def validate(self, attrs):
+        provider = attrs.get("provider", getattr(self.instance, "provider", "synthetic"))
+        options = attrs.get("provider_options", getattr(self.instance, "provider_options", {}))
+        symbol = attrs.get("symbol", getattr(self.instance, "symbol", ""))
+        try:
+            validate_provider_options(provider, options, symbol)
+        except ValueError as exc:
+            raise serializers.ValidationError({"provider_options": [str(exc)]}) from None
+        return attrs
+
+    def validate_quality_thresholds(self, value):
+        try:
+            validate_thresholds(value)
+        except (TypeError, ValueError) as exc:
             raise serializers.ValidationError(str(exc)) from None
         return value
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from django.db.models import Count
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ..backfill import BackfillError, BackfillRefused, request_backfill
 from ..failures import reset_symbol_failures
+from ..health import open_anomaly_totals
 from ..models import (
     ACTIVE_STATUSES,
     BackfillState,
@@ -40,11 +41,23 @@ from .serializers import (
 )
 
 
+class KeysetPagination(CursorPagination):
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+    def decode_cursor(self, request):
+        # DRF answers a malformed cursor with 404; it is a bad parameter, so 400 naming it.
+        try:
+            return super().decode_cursor(request)
+        except NotFound:
+            raise ValidationError({self.cursor_query_param: ["invalid cursor: follow the 'next' or 'previous' "
+                                                             "links of a previous page"]}) from None
+
+
 def cursor_pagination(field: str):
     """Keyset pagination for the large tables: stable under inserts, cost independent of the page."""
-    return type(f"CursorBy{field.strip('-').title()}", (CursorPagination,),
-                {"ordering": (field, "-id"), "page_size": 100, "page_size_query_param": "page_size",
-                 "max_page_size": 1000})
+    return type(f"CursorBy{field.strip('-').title()}", (KeysetPagination,), {"ordering": (field, "-id")})
 
 
 def actor(request) -> str:
@@ -101,6 +114,13 @@ class AnomalyViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_serializer_class(self):
         return DataAnomalyListSerializer if self.action == "list" else DataAnomalySerializer
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        if self.action == "list":
+            # The review list reads only the compact row's columns (no details JSON, fingerprint, …).
+            queryset = queryset.only(*DataAnomalyListSerializer.Meta.fields)
+        return queryset
 
     def _review(self, request, method: str):
         anomaly = self.get_object()
@@ -185,10 +205,13 @@ class HealthView(APIView):
     }))
     def get(self, request):
         latest = HealthCheckRun.objects.order_by("-started_at").first()
-        open_anomalies = DataAnomaly.objects.exclude(resolution_status=ResolutionStatus.RESOLVED)
+        totals = open_anomaly_totals()  # counted as the health job counts them (status open)
         live = {
-            "open_anomalies_by_severity": dict(open_anomalies.values_list("severity").annotate(n=Count("id"))),
-            "open_anomalies_by_type": dict(open_anomalies.values_list("anomaly_type").annotate(n=Count("id"))),
+            "open_anomalies": totals["open"],
+            "open_anomalies_by_severity": totals["by_severity"],
+            "open_anomalies_by_type": totals["by_type"],
+            "acknowledged_anomalies": DataAnomaly.objects.filter(
+                resolution_status=ResolutionStatus.ACKNOWLEDGED).count(),
             "active_backfills": BackfillState.objects.filter(status__in=ACTIVE_STATUSES).count(),
             "failing_symbols": SymbolFailureTracking.objects.filter(consecutive_failures__gt=0).count(),
             "instruments": Instrument.objects.filter(active=True).count(),
