@@ -12,6 +12,7 @@ Target: median ≤ 50 ms; the query count does not grow with the data.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -97,6 +98,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--allow-any-database", action="store_true")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line with the figures")
     args = parser.parse_args()
     prepare(database_url(), allow_any_database=args.allow_any_database)
     from django.contrib.auth.models import User
@@ -116,8 +118,13 @@ def main() -> int:
     print(f"anomaly rows: {args.rows:,} → median {big_ms:.1f} ms, {big_queries} queries per request "
           f"(target <= 50 ms; queries constant: {'yes' if big_queries == small_queries else 'NO'})")
     print(f"ratio {args.rows:,} / 10,000 rows = {big_ms / small_ms:.2f}")
+    page_plan = plan()
     print("plan of the page query:")
-    print(plan())
+    print(page_plan)
+    if args.json:
+        print(json.dumps({"benchmark": "api", "rows": args.rows, "median_ms_small": round(small_ms, 2),
+                          "median_ms": round(big_ms, 2), "target_ms": 50, "queries_small": small_queries,
+                          "queries": big_queries, "plan": page_plan}))
     return 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -126,6 +127,7 @@ def main() -> int:
     parser.add_argument("--bars", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--allow-any-database", action="store_true")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line with the figures")
     args = parser.parse_args()
     prepare(database_url(), allow_any_database=args.allow_any_database)
     print(f"loading {args.series} series × {args.bars} 1m bars …", flush=True)
@@ -144,6 +146,11 @@ def main() -> int:
     print(f"ratio detection / window pass = {mine / base:.2f} (target <= 2.0)")
     print(f"ratio pandas peer / detection = {peer / mine:.2f} (target >= 2.0)")
     print(f"ratio pandas peer / window pass = {peer / base:.2f}")
+    if args.json:
+        print(json.dumps({"benchmark": "detection", "rows": rows, "window_pass_seconds": round(base, 3),
+                          "detection_seconds": round(mine, 3), "pandas_peer_seconds": round(peer, 3),
+                          "findings": findings, "ratio_detection_window": round(mine / base, 3),
+                          "ratio_peer_detection": round(peer / mine, 3)}))
     return 0
 
 
