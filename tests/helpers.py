@@ -40,3 +40,13 @@ def assert_same_bars(stored: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert len(stored) == len(expected), f"{len(stored)} stored vs {len(expected)} expected"
     assert stored["ts"].is_unique, "duplicate bars stored"
     pd.testing.assert_frame_equal(stored, expected, check_exact=True, check_dtype=False)
+
+
+def record_http_sleeps(monkeypatch) -> list[float]:
+    """Make the HTTP client record the sleeps it asks for instead of sleeping (jitter fixed at 0.5)."""
+    from integrity.providers.http import HttpClient
+
+    calls: list[float] = []
+    monkeypatch.setattr(HttpClient, "sleep", staticmethod(calls.append))
+    monkeypatch.setattr(HttpClient, "jitter", staticmethod(lambda: 0.5))
+    return calls

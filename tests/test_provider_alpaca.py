@@ -20,8 +20,8 @@ from integrity.backfill import run_backfill
 from integrity.models import BackfillState
 from integrity.providers import FetchRequest, ProviderConfigError, ProviderError, get_provider
 from integrity.providers.alpaca import parse_bars_page, rate_limit_wait, to_session_dates, validate_options
-from integrity.providers.http import HttpClient, reset_rate_limiters
-from tests.helpers import add_instrument, assert_same_bars, stored_bars, utc
+from integrity.providers.http import reset_rate_limiters
+from tests.helpers import add_instrument, assert_same_bars, record_http_sleeps, stored_bars, utc
 
 # The classes that touch the database (backfill runs, stored candles, executions).
 end_to_end = pytest.mark.django_db(transaction=True)
@@ -49,10 +49,8 @@ def fast_http(settings, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def sleeps(monkeypatch):
-    calls: list[float] = []
-    monkeypatch.setattr(HttpClient, "sleep", staticmethod(calls.append))
-    monkeypatch.setattr(HttpClient, "jitter", staticmethod(lambda: 0.5))
-    return calls
+    """Every sleep the HTTP client asks for, in seconds (nothing really sleeps)."""
+    return record_http_sleeps(monkeypatch)
 
 
 def bar(t: str, i: int) -> dict:

@@ -23,7 +23,7 @@ from integrity.providers import FetchRequest, ProviderConfigError, ProviderError
 from integrity.providers.binance import binance_symbol, parse_klines, validate_options
 from integrity.providers.http import HttpClient, reset_rate_limiters
 from integrity.timeframes import timeframe_seconds
-from tests.helpers import add_instrument, assert_same_bars, stored_bars, utc
+from tests.helpers import add_instrument, assert_same_bars, record_http_sleeps, stored_bars, utc
 
 # The classes that touch the database (backfill runs, stored candles, executions).
 end_to_end = pytest.mark.django_db(transaction=True)
@@ -45,10 +45,8 @@ def fast_http(settings):
 
 @pytest.fixture(autouse=True)
 def sleeps(monkeypatch):
-    calls: list[float] = []
-    monkeypatch.setattr(HttpClient, "sleep", staticmethod(calls.append))
-    monkeypatch.setattr(HttpClient, "jitter", staticmethod(lambda: 0.5))
-    return calls
+    """Every sleep the HTTP client asks for, in seconds (nothing really sleeps)."""
+    return record_http_sleeps(monkeypatch)
 
 
 def kline(open_ms: int, step_ms: int) -> list:

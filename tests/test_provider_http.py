@@ -24,6 +24,7 @@ from integrity.providers.http import (
     reset_rate_limiters,
     resolve_base_url,
 )
+from tests.helpers import record_http_sleeps
 
 
 @pytest.fixture(autouse=True)
@@ -38,11 +39,8 @@ def fast_http(settings):
 
 @pytest.fixture(autouse=True)
 def sleeps(monkeypatch):
-    """Every sleep the client asks for, in seconds (nothing actually sleeps)."""
-    calls: list[float] = []
-    monkeypatch.setattr(HttpClient, "sleep", staticmethod(calls.append))
-    monkeypatch.setattr(HttpClient, "jitter", staticmethod(lambda: 0.5))
-    return calls
+    """Every sleep the HTTP client asks for, in seconds (nothing really sleeps)."""
+    return record_http_sleeps(monkeypatch)
 
 
 def make_client(httpserver, **overrides) -> HttpClient:

@@ -25,7 +25,7 @@ from integrity.models import AnomalyType, BackfillState, DataAnomaly, SymbolFail
 from integrity.providers.http import HttpClient, reset_rate_limiters
 from tests import test_provider_alpaca as ta
 from tests import test_provider_binance as tb
-from tests.helpers import add_instrument, assert_same_bars, stored_bars, utc
+from tests.helpers import add_instrument, assert_same_bars, record_http_sleeps, stored_bars, utc
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -52,11 +52,8 @@ def fast_http(settings, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def sleeps(monkeypatch):
-    """Every sleep the HTTP client asks for (nothing really sleeps)."""
-    calls: list[float] = []
-    monkeypatch.setattr(HttpClient, "sleep", staticmethod(calls.append))
-    monkeypatch.setattr(HttpClient, "jitter", staticmethod(lambda: 0.5))
-    return calls
+    """Every sleep the HTTP client asks for, in seconds (nothing really sleeps)."""
+    return record_http_sleeps(monkeypatch)
 
 
 # --- the two sources, behind one face ------------------------------------------------------------
