@@ -11,7 +11,9 @@ in the run's ``errors`` (and makes the run critical) while the others still run.
    from one query for the whole watchlist (see ``last_bars``), never one query per series.
 3. ``failures`` — symbols with consecutive backfill failures (>= 1), flagged at
    ``FAILURE_ALERT_THRESHOLD``.
-4. ``anomaly_scan`` — the anomaly suite, incrementally (``detect_data_anomalies()``).
+4. ``anomaly_scan`` — the anomaly suite, incrementally (``detect_data_anomalies()``): stale for
+   every series (reusing the newest bars the staleness check read), the other detectors only for
+   series changed since their last scan — see ``integrity.quality.anomalies``.
 5. ``anomaly_totals`` — open anomalies by severity and by type.
 6. ``alerts`` — see below.
 
@@ -489,7 +491,9 @@ def run_health_monitoring(now: datetime | None = None, *, scan_anomalies: bool =
     def anomaly_scan():
         from .quality.anomalies import detect_data_anomalies
 
-        result = detect_data_anomalies(now=now)
+        # The staleness check has just read every watched series' newest bar: share it.
+        newest = {(s.symbol, s.timeframe): s.last_bar for s in series}
+        result = detect_data_anomalies(now=now, newest_bars=newest)
         report["anomaly_scan"] = {**result.as_dict(), "new_anomalies": len(result.new_anomaly_ids)}
 
     def anomaly_totals():

@@ -531,6 +531,11 @@ class SeriesStats(models.Model):
     robust_volatility = models.FloatField(null=True, blank=True)
     last_scan_at = models.DateTimeField(null=True, blank=True)
     last_scanned_ts = models.DateTimeField(null=True, blank=True)
+    # Incremental anomaly scan watermarks: the largest candle id when the last scan of this series
+    # began (rows with a larger id are new since), and when (wall clock) it began (a backfill of the
+    # series active or finished since then may have revised rows in place).
+    last_scanned_id = models.BigIntegerField(null=True, blank=True)
+    last_scan_started_at = models.DateTimeField(null=True, blank=True)
     stale_alert_sent_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -190,7 +190,14 @@ class TestFailingSymbols:
 class TestAnomalies:
     def test_it_runs_the_anomaly_suite_incrementally(self, quiet_scan, fresh_crypto):
         run_health_monitoring(now=NOW)
-        assert quiet_scan == [{"now": NOW}]  # no full=True: the suite's incremental default
+        [call] = quiet_scan
+        assert "full" not in call and call["now"] == NOW  # no full=True: the suite's incremental default
+
+    def test_it_shares_the_newest_bars_it_read_with_the_scan(self, quiet_scan, fresh_crypto):
+        run_health_monitoring(now=NOW)
+        [call] = quiet_scan
+        newest = Candle.objects.filter(symbol="BTC-USD", timeframe="1h").latest("ts").ts
+        assert call["newest_bars"][("BTC-USD", "1h")] == newest
 
     def test_the_scan_can_be_skipped(self, quiet_scan, fresh_crypto):
         add_anomaly(severity="critical")

@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -171,6 +171,7 @@ def _series_from_contexts(contexts: Iterable[SeriesContext]) -> list[_Series]:
     result: list[_Series] = []
     seen: set[tuple[str, str]] = set()
     known: dict[str, bool] = {}
+    merged: dict[int, tuple[dict, dict]] = {}  # id(ctx.thresholds) -> (that dict, base merged with it)
     for ctx in contexts:
         if (ctx.symbol, ctx.timeframe) in seen:
             continue
@@ -185,8 +186,11 @@ def _series_from_contexts(contexts: Iterable[SeriesContext]) -> list[_Series]:
         seen.add((ctx.symbol, ctx.timeframe))
         step = int(TIMEFRAME_DELTAS[ctx.timeframe].total_seconds()) * NS_PER_SECOND
         since = sql.ns_value(ctx.since) if ctx.since is not None else None
-        result.append(_Series(idx=len(result), ctx=ctx, th={**base, **(ctx.thresholds or {})},
-                              step_ns=step, since_ns=since))
+        own = ctx.thresholds or {}
+        cached = merged.get(id(own))
+        if cached is None or cached[0] is not own:
+            cached = merged[id(own)] = (own, {**base, **own})
+        result.append(_Series(idx=len(result), ctx=ctx, th=cached[1], step_ns=step, since_ns=since))
     return result
 
 
@@ -303,13 +307,15 @@ def _missing_severity(missing: int, series: _Series, ref_ns: int) -> str:
 class _Scan:
     """The database work of one detection run, done once and shared by the detectors that need it."""
 
-    def __init__(self, contexts: Iterable[SeriesContext], now: datetime, types: set[str]):
+    def __init__(self, contexts: Iterable[SeriesContext], now: datetime, types: set[str],
+                 newest: Mapping[tuple[str, str], datetime | None] | None = None):
         self.series = _series_from_contexts(contexts)
         self.now = now
         self.types = types
         self._window_done = False
         self._gap_stats: dict[int, list[tuple[sql.WindowRow, int, int, int]]] | None = None
         self._last_bars: dict[int, int] | None = None
+        self._newest = newest
 
     # The window pass serves every type except stale; duplicates use it on full scans only.
     def window(self) -> None:
@@ -352,7 +358,19 @@ class _Scan:
     def last_bars(self) -> dict[int, int]:
         """Newest stored ts (ns) per series idx (one index probe per series)."""
         if self._last_bars is None:
-            self._last_bars = sql.last_bars(TABLE, [(s.idx, s.symbol, s.timeframe) for s in self.series])
+            known = self._newest or {}
+            last: dict[int, int] = {}
+            probe = []
+            for s in self.series:
+                key = (s.symbol, s.timeframe)
+                if key in known:
+                    if known[key] is not None:
+                        last[s.idx] = sql.ns_value(known[key])
+                else:
+                    probe.append((s.idx, s.symbol, s.timeframe))
+            if probe:
+                last.update(sql.last_bars(TABLE, probe))
+            self._last_bars = last
         return self._last_bars
 
     def _rows_bound(self) -> int | None:
@@ -932,13 +950,16 @@ def _types(types: Iterable[str] | None) -> set[str]:
 
 
 def run_detectors(contexts: Sequence[SeriesContext], types: Iterable[str] | None = None,
-                  now: datetime | None = None) -> list[Finding]:
+                  now: datetime | None = None,
+                  newest: Mapping[tuple[str, str], datetime | None] | None = None) -> list[Finding]:
     """Run the detectors of ``types`` (default: all) over the series, sharing one window pass.
 
-    Findings come grouped by type in ``DETECTOR_TYPES`` order, then by series as given, then by time.
+    ``newest``: the newest stored bar per (symbol, timeframe) when the caller already read it (None:
+    no bar); series not in it are probed. Findings come grouped by type in ``DETECTOR_TYPES``
+    order, then by series as given, then by time.
     """
     wanted = _types(types)
-    scan = _Scan(contexts, now or timezone.now(), wanted)
+    scan = _Scan(contexts, now or timezone.now(), wanted, newest)
     if not scan.series:
         return []
     if wanted & {GAP, OFF_CALENDAR, OUTLIER, INVALID_OHLC}:

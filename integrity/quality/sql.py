@@ -29,6 +29,7 @@ a plain window pass). Measured on 200 series × 10,000 1m bars: about 1.35× the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -502,6 +503,13 @@ def existing_series(table: str, pairs: Sequence[tuple[str, str]]) -> list[tuple[
     if not pairs:
         return []
     found: list[tuple[str, str]] = []
+    if is_postgres():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT p.symbol, p.timeframe FROM unnest(%s::text[], %s::text[]) AS p(symbol, timeframe) "
+                f"WHERE EXISTS (SELECT 1 FROM {table} c WHERE c.symbol = p.symbol AND c.timeframe = p.timeframe)",
+                [[p[0] for p in pairs], [p[1] for p in pairs]])
+            return [(str(s), str(t)) for s, t in cursor.fetchall()]
     for chunk in _chunks(list(pairs), _SQLITE_CHUNK * 2):
         values, params = _values_cte("p", ("symbol", "timeframe"), chunk)
         with connection.cursor() as cursor:
@@ -511,3 +519,49 @@ def existing_series(table: str, pairs: Sequence[tuple[str, str]]) -> list[tuple[
                 params)
             found.extend((str(s), str(t)) for s, t in cursor.fetchall())
     return found
+
+
+def update_rows_by_id(table: str, rows: Sequence[dict], types: dict[str, str], constant: dict) -> set[int]:
+    """``UPDATE table SET col = value`` for many rows at once, each by its ``id``, still unresolved.
+
+    ``rows``: dicts with ``id`` and the columns of ``types`` (column -> PostgreSQL array element
+    type; ``jsonb`` columns take Python values, dumped here); ``constant``: columns set to the same
+    value on every row. One statement on PostgreSQL (unnest of arrays), batches on SQLite. Returns
+    the ids updated (a row resolved meanwhile is not).
+    """
+    if not rows:
+        return set()
+    columns = list(types)
+
+    def value(column: str, row: dict):
+        raw = row[column]
+        if types[column] == "jsonb":
+            return json.dumps(raw)
+        if isinstance(raw, datetime):
+            return to_db(raw)
+        return raw
+
+    fixed = list(constant)
+    fixed_params = [to_db(v) if isinstance(v, datetime) else v for v in constant.values()]
+    unresolved = "resolution_status IN ('open', 'acknowledged')"
+    updated: set[int] = set()
+    with connection.cursor() as cursor:
+        if is_postgres():
+            arrays = ", ".join(["%s::bigint[]"] + [f"%s::{'text' if types[c] == 'jsonb' else types[c]}[]"
+                                                  for c in columns])
+            sets = [f"{c} = v.{c}" + ("::jsonb" if types[c] == "jsonb" else "") for c in columns]
+            sets += [f"{c} = %s" for c in fixed]
+            params = fixed_params + [[int(r["id"]) for r in rows]] + [[value(c, r) for r in rows] for c in columns]
+            cursor.execute(
+                f"UPDATE {table} AS a SET {', '.join(sets)} FROM unnest({arrays}) AS v(id, {', '.join(columns)}) "
+                f"WHERE a.id = v.id AND a.{unresolved} RETURNING a.id", params)
+            return {int(r[0]) for r in cursor.fetchall()}
+        sets = [f"{c} = v.{c}" for c in columns] + [f"{c} = %s" for c in fixed]
+        for chunk in _chunks(list(rows), _SQLITE_CHUNK):
+            values, params = _values_cte("v", ["id", *columns], [[r["id"], *(value(c, r) for c in columns)]
+                                                                 for r in chunk])
+            cursor.execute(f"WITH {values} UPDATE {table} SET {', '.join(sets)} FROM v "
+                           f"WHERE {table}.id = v.id AND {table}.{unresolved} RETURNING {table}.id",
+                           params + fixed_params)
+            updated.update(int(r[0]) for r in cursor.fetchall())
+    return updated

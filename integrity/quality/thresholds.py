@@ -15,6 +15,7 @@ check for forms and ``Instrument.clean``.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -138,40 +139,72 @@ def series_contexts(symbol: str | None = None, timeframe: str | None = None) -> 
         instruments = instruments.filter(symbol=symbol)
     else:
         instruments = instruments.filter(active=True)
-    instruments = list(instruments.order_by("symbol"))
     if timeframe and timeframe not in TIMEFRAME_DELTAS:
         raise ValueError(f"unknown timeframe {timeframe!r}; expected one of {', '.join(TIMEFRAME_DELTAS)}")
     timeframes = [timeframe] if timeframe else list(TIMEFRAME_DELTAS)
+    # Plain tuples, only the columns needed: the watchlist can hold thousands of instruments.
+    rows = list(instruments.order_by("symbol").values_list(
+        "pk", "symbol", "calendar", "asset_class", "timeframes", "quality_thresholds"))
 
-    wanted: dict[tuple[str, str], Instrument] = {}
+    known: dict[str, bool] = {}
+    wanted: dict[tuple[str, str], tuple] = {}
     probe: list[tuple[str, str]] = []
-    for instrument in instruments:
-        if not is_known_calendar(instrument.calendar):
-            logger.warning("skipping %s: unknown calendar %r", instrument.symbol, instrument.calendar)
+    for row in rows:
+        sym, calendar = row[1], row[2]
+        if calendar not in known:
+            known[calendar] = is_known_calendar(calendar)
+        if not known[calendar]:
+            logger.warning("skipping %s: unknown calendar %r", sym, calendar)
             continue
-        listed = instrument.timeframes if isinstance(instrument.timeframes, list) else []
+        listed = row[4] if isinstance(row[4], list) else []
         for tf in timeframes:
             if tf in listed:
-                wanted[(instrument.symbol, tf)] = instrument
+                wanted[(sym, tf)] = row
             else:
-                probe.append((instrument.symbol, tf))
-    by_symbol = {i.symbol: i for i in instruments}
+                probe.append((sym, tf))
+    by_symbol = {row[1]: row for row in rows}
     for pair in existing_series(Candle._meta.db_table, probe):
         wanted[pair] = by_symbol[pair[0]]
 
     stats = {}
     if wanted:
-        rows = SeriesStats.objects.filter(symbol__in={s for s, _ in wanted}, robust_volatility__isnull=False)
-        stats = {(r.symbol, r.timeframe): r.robust_volatility for r in rows.only("symbol", "timeframe",
-                                                                                  "robust_volatility")}
+        symbols = {s for s, _ in wanted}
+        stats_rows = SeriesStats.objects.filter(robust_volatility__isnull=False)
+        if len(symbols) <= 500:
+            stats_rows = stats_rows.filter(symbol__in=symbols)
+        stats = {(r[0], r[1]): r[2] for r in stats_rows.order_by().values_list("symbol", "timeframe",
+                                                                                 "robust_volatility")}
+    # Thresholds resolved once per instrument, and once per distinct (asset class, overrides): a
+    # watchlist of thousands of instruments shares a handful of combinations.
+    resolved: dict[tuple[str, str], dict] = {}
+    per_instrument: dict[int, dict] = {}
+
+    def thresholds_of(row: tuple) -> dict:
+        found = per_instrument.get(row[0])
+        if found is None:
+            asset_class, overrides = row[3], row[5]
+            try:
+                key = (asset_class, json.dumps(overrides, sort_keys=True) if overrides else "")
+            except (TypeError, ValueError):
+                key = None
+            if key is None:
+                found = resolve_thresholds(asset_class, overrides)
+            else:
+                if key not in resolved:
+                    resolved[key] = resolve_thresholds(asset_class, overrides)
+                found = resolved[key]
+            per_instrument[row[0]] = found
+        return found
+
     contexts = []
-    for (sym, tf), instrument in sorted(wanted.items()):
+    for (sym, tf), row in sorted(wanted.items()):
         contexts.append(SeriesContext(
             symbol=sym,
             timeframe=tf,
-            calendar=instrument.calendar,
-            asset_class=instrument.asset_class,
-            thresholds=resolve_thresholds(instrument.asset_class, instrument.quality_thresholds),
+            calendar=row[2],
+            asset_class=row[3],
+            # Shared (read-only) between the series of the same combination.
+            thresholds=thresholds_of(row),
             robust_volatility=stats.get((sym, tf)),
         ))
     return contexts
