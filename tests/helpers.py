@@ -50,3 +50,12 @@ def record_http_sleeps(monkeypatch) -> list[float]:
     monkeypatch.setattr(HttpClient, "sleep", staticmethod(calls.append))
     monkeypatch.setattr(HttpClient, "jitter", staticmethod(lambda: 0.5))
     return calls
+
+
+def use_default_thresholds(settings) -> None:
+    """Start from the built-in quality thresholds, whatever the environment configures."""
+    from integrity.quality.thresholds import DEFAULT_THRESHOLDS
+
+    settings.QUALITY_THRESHOLDS = {}
+    settings.STALE_THRESHOLD_HOURS = DEFAULT_THRESHOLDS["stale_hours"]
+    settings.OUTLIER_MOVE_THRESHOLD = DEFAULT_THRESHOLDS["outlier_move"]

@@ -37,7 +37,7 @@ from integrity.quality.thresholds import (
     validate_thresholds,
 )
 from tests.conftest import is_postgres
-from tests.helpers import add_instrument, utc
+from tests.helpers import add_instrument, use_default_thresholds, utc
 
 pytestmark = pytest.mark.django_db
 
@@ -46,10 +46,7 @@ CALENDARS = {"equity": "XNYS", "crypto": "24/7", "forex": "24/5"}
 
 @pytest.fixture(autouse=True)
 def default_thresholds(settings):
-    """Every test starts from the built-in thresholds, whatever the environment configures."""
-    settings.QUALITY_THRESHOLDS = {}
-    settings.STALE_THRESHOLD_HOURS = DEFAULT_THRESHOLDS["stale_hours"]
-    settings.OUTLIER_MOVE_THRESHOLD = DEFAULT_THRESHOLDS["outlier_move"]
+    use_default_thresholds(settings)
 
 
 def ctx(symbol="BTC-USD", timeframe="1h", asset_class="crypto", since=None, vol=None, **overrides):

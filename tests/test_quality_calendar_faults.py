@@ -19,8 +19,8 @@ from integrity.models import Candle
 from integrity.providers.synthetic import synthetic_bars
 from integrity.quality.detectors import detect_stale, run_detectors
 from integrity.quality.findings import SeriesContext
-from integrity.quality.thresholds import DEFAULT_THRESHOLDS, resolve_thresholds
-from tests.helpers import utc
+from integrity.quality.thresholds import resolve_thresholds
+from tests.helpers import use_default_thresholds, utc
 
 pytestmark = pytest.mark.django_db
 
@@ -29,9 +29,7 @@ CALENDARS = {"equity": "XNYS", "crypto": "24/7", "forex": "24/5"}
 
 @pytest.fixture(autouse=True)
 def default_thresholds(settings):
-    settings.QUALITY_THRESHOLDS = {}
-    settings.STALE_THRESHOLD_HOURS = DEFAULT_THRESHOLDS["stale_hours"]
-    settings.OUTLIER_MOVE_THRESHOLD = DEFAULT_THRESHOLDS["outlier_move"]
+    use_default_thresholds(settings)
 
 
 def ctx(symbol: str, timeframe: str, asset_class: str) -> SeriesContext:

@@ -17,8 +17,7 @@ from integrity.models import BackfillState, BackfillStatus, Candle, DataAnomaly,
 from integrity.providers.synthetic import synthetic_bars
 from integrity.quality.anomalies import detect_data_anomalies, upsert_finding
 from integrity.quality.findings import Finding
-from integrity.quality.thresholds import DEFAULT_THRESHOLDS
-from tests.helpers import add_instrument, utc
+from tests.helpers import add_instrument, use_default_thresholds, utc
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -30,9 +29,7 @@ OLD = utc(2024, 1, 3, 7)  # far outside the overlap of an incremental window
 
 @pytest.fixture(autouse=True)
 def small_overlap(settings):
-    settings.QUALITY_THRESHOLDS = {}
-    settings.STALE_THRESHOLD_HOURS = DEFAULT_THRESHOLDS["stale_hours"]
-    settings.OUTLIER_MOVE_THRESHOLD = DEFAULT_THRESHOLDS["outlier_move"]
+    use_default_thresholds(settings)
     settings.DETECTION_OVERLAP_BARS = 3
 
 

@@ -14,8 +14,7 @@ from integrity.models import Candle, DataAnomaly, DuplicateRecordLog
 from integrity.providers.synthetic import synthetic_bars
 from integrity.quality.anomalies import detect_data_anomalies
 from integrity.quality.cleanup import cleanup_duplicate_records
-from integrity.quality.thresholds import DEFAULT_THRESHOLDS
-from tests.helpers import add_instrument, utc
+from tests.helpers import add_instrument, use_default_thresholds, utc
 
 pytestmark = pytest.mark.django_db
 
@@ -25,9 +24,7 @@ NOW = utc(2024, 1, 11, 0, 30)
 
 @pytest.fixture(autouse=True)
 def default_thresholds(settings):
-    settings.QUALITY_THRESHOLDS = {}
-    settings.STALE_THRESHOLD_HOURS = DEFAULT_THRESHOLDS["stale_hours"]
-    settings.OUTLIER_MOVE_THRESHOLD = DEFAULT_THRESHOLDS["outlier_move"]
+    use_default_thresholds(settings)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from integrity.providers.synthetic import synthetic_bars
 from integrity.quality.detectors import detect_outliers
 from integrity.quality.findings import SeriesContext
 from integrity.quality.thresholds import DEFAULT_THRESHOLDS, resolve_thresholds, series_contexts
-from tests.helpers import add_instrument, utc
+from tests.helpers import add_instrument, use_default_thresholds, utc
 
 pytestmark = pytest.mark.django_db
 
@@ -20,9 +20,7 @@ BAR = utc(2024, 3, 12, 15)  # a Tuesday, 11:00 New York: inside every calendar's
 
 @pytest.fixture(autouse=True)
 def default_thresholds(settings):
-    settings.QUALITY_THRESHOLDS = {}
-    settings.STALE_THRESHOLD_HOURS = DEFAULT_THRESHOLDS["stale_hours"]
-    settings.OUTLIER_MOVE_THRESHOLD = DEFAULT_THRESHOLDS["outlier_move"]
+    use_default_thresholds(settings)
 
 
 def ctx(symbol="EURUSD", asset_class="forex", timeframe="1h") -> SeriesContext:
