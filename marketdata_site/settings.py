@@ -168,6 +168,10 @@ ALERT_RECOVERY_NOTICES = envbool("ALERT_RECOVERY_NOTICES", "False")
 STALE_THRESHOLD_HOURS = envfloat("STALE_THRESHOLD_HOURS", 24.0)
 OUTLIER_MOVE_THRESHOLD = envfloat("OUTLIER_MOVE_THRESHOLD", 0.20)
 DETECTION_OVERLAP_BARS = envint("DETECTION_OVERLAP_BARS", 50)
+# A big detection sweep (PostgreSQL, outside a transaction) splits its window pass by series over
+# this many connections; smaller passes (fewer rows than DETECTION_PARALLEL_MIN_ROWS) use one.
+DETECTION_PARALLEL_WORKERS = envint("DETECTION_PARALLEL_WORKERS", min(4, os.cpu_count() or 1))
+DETECTION_PARALLEL_MIN_ROWS = envint("DETECTION_PARALLEL_MIN_ROWS", 500_000)
 
 # --- HTTP market-data providers (integrity.providers.http / binance / alpaca; docs/providers.md) --
 PROVIDER_HTTP_CONNECT_TIMEOUT = envfloat("PROVIDER_HTTP_CONNECT_TIMEOUT", 5.0)
