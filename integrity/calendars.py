@@ -19,6 +19,13 @@ Expected bars for [start, end) (start inclusive, end exclusive):
       the week's last day is the one that closes Friday 17:00). The forex calendar has no holidays:
       Christmas and New Year are expected like any other weekday.
 
+Bar alignment (``alignment``, a ``BarAlignment`` value) says where intraday bars start:
+    * ``clock`` (the default): the epoch grid above;
+    * ``session``: each trading interval's open (a session, or its part after a lunch break) plus
+      whole bar lengths; the interval's last bar is shortened to its close (NYSE 1h: 09:30, 10:30
+      ... 15:30 New York time, 09:30 ... 12:30 on a 13:00 half day; XHKG 1h: 09:30, 10:30, 11:30,
+      13:00, 14:00, 15:00). Daily bars and 24/7 series do not depend on it.
+
 Everything works on int64 nanoseconds since the epoch and is vectorised per trading interval
 (a session or a forex week), never per minute.
 """
@@ -33,7 +40,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from .timeframes import timeframe_seconds
+from .timeframes import BarAlignment, timeframe_seconds
 
 CRYPTO_CALENDAR = "24/7"
 FOREX_CALENDAR = "24/5"
@@ -269,13 +276,41 @@ def _check(calendar: str, timeframe: str) -> int:
     return timeframe_seconds(timeframe) * NS_PER_SECOND
 
 
+def validate_alignment(alignment: str) -> None:
+    if alignment not in BarAlignment.values:
+        raise ValueError(f"unknown bar alignment {alignment!r}; expected one of {', '.join(BarAlignment.values)}")
+
+
+def session_anchored(calendar: str, timeframe: str, alignment: str) -> bool:
+    """Whether bars of this series start at interval opens rather than on the epoch grid."""
+    validate_alignment(alignment)
+    return alignment == BarAlignment.SESSION and timeframe != "1d" and calendar != CRYPTO_CALENDAR
+
+
+def _anchored_bars(iv_open: np.ndarray, iv_close: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Session-anchored bar opens of each interval and the close of the interval each one is in."""
+    if len(iv_open) == 0:
+        empty = np.empty(0, dtype="int64")
+        return empty, empty
+    counts = np.maximum(-(-(iv_close - iv_open) // step), 0)
+    offsets = np.arange(int(counts.sum()), dtype="int64") - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(iv_open, counts) + offsets * step, np.repeat(iv_close, counts)
+
+
 # --- public API --------------------------------------------------------------------------------
 
 
-def _expected_ns(calendar: str, timeframe: str, lo: int, hi: int) -> np.ndarray:
+def expected_ns(calendar: str, timeframe: str, lo: int, hi: int,
+                alignment: str = BarAlignment.CLOCK) -> np.ndarray:
+    """Expected bar opens in [lo, hi) as sorted int64 ns since the epoch (the vectorised core)."""
     step = _check(calendar, timeframe)
     if hi <= lo:
         return np.empty(0, dtype="int64")
+    if session_anchored(calendar, timeframe, alignment):
+        bars, _ = _anchored_bars(*_intervals(calendar, lo, hi), step)
+        a = np.searchsorted(bars, lo, side="left")
+        b = np.searchsorted(bars, hi, side="left")
+        return bars[a:b]
     if timeframe == "1d":
         first_day = -(-lo // NS_PER_DAY) * NS_PER_DAY  # ceil to a UTC midnight
         if calendar in OWN_CALENDARS:
@@ -296,21 +331,26 @@ def _expected_ns(calendar: str, timeframe: str, lo: int, hi: int) -> np.ndarray:
     return bars[a:b]
 
 
-def expected_bars(calendar: str, timeframe: str, start: datetime, end: datetime) -> pd.DatetimeIndex:
+_expected_ns = expected_ns  # the name the provider and detector modules import
+
+
+def expected_bars(calendar: str, timeframe: str, start: datetime, end: datetime,
+                  alignment: str = BarAlignment.CLOCK) -> pd.DatetimeIndex:
     """Open times (UTC, sorted, unique) of the bars ``calendar`` expects in [start, end)."""
-    return _index_from_ns(_expected_ns(calendar, timeframe, _to_ns(start), _to_ns(end)))
+    return _index_from_ns(expected_ns(calendar, timeframe, _to_ns(start), _to_ns(end), alignment))
 
 
-def count_expected_bars(calendar: str, timeframe: str, start: datetime, end: datetime) -> int:
+def count_expected_bars(calendar: str, timeframe: str, start: datetime, end: datetime,
+                        alignment: str = BarAlignment.CLOCK) -> int:
     lo, hi = _to_ns(start), _to_ns(end)
     if calendar == CRYPTO_CALENDAR:
         step = _check(calendar, timeframe)  # 24/7 bars, daily ones included, are epoch-aligned
         first = -(-lo // step) * step
         return max(0, -(-(hi - first) // step))
-    return len(_expected_ns(calendar, timeframe, lo, hi))
+    return len(expected_ns(calendar, timeframe, lo, hi, alignment))
 
 
-def is_expected_bar(calendar: str, timeframe: str, ts) -> np.ndarray:
+def is_expected_bar(calendar: str, timeframe: str, ts, alignment: str = BarAlignment.CLOCK) -> np.ndarray:
     """Which of the given bar open times the calendar expects (False for NaT and unaligned times).
 
     Works per bar against the trading intervals spanning [min(ts), max(ts)], so sparse times far
@@ -325,7 +365,16 @@ def is_expected_bar(calendar: str, timeframe: str, ts) -> np.ndarray:
     values = index.asi8[valid]
     aligned = np.mod(values, step) == 0
     lo, hi = int(values.min()), int(values.max()) + step
-    if timeframe == "1d":
+    if session_anchored(calendar, timeframe, alignment):
+        iv_open, iv_close = _intervals(calendar, lo, hi)
+        # The interval the bar opens in; the bar must sit a whole number of bars after its open.
+        idx = np.searchsorted(iv_open, values, side="right") - 1
+        safe = np.clip(idx, 0, max(len(iv_open) - 1, 0))
+        if len(iv_open):
+            ok = (idx >= 0) & (values < iv_close[safe]) & (np.mod(values - iv_open[safe], step) == 0)
+        else:
+            ok = np.zeros(len(values), dtype=bool)
+    elif timeframe == "1d":
         if calendar == CRYPTO_CALENDAR:
             ok = aligned
         elif calendar == FOREX_CALENDAR:
@@ -346,15 +395,25 @@ def is_expected_bar(calendar: str, timeframe: str, ts) -> np.ndarray:
     return result
 
 
-def last_completed_bar(calendar: str, timeframe: str, now: datetime) -> datetime | None:
+def last_completed_bar(calendar: str, timeframe: str, now: datetime,
+                       alignment: str = BarAlignment.CLOCK) -> datetime | None:
     """The newest expected bar that is complete at ``now``.
 
-    Intraday: bar open + timeframe <= now. Daily: exchanges, the last session whose close <= now;
+    Intraday: bar open + timeframe <= now (session-anchored: or its interval's close, for the
+    shortened last bar of a session). Daily: exchanges, the last session whose close <= now;
     24/7, the last UTC day that has ended; 24/5, the last trading day whose 17:00 New York close
     <= now.
     """
     step = _check(calendar, timeframe)
     now_ns = _to_ns(now)
+    if session_anchored(calendar, timeframe, alignment):
+        for lookback in _LOOKBACKS:
+            bars, closes = _anchored_bars(*_intervals(calendar, now_ns - int(lookback.value), now_ns), step)
+            done = np.minimum(bars + step, closes) <= now_ns
+            done &= bars >= now_ns - int(lookback.value)
+            if done.any():
+                return _datetime_from_ns(int(bars[done][-1]))
+        return None
     if timeframe == "1d":
         if calendar == CRYPTO_CALENDAR:
             return _datetime_from_ns(_floor(now_ns, NS_PER_DAY) - NS_PER_DAY)
@@ -372,15 +431,17 @@ def last_completed_bar(calendar: str, timeframe: str, now: datetime) -> datetime
     return _newest_before(calendar, timeframe, end)
 
 
-def previous_expected_bar(calendar: str, timeframe: str, ts: datetime) -> datetime | None:
+def previous_expected_bar(calendar: str, timeframe: str, ts: datetime,
+                          alignment: str = BarAlignment.CLOCK) -> datetime | None:
     """The newest expected bar strictly before ``ts``, looking back about a month at most."""
     _check(calendar, timeframe)
-    return _newest_before(calendar, timeframe, _to_ns(ts))
+    return _newest_before(calendar, timeframe, _to_ns(ts), alignment)
 
 
-def _newest_before(calendar: str, timeframe: str, end_ns: int) -> datetime | None:
+def _newest_before(calendar: str, timeframe: str, end_ns: int,
+                   alignment: str = BarAlignment.CLOCK) -> datetime | None:
     for lookback in _LOOKBACKS:
-        bars = _expected_ns(calendar, timeframe, end_ns - int(lookback.value), end_ns)
+        bars = expected_ns(calendar, timeframe, end_ns - int(lookback.value), end_ns, alignment)
         if len(bars):
             return _datetime_from_ns(bars[-1])
     return None

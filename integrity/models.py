@@ -16,7 +16,7 @@ from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from .timeframes import Timeframe
+from .timeframes import BarAlignment, Timeframe
 
 __all__ = [
     "AssetClass",
@@ -56,6 +56,11 @@ class Instrument(models.Model):
     # An exchange_calendars code such as XNYS, or "24/7" (crypto), or "24/5" (the forex week).
     calendar = models.CharField(max_length=32, help_text="XNYS, XLON, … or 24/7 or 24/5 (forex week)")
     timeframes = models.JSONField(default=list, blank=True, help_text='e.g. ["1d", "1h"]')
+    bar_alignment = models.CharField(
+        max_length=16, choices=BarAlignment.choices, default=BarAlignment.CLOCK,
+        help_text="where intraday bars start: on the clock grid (10:00, 11:00 …) or at each session's "
+                  "open (09:30, 10:30 …, the last bar of a session shortened to the close)",
+    )
     provider = models.CharField(max_length=32, default="synthetic")
     provider_options = models.JSONField(default=dict, blank=True)
     quality_thresholds = models.JSONField(
@@ -68,7 +73,10 @@ class Instrument(models.Model):
     class Meta:
         db_table = "instruments"
         ordering = ["symbol"]
-        constraints = [_choices_check("asset_class", AssetClass, "instrument_asset_class_valid")]
+        constraints = [
+            _choices_check("asset_class", AssetClass, "instrument_asset_class_valid"),
+            _choices_check("bar_alignment", BarAlignment, "instrument_bar_alignment_valid"),
+        ]
 
     def __str__(self) -> str:
         return self.symbol

@@ -12,6 +12,20 @@ from datetime import UTC, datetime, timedelta
 from django.db import models
 
 
+class BarAlignment(models.TextChoices):
+    """Where intraday bars start.
+
+    ``clock``: on the epoch grid of the bar length (a 1h bar opens at hh:00 UTC), what Alpaca,
+    Polygon and Binance deliver. ``session``: at each trading interval's open (a session, or the
+    part of one after a lunch break), the last bar of the interval shortened to its close; what
+    Interactive Brokers, Yahoo and many vendor files deliver (NYSE 1h bars at 09:30, 10:30 ... 15:30).
+    Daily bars and 24/7 series are the same either way.
+    """
+
+    CLOCK = "clock", "clock grid"
+    SESSION = "session", "session open"
+
+
 class Timeframe(models.TextChoices):
     M1 = "1m", "1 minute"
     M5 = "5m", "5 minutes"

@@ -13,7 +13,10 @@ Reason codes:
     high_below_open_close high < max(open, close)
     low_above_open_close  low > min(open, close)
     negative_volume       volume < 0
-    misaligned_ts         ts is not a multiple of the bar length since the epoch (1d: not 00:00 UTC)
+    misaligned_ts         ts is not a multiple of the bar length since the epoch (1d: not 00:00 UTC);
+                          for a session-anchored intraday series (``alignment="session"``), ts is
+                          not on a whole minute (where in the session a bar may start is the
+                          calendar's judgement: the off_calendar detector, not ingest)
     future_ts             ts > now
     duplicate_ts          the ts occurs more than once in the page; every copy is rejected,
                           because nothing tells us which copy is right
@@ -36,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from integrity.providers.base import BAR_COLUMNS, PRICE_COLUMNS, empty_bar_frame
-from integrity.timeframes import timeframe_seconds
+from integrity.timeframes import BarAlignment, timeframe_seconds
 
 REASON_CODES: tuple[str, ...] = (
     "missing_ts",
@@ -136,9 +139,12 @@ def _empty_invalid_frame() -> pd.DataFrame:
     return frame
 
 
-def validate_bars(frame: pd.DataFrame, timeframe: str, now: datetime | None = None) -> ValidationResult:
+def validate_bars(frame: pd.DataFrame, timeframe: str, now: datetime | None = None,
+                  alignment: str = BarAlignment.CLOCK) -> ValidationResult:
     """Split ``frame`` into valid bars and rejected bars with their reason codes."""
     step_ns = timeframe_seconds(timeframe) * _NS_PER_SECOND  # also rejects an unknown timeframe
+    if alignment == BarAlignment.SESSION and timeframe != "1d":
+        step_ns = 60 * _NS_PER_SECOND
     bars = _coerce_bar_frame(frame)
     if bars.empty:
         return ValidationResult(valid=empty_bar_frame(), invalid=_empty_invalid_frame())

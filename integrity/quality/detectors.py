@@ -56,10 +56,11 @@ from ..calendars import (
     CRYPTO_CALENDAR,
     OWN_CALENDARS,
     count_expected_bars,
-    expected_bars,
+    expected_ns,
     is_expected_bar,
     is_known_calendar,
     last_completed_bar,
+    session_anchored,
 )
 from ..models import AnomalyType, Candle, Severity
 from ..timeframes import TIMEFRAME_DELTAS
@@ -152,6 +153,22 @@ class _Series:
     def calendar(self) -> str:
         return self.ctx.calendar
 
+    @property
+    def alignment(self) -> str:
+        return self.ctx.alignment
+
+    @property
+    def grid(self) -> tuple[str, str, str]:
+        """What decides which bar times are expected: (calendar, timeframe, alignment)."""
+        return (self.ctx.calendar, self.ctx.timeframe, self.ctx.alignment)
+
+    @property
+    def grid_ns(self) -> int:
+        """A stored time off this grid is "unaligned": the bar length, or a minute when session-anchored."""
+        if session_anchored(self.calendar, self.timeframe, self.alignment):
+            return 60 * NS_PER_SECOND
+        return self.step_ns
+
     def at_or_after_since(self, ts: int) -> bool:
         return self.since_ns is None or ts >= self.since_ns
 
@@ -197,16 +214,13 @@ def _series_from_contexts(contexts: Iterable[SeriesContext]) -> list[_Series]:
 # --- expected bars, vectorised per (calendar, timeframe) ---------------------------------------
 
 
-def _expected_ns(calendar: str, timeframe: str, lo: int, hi: int) -> np.ndarray:
+def _expected_ns(calendar: str, timeframe: str, lo: int, hi: int, alignment: str = "clock") -> np.ndarray:
     """Expected bar opens in [lo, hi) as int64 ns."""
-    if hi <= lo:
-        return np.empty(0, dtype="int64")
-    index = expected_bars(calendar, timeframe, pd.Timestamp(lo, unit="ns", tz=UTC),
-                          pd.Timestamp(hi, unit="ns", tz=UTC))
-    return np.asarray(index.as_unit("ns").asi8, dtype="int64")
+    return expected_ns(calendar, timeframe, int(lo), int(hi), alignment)
 
 
-def _expected_stats(calendar: str, timeframe: str, los: np.ndarray, his: np.ndarray, closed: bool):
+def _expected_stats(calendar: str, timeframe: str, los: np.ndarray, his: np.ndarray, closed: bool,
+                    alignment: str = "clock"):
     """For each [lo, hi] (closed) or (lo, hi) (open): count, first and last expected bar (ns, -1: none)."""
     n = len(los)
     counts = np.zeros(n, dtype="int64")
@@ -228,60 +242,60 @@ def _expected_stats(calendar: str, timeframe: str, los: np.ndarray, his: np.ndar
 
     lo_all, hi_all = int(los.min()), int(his.max())
     if (hi_all - lo_all) // step <= _DENSE_LIMIT:
-        fill(_expected_ns(calendar, timeframe, lo_all, hi_all + 1), np.arange(n))
+        fill(_expected_ns(calendar, timeframe, lo_all, hi_all + 1, alignment), np.arange(n))
         return counts, firsts, lasts
     for i in range(n):
         lo, hi = int(los[i]), int(his[i])
         if (hi - lo) // step <= _DENSE_LIMIT:
-            fill(_expected_ns(calendar, timeframe, lo, hi + 1), np.array([i]))
+            fill(_expected_ns(calendar, timeframe, lo, hi + 1, alignment), np.array([i]))
             continue
         # A huge interval (years of 1m bars): count without materialising, then find its ends.
         start = lo if closed else lo + 1
         end = hi + 1 if closed else hi
         counts[i] = count_expected_bars(calendar, timeframe, pd.Timestamp(start, unit="ns", tz=UTC),
-                                        pd.Timestamp(end, unit="ns", tz=UTC))
+                                        pd.Timestamp(end, unit="ns", tz=UTC), alignment)
         if counts[i]:
-            firsts[i] = _first_expected(calendar, timeframe, start, end, step)
-            lasts[i] = _last_expected(calendar, timeframe, start, end, step)
+            firsts[i] = _first_expected(calendar, timeframe, start, end, step, alignment)
+            lasts[i] = _last_expected(calendar, timeframe, start, end, step, alignment)
     return counts, firsts, lasts
 
 
-def _first_expected(calendar: str, timeframe: str, start: int, end: int, step: int) -> int:
+def _first_expected(calendar: str, timeframe: str, start: int, end: int, step: int, alignment: str) -> int:
     width = 10_000 * step
     while start < end:
-        bars = _expected_ns(calendar, timeframe, start, min(end, start + width))
+        bars = _expected_ns(calendar, timeframe, start, min(end, start + width), alignment)
         if len(bars):
             return int(bars[0])
         start, width = start + width, width * 2
     return -1
 
 
-def _last_expected(calendar: str, timeframe: str, start: int, end: int, step: int) -> int:
+def _last_expected(calendar: str, timeframe: str, start: int, end: int, step: int, alignment: str) -> int:
     width = 10_000 * step
     while end > start:
-        bars = _expected_ns(calendar, timeframe, max(start, end - width), end)
+        bars = _expected_ns(calendar, timeframe, max(start, end - width), end, alignment)
         if len(bars):
             return int(bars[-1])
         end, width = end - width, width * 2
     return -1
 
 
-_bars_per_day_cache: dict[tuple[str, str], float] = {}
+_bars_per_day_cache: dict[tuple[str, str, str], float] = {}
 
 
-def _bars_per_day(calendar: str, timeframe: str, ref_ns: int) -> float:
+def _bars_per_day(calendar: str, timeframe: str, ref_ns: int, alignment: str = "clock") -> float:
     """Bars in a typical trading day of the calendar (an exchange's regular session, 24h otherwise)."""
     step_s = TIMEFRAME_DELTAS[timeframe].total_seconds()
     if timeframe == "1d":
         return 1.0
     if calendar in OWN_CALENDARS:
         return 86_400 / step_s
-    key = (calendar, timeframe)
+    key = (calendar, timeframe, alignment)
     if key not in _bars_per_day_cache:
         end = _dt(ref_ns - ref_ns % NS_PER_DAY)
         start = end - timedelta(days=28)
         days = count_expected_bars(calendar, "1d", start, end)
-        bars = count_expected_bars(calendar, timeframe, start, end)
+        bars = count_expected_bars(calendar, timeframe, start, end, alignment)
         _bars_per_day_cache[key] = bars / days if days and bars else 86_400 / step_s
     return _bars_per_day_cache[key]
 
@@ -290,7 +304,7 @@ def _missing_severity(missing: int, series: _Series, ref_ns: int) -> str:
     th = series.th
     if missing <= 1:
         return Severity.LOW
-    per_day = _bars_per_day(series.calendar, series.timeframe, ref_ns)
+    per_day = _bars_per_day(series.calendar, series.timeframe, ref_ns, series.alignment)
     days = missing / per_day
     if days >= th["gap_critical_days"]:
         return Severity.CRITICAL
@@ -338,6 +352,7 @@ class _Scan:
             specs.append(sql.WindowSpec(
                 idx=s.idx, symbol=s.symbol, timeframe=s.timeframe, step_seconds=s.step_ns // NS_PER_SECOND,
                 since=None if s.since_ns is None else _dt(s.since_ns), move=move, vmin=vmin, tol=tol,
+                grid_seconds=s.grid_ns // NS_PER_SECOND,
             ))
         rows = sql.window_candidates(
             TABLE, specs, expected_rows=self._rows_bound(),
@@ -390,16 +405,17 @@ class _Scan:
         if self._gap_stats is not None:
             return self._gap_stats
         self.window()
-        groups: dict[tuple[str, str], list[tuple[_Series, sql.WindowRow]]] = defaultdict(list)
+        groups: dict[tuple[str, str, str], list[tuple[_Series, sql.WindowRow]]] = defaultdict(list)
         for s in self.series:
             for row in s.rows:
                 if row.is_gap:
-                    groups[(s.calendar, s.timeframe)].append((s, row))
+                    groups[s.grid].append((s, row))
         result: dict[int, list[tuple[sql.WindowRow, int, int, int]]] = defaultdict(list)
-        for (calendar, timeframe), items in groups.items():
+        for (calendar, timeframe, alignment), items in groups.items():
             los = np.array([row.pt for _, row in items], dtype="int64")
             his = np.array([row.ts for _, row in items], dtype="int64")
-            counts, firsts, lasts = _expected_stats(calendar, timeframe, los, his, closed=False)
+            counts, firsts, lasts = _expected_stats(calendar, timeframe, los, his, closed=False,
+                                                    alignment=alignment)
             for (s, row), n, first, last in zip(items, counts, firsts, lasts, strict=True):
                 result[s.idx].append((row, int(n), int(first), int(last)))
         self._gap_stats = result
@@ -419,7 +435,7 @@ def _merged_gaps(s: _Series, stats) -> list[tuple[int, int, int, int, int]]:
     for row, missing, first, last in stats:
         if missing <= 0:
             continue  # closed in between: a night, a weekend, a holiday
-        if runs and runs[-1][1] == row.pt and row.pt % s.step_ns != 0:
+        if runs and runs[-1][1] == row.pt and row.pt % s.grid_ns != 0:
             run = runs[-1]
             run[1], run[2], run[4] = row.ts, run[2] + missing, last
         else:
@@ -492,7 +508,7 @@ def _off_calendar_ranges(s: _Series, gaps: Sequence[tuple[sql.WindowRow, int, in
     if first < 0 or (last - first) // step > _DENSE_LIMIT:
         return window  # pre-1970 (bucket arithmetic) or too long to materialise: check it all
     width = _bucket_ns(s)
-    expected = _expected_ns(s.calendar, s.timeframe, first, last + 1)
+    expected = _expected_ns(s.calendar, s.timeframe, first, last + 1, s.alignment)
     change = np.zeros(len(expected) + 1, dtype="int64")
     for row, missing, _, _ in gaps:
         if missing > 0:
@@ -528,7 +544,7 @@ def _off_calendar_runs_streamed(s: _Series, ranges: Sequence[tuple[int, int]]) -
     for lo, hi in ranges:
         open_run = False  # the previous chunk of this range ended inside a run
         for times in sql.distinct_times(TABLE, s.symbol, s.timeframe, _dt(lo), end=_dt(hi)):
-            off = ~is_expected_bar(s.calendar, s.timeframe, pd.to_datetime(times, utc=True))
+            off = ~is_expected_bar(s.calendar, s.timeframe, pd.to_datetime(times, utc=True), s.alignment)
             if s.since_ns is not None:
                 off &= times >= s.since_ns
             positions = np.flatnonzero(off)
@@ -547,7 +563,7 @@ def _off_calendar_findings(scan: _Scan) -> list[Finding]:
     scan.window()
     gaps = scan.gap_stats()
     # The count identity, per (calendar, timeframe): stored - (expected - missing) = not expected.
-    to_check: dict[tuple[str, str], list[_Series]] = defaultdict(list)
+    to_check: dict[tuple[str, str, str], list[_Series]] = defaultdict(list)
     narrowed: list[_Series] = []
     odd_runs: dict[int, list[_Run]] = {}
     for s in scan.series:
@@ -560,11 +576,11 @@ def _off_calendar_findings(scan: _Scan) -> list[Finding]:
         elif odd:
             narrowed.append(s)
         else:
-            to_check[(s.calendar, s.timeframe)].append(s)
-    for (calendar, timeframe), items in to_check.items():
+            to_check[s.grid].append(s)
+    for (calendar, timeframe, alignment), items in to_check.items():
         los = np.array([s.first_ts for s in items], dtype="int64")
         his = np.array([s.last_ts for s in items], dtype="int64")
-        expected, _, _ = _expected_stats(calendar, timeframe, los, his, closed=True)
+        expected, _, _ = _expected_stats(calendar, timeframe, los, his, closed=True, alignment=alignment)
         for s, e in zip(items, expected, strict=True):
             stored = s.n_rows - sum(1 for row in s.rows if row.is_dup)
             missing = sum(n for _, n, _, _ in gaps.get(s.idx, ()))
@@ -881,18 +897,18 @@ def _stale_findings(scan: _Scan) -> list[Finding]:
     last = scan.last_bars()
     now = scan.now
     now_ns = sql.ns_value(now)
-    completed: dict[tuple[str, str, float], int | None] = {}
+    completed: dict[tuple[tuple[str, str, str], float], int | None] = {}
 
     def newest_complete(s: _Series, hours: float) -> int | None:
-        key = (s.calendar, s.timeframe, hours)
+        key = (s.grid, hours)
         if key not in completed:
-            bar = last_completed_bar(s.calendar, s.timeframe, now - timedelta(hours=hours))
+            bar = last_completed_bar(s.calendar, s.timeframe, now - timedelta(hours=hours), s.alignment)
             completed[key] = sql.ns_value(bar)
         return completed[key]
 
     # Stale when a bar newer than the last stored one was already complete stale_hours ago: the
     # lateness is measured from when data became due, so closed markets never count.
-    stale: dict[tuple[str, str], list[tuple[_Series, int, int]]] = defaultdict(list)
+    stale: dict[tuple[str, str, str], list[tuple[_Series, int, int]]] = defaultdict(list)
     for s in series:
         last_ns = last.get(s.idx)
         if last_ns is None:
@@ -900,13 +916,14 @@ def _stale_findings(scan: _Scan) -> list[Finding]:
         due = newest_complete(s, float(s.th["stale_hours"]))
         if due is None or due <= last_ns:
             continue
-        stale[(s.calendar, s.timeframe)].append((s, last_ns, newest_complete(s, 0.0)))
+        stale[s.grid].append((s, last_ns, newest_complete(s, 0.0)))
 
     findings: list[tuple[int, Finding]] = []
-    for (calendar, timeframe), items in stale.items():
+    for (calendar, timeframe, alignment), items in stale.items():
         lasts = np.array([item[1] for item in items], dtype="int64")
         expected_last = np.array([item[2] for item in items], dtype="int64")
-        between, firsts, _ = _expected_stats(calendar, timeframe, lasts, expected_last, closed=False)
+        between, firsts, _ = _expected_stats(calendar, timeframe, lasts, expected_last, closed=False,
+                                             alignment=alignment)
         for (s, last_ns, newest), n, first in zip(items, between, firsts, strict=True):
             missing = int(n) + 1  # strictly between, plus the newest expected bar itself
             first = int(first) if n else newest

@@ -23,6 +23,7 @@ class SeriesContext:
     thresholds: dict[str, Any] = field(default_factory=dict)  # resolved: settings < asset class < instrument
     robust_volatility: float | None = None  # from series_stats (enrichment), when known
     since: datetime | None = None  # incremental scan: look at bars from here (already includes overlap)
+    alignment: str = "clock"  # BarAlignment: where intraday bars start (clock grid or session open)
 
 
 @dataclass

@@ -111,6 +111,13 @@ class WindowSpec:
     move: float | None  # outlier threshold test (None: no outlier candidates)
     vmin: float | None  # outlier volatility test: smallest move worth a look
     tol: float | None  # ... that the next close takes back to within tol of the jump
+    # The grid a stored time must sit on not to be "unaligned" (odd): the bar length on the clock
+    # grid, one minute for session-anchored bars (where in the session is the calendar's call).
+    grid_seconds: int | None = None
+
+    @property
+    def grid(self) -> int:
+        return self.grid_seconds or self.step_seconds
 
 
 @dataclass(frozen=True)
@@ -139,8 +146,8 @@ _BAD_SQLITE = (
     "(c.low <= min(c.open, c.close) AND max(c.open, c.close) <= c.high AND c.low > 0"
     " AND c.high < 9e999 AND c.volume >= 0 AND c.volume < 9e999) IS NOT 1"
 )
-_ODD_PG = "date_bin(s.step, c.ts, timestamptz '1970-01-01 00:00:00+00') <> c.ts"
-_ODD_SQLITE = "((CAST(strftime('%%s', c.ts) AS INTEGER) %% b.step_s) <> 0 OR length(c.ts) > 19)"
+_ODD_PG = "date_bin(s.grid, c.ts, timestamptz '1970-01-01 00:00:00+00') <> c.ts"
+_ODD_SQLITE = "((CAST(strftime('%%s', c.ts) AS INTEGER) %% b.grid_s) <> 0 OR length(c.ts) > 19)"
 
 
 def _outlier_predicate(w: str, s: str) -> str:
@@ -216,10 +223,11 @@ def _window_pg(table, specs, *, gaps, bad, odd, outliers, jit=True) -> list[tupl
     sql = f"""
         WITH s AS (
             -- A seconds-only interval: ts - step is then plain integer arithmetic (no calendar days).
-            SELECT *, make_interval(secs => step_s) AS step, least(move, vmin) AS lo
+            SELECT *, make_interval(secs => step_s) AS step, make_interval(secs => grid_s) AS grid,
+                   least(move, vmin) AS lo
               FROM unnest(%s::int[], %s::text[], %s::text[], %s::int[], %s::timestamptz[],
-                          %s::float8[], %s::float8[], %s::float8[])
-                   AS u(idx, symbol, timeframe, step_s, since, move, vmin, tol)
+                          %s::float8[], %s::float8[], %s::float8[], %s::int[])
+                   AS u(idx, symbol, timeframe, step_s, since, move, vmin, tol, grid_s)
         )
         SELECT s.idx, w.id, w.ts, w.pt, w.open, w.close, w.pc, w.nc, w.rn,
                COALESCE({gap_sql}, false), COALESCE(w.ts = w.pt, false), w.bad, w.odd
@@ -247,6 +255,7 @@ def _window_pg(table, specs, *, gaps, bad, odd, outliers, jit=True) -> list[tupl
         [sp.idx for sp in specs], [sp.symbol for sp in specs], [sp.timeframe for sp in specs],
         [sp.step_seconds for sp in specs], [sp.since for sp in specs],
         [sp.move for sp in specs], [sp.vmin for sp in specs], [sp.tol for sp in specs],
+        [sp.grid for sp in specs],
     ]
     if jit:
         with connection.cursor() as cursor:
@@ -303,9 +312,9 @@ def _window_pg_parallel(table, specs, workers: int, **kwargs) -> list[tuple]:
 
 def _window_sqlite(table, specs, *, gaps, bad, odd, outliers) -> list[tuple]:
     values, params = _values_cte(
-        "s", ("idx", "symbol", "timeframe", "step_s", "since", "move", "vmin", "tol"),
-        [(sp.idx, sp.symbol, sp.timeframe, sp.step_seconds, to_db(sp.since), sp.move, sp.vmin, sp.tol)
-         for sp in specs],
+        "s", ("idx", "symbol", "timeframe", "step_s", "since", "move", "vmin", "tol", "grid_s"),
+        [(sp.idx, sp.symbol, sp.timeframe, sp.step_seconds, to_db(sp.since), sp.move, sp.vmin, sp.tol,
+          sp.grid) for sp in specs],
     )
     # julianday arithmetic is exact to well under a millisecond at today's dates.
     gap_sql = ("((julianday(w.ts) - julianday(w.pt)) * 86400.0 > w.step_s + 0.001"
@@ -322,7 +331,7 @@ def _window_sqlite(table, specs, *, gaps, bad, odd, outliers) -> list[tuple]:
               FROM s
         ),
         w AS (
-            SELECT b.idx, b.step_s, b.move, min(b.move, b.vmin) AS lo, b.tol, c.id, c.ts, c.open, c.close,
+            SELECT b.idx, b.step_s, b.grid_s, b.move, min(b.move, b.vmin) AS lo, b.tol, c.id, c.ts, c.open, c.close,
                    {_BAD_SQLITE if bad else '0'} AS bad,
                    {_ODD_SQLITE if odd else '0'} AS odd,
                    lag(c.ts) OVER win AS pt,

@@ -144,7 +144,7 @@ def series_contexts(symbol: str | None = None, timeframe: str | None = None) -> 
     timeframes = [timeframe] if timeframe else list(TIMEFRAME_DELTAS)
     # Plain tuples, only the columns needed: the watchlist can hold thousands of instruments.
     rows = list(instruments.order_by("symbol").values_list(
-        "pk", "symbol", "calendar", "asset_class", "timeframes", "quality_thresholds"))
+        "pk", "symbol", "calendar", "asset_class", "timeframes", "quality_thresholds", "bar_alignment"))
 
     known: dict[str, bool] = {}
     wanted: dict[tuple[str, str], tuple] = {}
@@ -206,5 +206,6 @@ def series_contexts(symbol: str | None = None, timeframe: str | None = None) -> 
             # Shared (read-only) between the series of the same combination.
             thresholds=thresholds_of(row),
             robust_volatility=stats.get((sym, tf)),
+            alignment=row[6],
         ))
     return contexts
