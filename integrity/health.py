@@ -114,6 +114,7 @@ class SeriesFreshness:
     expected_bar: datetime | None = None
     hours_behind: float | None = None
     stale: bool = False
+    alignment: str = "clock"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -137,7 +138,7 @@ _LAST_BARS_SQL = {
     "postgresql": """
         SELECT i.symbol, tf.value, i.calendar,
                (SELECT max(c.ts) FROM {candles} c WHERE c.symbol = i.symbol AND c.timeframe = tf.value),
-               ss.id, ss.stale_alert_sent_at
+               ss.id, ss.stale_alert_sent_at, i.bar_alignment
         FROM {instruments} i
         JOIN (VALUES {timeframes}) AS tf(value) ON i.timeframes @> jsonb_build_array(tf.value)
         LEFT JOIN {stats} ss ON ss.symbol = i.symbol AND ss.timeframe = tf.value
@@ -146,7 +147,7 @@ _LAST_BARS_SQL = {
     "sqlite": """
         SELECT i.symbol, tf.value, i.calendar,
                (SELECT max(c.ts) FROM {candles} c WHERE c.symbol = i.symbol AND c.timeframe = tf.value),
-               ss.id, ss.stale_alert_sent_at
+               ss.id, ss.stale_alert_sent_at, i.bar_alignment
         FROM {instruments} i
         JOIN json_each(CASE WHEN json_type(i.timeframes) = 'array' THEN i.timeframes ELSE '[]' END) AS tf
         LEFT JOIN {stats} ss ON ss.symbol = i.symbol AND ss.timeframe = tf.value
@@ -167,18 +168,20 @@ def last_bars() -> list[SeriesFreshness]:
     series = []
     with connection.cursor() as cursor:
         cursor.execute(sql)
-        for symbol, tf, calendar, last, stats_id, alerted in cursor.fetchall():
+        for symbol, tf, calendar, last, stats_id, alerted, alignment in cursor.fetchall():
             if (symbol, tf) in seen:  # a timeframe listed twice on an instrument
                 continue
             seen.add((symbol, tf))
-            series.append(SeriesFreshness(symbol, tf, calendar, _aware(last), stats_id, _aware(alerted)))
+            series.append(SeriesFreshness(symbol, tf, calendar, _aware(last), stats_id, _aware(alerted),
+                                          alignment=alignment))
     series.sort(key=lambda s: (s.symbol, s.timeframe))
     return series
 
 
 def _last_bars_orm() -> list[SeriesFreshness]:
     """Portable fallback: one GROUP BY over the watchlist's candles."""
-    instruments = list(Instrument.objects.filter(active=True).values_list("symbol", "calendar", "timeframes"))
+    instruments = list(Instrument.objects.filter(active=True).values_list("symbol", "calendar", "timeframes",
+                                                                          "bar_alignment"))
     symbols = [i[0] for i in instruments]
     last = {}
     stats = {}
@@ -190,10 +193,11 @@ def _last_bars_orm() -> list[SeriesFreshness]:
                 "symbol", "timeframe", "id", "stale_alert_sent_at"):
             stats[(row[0], row[1])] = (row[2], row[3])
     series = []
-    for symbol, calendar, timeframes in instruments:
+    for symbol, calendar, timeframes, alignment in instruments:
         for tf in dict.fromkeys(timeframes if isinstance(timeframes, list) else []):
             stats_id, alerted = stats.get((symbol, tf), (None, None))
-            series.append(SeriesFreshness(symbol, tf, calendar, last.get((symbol, tf)), stats_id, alerted))
+            series.append(SeriesFreshness(symbol, tf, calendar, last.get((symbol, tf)), stats_id, alerted,
+                                          alignment=alignment))
     series.sort(key=lambda s: (s.symbol, s.timeframe))
     return series
 
@@ -206,16 +210,16 @@ def assess_staleness(now: datetime, errors: list | None = None) -> list[SeriesFr
     """
     threshold = stale_hours()
     series = last_bars()
-    expected: dict[tuple[str, str], datetime | None] = {}
-    broken: set[tuple[str, str]] = set()
+    expected: dict[tuple[str, str, str], datetime | None] = {}
+    broken: set[tuple[str, str, str]] = set()
     judged = []
     for item in series:
-        key = (item.calendar, item.timeframe)
+        key = (item.calendar, item.timeframe, item.alignment)
         if key in broken:
             continue
         if key not in expected:
             try:
-                expected[key] = last_completed_bar(item.calendar, item.timeframe, now)
+                expected[key] = last_completed_bar(item.calendar, item.timeframe, now, item.alignment)
             except Exception as exc:  # noqa: BLE001 — one bad calendar must not hide the other series
                 broken.add(key)
                 if errors is not None:

@@ -58,6 +58,7 @@ class FetchRequest:
     end: datetime  # exclusive, UTC
     calendar: str = "24/7"
     asset_class: str = "crypto"
+    alignment: str = "clock"  # BarAlignment of the series: where intraday bars start
     options: dict[str, Any] = field(default_factory=dict)
 
 

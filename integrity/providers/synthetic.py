@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..calendars import NS_PER_SECOND, _expected_ns, _to_ns, validate_calendar_code
+from ..calendars import NS_PER_SECOND, _to_ns, expected_ns, validate_calendar_code
 from ..timeframes import timeframe_seconds
 from .base import BAR_COLUMNS, FetchRequest, ProviderConfigError, ProviderError, empty_bar_frame
 
@@ -246,7 +246,7 @@ class SyntheticProvider:
         while cursor < hi or len(pending):
             if cursor < hi and len(pending) < block:
                 upper = min(cursor + window, hi)
-                ts = _expected_ns(request.calendar, request.timeframe, cursor, upper)
+                ts = expected_ns(request.calendar, request.timeframe, cursor, upper, request.alignment)
                 cursor = upper
                 ts = self._drop_gaps(ts, series, gaps, float(opts["gap_rate"]))
                 pending = np.concatenate([pending, ts]) if len(pending) else ts
@@ -313,10 +313,12 @@ class SyntheticProvider:
         return frame
 
 
-def synthetic_bars(symbol: str, timeframe: str, calendar: str, start, end, **options) -> pd.DataFrame:
+def synthetic_bars(symbol: str, timeframe: str, calendar: str, start, end, alignment: str = "clock",
+                   **options) -> pd.DataFrame:
     """Every bar the synthetic provider (configured with ``options``) returns for [start, end)."""
     provider = SyntheticProvider(**options)
-    request = FetchRequest(symbol=symbol, timeframe=timeframe, start=start, end=end, calendar=calendar)
+    request = FetchRequest(symbol=symbol, timeframe=timeframe, start=start, end=end, calendar=calendar,
+                           alignment=alignment)
     pages = list(provider.fetch(request))
     if not pages:
         return empty_bar_frame()

@@ -1,0 +1,177 @@
+"""Session-anchored bars (``bar_alignment="session"``): what the calendar expects, and what the
+detectors make of a series stamped that way.
+
+NYSE hourly bars from Interactive Brokers or Yahoo open at 09:30, 10:30 … 15:30 New York time (the
+last one 30 minutes long); on a 13:00 half day at 09:30 … 12:30. XHKG restarts the grid after its
+lunch break: 09:30, 10:30, 11:30 (30 minutes), 13:00, 14:00, 15:00. Expected times below are worked
+out from the exchanges' published hours, not read back from the code.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from integrity.calendars import (
+    count_expected_bars,
+    expected_bars,
+    is_expected_bar,
+    last_completed_bar,
+    previous_expected_bar,
+)
+from integrity.models import Candle, Instrument
+from integrity.providers.synthetic import synthetic_bars
+from integrity.quality.detectors import run_detectors
+from integrity.quality.findings import SeriesContext
+from integrity.quality.thresholds import resolve_thresholds, series_contexts
+from integrity.validation import validate_bars
+from tests.helpers import use_default_thresholds, utc
+
+NY = "America/New_York"
+
+
+def local(index: pd.DatetimeIndex, tz: str = NY) -> list[str]:
+    return [t.strftime("%m-%d %H:%M") for t in index.tz_convert(tz)]
+
+
+class TestExpectedSessionBars:
+    def test_nyse_hourly_bars_open_at_the_half_hour_of_the_session(self):
+        bars = expected_bars("XNYS", "1h", utc(2024, 11, 26), utc(2024, 11, 27), "session")
+        assert local(bars) == [f"11-26 {h:02d}:30" for h in range(9, 16)]
+
+    def test_the_half_day_ends_with_the_bar_that_opens_at_12_30(self):
+        bars = expected_bars("XNYS", "1h", utc(2024, 11, 29), utc(2024, 11, 30), "session")
+        assert local(bars) == ["11-29 09:30", "11-29 10:30", "11-29 11:30", "11-29 12:30"]
+
+    def test_the_session_grid_follows_new_york_across_the_dst_change(self):
+        # Friday 11-01 opens 13:30 UTC (EDT), Monday 11-04 14:30 UTC (EST).
+        bars = expected_bars("XNYS", "1h", utc(2024, 11, 1), utc(2024, 11, 5), "session")
+        assert bars[0] == pd.Timestamp("2024-11-01 13:30", tz="UTC")
+        assert bars[7] == pd.Timestamp("2024-11-04 14:30", tz="UTC")
+        assert len(bars) == 14
+
+    def test_hong_kong_restarts_the_grid_after_the_lunch_break(self):
+        bars = expected_bars("XHKG", "1h", utc(2024, 11, 27), utc(2024, 11, 28), "session")
+        assert local(bars, "Asia/Hong_Kong") == ["11-27 09:30", "11-27 10:30", "11-27 11:30",
+                                                 "11-27 13:00", "11-27 14:00", "11-27 15:00"]
+
+    def test_clock_alignment_is_still_the_default(self):
+        bars = expected_bars("XNYS", "1h", utc(2024, 11, 26), utc(2024, 11, 27))
+        assert local(bars) == [f"11-26 {h:02d}:00" for h in range(9, 16)]
+
+    def test_minute_bars_are_the_same_either_way_on_a_half_hour_open(self):
+        clock = expected_bars("XNYS", "5m", utc(2024, 11, 25), utc(2024, 11, 30))
+        session = expected_bars("XNYS", "5m", utc(2024, 11, 25), utc(2024, 11, 30), "session")
+        assert clock.equals(session)
+
+    def test_daily_and_crypto_bars_do_not_depend_on_alignment(self):
+        for calendar, timeframe in (("XNYS", "1d"), ("24/7", "1h"), ("24/5", "1d")):
+            clock = expected_bars(calendar, timeframe, utc(2024, 11, 1), utc(2024, 12, 1))
+            session = expected_bars(calendar, timeframe, utc(2024, 11, 1), utc(2024, 12, 1), "session")
+            assert clock.equals(session), (calendar, timeframe)
+
+    def test_counting_agrees_with_listing(self):
+        bars = expected_bars("XNYS", "1h", utc(2024, 11, 1), utc(2024, 12, 1), "session")
+        assert count_expected_bars("XNYS", "1h", utc(2024, 11, 1), utc(2024, 12, 1), "session") == len(bars)
+
+    def test_an_unknown_alignment_is_refused_by_name(self):
+        with pytest.raises(ValueError, match="unknown bar alignment 'open'"):
+            expected_bars("XNYS", "1h", utc(2024, 11, 1), utc(2024, 11, 2), "open")
+
+
+class TestSessionBarChecks:
+    def test_session_bars_are_expected_only_on_the_session_grid(self):
+        session = expected_bars("XNYS", "1h", utc(2024, 11, 25), utc(2024, 11, 30), "session")
+        clock = expected_bars("XNYS", "1h", utc(2024, 11, 25), utc(2024, 11, 30))
+        assert is_expected_bar("XNYS", "1h", session, "session").all()
+        assert not is_expected_bar("XNYS", "1h", clock, "session").any()
+        assert not is_expected_bar("XNYS", "1h", session).any()
+
+    def test_a_bar_in_the_lunch_break_is_not_expected(self):
+        lunch = pd.DatetimeIndex([pd.Timestamp("2024-11-27 12:00", tz="Asia/Hong_Kong")])
+        assert not is_expected_bar("XHKG", "1h", lunch, "session").any()
+
+    def test_the_shortened_last_bar_is_complete_at_the_close(self):
+        # 2024-11-29 closes 13:00 EST = 18:00 UTC; its last bar opens 12:30 EST = 17:30 UTC.
+        assert last_completed_bar("XNYS", "1h", utc(2024, 11, 29, 18), "session") == utc(2024, 11, 29, 17, 30)
+        assert last_completed_bar("XNYS", "1h", utc(2024, 11, 29, 17, 59), "session") == utc(2024, 11, 29, 16, 30)
+
+    def test_the_previous_session_bar_skips_the_night(self):
+        assert previous_expected_bar("XNYS", "1h", utc(2024, 11, 26, 14, 30), "session") == utc(2024, 11, 25, 20, 30)
+
+    def test_validation_takes_session_bars_on_whole_minutes(self):
+        frame = synthetic_bars("AAPL", "1h", "XNYS", utc(2024, 11, 25), utc(2024, 11, 26), "session")
+        assert len(validate_bars(frame, "1h", alignment="session").valid) == 7
+        assert validate_bars(frame, "1h").invalid["reasons"].eq("misaligned_ts").all()
+        frame.loc[0, "ts"] += pd.Timedelta(seconds=30)
+        assert list(validate_bars(frame, "1h", alignment="session").invalid["reasons"]) == ["misaligned_ts"]
+
+
+# --- the detectors on a session-anchored series ------------------------------------------------
+
+
+@pytest.fixture
+def default_thresholds(settings):
+    use_default_thresholds(settings)
+
+
+def session_ctx(symbol: str, calendar: str = "XNYS", timeframe: str = "1h") -> SeriesContext:
+    return SeriesContext(symbol=symbol, timeframe=timeframe, calendar=calendar, asset_class="equity",
+                         thresholds=resolve_thresholds("equity", {}), alignment="session")
+
+
+def store(symbol: str, frame: pd.DataFrame, timeframe: str = "1h") -> None:
+    Candle.objects.bulk_create(
+        [Candle(symbol=symbol, timeframe=timeframe, ts=r.ts.to_pydatetime(), open=r.open, high=r.high,
+                low=r.low, close=r.close, volume=r.volume, source="test")
+         for r in frame.itertuples(index=False)],
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("default_thresholds")
+class TestDetectorsOnSessionBars:
+    def test_a_complete_session_anchored_series_with_a_half_day_gives_no_finding(self):
+        store("AAPL", synthetic_bars("AAPL", "1h", "XNYS", utc(2024, 11, 25), utc(2024, 12, 3), "session"))
+        assert run_detectors([session_ctx("AAPL")], now=utc(2024, 12, 2, 21, 5)) == []
+
+    def test_hong_kong_with_its_lunch_break_gives_no_finding(self):
+        store("0700.HK", synthetic_bars("0700.HK", "1h", "XHKG", utc(2024, 11, 25), utc(2024, 11, 30), "session"))
+        assert run_detectors([session_ctx("0700.HK", "XHKG")], now=utc(2024, 11, 29, 8, 5)) == []
+
+    def test_the_same_bars_judged_on_the_clock_grid_are_off_calendar(self):
+        store("AAPL", synthetic_bars("AAPL", "1h", "XNYS", utc(2024, 11, 25), utc(2024, 11, 27), "session"))
+        clock = SeriesContext(symbol="AAPL", timeframe="1h", calendar="XNYS", asset_class="equity",
+                              thresholds=resolve_thresholds("equity", {}))
+        types = {f.anomaly_type for f in run_detectors([clock], now=utc(2024, 11, 26, 21, 5))}
+        assert "off_calendar" in types
+
+    def test_a_deleted_session_bar_is_one_missing_bar(self):
+        store("AAPL", synthetic_bars("AAPL", "1h", "XNYS", utc(2024, 11, 25), utc(2024, 11, 28), "session"))
+        Candle.objects.filter(symbol="AAPL", ts=utc(2024, 11, 26, 16, 30)).delete()
+        findings = run_detectors([session_ctx("AAPL")], now=utc(2024, 11, 27, 21, 5))
+        assert [(f.anomaly_type, f.period_start, f.affected_rows) for f in findings] == [
+            ("gap", utc(2024, 11, 26, 16, 30), 1)]
+
+    def test_a_clock_grid_bar_inside_a_session_series_is_off_calendar(self):
+        store("AAPL", synthetic_bars("AAPL", "1h", "XNYS", utc(2024, 11, 25), utc(2024, 11, 28), "session"))
+        Candle.objects.create(symbol="AAPL", timeframe="1h", ts=utc(2024, 11, 26, 16), open=100, high=100,
+                              low=100, close=100, volume=1)
+        findings = run_detectors([session_ctx("AAPL")], now=utc(2024, 11, 27, 21, 5), types={"off_calendar"})
+        assert [(f.anomaly_type, f.period_start, f.affected_rows) for f in findings] == [
+            ("off_calendar", utc(2024, 11, 26, 16), 1)]
+
+    def test_a_session_series_is_stale_only_once_a_session_bar_is_due(self):
+        store("AAPL", synthetic_bars("AAPL", "1h", "XNYS", utc(2024, 11, 25), utc(2024, 11, 26), "session"))
+        # Stored up to 11-25. The next bar, 11-26 09:30 EST (14:30 UTC), completes at 15:30 UTC, so
+        # with stale_hours=24 the series is late from 11-27 15:30 UTC (on the clock grid, the 09:00
+        # bucket would have made it late from 15:00).
+        assert run_detectors([session_ctx("AAPL")], now=utc(2024, 11, 27, 15, 15), types={"stale"}) == []
+        stale = run_detectors([session_ctx("AAPL")], now=utc(2024, 11, 27, 15, 31), types={"stale"})
+        assert [f.anomaly_type for f in stale] == ["stale"]
+
+    def test_the_watchlist_gives_the_detectors_the_instruments_alignment(self):
+        Instrument.objects.create(symbol="AAPL", asset_class="equity", calendar="XNYS", timeframes=["1h"],
+                                  bar_alignment="session")
+        [context] = series_contexts()
+        assert context.alignment == "session"
