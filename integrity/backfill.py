@@ -43,7 +43,7 @@ from .models import (
     Timeframe,
 )
 from .providers import FetchRequest, Provider, get_provider
-from .timeframes import floor_to_timeframe, timeframe_delta
+from .timeframes import BarAlignment, floor_to_timeframe, timeframe_delta
 from .validation import ValidationSummary, validate_bars
 from .writer import WriteResult, write_bars
 
@@ -255,6 +255,7 @@ class SeriesSpec:
     calendar: str
     provider: str
     provider_options: dict[str, Any]
+    alignment: str = BarAlignment.CLOCK  # where intraday bars start (the instrument's bar_alignment)
 
 
 def resolve_series(
@@ -287,6 +288,7 @@ def resolve_series(
         calendar=calendar,
         provider=provider or (instrument.provider if instrument else "synthetic"),
         provider_options=options,
+        alignment=instrument.bar_alignment if instrument else BarAlignment.CLOCK,
     )
 
 
@@ -308,7 +310,7 @@ def plan_range(
     from its checkpoint.
     """
     step = timeframe_delta(spec.timeframe)
-    last_complete = last_completed_bar(spec.calendar, spec.timeframe, now)
+    last_complete = last_completed_bar(spec.calendar, spec.timeframe, now, spec.alignment)
     hard_end = last_complete + step if last_complete else floor_to_timeframe(now, spec.timeframe)
     end = hard_end if end is None else min(end, hard_end)
     resumed_from = None
@@ -338,7 +340,8 @@ def plan_range(
 
 def _fetch_request(spec: SeriesSpec, start: datetime, end: datetime) -> FetchRequest:
     return FetchRequest(symbol=spec.symbol, timeframe=spec.timeframe, start=start, end=end,
-                        calendar=spec.calendar, asset_class=spec.asset_class, options=spec.provider_options)
+                        calendar=spec.calendar, asset_class=spec.asset_class, options=spec.provider_options,
+                        alignment=spec.alignment)
 
 
 def _provider_first_bar(provider: Provider | None, spec: SeriesSpec, end: datetime) -> datetime | None:
@@ -386,7 +389,7 @@ class _Run:
             in_range = (page["ts"] >= self.start) & (page["ts"] < self.end)
             self.dropped_outside_range += int((~in_range).sum())
             page = page[in_range]
-        result = validate_bars(page, self.spec.timeframe, now=self.now)
+        result = validate_bars(page, self.spec.timeframe, now=self.now, alignment=self.spec.alignment)
         self.summary.add(result)
         if result.invalid_count and self.strict:
             examples = result.examples(3)

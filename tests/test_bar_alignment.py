@@ -175,3 +175,18 @@ class TestDetectorsOnSessionBars:
                                   bar_alignment="session")
         [context] = series_contexts()
         assert context.alignment == "session"
+
+
+@pytest.mark.django_db
+class TestBackfillOfASessionAnchoredInstrument:
+    def test_a_session_instrument_stores_every_session_bar_and_rejects_none(self):
+        from integrity.backfill import run_backfill
+
+        Instrument.objects.create(symbol="AAPL", asset_class="equity", calendar="XNYS", timeframes=["1h"],
+                                  bar_alignment="session")
+        result = run_backfill("AAPL", "1h", start=utc(2024, 11, 25), end=utc(2024, 12, 3),
+                              now=utc(2024, 12, 3))
+        expected = expected_bars("XNYS", "1h", utc(2024, 11, 25), utc(2024, 12, 3), "session")
+        stored = pd.DatetimeIndex(Candle.objects.filter(symbol="AAPL").order_by("ts").values_list("ts", flat=True))
+        assert (result.invalid, len(stored)) == (0, len(expected))
+        assert stored.equals(expected.as_unit(stored.unit))
