@@ -8,6 +8,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from integrity.backfill import run_backfill
 from integrity.models import Candle, DataAnomaly, InvalidTransition, ResolutionStatus, SeriesStats
@@ -186,6 +187,26 @@ class TestCommands:
         assert {"symbol", "timeframe", "anomaly_type", "severity", "period_start", "period_end",
                 "affected_rows", "description"} <= set(row)
         assert row["affected_rows"] == 5
+
+    def test_detect_anomalies_as_of_replays_the_staleness_of_that_moment(self):
+        load()  # hourly bars up to 2024-01-10 23:00
+        out = StringIO()
+        call_command("detect_anomalies", "--types", "stale", "--dry-run", "--format", "json",
+                     "--as-of", "2024-01-11T00:30:00Z", stdout=out)
+        assert json.loads(out.getvalue()) == []
+        out = StringIO()
+        try:
+            call_command("detect_anomalies", "--types", "stale", "--dry-run", "--format", "json",
+                         "--as-of", "2024-01-13T00:30:00Z", stdout=out)
+        except SystemExit:
+            pass  # stale for two days: a high finding
+        assert [row["anomaly_type"] for row in json.loads(out.getvalue())] == ["stale"]
+
+    @pytest.mark.parametrize("value", ["yesterday", "2999-01-01"])
+    def test_detect_anomalies_refuses_an_unusable_as_of_with_exit_2(self, value):
+        with pytest.raises(CommandError, match="--as-of") as error:
+            call_command("detect_anomalies", "--as-of", value, stdout=StringIO())
+        assert error.value.returncode == 2
 
     def test_enrich_records_coverage_and_volatility(self):
         load(gaps=[[HOLE[0].isoformat(), HOLE[1].isoformat()]])

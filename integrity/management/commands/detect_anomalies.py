@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -28,7 +29,23 @@ class Command(BaseCommand):
         parser.add_argument("--types", help="comma-separated: gap,off_calendar,outlier,stale,invalid_ohlc,duplicate")
         parser.add_argument("--dry-run", action="store_true", help="report findings, write nothing")
         parser.add_argument("--full", action="store_true", help="rescan whole series (default: incremental)")
+        parser.add_argument("--as-of", help="judge as of this UTC time (ISO; default now): replays the "
+                                                 "staleness judgement of a past moment")
         parser.add_argument("--format", choices=["text", "json"], default="text")
+
+    @staticmethod
+    def as_of(value: str | None) -> datetime | None:
+        if not value:
+            return None
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise CommandError(f"--as-of {value!r} is not an ISO date or date-time "
+                               "(e.g. 2024-01-31T21:00:00Z)", returncode=2) from None
+        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        if parsed > datetime.now(UTC):
+            raise CommandError(f"--as-of {value!r} is in the future", returncode=2)
+        return parsed.astimezone(UTC)
 
     def handle(self, *args, **options):
         keep_stdout_for_json(options)
@@ -36,9 +53,10 @@ class Command(BaseCommand):
         if timeframe and timeframe not in Timeframe.values:
             raise CommandError(f"unknown timeframe {timeframe!r}", returncode=2)
         types = [t.strip() for t in options["types"].split(",") if t.strip()] if options.get("types") else None
+        now = self.as_of(options.get("as_of"))
         try:
             result = detect_data_anomalies(symbol=options.get("symbol"), timeframe=timeframe, types=types,
-                                           dry_run=options["dry_run"], full=options["full"])
+                                           dry_run=options["dry_run"], full=options["full"], now=now)
         except ValueError as exc:
             raise CommandError(str(exc), returncode=2) from None
         rows = []
