@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 
 def envstr(name: str, default: str | None = None) -> str | None:
@@ -18,14 +19,17 @@ def envbool(name: str, default: str = "False") -> bool:
     raise ValueError(f"environment variable {name}={value!r} is not a boolean (use true/false)")
 
 
-def envint(name: str, default: int) -> int:
+def envint(name: str, default: int, minimum: int | None = None) -> int:
     value = os.environ.get(name)
     if value is None or value.strip() == "":
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+    if minimum is not None and number < minimum:
+        raise ValueError(f"environment variable {name}={value!r} must be at least {minimum}")
+    return number
 
 
 def envfloat(name: str, default: float) -> float:
@@ -40,3 +44,36 @@ def envfloat(name: str, default: float) -> float:
 
 def envlist(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+_RATE = re.compile(r"^(\d+)/(s|sec|second|m|min|minute|h|hour|d|day)$")
+
+
+def envrate(name: str, default: str) -> str | None:
+    """A request rate such as ``60/min`` (per s, min, hour or day); ``off`` (or empty) means no limit."""
+    value = os.environ.get(name, default).strip().lower()
+    if value in ("", "off", "none"):
+        return None
+    if not _RATE.match(value):
+        raise ValueError(f"environment variable {name}={value!r} is not a rate: use N/s, N/min, N/hour, "
+                         "N/day (e.g. 60/min) or off")
+    return value
+
+
+_META_HEADER = re.compile(r"^HTTP_[A-Z0-9_]+$")
+
+
+def envproxyheader(name: str) -> tuple[str, str] | None:
+    """Django's ``SECURE_PROXY_SSL_HEADER`` from ``HTTP_X_FORWARDED_PROTO`` (the request.META name of
+    the header the TLS proxy sets; the value it sets for HTTPS is ``https`` unless given as
+    ``HTTP_X_FORWARDED_SSL=on``). Unset or empty: None (the proxy is not trusted)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    header, _, expected = value.partition("=")
+    header, expected = header.strip(), expected.strip() or "https"
+    if not _META_HEADER.match(header):
+        suggestion = "HTTP_" + re.sub(r"[^A-Z0-9]", "_", header.upper()).removeprefix("HTTP_")
+        raise ValueError(f"environment variable {name}={value!r} is not a request.META header name: "
+                         f"use the HTTP_ form, e.g. {suggestion} (optionally {suggestion}=https)")
+    return header, expected

@@ -9,7 +9,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from .env import envbool, envfloat, envint, envlist, envstr
+from .env import envbool, envfloat, envint, envlist, envproxyheader, envrate, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -22,6 +22,20 @@ if not DEBUG and SECRET_KEY == DEV_SECRET_KEY:
     )
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
+
+# --- HTTPS (README "Deployment": all off by default, so plain-HTTP development keeps working) -----
+# Behind a TLS-terminating proxy: the META name of the header it sets to "https", e.g.
+# HTTP_X_FORWARDED_PROTO. Only set it when the proxy always sets (overwrites) that header.
+SECURE_PROXY_SSL_HEADER = envproxyheader("SECURE_PROXY_SSL_HEADER")
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", "False")
+# Answered over plain HTTP even with the redirect on: the container HEALTHCHECK and a Prometheus
+# scrape reach the app directly, not through the TLS proxy (regexes on the path without its "/").
+SECURE_REDIRECT_EXEMPT = envlist("SECURE_REDIRECT_EXEMPT", r"^healthz$,^metrics$")
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", "False")
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", "False")
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", "False")
+CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", "False")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -213,13 +227,35 @@ if Q_CLUSTER["timeout"] >= Q_CLUSTER["retry"]:
     )
 
 # --- REST framework ------------------------------------------------------------------------------
+# Throttling (integrity.api.throttling): requests without credentials, and failed authentications
+# (a wrong token, credentials no authenticator accepts) counted per client address, which blocks the
+# address for the rest of the window. Counts live in the cache (CACHES: per process by default).
+API_THROTTLE_ANON = envrate("API_THROTTLE_ANON", "60/min")
+API_THROTTLE_FAILED_AUTH = envrate("API_THROTTLE_FAILED_AUTH", "10/min")
+# Proxies in front of the app that append the client address to X-Forwarded-For. 0: the client is
+# REMOTE_ADDR and X-Forwarded-For is ignored (a client could forge it to escape the throttles).
+API_NUM_PROXIES = envint("API_NUM_PROXIES", 0, minimum=0)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        # First: refuses an address over its failed-authentication budget before any credential is
+        # checked (a correct guess must not answer differently from a wrong one).
+        "integrity.api.throttling.FailedAuthenticationGate",
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_THROTTLE_CLASSES": ["integrity.api.throttling.AnonymousRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"anon": API_THROTTLE_ANON, "failed_auth": API_THROTTLE_FAILED_AUTH},
+    "NUM_PROXIES": API_NUM_PROXIES,
+    # Bodies and query strings are refused (400) when they hold text no database column can store,
+    # nest too deep or exceed DATA_UPLOAD_MAX_MEMORY_SIZE (413); see integrity.api.parsers.
+    "DEFAULT_PARSER_CLASSES": [
+        "integrity.api.parsers.JSONParser",
+        "integrity.api.parsers.FormParser",
+        "integrity.api.parsers.MultiPartParser",
+    ],
+    "DEFAULT_FILTER_BACKENDS": ["integrity.api.parsers.StorableQueryFilterBackend"],
+    "EXCEPTION_HANDLER": "integrity.api.exceptions.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 100,

@@ -17,3 +17,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "postgres_only" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache():
+    """The API throttles count requests in the cache: every test starts with nothing counted."""
+    from django.core.cache import cache
+
+    cache.clear()

@@ -116,6 +116,16 @@ class TestCompose:
             assert env["SECRET_KEY"].startswith("${SECRET_KEY:?")
             assert env["DEBUG"] == "false"
 
+    def test_the_https_and_throttle_settings_are_passed_through_from_the_environment(self):
+        env = self.compose["x-app"]["environment"]
+        for name in ("SECURE_PROXY_SSL_HEADER", "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS",
+                     "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD", "SESSION_COOKIE_SECURE",
+                     "CSRF_COOKIE_SECURE", "CSRF_TRUSTED_ORIGINS", "API_THROTTLE_ANON", "API_THROTTLE_FAILED_AUTH",
+                     "API_NUM_PROXIES"):
+            assert str(env[name]).startswith(f"${{{name}:-"), name
+        for name in ("web", "worker", "migrate"):
+            assert self.compose["services"][name]["environment"]["SECURE_SSL_REDIRECT"] == env["SECURE_SSL_REDIRECT"]
+
     def test_web_and_worker_start_after_migrations(self):
         for name in ("web", "worker"):
             depends = self.compose["services"][name]["depends_on"]

@@ -121,7 +121,8 @@ class TestTheAcceptanceCommand:
 
 
 class TestProviderConfigurationThroughTheApi:
-    def test_the_provider_and_its_options_set_through_the_api_drive_the_backfill(self, httpserver):
+    def test_the_provider_and_its_options_set_through_the_api_drive_the_backfill(self, httpserver, settings):
+        settings.BINANCE_BASE_URL = httpserver.url_for("")  # the operator's endpoint, which base_url may name
         client = api_client("add_instrument", "change_instrument", "view_instrument")
         created = client.post(INSTRUMENTS, {
             "symbol": "ETH-USD", "asset_class": "crypto", "calendar": "24/7", "timeframes": ["1h"],

@@ -33,7 +33,9 @@ START, END = utc(2024, 1, 2), utc(2024, 1, 6)
 
 
 @pytest.fixture(autouse=True)
-def fast_http(settings, monkeypatch):
+def fast_http(settings, monkeypatch, httpserver):
+    # The operator points the provider at the local server (options may then name the same endpoint).
+    settings.ALPACA_DATA_BASE_URL = httpserver.url_for("")
     settings.PROVIDER_HTTP_CONNECT_TIMEOUT = 2
     settings.PROVIDER_HTTP_READ_TIMEOUT = 2
     settings.PROVIDER_HTTP_BACKOFF_BASE = 0.01
@@ -169,8 +171,7 @@ class TestMultiPage:
         [request] = fake.requests
         assert (request.args["feed"], request.args["adjustment"]) == ("delayed_sip", "all")
 
-    def test_the_base_url_setting_is_used_without_an_option(self, httpserver, settings):
-        settings.ALPACA_DATA_BASE_URL = httpserver.url_for("")
+    def test_the_base_url_setting_is_used_without_an_option(self, httpserver):
         serve(httpserver, FakeAlpaca(hourly_bars()))
         assert len(fetched(httpserver, base_url=None)) == 28
 
@@ -395,7 +396,8 @@ class TestConfiguration:
 
 
 class TestOptionValidation:
-    def test_the_documented_options_are_accepted(self):
+    def test_the_documented_options_are_accepted(self, settings):
+        settings.PROVIDER_ALLOWED_HOSTS = ["127.0.0.1"]  # another host only when the operator lists it
         validate_options({"base_url": "http://127.0.0.1:8080", "provider_symbol": "BRK.B", "limit": 500,
                           "feed": "sip", "adjustment": "split", "extended_hours": True})
         validate_options({})

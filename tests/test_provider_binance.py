@@ -33,7 +33,9 @@ START, END = utc(2024, 1, 1), utc(2024, 1, 3)  # 48 hourly klines
 
 
 @pytest.fixture(autouse=True)
-def fast_http(settings):
+def fast_http(settings, httpserver):
+    # The operator points the provider at the local server (options may then name the same endpoint).
+    settings.BINANCE_BASE_URL = httpserver.url_for("")
     settings.PROVIDER_HTTP_CONNECT_TIMEOUT = 2
     settings.PROVIDER_HTTP_READ_TIMEOUT = 2
     settings.PROVIDER_HTTP_BACKOFF_BASE = 0.01
@@ -218,15 +220,22 @@ class TestSymbolMapping:
 
 
 class TestBaseUrl:
-    def test_the_setting_is_used_when_there_is_no_base_url_option(self, httpserver, settings):
-        settings.BINANCE_BASE_URL = httpserver.url_for("")
+    def test_the_setting_is_used_when_there_is_no_base_url_option(self, httpserver):
         serve(httpserver, FakeBinance())
         assert len(fetched(httpserver, base_url=None)) == 48
 
-    def test_the_option_wins_over_the_setting(self, httpserver, settings):
+    def test_the_option_wins_over_the_setting_when_the_operator_allows_its_host(self, httpserver, settings):
         settings.BINANCE_BASE_URL = "http://127.0.0.1:9"  # nothing listens there
+        settings.PROVIDER_ALLOWED_HOSTS = [httpserver.host]
         serve(httpserver, FakeBinance())
         assert len(fetched(httpserver)) == 48
+
+    def test_an_option_on_another_host_is_refused_before_any_request(self, httpserver, settings):
+        settings.BINANCE_BASE_URL = "http://127.0.0.1:9"
+        serve(httpserver, FakeBinance())
+        with pytest.raises(ProviderConfigError, match="or point at a host listed in PROVIDER_ALLOWED_HOSTS"):
+            fetch(httpserver)
+        assert len(httpserver.log) == 0
 
     def test_the_default_is_the_public_api(self, settings):
         del settings.BINANCE_BASE_URL
@@ -429,7 +438,8 @@ class TestConfiguration:
         with pytest.raises(ProviderConfigError, match="limit must be an integer 1..1000"):
             get_provider("binance").fetch(FetchRequest("BTC-USD", "1h", START, END, options={"limit": limit}))
 
-    def test_the_documented_options_are_accepted(self):
+    def test_the_documented_options_are_accepted(self, settings):
+        settings.PROVIDER_ALLOWED_HOSTS = ["data-api.binance.vision"]  # another host only when listed
         validate_options({"base_url": "https://data-api.binance.vision", "provider_symbol": "BTCFDUSD",
                           "limit": "500"}, symbol="BTC-USD")
 
@@ -471,7 +481,6 @@ class TestBackfillCommand:
             "--format", "json")
 
     def test_backfill_provider_binance_works_against_the_configured_base_url(self, httpserver, settings):
-        settings.BINANCE_BASE_URL = httpserver.url_for("")
         fake = serve(httpserver, FakeBinance(first=utc(2017, 8, 17)))  # klines up to now, as the real API
         code, out, err = run_command(*self.ARGS)
         assert code == 0, out + err

@@ -302,6 +302,7 @@ class TestRetryAfterParsing:
 class TestConfiguration:
     def test_the_option_wins_over_the_setting(self, settings):
         settings.SOME_BASE_URL = "https://setting.example"
+        settings.PROVIDER_ALLOWED_HOSTS = ["option.example"]
         assert resolve_base_url({"base_url": "http://option.example/"}, "SOME_BASE_URL", "https://d", "t") \
             == "http://option.example"
         assert resolve_base_url({}, "SOME_BASE_URL", "https://d", "t") == "https://setting.example"

@@ -34,7 +34,9 @@ BATCH = 5  # bars per committed batch: a failing run has committed batches behin
 
 
 @pytest.fixture(autouse=True)
-def fast_http(settings, monkeypatch):
+def fast_http(settings, monkeypatch, httpserver):
+    # The operator points both providers at the local server; the instruments' base_url names it too.
+    settings.BINANCE_BASE_URL = settings.ALPACA_DATA_BASE_URL = httpserver.url_for("")
     settings.PROVIDER_HTTP_CONNECT_TIMEOUT = 2
     settings.PROVIDER_HTTP_READ_TIMEOUT = 2
     settings.PROVIDER_HTTP_BACKOFF_BASE = 0.01

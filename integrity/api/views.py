@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -193,6 +196,35 @@ class SeriesViewSet(viewsets.ReadOnlyModelViewSet):
     filterset_class = filters.SeriesFilter
 
 
+# An absolute file-system path (POSIX or Windows), not the path part of a URL ("https://h/a/b").
+_FILE_PATH = re.compile(r"""(?<![\w:/.~-])(?:/[^\s'"/:,;()<>]+){2,}/?|\b[A-Za-z]:\\[^\s'"]+""")
+
+
+def one_line_error(error: Any) -> str:
+    """A failed check's error as API users see it: its first line (the exception's summary), without
+    file paths. The traceback and the full message stay in the log and in the stored run (admin)."""
+    lines = str(error or "").strip().splitlines()
+    line = _FILE_PATH.sub("<path>", lines[0] if lines else "").strip()
+    return line[:300] or "failed (see the server log)"
+
+
+def public_health_errors(errors: Any) -> list[dict[str, str]]:
+    return [{"check": str(item.get("check", "")), "error": one_line_error(item.get("error"))}
+            for item in (errors if isinstance(errors, list) else []) if isinstance(item, dict)]
+
+
+class PublicHealthCheckRunSerializer(HealthCheckRunSerializer):
+    """A health run without internals: each failed check as ``{check, error}`` with a one-line error
+    (the run stores the traceback too, for the log and the admin)."""
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        data["errors"] = public_health_errors(data.get("errors"))
+        if isinstance(data.get("results"), dict) and "errors" in data["results"]:
+            data["results"] = {**data["results"], "errors": public_health_errors(data["results"]["errors"])}
+        return data
+
+
 class HealthView(APIView):
     """The latest health run and a live summary."""
 
@@ -200,7 +232,7 @@ class HealthView(APIView):
     queryset = HealthCheckRun.objects.all()  # for the permission check
 
     @extend_schema(responses=inline_serializer("HealthSummary", {
-        "latest_run": HealthCheckRunSerializer(allow_null=True),
+        "latest_run": PublicHealthCheckRunSerializer(allow_null=True),
         "live": serializers.DictField(),
     }))
     def get(self, request):
@@ -216,4 +248,5 @@ class HealthView(APIView):
             "failing_symbols": SymbolFailureTracking.objects.filter(consecutive_failures__gt=0).count(),
             "instruments": Instrument.objects.filter(active=True).count(),
         }
-        return Response({"latest_run": HealthCheckRunSerializer(latest).data if latest else None, "live": live})
+        return Response({"latest_run": PublicHealthCheckRunSerializer(latest).data if latest else None,
+                         "live": live})

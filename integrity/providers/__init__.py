@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .base import BAR_COLUMNS, FetchRequest, Provider, ProviderConfigError, ProviderError
+from .base import BAR_COLUMNS, FetchRequest, Provider, ProviderConfigError, ProviderError, redact
 
 __all__ = ["BAR_COLUMNS", "FetchRequest", "Provider", "ProviderConfigError", "ProviderError",
-           "get_provider", "PROVIDER_NAMES"]
+           "get_provider", "PROVIDER_NAMES", "redact"]
 
 PROVIDER_NAMES = ("synthetic", "csv", "binance", "alpaca")
 

@@ -10,10 +10,12 @@ Why Alpaca rather than Polygon: its page token is an opaque string passed back a
 have to vet before sending our key to it; and its free IEX feed works without a paid plan.
 
 Keys: ``ALPACA_API_KEY_ID`` and ``ALPACA_API_SECRET_KEY``, read from Django settings when set
-there, else from the environment. They are never logged nor put into an error message (the HTTP
-client redacts them even from echoed bodies). Missing keys fail the fetch with a
-``ProviderConfigError`` before any request is sent. Keys are deliberately not read from
-``provider_options``: those are stored in the database and shown in the admin.
+there, else from the environment. They are never logged nor put into an error message: every
+error text, echoed bodies and values quoted from a reply included, goes through ``base.redact``.
+Missing keys fail the fetch with a ``ProviderConfigError`` before any request is sent. Keys are
+deliberately not read from ``provider_options``: those are stored in the database and shown in the
+admin. They are sent only over https, or to a loopback host (see ``http``), and only to the
+endpoint of ``ALPACA_DATA_BASE_URL`` or a host the operator listed in ``PROVIDER_ALLOWED_HOSTS``.
 
 Time stamps: intraday bars are stamped with their open time in UTC, as we store them. Daily bars
 are stamped at midnight New York time (04:00 or 05:00 UTC); each is re-stamped with its session
@@ -43,7 +45,8 @@ harmless when the token is new, so up to ``MAX_EMPTY_PAGES_IN_A_ROW`` (3) in a r
 more fail the fetch rather than walk an endless chain of empty pages.
 
 Options (``Instrument.provider_options``, overriding settings):
-    base_url         default setting ``ALPACA_DATA_BASE_URL`` (https://data.alpaca.markets)
+    base_url         default setting ``ALPACA_DATA_BASE_URL`` (https://data.alpaca.markets); another
+                     host only when listed in ``PROVIDER_ALLOWED_HOSTS``, https unless loopback
     provider_symbol  the Alpaca symbol (default: ours, upper-cased)
     feed             default setting ``ALPACA_FEED`` ("iex"; "sip" needs a paid plan)
     adjustment       default setting ``ALPACA_ADJUSTMENT`` ("raw": as traded; split/dividend/all
@@ -60,7 +63,6 @@ validation rejects that bar alone.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -74,7 +76,16 @@ from django.conf import settings
 
 from ..calendars import CRYPTO_CALENDAR, is_expected_bar
 from ..timeframes import timeframe_seconds
-from .base import FetchRequest, ProviderConfigError, ProviderError, make_bar_frame
+from .base import (
+    FetchRequest,
+    ProviderConfigError,
+    ProviderError,
+    credential,
+    excerpt,
+    make_bar_frame,
+    reading_reply,
+    redact,
+)
 from .http import HttpClient, HttpConfig, check_option_names, page_limit, resolve_base_url
 
 NAME = "alpaca"
@@ -86,10 +97,6 @@ KEY_ID = "ALPACA_API_KEY_ID"
 SECRET_KEY = "ALPACA_API_SECRET_KEY"
 SESSION_TZ = "America/New_York"
 _FIELDS = ("o", "h", "l", "c", "v")
-
-
-def _credential(name: str) -> str:
-    return str(getattr(settings, name, "") or os.environ.get(name, "") or "").strip()
 
 
 def _rfc3339(value) -> str:
@@ -116,10 +123,10 @@ def parse_bars_page(payload: Any, path: str) -> tuple[pd.DataFrame, str | None]:
     """One reply to (bars with Alpaca's raw UTC stamps, next page token), or ``ProviderError``."""
     if not isinstance(payload, dict):
         raise ProviderError(f"unexpected reply shape: expected a JSON object, got {type(payload).__name__}",
-                            provider=NAME, path=path, body_excerpt=repr(payload)[:200])
+                            provider=NAME, path=path, body_excerpt=excerpt(payload))
     if "bars" not in payload:
         raise ProviderError("unexpected reply shape: no 'bars' field", provider=NAME, path=path,
-                            body_excerpt=repr(payload)[:200])
+                            body_excerpt=excerpt(payload))
     bars = payload["bars"] if payload["bars"] is not None else []
     token = payload.get("next_page_token")
     if not isinstance(bars, list):
@@ -134,14 +141,14 @@ def parse_bars_page(payload: Any, path: str) -> tuple[pd.DataFrame, str | None]:
     for i, bar in enumerate(bars):
         if not isinstance(bar, dict):
             raise ProviderError(f"unexpected bar shape: bar {i} is {type(bar).__name__}, expected an object",
-                                provider=NAME, path=path, body_excerpt=repr(bar)[:200])
+                                provider=NAME, path=path, body_excerpt=excerpt(bar))
         missing = [f for f in ("t", *_FIELDS) if f not in bar]
         if missing:
             raise ProviderError(f"unexpected bar shape: bar {i} is missing {', '.join(missing)}",
-                                provider=NAME, path=path, body_excerpt=repr(bar)[:200])
+                                provider=NAME, path=path, body_excerpt=excerpt(bar))
         if not isinstance(bar["t"], str):
-            raise ProviderError(f"unexpected bar shape: 't' of bar {i} is {bar['t']!r}, expected an RFC 3339 "
-                                f"time", provider=NAME, path=path)
+            raise ProviderError(f"unexpected bar shape: 't' of bar {i} is {excerpt(repr(bar['t']), limit=60)}, "
+                                f"expected an RFC 3339 time", provider=NAME, path=path)
         stamps.append(bar["t"])
         for j, field in enumerate(_FIELDS):
             values[i, j] = _number(bar[field], i, field, path)
@@ -149,7 +156,8 @@ def parse_bars_page(payload: Any, path: str) -> tuple[pd.DataFrame, str | None]:
     bad = ts.isna().to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ProviderError(f"unparseable bar time {stamps[i]!r} in bar {i}", provider=NAME, path=path)
+        raise ProviderError(f"unparseable bar time {excerpt(repr(stamps[i]), limit=60)} in bar {i}", provider=NAME,
+                            path=path)
     frame = make_bar_frame(ts, *values.T) if n else make_bar_frame([], [], [], [], [], [])
     return frame, token or None
 
@@ -197,7 +205,7 @@ def explain_status(response: httpx.Response, path: str) -> str | None:
             message = body.get("message") if isinstance(body, dict) else None
         except ValueError:
             pass
-        return f"Alpaca rejected the request (HTTP {status})" + (f": {message}" if message else "")
+        return f"Alpaca rejected the request (HTTP {status})" + (f": {excerpt(str(message))}" if message else "")
     if status == 404:
         return "Alpaca does not know this endpoint or symbol (HTTP 404)"
     return None
@@ -230,7 +238,7 @@ def validate_options(options: Any, symbol: str = "") -> None:
     API keys are not options (options are stored in the database and shown in the admin)."""
     options = check_option_names(options, OPTIONS, NAME)
     if options.get("base_url"):
-        resolve_base_url(options, "ALPACA_DATA_BASE_URL", DEFAULT_BASE_URL, NAME)
+        resolve_base_url(options, "ALPACA_DATA_BASE_URL", DEFAULT_BASE_URL, NAME, sends_keys=True)
     provider_symbol = options.get("provider_symbol")
     if provider_symbol is not None and not (isinstance(provider_symbol, str) and provider_symbol.strip()):
         raise ProviderConfigError(f"provider_symbol must be a non-empty string, got {provider_symbol!r}",
@@ -253,7 +261,7 @@ class AlpacaProvider:
         if timeframe is None:
             raise ProviderConfigError(f"timeframe {request.timeframe!r} has no Alpaca equivalent; expected "
                                       f"one of {', '.join(TIMEFRAMES)}", provider=NAME)
-        key_id, secret = _credential(KEY_ID), _credential(SECRET_KEY)
+        key_id, secret = credential(KEY_ID), credential(SECRET_KEY)
         missing = [name for name, value in ((KEY_ID, key_id), (SECRET_KEY, secret)) if not value]
         if missing:
             raise ProviderConfigError(f"missing Alpaca API credentials: set {' and '.join(missing)} in the "
@@ -272,7 +280,7 @@ class AlpacaProvider:
             "feed": str(options.get("feed") or getattr(settings, "ALPACA_FEED", "") or "iex"),
             "sort": "asc",
         }
-        base_url = resolve_base_url(options, "ALPACA_DATA_BASE_URL", DEFAULT_BASE_URL, NAME)
+        base_url = resolve_base_url(options, "ALPACA_DATA_BASE_URL", DEFAULT_BASE_URL, NAME, sends_keys=True)
         config = HttpConfig.from_settings(NAME, "ALPACA_MAX_REQUESTS_PER_SECOND", 3.0)
         filter_sessions = (not _truthy(options.get("extended_hours")) and request.timeframe != "1d"
                            and request.calendar != CRYPTO_CALENDAR)
@@ -300,7 +308,8 @@ class AlpacaProvider:
                 query = dict(params, page_token=token) if token else params
                 payload, response = client.get_json(path, query)
                 url_path = response.url.path
-                frame, next_token = parse_bars_page(payload, url_path)
+                with reading_reply(NAME, url_path):
+                    frame, next_token = parse_bars_page(payload, url_path)
                 if frame.empty:
                     empty_in_a_row += 1
                     if next_token and empty_in_a_row > MAX_EMPTY_PAGES_IN_A_ROW:
@@ -348,6 +357,7 @@ class AlpacaProvider:
 def _short(token: str | None) -> str:
     if token is None:
         return "(first page)"
+    token = redact(token)  # before shortening: a cut secret would no longer be recognised
     return repr(token if len(token) <= 24 else token[:21] + "...")
 
 

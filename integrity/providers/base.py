@@ -14,26 +14,91 @@ Providers do not validate: they parse what the source said into that layout (rai
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 import pandas as pd
+from django.conf import settings
 
 BAR_COLUMNS = ["ts", "open", "high", "low", "close", "volume"]
 PRICE_COLUMNS = ["open", "high", "low", "close"]
 
+# --- secrets and the one redaction ---------------------------------------------------------------
+
+# The settings that hold provider credentials (read from Django settings, else the environment).
+# Their values are removed from every error text, whoever builds it: see ``redact``.
+CREDENTIAL_SETTINGS = ("ALPACA_API_KEY_ID", "ALPACA_API_SECRET_KEY")
+EXCERPT_CHARS = 200  # the longest excerpt of a reply an error carries
+REDACTED = "***"
+
+
+def credential(name: str) -> str:
+    """A credential: the Django setting when set there, else the environment variable of that name."""
+    from_settings = getattr(settings, name, "") if settings.configured else ""
+    return str(from_settings or os.environ.get(name, "") or "").strip()
+
+
+def _spellings(secret: str) -> list[str]:
+    """How a reply-derived text may spell ``secret``: as sent, JSON-escaped (a raw body) and
+    repr-escaped (a decoded payload shown with ``repr``)."""
+    backslashed = secret.replace("\\", "\\\\")
+    return [secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], backslashed,
+            backslashed.replace("'", "\\'"), backslashed.replace('"', '\\"')]
+
+
+def _secret_spellings(secrets: Iterable[str]) -> list[str]:
+    values = {s for s in (*secrets, *(credential(name) for name in CREDENTIAL_SETTINGS)) if s}
+    spellings = {spelling for value in values for spelling in _spellings(value)}
+    return sorted(spellings, key=len, reverse=True)  # longest first: no spelling is left half-replaced
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """The one redaction: ``text`` with every credential (``CREDENTIAL_SETTINGS``) and every extra
+    secret replaced by ``***``, in any spelling a reply may echo it in.
+
+    Every error text derived from a provider reply or a failed request passes through here
+    (``ProviderError`` applies it to its whole message), so a reply that echoes the key headers
+    cannot carry them into an execution's ``error_message``, failure tracking, a log line or a
+    command's output. Redact *before* shortening a text: a cut secret no longer matches."""
+    for spelling in _secret_spellings(secrets):
+        text = text.replace(spelling, REDACTED)
+    return text
+
+
+def excerpt(value: Any, secrets: Iterable[str] = (), limit: int = EXCERPT_CHARS) -> str:
+    """A short, redacted, single-line excerpt of a reply (a body, a payload, a value from it).
+
+    A string is taken as it is, anything else as its ``repr``. The text is cut to a window first
+    (a reply may be megabytes), and a secret the cut would split is dropped with the rest, so no
+    prefix of a secret survives; then it is redacted and cut to ``limit``."""
+    text = value if isinstance(value, str) else repr(value)
+    spellings = _secret_spellings(secrets)
+    window = limit * 2 + (len(spellings[0]) if spellings else 0)
+    if len(text) > window:
+        text = text[:window]
+        for spelling in spellings:  # the window may end inside a secret: drop that partial secret
+            for size in range(min(len(spelling), len(text)) - 1, 0, -1):
+                if text.endswith(spelling[:size]):
+                    text = text[:-size]
+                    break
+    return " ".join(redact(text, secrets).split())[:limit]
+
 
 class ProviderError(Exception):
-    """The source could not deliver usable bars. The message is safe to store and show."""
+    """The source could not deliver usable bars. The message is safe to store and show: it is
+    redacted (``redact``) whatever the caller put into it."""
 
     def __init__(self, message: str, *, provider: str = "", path: str = "", status: int | None = None,
                  body_excerpt: str = ""):
         self.provider = provider
         self.path = path
         self.status = status
-        self.body_excerpt = body_excerpt
+        self.body_excerpt = excerpt(body_excerpt) if body_excerpt else ""
         parts = [message]
         if provider:
             parts.insert(0, f"[{provider}]")
@@ -41,13 +106,26 @@ class ProviderError(Exception):
             parts.append(f"path={path}")
         if status is not None:
             parts.append(f"status={status}")
-        if body_excerpt:
-            parts.append(f"body={body_excerpt[:200]!r}")
-        super().__init__(" ".join(parts))
+        if self.body_excerpt:
+            parts.append(f"body={self.body_excerpt!r}")
+        super().__init__(redact(" ".join(parts)))
 
 
 class ProviderConfigError(ProviderError):
     """The provider is misconfigured (missing key, unknown symbol mapping, missing file)."""
+
+
+@contextmanager
+def reading_reply(provider: str, path: str) -> Iterator[None]:
+    """Around the parsing of a reply: an exception the parser did not foresee (its text may quote
+    the reply) becomes a ``ProviderError``, so it is redacted like every other reply-derived error."""
+    try:
+        yield
+    except ProviderError:
+        raise
+    except Exception as exc:
+        raise ProviderError(f"unusable reply ({exc.__class__.__name__}: {exc})", provider=provider,
+                            path=path) from None
 
 
 @dataclass

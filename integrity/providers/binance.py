@@ -14,7 +14,8 @@ page's (or before the requested start) fails with "pagination cursor did not adv
 that ignores ``startTime`` can never make us loop.
 
 Options (``Instrument.provider_options``, overriding settings):
-    base_url         default setting ``BINANCE_BASE_URL`` (https://api.binance.com)
+    base_url         default setting ``BINANCE_BASE_URL`` (https://api.binance.com); another host
+                     only when listed in ``PROVIDER_ALLOWED_HOSTS``
     provider_symbol  the Binance symbol, when the default mapping is wrong
     limit            klines per request, 1..1000 (default 1000)
 
@@ -50,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from ..timeframes import timeframe_seconds
-from .base import FetchRequest, ProviderConfigError, ProviderError, make_bar_frame
+from .base import FetchRequest, ProviderConfigError, ProviderError, excerpt, make_bar_frame, reading_reply
 from .http import HttpClient, HttpConfig, check_option_names, number_setting, page_limit, resolve_base_url
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def parse_klines(payload: Any, path: str = KLINES_PATH) -> pd.DataFrame:
     if not isinstance(payload, list):
         raise ProviderError(
             f"unexpected reply shape: expected a JSON array of klines, got a JSON {_json_type(payload)}",
-            provider=NAME, path=path, body_excerpt=_excerpt(payload),
+            provider=NAME, path=path, body_excerpt=excerpt(payload),
         )
     n = len(payload)
     ts = np.empty(n, dtype="int64")
@@ -104,13 +105,13 @@ def parse_klines(payload: Any, path: str = KLINES_PATH) -> pd.DataFrame:
         if not isinstance(row, list) or len(row) < 6:
             raise ProviderError(
                 f"unexpected kline shape: kline {i} is not an array of at least 6 fields",
-                provider=NAME, path=path, body_excerpt=_excerpt(row),
+                provider=NAME, path=path, body_excerpt=excerpt(row),
             )
         open_time = row[0]
         if isinstance(open_time, bool) or not isinstance(open_time, int):
             raise ProviderError(
-                f"unexpected kline shape: open time of kline {i} is {open_time!r}, expected integer "
-                f"milliseconds", provider=NAME, path=path, body_excerpt=_excerpt(row),
+                f"unexpected kline shape: open time of kline {i} is {excerpt(repr(open_time), limit=60)}, "
+                f"expected integer milliseconds", provider=NAME, path=path, body_excerpt=excerpt(row),
             )
         ts[i] = open_time
         for j, name in enumerate(fields):
@@ -130,10 +131,6 @@ def _json_type(value: Any) -> str:
         type(value), "number")
 
 
-def _excerpt(value: Any) -> str:
-    return repr(value)[:200]
-
-
 def explain_status(response: httpx.Response, path: str) -> str | None:
     """Binance's meaning of a non-retryable status, for the error message."""
     status = response.status_code
@@ -147,7 +144,8 @@ def explain_status(response: httpx.Response, path: str) -> str | None:
     except ValueError:
         return None
     if isinstance(body, dict) and "msg" in body:
-        return f"rejected by Binance: HTTP {status}: {body.get('msg')} (code {body.get('code')})"
+        return (f"rejected by Binance: HTTP {status}: {excerpt(str(body.get('msg')))} "
+                f"(code {excerpt(str(body.get('code')), limit=20)})")
     return None
 
 
@@ -209,7 +207,8 @@ class BinanceProvider:
                 params = {"symbol": symbol, "interval": interval, "startTime": cursor,
                           "endTime": end_ms - 1, "limit": limit}
                 payload, response = client.get_json(KLINES_PATH, params)
-                frame = parse_klines(payload, response.url.path)
+                with reading_reply(NAME, response.url.path):
+                    frame = parse_klines(payload, response.url.path)
                 if frame.empty:
                     return  # the start is past the last kline
                 last = int(frame["ts"].iloc[-1].value // 1_000_000)

@@ -24,9 +24,20 @@ resilience and the same error reporting:
   together send N × rate.
 - ``User-Agent: marketdata-integrity/1.0``.
 
+Where requests go (``resolve_base_url``): the endpoint comes from the provider's setting
+(``BINANCE_BASE_URL``, ``ALPACA_DATA_BASE_URL``), which only the operator controls. An instrument's
+``base_url`` option may change the path on that endpoint's host and port, but another host only
+when ``PROVIDER_ALLOWED_HOSTS`` lists it: provider options are edited by API users, and a free
+``base_url`` would let them send our API keys anywhere or probe the network from the server (a
+connection error tells an open port from a closed one). API keys travel only over https, except
+to a loopback host (127.0.0.0/8, ::1, localhost). The rules are checked when options are saved
+(admin/API, through each provider's ``validate_options``), again when a fetch resolves its URL, and
+once more by ``HttpClient`` itself before a request carrying keys is sent.
+
 Every failure is a ``ProviderError`` carrying the provider, the URL *path* (never the host or the
 query string), the HTTP status and a short excerpt of the body. Secrets handed to the client
-(API keys) are replaced by ``***`` in anything it puts into an error or a log line.
+(API keys) and the configured credentials are replaced by ``***`` in anything it puts into an
+error or a log line, by the one redaction of ``base.redact``.
 
 Sleeping goes through ``HttpClient.sleep`` and jitter through ``HttpClient.jitter`` (class
 attributes, overridable per instance) so tests run fast and deterministically.
@@ -35,6 +46,7 @@ attributes, overridable per instance) so tests run fast and deterministically.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import logging
 import random
@@ -46,16 +58,40 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
 import httpx
 from django.conf import settings
 
-from .base import ProviderConfigError, ProviderError
+from .base import ProviderConfigError, ProviderError, excerpt, redact
 
 logger = logging.getLogger(__name__)
 
+
+class RedactingFilter(logging.Filter):
+    """The one redaction (``base.redact``) over what the HTTP libraries log about our requests: the
+    URL with its query string (which may carry a reply-derived page token) at INFO, and at DEBUG
+    the reply's headers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message)
+        decoded = unquote_plus(redacted)  # a query string spells a secret %-encoded
+        if redact(decoded) != decoded:
+            redacted = redact(decoded)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+for _name in ("httpx", "httpcore.connection", "httpcore.http11"):
+    _logger = logging.getLogger(_name)
+    if not any(isinstance(f, RedactingFilter) for f in _logger.filters):
+        _logger.addFilter(RedactingFilter())
+
 USER_AGENT = "marketdata-integrity/1.0"
-EXCERPT_CHARS = 200
+ALLOWED_HOSTS_SETTING = "PROVIDER_ALLOWED_HOSTS"
+KEYS_RULE = "API keys are sent only over https, except to a loopback host (127.0.0.0/8, ::1, localhost)"
 
 DEFAULTS: dict[str, float] = {
     "PROVIDER_HTTP_CONNECT_TIMEOUT": 5.0,
@@ -80,22 +116,111 @@ def number_setting(name: str, default: float, *, provider: str = "", minimum: fl
     return value
 
 
-def resolve_base_url(options: Mapping[str, Any], setting_name: str, default: str, provider: str) -> str:
-    """``base_url`` from the instrument/call options, else the setting, else the public default."""
-    value = options.get("base_url") or getattr(settings, setting_name, None) or default
+def parse_base_url(value: Any, provider: str, source: str = "base_url", *, allow_userinfo: bool = False) -> httpx.URL:
+    """An http(s) URL with a host and without query or fragment; ``ProviderConfigError`` naming
+    ``source`` (the option, or the setting it came from) otherwise. User info (``user:password@``)
+    only where ``allow_userinfo`` (an operator's setting, e.g. a proxy login): in an option it would
+    store a password in the database, and it can make a URL read as if it went to another host."""
     url = str(value).strip()
     try:
         parsed = httpx.URL(url)
+        host = parsed.host  # decoding an IDNA host may fail too (http://xn--)
     except (httpx.InvalidURL, TypeError, ValueError):
-        parsed = None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        parsed = host = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not host:
         raise ProviderConfigError(
-            f"base_url must be an http(s) URL such as https://api.example.com, got {url!r}", provider=provider
+            f"{source} must be an http(s) URL such as https://api.example.com, got {url!r}", provider=provider
         )
+    if parsed.userinfo and not allow_userinfo:
+        raise ProviderConfigError(f"{source} must not carry a user name or password", provider=provider)
     if parsed.query or parsed.fragment:
-        raise ProviderConfigError(f"base_url must not carry a query string or fragment: {url!r}",
-                                  provider=provider)
-    return url.rstrip("/")
+        raise ProviderConfigError(f"{source} must not carry a query string or fragment: {url!r}", provider=provider)
+    return parsed
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also IPv4-mapped) or ``localhost``: traffic that never leaves the machine."""
+    host = host.strip().lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def _host_port(url: httpx.URL) -> tuple[str, int | None]:
+    port = url.port or {"http": 80, "https": 443}.get(url.scheme)
+    return url.host.lower().rstrip("."), port
+
+
+def allowed_hosts() -> list[tuple[str, int | None]]:
+    """``PROVIDER_ALLOWED_HOSTS``: (host, port) pairs; port None allows every port of the host.
+
+    Entries are host names or addresses, optionally with a port: ``md-proxy.internal``,
+    ``md-proxy.internal:8443``, ``10.0.0.5``, ``[fd00::5]:8080``. A string is split at commas."""
+    raw = getattr(settings, ALLOWED_HOSTS_SETTING, None) or ()
+    entries = raw.split(",") if isinstance(raw, str) else list(raw)
+    hosts = []
+    for entry in entries:
+        entry = str(entry).strip()
+        if not entry:
+            continue
+        try:
+            url = httpx.URL(f"http://{entry}")
+            host = url.host
+        except (httpx.InvalidURL, TypeError, ValueError):
+            url = host = None
+        if url is None or not host or url.path not in ("", "/") or url.query or url.userinfo:
+            raise ProviderConfigError(f"setting {ALLOWED_HOSTS_SETTING} must list host names or addresses, "
+                                      f"optionally with :port (e.g. md-proxy.internal:8443), got {entry!r}")
+        hosts.append((url.host.lower().rstrip("."), url.port))
+    return hosts
+
+
+def check_keys_transport(url: httpx.URL, provider: str, source: str) -> None:
+    """API keys go over https, or to a loopback host; ``ProviderConfigError`` naming the rule otherwise."""
+    if url.scheme != "https" and not is_loopback_host(url.host):
+        raise ProviderConfigError(
+            f"{source} {_origin(url)} would send the API keys over plain {url.scheme}: {KEYS_RULE}",
+            provider=provider)
+
+
+def _origin(url: httpx.URL) -> str:
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{url.scheme}://{host}" + (f":{url.port}" if url.port else "")
+
+
+def resolve_base_url(options: Mapping[str, Any], setting_name: str, default: str, provider: str, *,
+                     sends_keys: bool = False) -> str:
+    """The endpoint a fetch (or, when options are saved, a future fetch) talks to.
+
+    The setting ``setting_name`` names it (else the public ``default``). An instrument's
+    ``base_url`` option is used instead when it keeps the setting's host and port (another path
+    there, e.g. a prefix on a proxy) or when its host is listed in ``PROVIDER_ALLOWED_HOSTS``;
+    otherwise it is refused. With ``sends_keys`` the result must be https or a loopback host.
+    Every refusal is a ``ProviderConfigError`` that names the rule.
+    """
+    option = options.get("base_url")
+    chosen = parse_base_url(option, provider) if option not in (None, "") else None
+    source = f"setting {setting_name}"
+    configured_value = getattr(settings, setting_name, None) or default
+    configured = parse_base_url(configured_value, provider, source, allow_userinfo=True)
+    if chosen is not None and _host_port(chosen) != _host_port(configured):
+        host, port = _host_port(chosen)
+        if not any(host == allowed and (allowed_port is None or allowed_port == port)
+                   for allowed, allowed_port in allowed_hosts()):
+            raise ProviderConfigError(
+                f"base_url {_origin(chosen)} is not allowed: provider endpoints come from the server's "
+                f"settings; an instrument's base_url may only keep the host and port of the setting "
+                f"{setting_name} ({_origin(configured)}) or point at a host listed in "
+                f"{ALLOWED_HOSTS_SETTING}", provider=provider)
+    url, value = (chosen, option) if chosen is not None else (configured, configured_value)
+    if sends_keys:
+        check_keys_transport(url, provider, "base_url" if chosen is not None else source)
+    return str(value).strip().rstrip("/")
 
 
 def page_limit(options: Mapping[str, Any], maximum: int, provider: str) -> int:
@@ -268,6 +393,10 @@ class HttpClient:
         self.base_url = base_url.rstrip("/")
         self.config = config
         self.secrets = tuple(s for s in secrets if s)
+        self._endpoint = parse_base_url(self.base_url, provider, allow_userinfo=True)
+        if self.secrets:
+            # The last guard before keys leave the process, whatever resolved the URL.
+            check_keys_transport(self._endpoint, provider, "base_url")
         self.explain_status = explain_status
         self.retry_after_of = retry_after_of
         self.limiter = rate_limiter(provider, config.max_requests_per_second)
@@ -290,16 +419,14 @@ class HttpClient:
     # -- helpers --------------------------------------------------------------------------------
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
+        return redact(text, self.secrets)
 
     def excerpt(self, response: httpx.Response) -> str:
         try:
             text = response.text
         except Exception:  # undecodable bytes: show what we can
             text = response.content.decode("utf-8", "replace")
-        return self.redact(" ".join(text[: EXCERPT_CHARS * 2].split()))[:EXCERPT_CHARS]
+        return excerpt(text, self.secrets)
 
     def error(self, message: str, *, path: str, response: httpx.Response | None = None,
               cls: type[ProviderError] = ProviderError) -> ProviderError:
@@ -326,7 +453,11 @@ class HttpClient:
     def get(self, path: str, params: Mapping[str, Any] | None = None) -> httpx.Response:
         """GET ``base_url + path``; the successful (2xx) response, or ``ProviderError``."""
         url = self.base_url + path
-        url_path = httpx.URL(url).path
+        target = httpx.URL(url)
+        url_path = target.path
+        if _host_port(target) != _host_port(self._endpoint):  # a path can never move a request elsewhere
+            raise self.error(f"request path {path!r} leaves the endpoint's host", path="",
+                             cls=ProviderConfigError)
         attempts = self.config.max_retries + 1
         for attempt in range(attempts):
             self._throttle()
