@@ -9,8 +9,16 @@ Every backfill of a (symbol, timeframe) series is a tracked execution in
 - Heartbeat and checkpoint: each committed batch moves ``checkpoint_ts`` (the newest bar written)
   and ``heartbeat_at`` in the same transaction as the bars.
 - Recovery: ``reap_dead_backfills`` fails in_progress executions whose heartbeat is older than the
-  timeout ("worker lost: heartbeat timeout"), freeing the series; it runs before every claim. The
-  next run of a failed series resumes from its checkpoint and counts ``retry_count``.
+  timeout ("worker lost: heartbeat timeout"), freeing the series; it runs inside every claim. The
+  range is planned after the claim, so the next run of a failed series — including one its own
+  claim just reaped — resumes from its checkpoint and counts ``retry_count``.
+- Finishing: the writes that record the outcome (completed/failed, failure tracking) are retried
+  with backoff across a database outage (``BACKFILL_FINISH_RETRIES``, ``BACKFILL_FINISH_BACKOFF``),
+  so the execution says what happened instead of waiting for the reaper.
+- Stopping: between provider pages the run asks ``shutdown.stop_requested()`` (SIGTERM, a django-q2
+  cluster shutting down); if asked, it commits what it holds and ends failed "worker stopping",
+  resumable from its checkpoint.
+- A run that stored nothing because validation rejected every bar fails, with the reasons counted.
 """
 
 from __future__ import annotations
@@ -26,7 +34,14 @@ from typing import Any
 
 import pandas as pd
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connections,
+    transaction,
+)
 from django.db.models import Max, Q
 from django.utils import timezone
 
@@ -43,6 +58,7 @@ from .models import (
     Timeframe,
 )
 from .providers import FetchRequest, Provider, get_provider
+from .shutdown import stop_on_sigterm, stop_requested
 from .timeframes import BarAlignment, floor_to_timeframe, timeframe_delta
 from .validation import ValidationSummary, validate_bars
 from .writer import WriteResult, write_bars
@@ -77,6 +93,10 @@ class BackfillRefused(Exception):
 
 class StrictValidationError(Exception):
     pass
+
+
+class BackfillStopped(Exception):
+    """The worker was asked to stop: the run committed what it held and can be resumed."""
 
 
 @dataclass
@@ -307,7 +327,8 @@ def plan_range(
     start: explicit, else the last stored bar minus a small overlap (to pick up revisions), else
     the configured lookback — or, for a provider that knows its first bar (a CSV file), that bar,
     so a file's older history is not cut off. A failed previous run of the same range resumes
-    from its checkpoint.
+    from its checkpoint (the same range: the same requested start, also when that run was itself
+    a resumption).
     """
     step = timeframe_delta(spec.timeframe)
     last_complete = last_completed_bar(spec.calendar, spec.timeframe, now, spec.alignment)
@@ -330,12 +351,19 @@ def plan_range(
         if resumable and previous.range_start is not None and previous.checkpoint_ts >= start:
             resumed_from = previous.checkpoint_ts
     else:
-        if resumable and previous.range_start == start and previous.checkpoint_ts >= start:
+        if resumable and start in (previous.range_start, _requested_start(previous)) \
+                and previous.checkpoint_ts >= start:
             # The bars up to and including the checkpoint are committed; restart at it (idempotent).
             resumed_from = previous.checkpoint_ts
             start = previous.checkpoint_ts
     start = floor_to_timeframe(start, spec.timeframe)
     return start, end, resumed_from
+
+
+def _requested_start(state: BackfillState) -> datetime | None:
+    """The start its caller asked for: a resumed run's own range starts at the checkpoint."""
+    requested = (state.details or {}).get("requested_start")
+    return datetime.fromisoformat(requested) if requested else None
 
 
 def _fetch_request(spec: SeriesSpec, start: datetime, end: datetime) -> FetchRequest:
@@ -380,9 +408,22 @@ class _Run:
 
     def execute(self) -> None:
         request = _fetch_request(self.spec, self.start.to_pydatetime(), self.end.to_pydatetime())
+        self._stop_if_asked()
         for page in self.provider.fetch(request):
             self._take(page)
+            self._stop_if_asked()
         self._flush(final=True)
+
+    def _stop_if_asked(self) -> None:
+        """Between pages: if the worker is stopping, commit what we hold and end resumable."""
+        reason = stop_requested()
+        if reason is None:
+            return
+        self._flush(final=True)
+        checkpoint = self.state.checkpoint_ts
+        resume = (f"resumable from checkpoint {checkpoint.isoformat()}" if checkpoint
+                  else "nothing committed; a rerun starts at the range start")
+        raise BackfillStopped(f"worker stopping ({reason}): {self.totals.inserted:,} bars inserted, {resume}")
 
     def _take(self, page: pd.DataFrame) -> None:
         if not page.empty:
@@ -483,59 +524,67 @@ def run_backfill(
         end = end or state.range_end
     spec = resolve_series(symbol, timeframe, provider=provider, provider_options=provider_options,
                           asset_class=asset_class, calendar=calendar)
-    previous = _latest_finished(symbol, timeframe)
-    if execution_id is None:
+    # SIGTERM from here on asks the run to stop between pages (see integrity.shutdown).
+    with stop_on_sigterm():
+        if execution_id is None:
+            try:
+                # The claim reaps dead executions of the series first ...
+                state = create_backfill_state(symbol, timeframe, spec.asset_class, provider=spec.provider,
+                                              range_start=start, range_end=end, requested_by=requested_by)
+            except BackfillRefused as refused:
+                return BackfillResult(
+                    symbol=symbol, timeframe=timeframe, status="refused", error=str(refused),
+                    active_execution_id=str(refused.active.execution_id) if refused.active else None,
+                    duration_seconds=round(time.monotonic() - started, 3),
+                )
+        # ... so the previous execution is read after it: a run the claim just reaped is the one
+        # to resume from.
+        previous = _latest_finished(symbol, timeframe)
+        result = BackfillResult(symbol=symbol, timeframe=timeframe, status="failed",
+                                execution_id=str(state.execution_id), retry_count=state.retry_count)
         try:
-            state = create_backfill_state(symbol, timeframe, spec.asset_class, provider=spec.provider,
-                                          range_start=start, range_end=end, requested_by=requested_by)
-        except BackfillRefused as refused:
-            return BackfillResult(
-                symbol=symbol, timeframe=timeframe, status="refused", error=str(refused),
-                active_execution_id=str(refused.active.execution_id) if refused.active else None,
-                duration_seconds=round(time.monotonic() - started, 3),
-            )
-    result = BackfillResult(symbol=symbol, timeframe=timeframe, status="failed",
-                            execution_id=str(state.execution_id), retry_count=state.retry_count)
-    try:
-        state.mark_started(worker=worker_name())
-    except InvalidTransition as exc:
-        result.error = str(exc)
-        return result
+            state.mark_started(worker=worker_name())
+        except InvalidTransition as exc:
+            result.error = str(exc)
+            return result
 
-    run = None
-    try:
-        provider_impl = get_provider(spec.provider)
-        range_start, range_end, resumed_from = plan_range(spec, start=start, end=end, now=now, previous=previous,
-                                                          provider=provider_impl)
-        details = dict(state.details or {})
-        details.update({"calendar": spec.calendar, "batch_size": batch_size})
-        if resumed_from:
-            details["resumed_from"] = resumed_from.isoformat()
-        BackfillState.objects.filter(pk=state.pk).update(
-            range_start=range_start, range_end=range_end, provider=spec.provider, details=details
-        )
-        state.range_start, state.range_end = range_start, range_end  # progress callbacks read them
-        result.range_start, result.range_end = _iso(range_start), _iso(range_end)
-        result.resumed_from = _iso(resumed_from)
-        run = _Run(state, spec, provider_impl, start=range_start, end=range_end, strict=strict, batch_size=batch_size,
-                   now=now, progress=progress)
-        if range_start < range_end:
-            run.execute()
-        _finish_completed(state, run)
-        result.status = BackfillStatus.COMPLETED
-    except BaseException as exc:  # noqa: B036 — we record every way a run can end, then re-raise the fatal ones
-        message = _describe(exc)
-        result.error = message
-        _finish_failed(state, message)
-        if not isinstance(exc, Exception):
-            raise
-    finally:
-        if run is not None:
-            result.inserted, result.updated = run.totals.inserted, run.totals.updated
-            result.invalid = run.summary.invalid_count
-            result.invalid_reasons = run.summary.reason_counts
+        run = None
+        failure: BaseException | None = None
+        try:
+            provider_impl = get_provider(spec.provider)
+            range_start, range_end, resumed_from = plan_range(spec, start=start, end=end, now=now,
+                                                              previous=previous, provider=provider_impl)
+            details = dict(state.details or {})
+            details.update({"calendar": spec.calendar, "batch_size": batch_size, "requested_start": _iso(start)})
+            changes = {"range_start": range_start, "range_end": range_end, "provider": spec.provider}
+            if resumed_from:
+                details["resumed_from"] = resumed_from.isoformat()
+                # The bars up to it are committed: a run stopped before its own first batch still
+                # hands the resume point on.
+                changes["checkpoint_ts"] = state.checkpoint_ts = resumed_from
+            BackfillState.objects.filter(pk=state.pk).update(details=details, **changes)
+            state.range_start, state.range_end = range_start, range_end  # progress callbacks read them
+            result.range_start, result.range_end = _iso(range_start), _iso(range_end)
+            result.resumed_from = _iso(resumed_from)
+            run = _Run(state, spec, provider_impl, start=range_start, end=range_end, strict=strict,
+                       batch_size=batch_size, now=now, progress=progress)
+            if range_start < range_end:
+                run.execute()
+        except BaseException as exc:  # noqa: B036 — every way a run can end is recorded; fatal ones re-raised below
+            failure = exc
+        finally:
+            if run is not None:
+                result.inserted, result.updated = run.totals.inserted, run.totals.updated
+                result.invalid = run.summary.invalid_count
+                result.invalid_reasons = run.summary.reason_counts
+        result.status, result.error = _record_outcome(state, run, failure)
         result.duration_seconds = round(time.monotonic() - started, 3)
+    if failure is not None and not isinstance(failure, Exception):
+        raise failure
     return result
+
+
+EXECUTION_TASK = "integrity.backfill.run_backfill_execution"  # what request_backfill queues
 
 
 def run_backfill_execution(execution_id: str) -> dict[str, Any]:
@@ -556,7 +605,7 @@ def request_backfill(symbol: str, timeframe: str, *, start: datetime | None = No
         from django_q.tasks import async_task
 
         try:
-            async_task("integrity.backfill.run_backfill_execution", str(state.execution_id),
+            async_task(EXECUTION_TASK, str(state.execution_id),
                        task_name=f"backfill {symbol} {timeframe}", group="backfill")
         except Exception as exc:
             # Without a queue the claim would block the series until the pending timeout: release it.
@@ -570,39 +619,199 @@ def _describe(exc: BaseException) -> str:
         return "interrupted"
     if isinstance(exc, SystemExit):
         return "worker exiting"
-    text = str(exc) or exc.__class__.__name__
+    if isinstance(exc, DatabaseError):
+        # A lost connection often surfaces as the reconnect that failed while Django cleaned up
+        # after the first error: say what happened first, then what followed.
+        return "; then ".join(dict.fromkeys(_describe_one(e) for e in _database_error_chain(exc)))
+    return _describe_one(exc)
+
+
+def _describe_one(exc: BaseException) -> str:
+    text = str(exc).strip() or exc.__class__.__name__
     if exc.__class__.__module__.startswith(("integrity", "builtins")) and not isinstance(exc, (OSError,)):
         return text
     return f"{exc.__class__.__name__}: {text}"
 
 
-def _finish_completed(state: BackfillState, run: _Run) -> None:
+def _database_error_chain(exc: BaseException, limit: int = 3) -> list[BaseException]:
+    """The database errors raised while handling one another, oldest first."""
+    chain = [exc]
+    while len(chain) < limit:
+        earlier = chain[-1].__context__
+        if earlier is not None and earlier is chain[-1].__cause__:
+            earlier = earlier.__context__  # the driver's own copy of the same error
+        if not isinstance(earlier, DatabaseError):
+            break
+        chain.append(earlier)
+    return chain[::-1]
+
+
+# --- finishing: the writes that record how a run ended -------------------------------------------
+
+FINISH_BACKOFF_MAX_SECONDS = 30.0
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)  # one place, so tests can record the backoff instead of waiting it out
+
+
+def _drop_broken_connections() -> None:
+    """Close connections an error left unusable (and obsolete ones), so the next query reconnects.
+
+    Never inside a transaction: closing would abort it, and that transaction is the caller's.
+    """
+    for conn in connections.all(initialized_only=True):
+        if conn.in_atomic_block:
+            continue
+        try:
+            conn.close_if_unusable_or_obsolete()
+        except DatabaseError:
+            pass  # the connection is dropped either way
+
+
+def _with_db_retry(what: str, write: Callable[[int], Any]) -> Any:
+    """``write(attempt)``, again after a lost database connection: bounded, with backoff.
+
+    1 + ``BACKFILL_FINISH_RETRIES`` attempts; ``BACKFILL_FINISH_BACKOFF`` seconds before the first
+    retry, doubled each time (at most 30 s); the broken connection is closed between attempts. The
+    last error is raised. ``attempt`` lets a write tell its own earlier, unacknowledged success
+    from someone else's change.
+    """
+    retries = max(0, settings.BACKFILL_FINISH_RETRIES)
+    delay = max(0.0, settings.BACKFILL_FINISH_BACKOFF)
+    for attempt in range(1, retries + 2):
+        try:
+            return write(attempt)
+        except (OperationalError, InterfaceError) as exc:
+            _drop_broken_connections()
+            if attempt > retries:
+                raise
+            logger.warning("%s failed (attempt %d of %d), retrying in %.1fs: %s",
+                           what, attempt, retries + 1, delay, _describe(exc))
+            _sleep(delay)
+            delay = min(delay * 2, FINISH_BACKOFF_MAX_SECONDS)
+    raise AssertionError("unreachable")
+
+
+def _already(state: BackfillState, status: str, **fields) -> bool:
+    return BackfillState.objects.filter(pk=state.pk, status=status, **fields).exists()
+
+
+def _record_outcome(state: BackfillState, run: _Run | None, failure: BaseException | None) -> tuple[str, str | None]:
+    """Record how the run ended; returns (result status, error)."""
+    if failure is not None:
+        message = _describe(failure)
+        unrecorded = _finish_failed(state, message, count_failure=not isinstance(failure, BackfillStopped))
+        return BackfillStatus.FAILED, message + (f"; {unrecorded}" if unrecorded else "")
+    rejected = all_rejected_message(run.summary, state.timeframe) if run is not None else None
+    if rejected is not None:
+        unrecorded = _finish_failed(state, rejected, run=run)
+        return BackfillStatus.FAILED, rejected + (f"; {unrecorded}" if unrecorded else "")
+    unrecorded = _finish_completed(state, run)
+    if unrecorded:
+        return BackfillStatus.FAILED, unrecorded
+    return BackfillStatus.COMPLETED, None
+
+
+def all_rejected_message(summary: ValidationSummary, timeframe: str) -> str | None:
+    """"30 of 30 bars rejected: misaligned_ts" when validation refused every bar the provider sent."""
+    if summary.valid_count or not summary.invalid_count:
+        return None
+    total = summary.invalid_count
+    reasons = ", ".join(code if n == total else f"{code} ×{n}"
+                        for code, n in sorted(summary.reason_counts.items(), key=lambda item: -item[1]))
+    message = f"{total:,} of {total:,} bars rejected: {reasons}"
+    if summary.reason_counts.get("misaligned_ts") == total:
+        first = summary.examples[0]["ts"] if summary.examples else None
+        message += (f" — no bar starts on the {timeframe} grid" + (f" (first: {first})" if first else "")
+                    + "; are the timestamps in another time zone (--tz), or anchored at the session "
+                    "open rather than the clock (the instrument's bar alignment)?")
+    return message
+
+
+def _record_validation(state: BackfillState, run: _Run) -> None:
     details = dict(BackfillState.objects.filter(pk=state.pk).values_list("details", flat=True).first() or {})
     details["validation"] = run.summary.as_dict()
     if run.dropped_outside_range or run.dropped_out_of_order:
         details["dropped"] = {"outside_range": run.dropped_outside_range, "repeated": run.dropped_out_of_order}
     BackfillState.objects.filter(pk=state.pk).update(details=details)
-    state.mark_completed()
-    if run.summary.invalid_count:
-        record_invalid_bars_anomaly(state, run.summary)
-    track_symbol_failure(state.symbol, success=True)
 
 
-def _finish_failed(state: BackfillState, message: str) -> None:
+def _finish_completed(state: BackfillState, run: _Run) -> str | None:
+    """Mark the run completed; None, or why that could not be recorded."""
+
+    def complete(attempt: int) -> None:
+        _record_validation(state, run)
+        try:
+            state.mark_completed()
+        except InvalidTransition:
+            # A retry after an update that landed but whose reply was lost with the connection.
+            if attempt == 1 or not _already(state, BackfillStatus.COMPLETED):
+                raise
+            state.refresh_from_db()
+
     try:
-        close_old_connections()
-        state.mark_failed(message)
+        _with_db_retry(f"recording the completion of backfill {state.execution_id}", complete)
+    except InvalidTransition as exc:
+        logger.warning("backfill %s could not be marked completed: %s", state.execution_id, exc)
+        return str(exc)
+    except Exception as exc:
+        logger.exception("backfill %s wrote all its bars but its completion could not be recorded",
+                         state.execution_id)
+        return (f"all bars were committed but the completion could not be recorded ({_describe(exc)}); "
+                "the execution stays in_progress until it is reaped, and a rerun resumes from its checkpoint")
+    _after_finish(state, run, success=True)
+    return None
+
+
+def _finish_failed(state: BackfillState, message: str, *, run: _Run | None = None,
+                   count_failure: bool = True) -> str | None:
+    """Mark the run failed with ``message``; None, or why that could not be recorded.
+
+    ``run``: also record its validation outcome (a run whose every bar was rejected).
+    ``count_failure``: a worker told to stop is not a failure of the symbol.
+    """
+
+    def fail(attempt: int) -> None:
+        if run is not None:
+            _record_validation(state, run)
+        try:
+            state.mark_failed(message)
+        except InvalidTransition:
+            if attempt == 1 or not _already(state, BackfillStatus.FAILED, error_message=str(message)[:10_000]):
+                raise
+            state.refresh_from_db()
+
+    try:
+        _with_db_retry(f"recording the failure of backfill {state.execution_id}", fail)
     except InvalidTransition:
         # Reaped (or finished) meanwhile: the reaper already counted the failure.
         logger.warning("backfill %s could not be marked failed: no longer active", state.execution_id)
-        return
-    except Exception:
-        # The database itself is gone: the reaper will fail the execution when it comes back.
+        return None
+    except Exception as exc:
         logger.exception("backfill %s failed and its state could not be recorded", state.execution_id)
-        return
+        return (f"the failure could not be recorded ({_describe(exc)}); the execution stays in_progress "
+                "until it is reaped")
     logger.warning("backfill %s (%s %s) failed: %s", state.execution_id, state.symbol, state.timeframe, message)
+    _after_finish(state, run, success=False, error=message, count=count_failure)
+    return None
+
+
+def _after_finish(state: BackfillState, run: _Run | None, *, success: bool, error: str = "",
+                  count: bool = True) -> None:
+    """The invalid-bars finding and the symbol's failure tracking: retried, never fatal."""
+    if run is not None and run.summary.invalid_count:
+        try:
+            _with_db_retry("recording the invalid_ohlc finding",
+                           lambda attempt: record_invalid_bars_anomaly(state, run.summary))
+        except Exception:
+            logger.exception("the invalid_ohlc finding of backfill %s could not be recorded", state.execution_id)
+    if not count:
+        return
     try:
-        track_symbol_failure(state.symbol, success=False, error=message)
+        # A retry after a lost acknowledgement may count a failure twice: rare, and on the safe side.
+        _with_db_retry(f"failure tracking for {state.symbol}",
+                       lambda attempt: track_symbol_failure(state.symbol, success=success, error=error))
     except Exception:
         logger.exception("failure tracking for %s could not be recorded", state.symbol)
 
@@ -611,6 +820,10 @@ def record_invalid_bars_anomaly(state: BackfillState, summary: ValidationSummary
     """One invalid_ohlc anomaly per execution, with reason counts and examples."""
     from .models import AnomalyType, DataAnomaly, Severity
 
+    fingerprint = f"invalid_ohlc:execution:{state.execution_id}"
+    existing = DataAnomaly.objects.filter(fingerprint=fingerprint, execution_id=state.execution_id).first()
+    if existing is not None:
+        return existing  # recorded by an attempt whose reply was lost
     state.refresh_from_db()
     total = state.records_inserted + state.records_updated + summary.invalid_count
     share = summary.invalid_count / total if total else 1.0
@@ -628,7 +841,7 @@ def record_invalid_bars_anomaly(state: BackfillState, summary: ValidationSummary
         affected_rows=summary.invalid_count,
         period_start=state.range_start,
         period_end=state.range_end,
-        fingerprint=f"invalid_ohlc:execution:{state.execution_id}",
+        fingerprint=fingerprint,
         execution_id=state.execution_id,
         details={"source": "backfill", **summary.as_dict()},
     )

@@ -3,6 +3,10 @@
 The cluster runs each task once (``max_attempts: 1``) with a timeout below the broker's retry
 (``Q_TIMEOUT`` < ``Q_RETRY``), so a slow task is never handed to a second worker while it runs.
 Results are small dicts (django-q2 stores them with the task).
+
+Stopping: a backfill task ends at its next provider page when the cluster shuts down (SIGTERM to
+``qcluster``) or its worker gets SIGTERM — committed bars kept, the execution failed "worker
+stopping", resumable (``integrity.shutdown``; the service checks it, so every door gets it).
 """
 
 from __future__ import annotations

@@ -175,6 +175,10 @@ BACKFILL_LOOKBACK_DAYS = {
 FAILURE_ALERT_THRESHOLD = envint("FAILURE_ALERT_THRESHOLD", 3)
 # A pending execution never picked up by a worker within this many seconds is failed by the reaper.
 BACKFILL_PENDING_TIMEOUT_SECONDS = envint("BACKFILL_PENDING_TIMEOUT_SECONDS", 3600)
+# Recording how a run ended survives a database outage: that many retries of the finishing writes,
+# the first after BACKFILL_FINISH_BACKOFF seconds, doubled each time (at most 30 s between tries).
+BACKFILL_FINISH_RETRIES = envint("BACKFILL_FINISH_RETRIES", 5)
+BACKFILL_FINISH_BACKOFF = envfloat("BACKFILL_FINISH_BACKOFF", 0.5)
 # Send a notice when a symbol that had alerted succeeds again.
 ALERT_RECOVERY_NOTICES = envbool("ALERT_RECOVERY_NOTICES", "False")
 

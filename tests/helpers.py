@@ -59,3 +59,19 @@ def use_default_thresholds(settings) -> None:
     settings.QUALITY_THRESHOLDS = {}
     settings.STALE_THRESHOLD_HOURS = DEFAULT_THRESHOLDS["stale_hours"]
     settings.OUTLIER_MOVE_THRESHOLD = DEFAULT_THRESHOLDS["outlier_move"]
+
+
+def worker_database_url() -> str:
+    """DATABASE_URL for a worker process (manage.py backfill, qcluster) sharing this test's database.
+
+    SQLite tests use a file (settings), so a separate process sees the same rows as on PostgreSQL.
+    """
+    from urllib.parse import quote
+
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    user = quote(db["USER"] or "") + (f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else "")
+    return f"postgres://{user}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"

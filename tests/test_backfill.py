@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 
 from integrity.backfill import (
@@ -399,3 +402,39 @@ class TestFailureTracking:
                 backfill()
         alerts = [r for r in caplog.records if r.name == "integrity.alerts"]
         assert len(alerts) == 2
+
+
+class TestEveryBarRejected:
+    def test_a_run_whose_every_bar_is_rejected_fails_with_the_reasons_counted(self):
+        add_instrument(invalid_rate=1.0)
+        result = backfill(end=START + timedelta(hours=30))
+        assert result.status == "failed"
+        assert result.error == "30 of 30 bars rejected: high_below_low, high_below_open_close, low_above_open_close"
+        state = BackfillState.objects.get()
+        assert (state.status, state.error_message, state.records_inserted) == ("failed", result.error, 0)
+        assert state.details["validation"]["invalid_count"] == 30
+        # The rejected bars are still a finding, and the run a failure of the symbol.
+        assert DataAnomaly.objects.get().affected_rows == 30
+        assert SymbolFailureTracking.objects.get(symbol="BTC-USD").consecutive_failures == 1
+
+    def test_a_run_that_received_no_bars_completes_with_nothing_to_do(self):
+        add_instrument(gaps=[[START.isoformat(), END.isoformat()]])
+        result = backfill()
+        assert (result.status, result.inserted) == ("completed", 0)
+
+    def test_the_command_exits_1_when_every_bar_of_a_file_is_misaligned(self, tmp_path):
+        lines = ["time,open,high,low,close,volume"]
+        lines += [f"{(START + timedelta(hours=i, minutes=30)):%Y-%m-%d %H:%M:%S},10,11,9,10.5,100" for i in range(30)]
+        path = tmp_path / "BTC.csv"
+        path.write_text("\n".join(lines) + "\n")
+        out, err = StringIO(), StringIO()
+        with pytest.raises(SystemExit) as exit_:
+            call_command("backfill", "--file", str(path), "--symbol", "BTC-USD", "--timeframe", "1h",
+                         "--asset-class", "crypto", "--start", START.isoformat(), "--end", "2024-01-03",
+                         "--format", "json", stdout=out, stderr=err)
+        assert exit_.value.code == 1
+        [result] = json.loads(out.getvalue())
+        assert result["status"] == "failed"
+        assert result["error"].startswith("30 of 30 bars rejected: misaligned_ts — no bar starts on the 1h grid "
+                                          "(first: 2024-01-01T00:30:00+00:00)")
+        assert BackfillState.objects.get().status == BackfillStatus.FAILED

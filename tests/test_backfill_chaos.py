@@ -18,14 +18,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.conf import settings
-from django.db import connection, connections
+from django.db import connections
 from django.utils import timezone
 
 from integrity.backfill import reap_dead_backfills, run_backfill
 from integrity.models import BackfillState, BackfillStatus, Candle
 from integrity.providers.synthetic import synthetic_bars
-from tests.helpers import add_instrument, assert_same_bars, stored_bars, utc
+from tests.helpers import add_instrument, assert_same_bars, stored_bars, utc, worker_database_url
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres_only, pytest.mark.slow]
 
@@ -83,16 +82,11 @@ class TestConcurrentRequests:
         assert Candle.objects.count() == 6 * 96
 
 
-def worker_db_url() -> str:
-    db = settings.DATABASES["default"]
-    return f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{connection.settings_dict['NAME']}"
-
-
 class TestKilledWorker:
     START, END = utc(2024, 1, 1), utc(2024, 3, 1)  # 1440 hourly bars
 
     def start_worker(self) -> subprocess.Popen:
-        env = {**os.environ, "DATABASE_URL": worker_db_url(), "DJANGO_SETTINGS_MODULE": "marketdata_site.settings"}
+        env = {**os.environ, "DATABASE_URL": worker_database_url(), "DJANGO_SETTINGS_MODULE": "marketdata_site.settings"}
         return subprocess.Popen(
             [sys.executable, "manage.py", "backfill", "--symbols", "BTC-USD", "--timeframe", "1h",
              "--start", self.START.isoformat(), "--end", self.END.isoformat(), "--batch-size", "100",
