@@ -14,9 +14,10 @@ checkpoint (untimed).
 Timed, ``--rounds`` times each, alternating, best of each kept:
 - ``cleanup_duplicate_records(batch_size=…)``: the service end to end (numbering pass, per-batch
   lock + rank, DELETE, log inserts, one commit per batch);
-- the baseline, one statement in autocommit:
+- the baseline, one statement in autocommit, ranking like the service (valid copies first):
   ``DELETE FROM candles c USING (SELECT id, row_number() OVER (PARTITION BY symbol, timeframe, ts
-  ORDER BY ingested_at DESC, id DESC) rn FROM candles) d WHERE c.id = d.id AND d.rn > 1``.
+  ORDER BY CASE WHEN <invalid OHLC> THEN 1 ELSE 0 END, ingested_at DESC, id DESC) rn FROM candles
+  AS c) d WHERE c.id = d.id AND d.rn > 1``.
 
 Both must leave the same surviving ids (checked); the cleanup must log every deleted id (checked).
 Prints ``ratio cleanup / raw DELETE = X.XX (target <= 1.5)``.
@@ -41,9 +42,11 @@ TIMEFRAME = "1m"
 COPY_COLUMNS = "symbol, timeframe, ts, open, high, low, close, volume, source, ingested_at, updated_at"
 COPY_CHUNK_BYTES = 1 << 20
 BENCH_TABLES = ("candles", "duplicate_records_log")
+# The same ranking as the service (valid copies first, then newest), in one statement.
 RAW_DELETE = (
     "DELETE FROM candles c USING (SELECT id, row_number() OVER (PARTITION BY symbol, timeframe, ts "
-    "ORDER BY ingested_at DESC, id DESC) rn FROM candles) d WHERE c.id = d.id AND d.rn > 1"
+    "ORDER BY CASE WHEN {invalid} THEN 1 ELSE 0 END, ingested_at DESC, id DESC) rn FROM candles AS c) d "
+    "WHERE c.id = d.id AND d.rn > 1"
 )
 
 
@@ -151,9 +154,12 @@ def time_cleanup(batch_size: int) -> tuple[float, object]:
 def time_raw_delete() -> tuple[float, int]:
     from django.db import connection
 
+    from integrity.quality.sql import invalid_ohlc_sql
+
+    statement = RAW_DELETE.format(invalid=invalid_ohlc_sql())
     started = time.perf_counter()
     with connection.cursor() as cursor:  # autocommit: the statement commits on its own
-        cursor.execute(RAW_DELETE)
+        cursor.execute(statement)
         deleted = cursor.rowcount
     return time.perf_counter() - started, deleted
 

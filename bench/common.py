@@ -95,8 +95,12 @@ def ensure_database(url: str) -> bool:
     return True
 
 
-def setup_django(url: str) -> None:
-    """Point Django at ``url`` and set it up, production-like (DEBUG off: no query log)."""
+def setup_django(url: str, *, vendor: str = "postgresql") -> None:
+    """Point Django at ``url`` and set it up, production-like (DEBUG off: no query log).
+
+    ``vendor``: the database Django must end up on (``sqlite`` only for a benchmark that compares the
+    embedded default with PostgreSQL).
+    """
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketdata_site.settings")
     os.environ.setdefault("DEBUG", "False")
@@ -109,8 +113,8 @@ def setup_django(url: str) -> None:
     django.setup()
     from django.db import connection
 
-    if connection.vendor != "postgresql":
-        raise BenchSetupError(f"Django is not using PostgreSQL (vendor {connection.vendor!r})")
+    if connection.vendor != vendor:
+        raise BenchSetupError(f"Django is not using {vendor} (vendor {connection.vendor!r})")
 
 
 def prepare(url: str, *, allow_any_database: bool = False, migrate: bool = True) -> None:

@@ -296,8 +296,9 @@ class DataAnomalyAdmin(admin.ModelAdmin):
 
 @admin.register(DuplicateRecordLog)
 class DuplicateRecordLogAdmin(ReadOnlyAdmin):
-    list_display = ("symbol", "timeframe", "candle_time", "duplicate_count", "kept_id", "deleted", "cleaned_at")
-    list_filter = ("timeframe", "cleaned_at")
+    list_display = ("symbol", "timeframe", "candle_time", "duplicate_count", "kept_id", "kept_by", "deleted",
+                    "cleaned_at")
+    list_filter = ("timeframe", "kept_by", "cleaned_at")
     search_fields = ("symbol",)
     date_hierarchy = "cleaned_at"
 

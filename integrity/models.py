@@ -30,6 +30,7 @@ __all__ = [
     "AnomalyType",
     "ResolutionStatus",
     "DataAnomaly",
+    "DuplicateKeptBy",
     "DuplicateRecordLog",
     "SymbolFailureTracking",
     "HealthStatus",
@@ -444,8 +445,21 @@ class BigIntegerArrayField(models.Field):
         return json.dumps(self.value_from_object(obj))
 
 
+class DuplicateKeptBy(models.TextChoices):
+    """The rule that chose the row a duplicate cleanup kept (``DuplicateRecordLog.kept_by``).
+
+    The OHLC rules are the value rules of ``integrity.validation`` (the time rules are the same for
+    every copy of a bar, so they cannot tell copies apart).
+    """
+
+    NEWEST_VALID = "newest_valid", "Newest copy that passes the OHLC rules"
+    NEWEST_NONE_VALID = "newest_none_valid", "Newest copy (no copy passes the OHLC rules)"
+    # Log rows written before the rule was recorded (migration 0005); those cleanups kept the newest copy.
+    NOT_RECORDED = "", "Not recorded"
+
+
 class DuplicateRecordLog(models.Model):
-    """Audit of one cleaned duplicate group: which rows were deleted and which was kept."""
+    """Audit of one cleaned duplicate group: which rows were deleted, which was kept and why."""
 
     symbol = models.CharField(max_length=50)
     timeframe = models.CharField(max_length=20)
@@ -457,6 +471,10 @@ class DuplicateRecordLog(models.Model):
     # --- added beyond the seed ---
     kept_id = models.BigIntegerField(null=True, blank=True)
     run_id = models.UUIDField(null=True, blank=True, help_text="the cleanup run that deleted them")
+    kept_by = models.CharField(
+        max_length=20, choices=DuplicateKeptBy.choices, default=DuplicateKeptBy.NOT_RECORDED, blank=True,
+        help_text="the rule that chose the kept row: the newest valid copy, or the newest when none is valid",
+    )
 
     class Meta:
         db_table = "duplicate_records_log"
@@ -465,6 +483,7 @@ class DuplicateRecordLog(models.Model):
             models.Index(fields=["symbol", "candle_time"], name="duplog_symbol_time_idx"),
             models.Index(fields=["-cleaned_at"], name="duplog_cleaned_at_desc_idx"),
         ]
+        constraints = [_choices_check("kept_by", DuplicateKeptBy, "duplog_kept_by_valid")]
 
     def __str__(self) -> str:
         return f"{self.symbol} {self.timeframe} {self.candle_time:%Y-%m-%d %H:%M} ×{self.duplicate_count}"

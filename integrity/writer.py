@@ -5,9 +5,13 @@
 - a stored bar whose values differ (the provider revised it) is updated, counted apart;
 - an identical stored bar is left alone, so re-running a range inserts and updates nothing.
 
-PostgreSQL: binary COPY straight into candles when nothing is stored in the batch's range (the common
-case); otherwise binary COPY into a session temporary table, then one statement that updates and inserts.
-SQLite: executemany into a temporary table, then one UPDATE … FROM and one INSERT … SELECT.
+Both databases first ask whether anything of the series is stored in the batch's ts range. If not (a
+backfill moving forward, a new series: the common case) every bar is new and goes straight into
+candles: PostgreSQL binary COPY, SQLite one executemany INSERT. Otherwise the bars are staged in a
+session temporary table and merged (PostgreSQL: one statement that updates and inserts; SQLite: one
+UPDATE … FROM and one INSERT … SELECT). Every merge statement is bounded to the batch's ts range and
+joins through the (symbol, timeframe, ts) index, so a batch costs what the batch holds, not what the
+series already holds: a long backfill stays linear in bars.
 Callers wrap each batch in a transaction (the backfill also writes its checkpoint in it), so a crash
 loses at most the batch in flight and never leaves half a batch behind.
 """
@@ -169,49 +173,74 @@ def sqlite_ts(values: pd.Series) -> pd.Series:
     return values.dt.strftime("%Y-%m-%d %H:%M:%S")
 
 
+# The staging table's ts is declared like candles.ts (``datetime``, NUMERIC affinity). With a TEXT
+# column the comparison candles.ts = i.ts takes candles' affinity and SQLite cannot use the staging
+# table's primary key for it: the UPDATE then scans every staged row for every stored row it visits.
+_SQLITE_STAGE = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_TEMP} ("
+    "ts datetime PRIMARY KEY, open REAL, high REAL, low REAL, close REAL, volume REAL)"
+)
+
+_SQLITE_RANGE_HAS_ROWS = """
+SELECT EXISTS (SELECT 1 FROM candles
+                WHERE symbol = %s AND timeframe = %s AND ts >= %s AND ts <= %s)
+"""
+
+# Bounded like the PostgreSQL merge: the ts range keeps the index search on candles to the batch's
+# own span (without it SQLite walks the whole stored series, once per batch: quadratic), and each
+# stored row found there looks its staged twin up by primary key.
+_SQLITE_MERGE_UPDATE = f"""
+UPDATE candles
+   SET open = i.open, high = i.high, low = i.low, close = i.close, volume = i.volume,
+       source = %s, updated_at = %s
+  FROM {_TEMP} AS i
+ WHERE candles.symbol = %s AND candles.timeframe = %s
+   AND candles.ts >= %s AND candles.ts <= %s AND candles.ts = i.ts
+   AND (candles.open IS NOT i.open OR candles.high IS NOT i.high OR candles.low IS NOT i.low
+        OR candles.close IS NOT i.close OR candles.volume IS NOT i.volume)
+"""
+
+_SQLITE_MERGE_INSERT = f"""
+INSERT INTO candles ({_CANDLE_COLUMNS})
+SELECT %s, %s, i.ts, i.open, i.high, i.low, i.close, i.volume, %s, %s, %s
+  FROM {_TEMP} AS i
+ WHERE NOT EXISTS (SELECT 1 FROM candles AS c
+                    WHERE c.symbol = %s AND c.timeframe = %s AND c.ts = i.ts)
+ ORDER BY i.ts
+"""
+
+
 def _write_sqlite(symbol: str, timeframe: str, frame: pd.DataFrame, source: str) -> WriteResult:
     now = timezone.now().replace(tzinfo=None).isoformat(" ")
-    rows = list(
-        zip(
-            sqlite_ts(frame["ts"]).tolist(),
-            *(frame[c].tolist() for c in _VALUE_COLUMNS),
-            strict=True,
-        )
-    )
+    ts = sqlite_ts(frame["ts"])
+    first, last = ts.min(), ts.max()  # this text form sorts like the times it denotes
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {_TEMP} ("
-            "ts TEXT PRIMARY KEY, open REAL, high REAL, low REAL, close REAL, volume REAL)"
-        )
+        cursor.execute(_SQLITE_RANGE_HAS_ROWS, [symbol, timeframe, first, last])
+        if not cursor.fetchone()[0]:
+            # Nothing stored in the batch's range: every bar is new, insert it directly. The series is
+            # held by this execution (one active backfill per series) and the IMMEDIATE transaction
+            # holds SQLite's write lock, so nothing can appear in the range meanwhile.
+            rows = zip(
+                [symbol] * len(frame), [timeframe] * len(frame), ts.tolist(),
+                *(frame[c].tolist() for c in _VALUE_COLUMNS),
+                [source] * len(frame), [now] * len(frame), [now] * len(frame),
+                strict=True,
+            )
+            cursor.executemany(
+                f"INSERT INTO candles ({_CANDLE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                list(rows),
+            )
+            return WriteResult(len(frame), 0)
+        # Overlap with stored bars (incremental re-reads, revisions): stage, then merge.
+        rows = list(zip(ts.tolist(), *(frame[c].tolist() for c in _VALUE_COLUMNS), strict=True))
+        cursor.execute(_SQLITE_STAGE)
         cursor.execute(f"DELETE FROM {_TEMP}")
         cursor.executemany(
             f"INSERT INTO {_TEMP} (ts, open, high, low, close, volume) VALUES (%s, %s, %s, %s, %s, %s)", rows
         )
-        cursor.execute(
-            f"""
-            UPDATE candles
-               SET open = i.open, high = i.high, low = i.low, close = i.close, volume = i.volume,
-                   source = %s, updated_at = %s
-              FROM {_TEMP} AS i
-             WHERE candles.symbol = %s AND candles.timeframe = %s AND candles.ts = i.ts
-               AND (candles.open IS NOT i.open OR candles.high IS NOT i.high OR candles.low IS NOT i.low
-                    OR candles.close IS NOT i.close OR candles.volume IS NOT i.volume)
-            """,
-            [source, now, symbol, timeframe],
-        )
+        cursor.execute(_SQLITE_MERGE_UPDATE, [source, now, symbol, timeframe, first, last])
         updated = cursor.rowcount
-        cursor.execute(
-            f"""
-            INSERT INTO candles (symbol, timeframe, ts, open, high, low, close, volume, source, ingested_at,
-                                 updated_at)
-            SELECT %s, %s, i.ts, i.open, i.high, i.low, i.close, i.volume, %s, %s, %s
-              FROM {_TEMP} AS i
-             WHERE NOT EXISTS (SELECT 1 FROM candles AS c
-                                WHERE c.symbol = %s AND c.timeframe = %s AND c.ts = i.ts)
-             ORDER BY i.ts
-            """,
-            [symbol, timeframe, source, now, now, symbol, timeframe],
-        )
+        cursor.execute(_SQLITE_MERGE_INSERT, [symbol, timeframe, source, now, now, symbol, timeframe])
         inserted = cursor.rowcount
         cursor.execute(f"DELETE FROM {_TEMP}")
     return WriteResult(int(inserted), int(updated))

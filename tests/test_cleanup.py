@@ -8,14 +8,16 @@ import threading
 from datetime import timedelta
 from io import StringIO
 
+import pandas as pd
 import pytest
 from django.core.management import call_command
 from django.db import connection
 from django.db.models import Count
 
-from integrity.models import Candle, DuplicateRecordLog
+from integrity.models import Candle, DuplicateKeptBy, DuplicateRecordLog
 from integrity.quality import cleanup as cleanup_module
 from integrity.quality.cleanup import CleanupConflict, CleanupError, cleanup_duplicate_records
+from integrity.validation import validate_bars
 from tests.helpers import utc
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,6 +29,14 @@ INGESTED = utc(2024, 2, 1)
 def bar(symbol="BTC-USD", timeframe="1h", ts=T0, ingested_at=INGESTED, close=100.0) -> Candle:
     return Candle(symbol=symbol, timeframe=timeframe, ts=ts, open=close, high=close + 1, low=close - 1,
                   close=close, volume=10.0, ingested_at=ingested_at, updated_at=ingested_at)
+
+
+def broken(ts=T0, ingested_at=INGESTED, **values) -> Candle:
+    """A copy of the bar at ``ts`` that breaks the OHLC rules (high below low unless ``values`` say otherwise)."""
+    candle = bar(ts=ts, ingested_at=ingested_at)
+    for name, value in (values or {"high": 90.0, "low": 110.0}).items():
+        setattr(candle, name, value)
+    return candle
 
 
 def insert(*candles: Candle) -> list[int]:
@@ -89,6 +99,62 @@ class TestKeptRow:
         assert Candle.objects.count() == 2
 
 
+class TestKeptRowIsTheNewestValid:
+    """A copy breaking the OHLC rules never wins over a valid one, however new it is."""
+
+    def test_an_older_valid_copy_is_kept_over_a_newer_broken_one(self):
+        valid, newer_broken = insert(bar(ingested_at=INGESTED), broken(ingested_at=INGESTED + timedelta(hours=1)))
+        result = cleanup_duplicate_records()
+        assert list(Candle.objects.values_list("id", flat=True)) == [valid]
+        assert (result.groups[0]["kept_id"], result.groups[0]["deleted_ids"]) == (valid, [newer_broken])
+        assert result.groups[0]["kept_by"] == DuplicateKeptBy.NEWEST_VALID
+
+    def test_the_newest_of_several_valid_copies_is_kept(self):
+        oldest, newest_valid, _ = insert(
+            bar(ingested_at=INGESTED), bar(ingested_at=INGESTED + timedelta(hours=1)),
+            broken(ingested_at=INGESTED + timedelta(hours=2)),
+        )
+        cleanup_duplicate_records()
+        assert list(Candle.objects.values_list("id", flat=True)) == [newest_valid]
+
+    def test_when_no_copy_is_valid_the_newest_is_kept(self):
+        _, newest, _ = insert(
+            broken(ingested_at=INGESTED), broken(ingested_at=INGESTED + timedelta(hours=2)),
+            broken(ingested_at=INGESTED + timedelta(hours=1), volume=-1.0),
+        )
+        result = cleanup_duplicate_records()
+        assert list(Candle.objects.values_list("id", flat=True)) == [newest]
+        assert result.groups[0]["kept_by"] == DuplicateKeptBy.NEWEST_NONE_VALID
+
+    @pytest.mark.parametrize(("values", "rule"), [
+        ({"high": float("inf")}, "non_finite"),
+        ({"volume": float("inf")}, "non_finite"),
+        ({"open": 0.0, "low": 0.0}, "non_positive_price"),
+        ({"high": 90.0, "low": 110.0}, "high_below_low"),
+        ({"high": 99.5}, "high_below_open_close"),
+        ({"low": 100.5}, "low_above_open_close"),
+        ({"volume": -1.0}, "negative_volume"),
+        # SQLite cannot store NaN (it reads back as NULL, which candles' NOT NULL refuses).
+        pytest.param({"close": float("nan")}, "non_finite", marks=pytest.mark.postgres_only),
+    ])
+    def test_every_ohlc_value_rule_disqualifies_a_copy(self, values, rule):
+        newer_broken = broken(ingested_at=INGESTED + timedelta(hours=1), **values)
+        # The copy breaks exactly what the backfill's validation would reject it for.
+        frame = pd.DataFrame([{c: getattr(newer_broken, c) for c in ("ts", "open", "high", "low", "close",
+                                                                      "volume")}])
+        assert rule in validate_bars(frame, "1h").invalid["reasons"].iloc[0].split(",")
+        valid, _ = insert(bar(ingested_at=INGESTED), newer_broken)
+        cleanup_duplicate_records()
+        assert list(Candle.objects.values_list("id", flat=True)) == [valid]
+
+    def test_each_group_is_decided_on_its_own(self):
+        older_valid, _ = insert(bar(ingested_at=INGESTED), broken(ingested_at=INGESTED + timedelta(hours=1)))
+        [[_, plain_newest]] = duplicate_groups(1, symbol="ETH-USD")
+        result = cleanup_duplicate_records()
+        assert set(Candle.objects.values_list("id", flat=True)) == {older_valid, plain_newest}
+        assert result.kept_by == {DuplicateKeptBy.NEWEST_VALID: 2}
+
+
 class TestLog:
     def test_it_writes_one_log_row_per_group_with_the_exact_ids(self):
         first, second = duplicate_groups(2, copies=3)
@@ -103,6 +169,42 @@ class TestLog:
             assert log.duplicate_count == 3  # rows in the group, the kept one included
             assert log.run_id == result.run_id
             assert log.cleaned_at is not None
+            assert log.kept_by == DuplicateKeptBy.NEWEST_VALID
+
+    def test_the_log_row_records_the_rule_that_chose_the_kept_row(self):
+        insert(bar(ingested_at=INGESTED), broken(ingested_at=INGESTED + timedelta(hours=1)))
+        insert(*[broken(ts=T0 + timedelta(hours=1), ingested_at=INGESTED + timedelta(minutes=k)) for k in range(2)])
+        cleanup_duplicate_records()
+        logged = dict(DuplicateRecordLog.objects.values_list("candle_time", "kept_by"))
+        assert logged == {T0: "newest_valid", T0 + timedelta(hours=1): "newest_none_valid"}
+        assert DuplicateRecordLog.objects.get(candle_time=T0).get_kept_by_display() == \
+            "Newest copy that passes the OHLC rules"
+
+    def test_the_audit_api_and_admin_show_the_rule(self):
+        from django.contrib.auth.models import Permission, User
+        from django.test import Client
+        from rest_framework.test import APIClient
+
+        insert(bar(ingested_at=INGESTED), broken(ingested_at=INGESTED + timedelta(hours=1)))
+        cleanup_duplicate_records()
+        viewer = User.objects.create_user("auditor", is_staff=True)
+        viewer.user_permissions.set(Permission.objects.filter(codename="view_duplicaterecordlog"))
+        api = APIClient()
+        api.force_authenticate(viewer)
+        rows = api.get("/api/v1/duplicates/").json()["results"]
+        assert [row["kept_by"] for row in rows] == ["newest_valid"]
+        admin = Client()
+        admin.force_login(viewer)
+        page = admin.get("/admin/integrity/duplicaterecordlog/?kept_by__exact=newest_valid")
+        assert page.status_code == 200
+        assert "Newest copy that passes the OHLC rules" in page.content.decode()
+
+    def test_the_database_refuses_an_unknown_rule(self):
+        from django.db import IntegrityError
+
+        with pytest.raises(IntegrityError):
+            DuplicateRecordLog.objects.create(symbol="BTC-USD", timeframe="1h", candle_time=T0, duplicate_count=2,
+                                              duplicate_ids=[1], kept_by="oldest")
 
     def test_the_result_totals_match_the_log(self):
         duplicate_groups(3, copies=2)
@@ -143,6 +245,17 @@ class TestDryRun:
                   for log in DuplicateRecordLog.objects.all()}
         assert logged == {(g["symbol"], g["timeframe"], g["candle_time"], g["kept_id"], tuple(g["deleted_ids"]))
                           for g in planned.groups}
+
+
+    def test_it_reports_the_same_choice_a_real_run_makes_between_valid_and_broken_copies(self):
+        valid, _ = insert(bar(ingested_at=INGESTED), broken(ingested_at=INGESTED + timedelta(hours=1)))
+        insert(*[broken(ts=T0 + timedelta(hours=1), ingested_at=INGESTED + timedelta(minutes=k)) for k in range(2)])
+        planned = cleanup_duplicate_records(dry_run=True)
+        assert [(g["kept_id"], g["kept_by"]) for g in planned.groups][0] == (valid, "newest_valid")
+        assert planned.kept_by == {"newest_valid": 1, "newest_none_valid": 1}
+        done = cleanup_duplicate_records()
+        assert planned.groups == done.groups
+        assert planned.kept_by == done.kept_by
 
 
 class TestFilters:
@@ -385,8 +498,9 @@ class TestCommand:
         assert (payload["dry_run"], payload["groups_total"], payload["rows_deleted"], payload["batches"]) == \
             (False, 2, 4, 2)
         assert payload["groups"][0] == {"symbol": "BTC-USD", "timeframe": "1h", "candle_time": T0.isoformat(),
-                                        "kept_id": groups[0][-1], "deleted_ids": groups[0][:-1],
-                                        "duplicate_count": 3}
+                                        "kept_id": groups[0][-1], "kept_by": "newest_valid",
+                                        "deleted_ids": groups[0][:-1], "duplicate_count": 3}
+        assert payload["kept_by"] == {"newest_valid": 2}
         assert str(DuplicateRecordLog.objects.first().run_id) == payload["run_id"]
 
     def test_dry_run_json_reports_without_deleting(self):
@@ -404,6 +518,14 @@ class TestCommand:
         assert "3 duplicate groups, would delete 4 rows" in out
         assert "ETH-USD" in out and "BTC-USD" in out
         assert "nothing was written" in out
+
+    def test_text_output_says_which_rule_chose_each_kept_row(self):
+        valid, _ = insert(bar(ingested_at=INGESTED), broken(ingested_at=INGESTED + timedelta(hours=1)))
+        insert(*[broken(ts=T0 + timedelta(hours=1), ingested_at=INGESTED + timedelta(minutes=k)) for k in range(2)])
+        code, out, _ = run("--dry-run")
+        assert code == 0
+        assert "kept: 1 newest (none valid), 1 newest valid" in out
+        assert f"kept {valid} (newest valid)" in out
 
     def test_filters_reach_the_service(self):
         duplicate_groups(1, symbol="BTC-USD")

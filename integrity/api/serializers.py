@@ -83,7 +83,7 @@ class DuplicateRecordLogSerializer(serializers.ModelSerializer):
     class Meta:
         model = DuplicateRecordLog
         fields = ["id", "symbol", "timeframe", "candle_time", "duplicate_count", "duplicate_ids", "kept_id",
-                  "run_id", "cleaned_at", "created_at"]
+                  "kept_by", "run_id", "cleaned_at", "created_at"]
         read_only_fields = fields
 
 

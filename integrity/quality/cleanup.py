@@ -1,8 +1,18 @@
-"""Duplicate cleanup: keep the latest row of every duplicate (symbol, timeframe, ts) group.
+"""Duplicate cleanup: keep the newest valid row of every duplicate (symbol, timeframe, ts) group.
 
 ``cleanup_duplicate_records`` finds every group of ``candles`` rows sharing (symbol, timeframe, ts),
-keeps the latest one (latest ``ingested_at``, ties broken by the highest ``id``), deletes the others
-and writes one ``duplicate_records_log`` row per group naming the deleted ids and the kept id.
+keeps one, deletes the others and writes one ``duplicate_records_log`` row per group naming the
+deleted ids, the kept id and the rule that chose it (``kept_by``):
+
+- ``newest_valid``: the newest copy (latest ``ingested_at``, ties broken by the highest ``id``) among
+  those that pass the OHLC rules. A newer copy that breaks them is deleted, not kept: a broken bar
+  must never win over a good one.
+- ``newest_none_valid``: no copy passes the OHLC rules, so the newest copy is kept (a later backfill
+  of the range can replace it; the ``invalid_ohlc`` detector reports it meanwhile).
+
+"Passes the OHLC rules" is the detectors' set-based predicate (``quality.sql.invalid_ohlc_sql``), the
+SQL form of the value rules of ``integrity.validation`` (finite prices > 0, low <= open/close <= high,
+finite volume >= 0). The time rules are the same for every copy of a bar, so they cannot choose.
 
 How it runs (set-based, both databases):
 
@@ -12,7 +22,8 @@ How it runs (set-based, both databases):
    transaction per batch. In the transaction one statement locks the live rows of the batch's
    groups (PostgreSQL: ``FOR UPDATE``; SQLite: the IMMEDIATE transaction already holds the write
    lock) and ranks them with ``row_number() OVER (PARTITION BY symbol, timeframe, ts ORDER BY
-   ingested_at DESC, id DESC)``, returning one row per group (size, kept id, ids to delete). Then
+   invalid, ingested_at DESC, id DESC)`` (valid copies first), returning one row per group (size,
+   kept id, ids to delete, whether the kept row is valid). Then
    one ``DELETE … WHERE id = ANY(…) RETURNING id`` (SQLite: ``IN (SELECT value FROM json_each(?))``)
    and one ``INSERT … SELECT`` of the batch's log rows from a JSON document (PostgreSQL:
    ``json_to_recordset``; SQLite: ``json_each``), then commit. Every statement is set-based; the
@@ -32,8 +43,8 @@ Guarantees:
   batches stay committed. The error surfaces as ``CleanupError`` carrying the committed progress.
 - Groups change under us gracefully: a group that lost its duplicates since step 1 (another cleanup,
   a writer) is skipped; a row inserted into a group since step 1 is ranked and locked with it.
-- Dry run computes the same groups, kept ids and deleted ids a real run would (same statements,
-  without the lock and the writes) and writes nothing.
+- Dry run computes the same groups, kept ids, deleted ids and ``kept_by`` rules a real run would
+  (same statements, without the lock and the writes) and writes nothing.
 
 ``duplicate_count`` is the number of rows the group had when it was cleaned, *including* the kept
 row (so ``duplicate_count == len(duplicate_ids) + 1``): it is how many copies of the bar existed.
@@ -57,7 +68,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from integrity.models import DuplicateRecordLog
+from integrity.models import DuplicateKeptBy, DuplicateRecordLog
+from integrity.quality.sql import invalid_ohlc_sql
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +114,8 @@ class CleanupResult:
     # (symbol, timeframe) -> {"groups": n, "rows_deleted": m}; exact, one entry per touched series.
     series: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     groups_planned: int = 0  # duplicate groups found by the first pass
+    # kept_by rule -> groups it decided; exact (e.g. {"newest_valid": 12, "newest_none_valid": 1}).
+    kept_by: dict[str, int] = field(default_factory=dict)
     anomalies_resolved: int | None = None  # from integrity.quality.anomalies, when available
     duration_seconds: float = 0.0
     keep_groups: int = DEFAULT_KEEP_GROUPS
@@ -116,6 +130,7 @@ class CleanupResult:
             self.groups_total += 1
             deleted = len(group["deleted_ids"])
             self.rows_deleted += deleted
+            self.kept_by[group["kept_by"]] = self.kept_by.get(group["kept_by"], 0) + 1
             counts = self.series.setdefault((group["symbol"], group["timeframe"]), {"groups": 0, "rows_deleted": 0})
             counts["groups"] += 1
             counts["rows_deleted"] += deleted
@@ -132,6 +147,7 @@ class CleanupResult:
             "rows_deleted": self.rows_deleted,
             "batches": self.batches,
             "groups_planned": self.groups_planned,
+            "kept_by": dict(sorted(self.kept_by.items())),
             "groups_truncated": self.groups_truncated,
             "series": [
                 {"symbol": s, "timeframe": tf, **counts} for (s, tf), counts in sorted(self.series.items())
@@ -155,7 +171,7 @@ def cleanup_duplicate_records(
     keep_groups: int = DEFAULT_KEEP_GROUPS,
     _before_commit: Callable[[int], None] | None = None,
 ) -> CleanupResult:
-    """Delete all but the latest row of every duplicate candle group and log each group.
+    """Delete all but the newest valid row of every duplicate candle group and log each group.
 
     ``batch_size`` is in groups per transaction. ``_before_commit(batch_index)`` (1-based) runs
     inside each batch's transaction after its writes, just before the commit: a test hook for
@@ -234,27 +250,31 @@ class _Sql:
         lock = "FOR UPDATE OF c" if self.postgres else ""
         id_list = "string_agg(CASE WHEN rn > 1 THEN id::text END, ',')" if self.postgres else \
             "group_concat(CASE WHEN rn > 1 THEN id END, ',')"
-        # The batch's groups as they are now (rows locked on PostgreSQL), ranked within each group;
-        # one row per group that still has duplicates: its size, the kept id, the ids to delete.
+        # The batch's groups as they are now (rows locked on PostgreSQL), ranked within each group:
+        # valid copies first, then newest first. One row per group that still has duplicates: its
+        # size, the kept id, the ids to delete, and 1 if the kept row breaks the OHLC rules.
         self.plan = (
             "WITH grp AS ("
-            " SELECT c.id, c.symbol, c.timeframe, c.ts, c.ingested_at, g.gno"
+            " SELECT c.id, c.symbol, c.timeframe, c.ts, c.ingested_at, g.gno,"
+            f" CASE WHEN {invalid_ohlc_sql()} THEN 1 ELSE 0 END AS invalid"
             f" FROM {self.table} AS g"
             " JOIN candles AS c ON c.symbol = g.symbol AND c.timeframe = g.timeframe AND c.ts = g.ts"
             " WHERE g.gno > %s AND g.gno <= %s {lock}"
             "), ranked AS ("
-            " SELECT gno, symbol, timeframe, ts, id,"
-            " row_number() OVER (PARTITION BY symbol, timeframe, ts ORDER BY ingested_at DESC, id DESC) AS rn,"
+            " SELECT gno, symbol, timeframe, ts, id, invalid,"
+            " row_number() OVER (PARTITION BY symbol, timeframe, ts"
+            " ORDER BY invalid, ingested_at DESC, id DESC) AS rn,"
             " count(*) OVER (PARTITION BY symbol, timeframe, ts) AS n"
             " FROM grp"
             ") "
-            f"SELECT symbol, timeframe, ts, n, max(CASE WHEN rn = 1 THEN id END), {id_list} "
+            f"SELECT symbol, timeframe, ts, n, max(CASE WHEN rn = 1 THEN id END), {id_list}, "
+            "max(CASE WHEN rn = 1 THEN invalid END) "
             "FROM ranked GROUP BY gno, symbol, timeframe, ts, n HAVING n > 1 ORDER BY gno"
         )
         self.plan_locked = self.plan.format(lock=lock)
         self.plan_read = self.plan.format(lock="")
-        columns = ("symbol, timeframe, candle_time, duplicate_count, duplicate_ids, kept_id, run_id, cleaned_at, "
-                   "created_at")
+        columns = ("symbol, timeframe, candle_time, duplicate_count, duplicate_ids, kept_id, kept_by, run_id, "
+                   "cleaned_at, created_at")
         log_table = DuplicateRecordLog._meta.db_table
         # The ids to delete and the batch's log rows each travel as ONE parameter (an array literal,
         # a JSON document): no per-row statements, no per-element adaptation on the client.
@@ -262,9 +282,10 @@ class _Sql:
             self.delete = "DELETE FROM candles WHERE id = ANY(%s::bigint[]) RETURNING id"
             self.insert_log = (
                 f"INSERT INTO {log_table} ({columns}) "
-                "SELECT g.symbol, g.timeframe, g.ts, g.n, g.ids, g.kept, %s, %s, %s "
+                "SELECT g.symbol, g.timeframe, g.ts, g.n, g.ids, g.kept, g.kept_by, %s, %s, %s "
                 "FROM json_to_recordset(%s::json) "
-                "AS g(symbol text, timeframe text, ts timestamptz, n integer, ids bigint[], kept bigint)"
+                "AS g(symbol text, timeframe text, ts timestamptz, n integer, ids bigint[], kept bigint, "
+                "kept_by text)"
             )
         else:
             self.delete = "DELETE FROM candles WHERE id IN (SELECT value FROM json_each(%s))"
@@ -272,7 +293,7 @@ class _Sql:
                 f"INSERT INTO {log_table} ({columns}) "
                 "SELECT json_extract(value, '$.symbol'), json_extract(value, '$.timeframe'),"
                 " json_extract(value, '$.ts'), json_extract(value, '$.n'), json_extract(value, '$.ids'),"
-                " json_extract(value, '$.kept'), %s, %s, %s "
+                " json_extract(value, '$.kept'), json_extract(value, '$.kept_by'), %s, %s, %s "
                 "FROM json_each(%s)"
             )
 
@@ -347,14 +368,17 @@ def _run_batch(cursor, sql: _Sql, run_id: uuid.UUID, low: int, high: int, dry_ru
     return [group for _, group in planned]
 
 
-def _group(symbol, timeframe, ts, n, kept_id, deleted) -> tuple[datetime, dict[str, Any]]:
-    """A plan row (symbol, timeframe, ts, rows in group, kept id, "id,id,…") → (ts, group dict)."""
+def _group(symbol, timeframe, ts, n, kept_id, deleted, kept_invalid) -> tuple[datetime, dict[str, Any]]:
+    """A plan row (symbol, timeframe, ts, rows in group, kept id, "id,id,…", kept row invalid 0/1)
+    → (ts, group dict)."""
     ts = _aware(ts)
+    kept_by = DuplicateKeptBy.NEWEST_NONE_VALID if kept_invalid else DuplicateKeptBy.NEWEST_VALID
     return ts, {
         "symbol": symbol,
         "timeframe": timeframe,
         "candle_time": ts.isoformat(),
         "kept_id": int(kept_id),
+        "kept_by": kept_by.value,
         "deleted_ids": sorted(int(i) for i in str(deleted).split(",")),
         "duplicate_count": int(n),
     }
@@ -366,7 +390,7 @@ def _insert_logs(cursor, sql: _Sql, run_id: uuid.UUID, planned: list[tuple[datet
     stamp = ops.adapt_datetimefield_value(timezone.now())
     document = json.dumps([
         {"symbol": g["symbol"], "timeframe": g["timeframe"], "n": g["duplicate_count"], "ids": g["deleted_ids"],
-         "kept": g["kept_id"],
+         "kept": g["kept_id"], "kept_by": g["kept_by"],
          # SQLite stores datetimes as Django's text format; PostgreSQL parses the ISO string.
          "ts": g["candle_time"] if sql.postgres else ops.adapt_datetimefield_value(ts)}
         for ts, g in planned

@@ -146,6 +146,12 @@ _BAD_SQLITE = (
     "(c.low <= min(c.open, c.close) AND max(c.open, c.close) <= c.high AND c.low > 0"
     " AND c.high < 9e999 AND c.volume >= 0 AND c.volume < 9e999) IS NOT 1"
 )
+
+
+def invalid_ohlc_sql() -> str:
+    """True for a ``candles`` row aliased ``c`` that breaks the OHLC value rules of ``integrity.validation``."""
+    return _BAD_PG if is_postgres() else _BAD_SQLITE
+
 _ODD_PG = "date_bin(s.grid, c.ts, timestamptz '1970-01-01 00:00:00+00') <> c.ts"
 _ODD_SQLITE = "((CAST(strftime('%%s', c.ts) AS INTEGER) %% b.grid_s) <> 0 OR length(c.ts) > 19)"
 

@@ -1,4 +1,4 @@
-"""``manage.py cleanup_duplicates``: keep the latest row of every duplicate candle group, log the rest.
+"""``manage.py cleanup_duplicates``: keep the newest valid row of every duplicate candle group, log the rest.
 
     manage.py cleanup_duplicates [--symbol S] [--timeframe T] [--dry-run] [--batch-size N]
                                  [--format text|json]
@@ -15,7 +15,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from integrity.management.output import keep_stdout_for_json
-from integrity.models import Timeframe
+from integrity.models import DuplicateKeptBy, Timeframe
 from integrity.quality.cleanup import (
     DEFAULT_BATCH_SIZE,
     CleanupError,
@@ -30,9 +30,16 @@ def _plain(text: str) -> str:
     return text  # progress lines on stderr are not errors: no red
 
 
+def _rule(kept_by: str) -> str:
+    """A kept_by value as the summary says it: "newest valid" / "newest (none valid)"."""
+    return {DuplicateKeptBy.NEWEST_VALID: "newest valid",
+            DuplicateKeptBy.NEWEST_NONE_VALID: "newest (none valid)"}.get(kept_by, kept_by)
+
+
 class Command(BaseCommand):
     help = ("Delete duplicate candles (same symbol, timeframe, ts), keeping the latest ingested row of each "
-            "group; every cleaned group is logged in duplicate_records_log.")
+            "group that passes the OHLC rules (the latest overall when none does); every cleaned group is "
+            "logged in duplicate_records_log with the rule that chose the kept row.")
 
     def add_arguments(self, parser):
         parser.add_argument("--symbol", help="only this symbol")
@@ -104,6 +111,9 @@ class Command(BaseCommand):
             f"{result.groups_total} duplicate groups, {verb} {result.rows_deleted} rows "
             f"in {result.batches} batch(es)",
         ]
+        if result.kept_by:
+            lines.append("kept: " + ", ".join(
+                f"{n} {_rule(rule)}" for rule, n in sorted(result.kept_by.items())))
         if result.series:
             lines.append("")
             rows = [("symbol", "tf", "groups", "rows")] + [
@@ -116,8 +126,8 @@ class Command(BaseCommand):
             lines.append("")
             lines.append(f"first {min(SHOWN_GROUPS, len(result.groups))} of {result.groups_total} groups:")
             for g in result.groups[:SHOWN_GROUPS]:
-                lines.append(f"  {g['symbol']} {g['timeframe']} {g['candle_time']}: kept {g['kept_id']}, "
-                             f"{verb} {g['deleted_ids']} ({g['duplicate_count']} rows)")
+                lines.append(f"  {g['symbol']} {g['timeframe']} {g['candle_time']}: kept {g['kept_id']} "
+                             f"({_rule(g['kept_by'])}), {verb} {g['deleted_ids']} ({g['duplicate_count']} rows)")
         if result.dry_run and result.groups_total:
             lines.append("")
             lines.append("dry run: nothing was written; run without --dry-run to clean up")
