@@ -382,30 +382,39 @@ class DataAnomaly(models.Model):
         return f"{self.anomaly_type} {self.symbol} {self.timeframe} ({self.severity})"
 
     # --- review lifecycle: open → acknowledged → resolved (resolved is final) -------------------
-    def _review(self, allowed_from: tuple[str, ...], **changes) -> None:
-        changes["updated_at"] = timezone.now()
+    # The one table of review moves, used here (one anomaly: API) and by
+    # ``integrity.quality.review.review_anomalies`` (a selection: admin actions):
+    # target status → (the statuses it may be reached from, the "by" field, the "at" field).
+    REVIEW_MOVES = {
+        ResolutionStatus.ACKNOWLEDGED: ((ResolutionStatus.OPEN,), "acknowledged_by", "acknowledged_at"),
+        ResolutionStatus.RESOLVED: ((ResolutionStatus.OPEN, ResolutionStatus.ACKNOWLEDGED), "resolved_by",
+                                    "resolved_at"),
+    }
+
+    @classmethod
+    def review_changes(cls, target: str, by: str, at, note: str = "") -> dict:
+        """The column values a move to ``target`` writes (who, when, the optional note)."""
+        _, by_field, at_field = cls.REVIEW_MOVES[target]
+        changes = {"resolution_status": target, by_field: by, at_field: at, "updated_at": at}
+        if note:
+            changes["resolution_note"] = note
+        return changes
+
+    def _review(self, target: str, by: str, note: str) -> None:
+        changes = self.review_changes(target, by, timezone.now(), note)
+        allowed_from = self.REVIEW_MOVES[target][0]
         updated = DataAnomaly.objects.filter(pk=self.pk, resolution_status__in=allowed_from).update(**changes)
         if updated != 1:
             current = DataAnomaly.objects.filter(pk=self.pk).values_list("resolution_status", flat=True).first()
-            raise InvalidTransition(
-                f"anomaly {self.pk} is {current}; cannot move it to {changes.get('resolution_status')}"
-            )
+            raise InvalidTransition(f"anomaly {self.pk} is {current}; cannot move it to {target}")
         for key, value in changes.items():
             setattr(self, key, value)
 
     def acknowledge(self, by: str = "", note: str = "") -> None:
-        changes = {"resolution_status": ResolutionStatus.ACKNOWLEDGED, "acknowledged_by": by,
-                   "acknowledged_at": timezone.now()}
-        if note:
-            changes["resolution_note"] = note
-        self._review((ResolutionStatus.OPEN,), **changes)
+        self._review(ResolutionStatus.ACKNOWLEDGED, by, note)
 
     def resolve(self, by: str = "", note: str = "") -> None:
-        changes = {"resolution_status": ResolutionStatus.RESOLVED, "resolved_by": by,
-                   "resolved_at": timezone.now()}
-        if note:
-            changes["resolution_note"] = note
-        self._review((ResolutionStatus.OPEN, ResolutionStatus.ACKNOWLEDGED), **changes)
+        self._review(ResolutionStatus.RESOLVED, by, note)
 
 
 class BigIntegerArrayField(models.Field):

@@ -71,9 +71,10 @@ def changelist(model: str) -> str:
     return reverse(f"admin:integrity_{model}_changelist")
 
 
-def act(client, model, action, ids):
-    return client.post(changelist(model), {"action": action, "_selected_action": [str(i) for i in ids]},
-                       follow=True)
+def act(client, model, action, ids, query=""):
+    """Run an admin action on the rows ``ids`` of the list, filtered by ``query`` as the page was."""
+    url = f"{changelist(model)}?{query}" if query else changelist(model)
+    return client.post(url, {"action": action, "_selected_action": [str(i) for i in ids]}, follow=True)
 
 
 def messages_of(response) -> list[str]:
@@ -221,6 +222,10 @@ class TestReadOnlyAudit:
 
 
 class TestAnomalyActions:
+    """Each review action reports once, and what it says is what happened (issue 10, point 16)."""
+
+    STAMP = r"by root at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
+
     def test_acknowledge_records_who_and_when_and_reports_it(self, admin_client):
         anomaly = make_anomaly()
         before = timezone.now()
@@ -228,7 +233,8 @@ class TestAnomalyActions:
         anomaly.refresh_from_db()
         assert (anomaly.resolution_status, anomaly.acknowledged_by) == ("acknowledged", "root")
         assert anomaly.acknowledged_at >= before
-        assert any(m.startswith(f"Acknowledged: 1 — #{anomaly.pk}") and "by root" in m for m in messages_of(response))
+        [message] = messages_of(response)
+        assert re.fullmatch(rf"Acknowledged 1 \(#{anomaly.pk}, {self.STAMP}\)\.", message)
 
     def test_resolve_records_who_and_when_and_reports_it(self, admin_client):
         anomaly = make_anomaly(resolution_status="acknowledged")
@@ -236,23 +242,66 @@ class TestAnomalyActions:
         anomaly.refresh_from_db()
         assert (anomaly.resolution_status, anomaly.resolved_by) == ("resolved", "root")
         assert anomaly.resolved_at is not None
-        assert any(m.startswith("Resolved: 1") for m in messages_of(response))
+        [message] = messages_of(response)
+        assert re.fullmatch(rf"Resolved 1 \(#{anomaly.pk}, {self.STAMP}\)\.", message)
+
+    def test_resolving_two_open_anomalies_says_so_and_nothing_else(self, admin_client):
+        a, b = make_anomaly(), make_anomaly()
+        response = act(admin_client, "dataanomaly", "resolve", [a.pk, b.pk])
+        assert set(DataAnomaly.objects.values_list("resolution_status", flat=True)) == {"resolved"}
+        [message] = messages_of(response)
+        assert re.fullmatch(rf"Resolved 2 \(#{a.pk}, #{b.pk}, {self.STAMP}\)\.", message)
+
+    @pytest.mark.parametrize("action,status", [("acknowledge", "acknowledged"), ("resolve", "resolved")])
+    def test_on_a_list_filtered_by_status_the_moved_rows_are_not_reported_as_refused(self, admin_client, action,
+                                                                                       status):
+        a, b = make_anomaly(), make_anomaly()
+        response = act(admin_client, "dataanomaly", action, [a.pk, b.pk], query="resolution_status__exact=open")
+        assert set(DataAnomaly.objects.values_list("resolution_status", flat=True)) == {status}
+        [message] = messages_of(response)
+        assert re.fullmatch(rf"{status.capitalize()} 2 \(#{a.pk}, #{b.pk}, {self.STAMP}\)\.", message)
 
     def test_resolving_an_already_resolved_anomaly_is_refused_clearly(self, admin_client):
         anomaly = make_anomaly(resolution_status="resolved", resolved_by="someone")
         response = act(admin_client, "dataanomaly", "resolve", [anomaly.pk])
-        assert f"anomaly #{anomaly.pk} is resolved; cannot move it to resolved" in messages_of(response)
+        assert messages_of(response) == [f"Resolved none; refused 1: #{anomaly.pk} is already resolved."]
         anomaly.refresh_from_db()
         assert anomaly.resolved_by == "someone"
 
-    def test_a_mixed_selection_moves_what_it_may_and_names_the_rest(self, admin_client):
-        open_one, done = make_anomaly(), make_anomaly(resolution_status="resolved")
-        response = act(admin_client, "dataanomaly", "acknowledge", [open_one.pk, done.pk])
-        assert DataAnomaly.objects.get(pk=open_one.pk).resolution_status == "acknowledged"
-        assert DataAnomaly.objects.get(pk=done.pk).resolution_status == "resolved"
-        texts = messages_of(response)
-        assert any(t.startswith("Acknowledged: 1") for t in texts)
-        assert f"anomaly #{done.pk} is resolved; cannot move it to acknowledged" in texts
+    def test_a_mixed_acknowledge_moves_what_it_may_and_names_the_rest_with_the_rule(self, admin_client):
+        open_one = make_anomaly()
+        done = make_anomaly(resolution_status="resolved")
+        seen = make_anomaly(resolution_status="acknowledged", acknowledged_by="someone")
+        response = act(admin_client, "dataanomaly", "acknowledge", [open_one.pk, done.pk, seen.pk])
+        assert dict(DataAnomaly.objects.values_list("pk", "resolution_status")) == {
+            open_one.pk: "acknowledged", done.pk: "resolved", seen.pk: "acknowledged"}
+        assert DataAnomaly.objects.get(pk=seen.pk).acknowledged_by == "someone"
+        [message] = messages_of(response)
+        assert re.fullmatch(
+            rf"Acknowledged 1 \(#{open_one.pk}, {self.STAMP}\); refused 2: #{done.pk} is resolved, and only open "
+            rf"anomalies can be acknowledged; #{seen.pk} is already acknowledged\.", message)
+
+    def test_a_mixed_resolve_on_a_filtered_list_reports_once_and_truthfully(self, admin_client):
+        open_one, seen = make_anomaly(), make_anomaly(resolution_status="acknowledged")
+        done = make_anomaly(resolution_status="resolved")
+        make_anomaly(severity="low")  # outside the filter, not selected
+        response = act(admin_client, "dataanomaly", "resolve", [open_one.pk, seen.pk, done.pk],
+                       query="severity__exact=high")
+        [message] = messages_of(response)
+        assert re.fullmatch(rf"Resolved 2 \(#{open_one.pk}, #{seen.pk}, {self.STAMP}\); refused 1: "
+                            rf"#{done.pk} is already resolved\.", message)
+        assert DataAnomaly.objects.filter(resolution_status="resolved").count() == 3
+
+    def test_select_all_on_a_filtered_list_moves_the_whole_filtered_list_and_counts_it(self, admin_client):
+        opened = [make_anomaly() for _ in range(23)]
+        make_anomaly(resolution_status="acknowledged")  # outside the filter
+        response = admin_client.post(f"{changelist('dataanomaly')}?resolution_status__exact=open",
+                                     {"action": "acknowledge", "select_across": "1", "index": "0",
+                                      "_selected_action": [str(opened[0].pk)]}, follow=True)
+        [message] = messages_of(response)
+        ids = ", ".join(f"#{a.pk}" for a in sorted(opened, key=lambda a: a.pk)[:20])
+        assert re.fullmatch(rf"Acknowledged 23 \({ids} and 3 more, {self.STAMP}\)\.", message)
+        assert DataAnomaly.objects.filter(resolution_status="acknowledged").count() == 24
 
     def test_a_view_only_reviewer_cannot_run_review_actions(self, client):
         viewer = User.objects.create_user("viewer", is_staff=True)

@@ -75,7 +75,7 @@ def review_flow(live_server, page):
     page.check(f"input[name=_selected_action][value='{gap.pk}']")
     page.select_option("select[name=action]", "acknowledge")
     page.click("button[name=index]")
-    assert "Acknowledged: 1" in page.locator(".messagelist").inner_text()
+    assert f"Acknowledged 1 (#{gap.pk}, by reviewer at" in page.locator(".messagelist").inner_text()
     row = page.locator(f"#result_list tr:has(input[value='{gap.pk}'])")
     assert "Acknowledged" in row.inner_text()
     gap.refresh_from_db()
