@@ -58,6 +58,7 @@ from .models import (
     Timeframe,
 )
 from .providers import FetchRequest, Provider, get_provider
+from .ranges import RangeError, check_backfill_range
 from .shutdown import stop_on_sigterm, stop_requested
 from .timeframes import BarAlignment, floor_to_timeframe, timeframe_delta
 from .validation import ValidationSummary, validate_bars
@@ -512,8 +513,6 @@ def run_backfill(
     started = time.monotonic()
     now = now or timezone.now()
     batch_size = batch_size or settings.BACKFILL_BATCH_SIZE
-    if start is not None and end is not None and start >= end:
-        raise BackfillError(f"empty range: start {start.isoformat()} is not before end {end.isoformat()}")
 
     if execution_id is not None:
         state = BackfillState.objects.get(execution_id=execution_id)
@@ -524,6 +523,8 @@ def run_backfill(
         end = end or state.range_end
     spec = resolve_series(symbol, timeframe, provider=provider, provider_options=provider_options,
                           asset_class=asset_class, calendar=calendar)
+    if execution_id is None:
+        check_range(spec, start, end, now=now)  # before anything is claimed
     # SIGTERM from here on asks the run to stop between pages (see integrity.shutdown).
     with stop_on_sigterm():
         if execution_id is None:
@@ -551,6 +552,8 @@ def run_backfill(
         run = None
         failure: BaseException | None = None
         try:
+            if execution_id is not None:  # claimed earlier (or written by hand): fails with the reason
+                check_range(spec, start, end, now=now)
             provider_impl = get_provider(spec.provider)
             range_start, range_end, resumed_from = plan_range(spec, start=start, end=end, now=now,
                                                               previous=previous, provider=provider_impl)
@@ -587,6 +590,14 @@ def run_backfill(
 EXECUTION_TASK = "integrity.backfill.run_backfill_execution"  # what request_backfill queues
 
 
+def check_range(spec: SeriesSpec, start: datetime | None, end: datetime | None, now: datetime | None = None) -> None:
+    """The bounds of an explicit range (``integrity.ranges``: API, admin, CLI and here alike)."""
+    try:
+        check_backfill_range(spec.timeframe, start, end, provider=spec.provider, now=now)
+    except RangeError as exc:
+        raise BackfillError(str(exc)) from None
+
+
 def run_backfill_execution(execution_id: str) -> dict[str, Any]:
     """Queue entry point: run an execution claimed earlier (API/admin request). Returns the result."""
     state = BackfillState.objects.get(execution_id=execution_id)
@@ -597,8 +608,7 @@ def request_backfill(symbol: str, timeframe: str, *, start: datetime | None = No
                      provider: str | None = None, requested_by: str = "", enqueue: bool = True) -> BackfillState:
     """Claim a series now and queue its run (API and admin). Raises BackfillRefused / BackfillError."""
     spec = resolve_series(symbol, timeframe, provider=provider)
-    if start is not None and end is not None and start >= end:
-        raise BackfillError(f"empty range: start {start.isoformat()} is not before end {end.isoformat()}")
+    check_range(spec, start, end)
     state = create_backfill_state(symbol, timeframe, spec.asset_class, provider=spec.provider,
                                   range_start=start, range_end=end, requested_by=requested_by)
     if enqueue:

@@ -171,6 +171,12 @@ BACKFILL_LOOKBACK_DAYS = {
     "4h": envint("BACKFILL_LOOKBACK_DAYS_4H", 365),
     "1d": envint("BACKFILL_LOOKBACK_DAYS_1D", 3650),
 }
+# The most bars ((end - start) / bar length) one explicit backfill request may ask for; a larger
+# range is refused naming the setting (integrity.ranges). BACKFILL_MAX_BARS for every timeframe,
+# BACKFILL_MAX_BARS_1M … _1D for one. 5,000,000 is ~9.5 years of 24/7 1m bars.
+_BACKFILL_MAX_BARS = envint("BACKFILL_MAX_BARS", 5_000_000)
+BACKFILL_MAX_BARS = {tf: envint(f"BACKFILL_MAX_BARS_{tf.upper()}", _BACKFILL_MAX_BARS)
+                     for tf in ("1m", "5m", "15m", "1h", "4h", "1d")}
 # Consecutive failures of a symbol at which an alert is raised (once, re-armed after a success).
 FAILURE_ALERT_THRESHOLD = envint("FAILURE_ALERT_THRESHOLD", 3)
 # A pending execution never picked up by a worker within this many seconds is failed by the reaper.

@@ -514,3 +514,65 @@ class TestSchema:
         assert "swagger-ui" in html
         assets = re.findall(r'(?:src|href)="([^"]+)"', html)
         assert assets and all(a.startswith("/static/") for a in assets), assets
+
+
+class TestStrictFilters:
+    """A filter value the filter cannot use is a 400 naming the parameter, never the unfiltered list."""
+
+    @pytest.fixture
+    def viewer(self):
+        return client_for(user_with(*(f"view_{m}" for m in ("instrument", "symbolfailuretracking", "backfillstate",
+                                                            "dataanomaly", "duplicaterecordlog", "seriesstats"))))
+
+    @pytest.mark.parametrize("endpoint,query,param", [
+        ("instruments", "active=maybe", "active"),
+        ("instruments", "active=", "active"),
+        ("instruments", "asset_class=bonds", "asset_class"),
+        ("instruments", "asset_class=", "asset_class"),
+        ("symbol-failures", "alert_sent=banana", "alert_sent"),
+        ("symbol-failures", "alert_sent=", "alert_sent"),
+        ("symbol-failures", "min_failures=many", "min_failures"),
+        ("backfills", "created_after=", "created_after"),
+        ("backfills", "created_before=last-week", "created_before"),
+        ("backfills", "status=", "status"),
+        ("backfills", "status=failed&status=", "status"),
+        ("backfills", "status=exploded", "status"),
+        ("anomalies", "detected_after=", "detected_after"),
+        ("anomalies", "detected_before=", "detected_before"),
+        ("anomalies", "severity=", "severity"),
+        ("anomalies", "symbol=", "symbol"),
+        ("duplicates", "cleaned_after=", "cleaned_after"),
+        ("duplicates", "cleaned_before=soon", "cleaned_before"),
+        ("duplicates", "timeframe=", "timeframe"),
+        ("series", "timeframe=7m", "timeframe"),
+        ("series", "max_coverage=", "max_coverage"),
+        ("series", "max_coverage=lots", "max_coverage"),
+    ])
+    def test_an_unusable_filter_value_is_400_naming_the_parameter(self, viewer, endpoint, query, param):
+        add_instrument()
+        response = viewer.get(f"/api/v1/{endpoint}/?{query}")
+        assert response.status_code == 400, response.content
+        assert list(response.json()) == [param]
+
+    def test_an_empty_value_says_to_give_one_or_leave_the_parameter_out(self, viewer):
+        response = viewer.get("/api/v1/anomalies/?detected_after=")
+        assert response.json() == {"detected_after": ["empty value: give a value or leave the parameter out"]}
+
+    def test_a_value_that_is_not_a_boolean_says_what_a_boolean_is(self, viewer):
+        response = viewer.get("/api/v1/instruments/?active=maybe")
+        assert response.json() == {"active": ["'maybe' is not a boolean: use true or false"]}
+
+    @pytest.mark.parametrize("value,expected", [("true", ["A"]), ("TRUE", ["A"]), ("1", ["A"]),
+                                                ("false", ["B"]), ("False", ["B"]), ("0", ["B"])])
+    def test_booleans_are_true_false_1_or_0_in_any_letter_case(self, viewer, value, expected):
+        add_instrument("A")
+        add_instrument("B")
+        Instrument.objects.filter(symbol="B").update(active=False)
+        rows = viewer.get(f"/api/v1/instruments/?active={value}").json()["results"]
+        assert [r["symbol"] for r in rows] == expected
+
+    def test_alert_sent_narrows_the_failures_list(self, viewer):
+        SymbolFailureTracking.objects.create(symbol="A", consecutive_failures=3, alert_sent=True)
+        SymbolFailureTracking.objects.create(symbol="B", consecutive_failures=1)
+        rows = viewer.get("/api/v1/symbol-failures/?alert_sent=true").json()["results"]
+        assert [r["symbol"] for r in rows] == ["A"]

@@ -312,3 +312,115 @@ class TestReapCommand:
         [row] = json.loads(out.getvalue())
         assert row["execution_id"] == str(state.execution_id)
         assert BackfillState.objects.get(pk=state.pk).status == "failed"
+
+
+class TestAFailedCsvLoadRegistersNothing:
+    """The file and every option are checked before an instrument is registered or a series claimed."""
+
+    def refused(self, *args) -> CommandError:
+        with pytest.raises(CommandError) as error:
+            call_command("backfill", *args, stdout=StringIO(), stderr=StringIO())
+        return error.value
+
+    def assert_nothing_registered(self):
+        assert not Instrument.objects.exists()
+        assert not BackfillState.objects.exists()
+        assert not Candle.objects.exists()
+
+    def test_an_unknown_time_zone_is_a_usage_error(self, daily_csv):
+        path, _ = daily_csv
+        error = self.refused(*CSV_ARGS, "--file", str(path), "--tz", "Mars/Olympus")
+        assert error.returncode == 2 and "--tz" in str(error) and "unknown time zone 'Mars/Olympus'" in str(error)
+        self.assert_nothing_registered()
+
+    def test_a_binary_file_is_exit_1(self, tmp_path):
+        path = tmp_path / "AAPL.csv"
+        path.write_bytes(b"PK\x03\x04\x14\x00\x06\x00" + bytes(range(256)) * 4)  # a zip (an .xlsx) renamed
+        error = self.refused(*CSV_ARGS, "--file", str(path))
+        assert error.returncode == 1
+        assert "nothing was registered or claimed" in str(error) and "a binary file, not CSV text" in str(error)
+        self.assert_nothing_registered()
+
+    def test_a_file_that_is_not_utf8_text_is_exit_1(self, tmp_path):
+        path = tmp_path / "AAPL.csv"
+        path.write_bytes("Date,Open,High,Low,Close,Volume,Börse\n2023-01-03,1,2,0.5,1.5,10,x\n".encode("latin-1"))
+        error = self.refused(*CSV_ARGS, "--file", str(path))
+        assert error.returncode == 1 and "not a UTF-8 text file" in str(error)
+        self.assert_nothing_registered()
+
+    def test_wrong_columns_are_exit_1(self, tmp_path):
+        path = tmp_path / "AAPL.csv"
+        path.write_text("Date,Price\n2023-01-03,1.5\n")
+        error = self.refused(*CSV_ARGS, "--file", str(path))
+        assert error.returncode == 1 and "missing required column(s) open, high, low, close, volume" in str(error)
+        self.assert_nothing_registered()
+
+    def test_an_empty_file_is_exit_1(self, tmp_path):
+        path = tmp_path / "AAPL.csv"
+        path.write_text("")
+        error = self.refused(*CSV_ARGS, "--file", str(path))
+        assert error.returncode == 1 and "CSV file is empty" in str(error)
+        self.assert_nothing_registered()
+
+    def test_a_header_without_bars_is_exit_1(self, tmp_path):
+        path = tmp_path / "AAPL.csv"
+        path.write_text("Date,Open,High,Low,Close,Volume\n")
+        error = self.refused(*CSV_ARGS, "--file", str(path))
+        assert error.returncode == 1 and "a header but no bars" in str(error)
+        self.assert_nothing_registered()
+
+    def test_an_unparseable_timestamp_anywhere_in_the_file_is_exit_1_naming_the_line(self, tmp_path):
+        path, sessions = write_daily_csv(tmp_path / "AAPL.csv", utc(2023, 1, 1), utc(2024, 1, 1),
+                                         extra_lines=["yesterday,1,2,0.5,1.5,1.5,100"])
+        error = self.refused(*CSV_ARGS, "--file", str(path))
+        assert error.returncode == 1 and f"unparseable timestamp 'yesterday' at line {sessions + 2}" in str(error)
+        self.assert_nothing_registered()
+
+    def test_a_timestamp_outside_the_range_is_checked_too(self, tmp_path):
+        # The run would only read 2023; the file is checked whole, as the nightly run reads it.
+        path, _ = write_daily_csv(tmp_path / "AAPL.csv", utc(2023, 1, 1), utc(2024, 1, 1),
+                                  extra_lines=["2025-02-30,1,2,0.5,1.5,1.5,100"])
+        assert self.refused(*CSV_ARGS, "--file", str(path)).returncode == 1
+        self.assert_nothing_registered()
+
+    def test_a_registered_instrument_is_left_as_it_was(self, daily_csv, tmp_path):
+        path, _ = daily_csv
+        assert run(*CSV_ARGS, "--file", str(path))[0] == 0
+        before = Instrument.objects.values().get()
+        executions = list(BackfillState.objects.values_list("execution_id", "status"))
+        bad = tmp_path / "bad.csv"
+        bad.write_text("Date,Open\n2024-01-02,1\n")
+        assert self.refused(*CSV_ARGS, "--file", str(bad)).returncode == 1
+        assert Instrument.objects.values().get() == before
+        assert list(BackfillState.objects.values_list("execution_id", "status")) == executions
+
+    def test_a_new_csv_instrument_needs_a_file(self):
+        error = self.refused("--provider", "csv", "--symbol", "AAPL", "--asset-class", "equity")
+        assert error.returncode == 2 and "needs --file" in str(error)
+        self.assert_nothing_registered()
+
+    def test_the_file_options_are_stored_on_the_registered_instrument(self, daily_csv):
+        path, _ = daily_csv
+        assert run(*CSV_ARGS, "--file", str(path), "--tz", "America/New_York", "--date-format", "%Y-%m-%d")[0] == 0
+        assert Instrument.objects.get().provider_options == {"file": str(path), "tz": "America/New_York",
+                                                            "date_format": "%Y-%m-%d"}
+
+    @pytest.mark.slow  # starts a Django process
+    def test_a_user_sees_the_reason_and_exit_code_1(self, tmp_path):
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        from tests.test_health_command_process import this_database_url
+
+        path = tmp_path / "AAPL.csv"
+        path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+        env = {**os.environ, "DATABASE_URL": this_database_url(), "DJANGO_SETTINGS_MODULE": "marketdata_site.settings"}
+        done = subprocess.run([sys.executable, "manage.py", "backfill", *CSV_ARGS, "--file", str(path)],
+                              cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert "the file cannot be loaded (nothing was registered or claimed)" in done.stderr
+        assert "a binary file, not CSV text (a NUL byte at offset 8)" in done.stderr
+        self.assert_nothing_registered()

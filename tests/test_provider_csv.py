@@ -95,7 +95,7 @@ class TestTimestamps:
     def test_it_tells_repeated_fall_back_hours_apart_by_their_order(self, tmp_path):
         path = write(tmp_path, HEADER + rows("2024-11-03 00:00", "2024-11-03 01:00", "2024-11-03 01:00",
                                              "2024-11-03 02:00"))
-        frame = fetch_all(path, tz="America/New_York")
+        frame = fetch_all(path, request(timeframe="1h"), tz="America/New_York")
         assert list(frame["ts"]) == [utc(2024, 11, 3, 4), utc(2024, 11, 3, 5), utc(2024, 11, 3, 6),
                                      utc(2024, 11, 3, 7)]
 

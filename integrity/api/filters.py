@@ -1,11 +1,19 @@
-"""django-filter sets for the list endpoints (invalid filter values answer 400, never 500)."""
+"""django-filter sets for the list endpoints.
+
+Strict: a filter value the filter cannot use answers 400 naming the parameter, never the unfiltered
+list and never 500. That covers a value of the wrong type (``?active=maybe``, ``?alert_sent=banana``,
+``?detected_after=last-tuesday``), a choice that does not exist, and a parameter given without a
+value (``?detected_after=``, ``?symbol=``), which django-filter would otherwise ignore.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC
 
 import django_filters as filters
+from django import forms
 from django.core.exceptions import ValidationError
+from django.db import models
 from django_filters.fields import IsoDateTimeField
 
 from ..models import (
@@ -41,7 +49,55 @@ class UTCDateTimeFilter(filters.IsoDateTimeFilter):
     field_class = UTCDateTimeField
 
 
-class BackfillFilter(filters.FilterSet):
+class StrictBooleanField(forms.Field):
+    """``true``/``false`` (or ``1``/``0``, any letter case); anything else is an error, not "unknown"."""
+
+    widget = forms.TextInput  # passes the raw text through (the select widget turns "maybe" into None)
+
+    def to_python(self, value):
+        if value in (None, ""):
+            return None
+        text = str(value).strip().lower()
+        if text in ("true", "1"):
+            return True
+        if text in ("false", "0"):
+            return False
+        raise ValidationError("%(value)r is not a boolean: use true or false", code="invalid",
+                              params={"value": str(value)})
+
+
+class StrictBooleanFilter(filters.BooleanFilter):
+    field_class = StrictBooleanField
+
+
+class StrictFilterForm(forms.Form):
+    """A filter parameter given without a value is an error (django-filter would skip the filter)."""
+
+    def clean(self):
+        cleaned = super().clean()
+        for name in self.fields:
+            if name not in self.data:
+                continue
+            values = self.data.getlist(name) if hasattr(self.data, "getlist") else [self.data.get(name)]
+            if any(value is None or not str(value).strip() for value in values):
+                self._errors.pop(name, None)  # "not a valid choice: ''" says less than this
+                self.add_error(name, ValidationError(
+                    "empty value: give a value or leave the parameter out", code="empty"))
+        return cleaned
+
+
+class StrictFilterSet(filters.FilterSet):
+    """Base of every list's filters: strict booleans and no empty values (see the module doc)."""
+
+    FILTER_DEFAULTS = {**filters.FilterSet.FILTER_DEFAULTS,
+                       models.BooleanField: {"filter_class": StrictBooleanFilter}}
+
+    def get_form_class(self):
+        fields = {name: filter_.field for name, filter_ in self.filters.items()}
+        return type(f"{self.__class__.__name__}Form", (StrictFilterForm, self._meta.form), fields)
+
+
+class BackfillFilter(StrictFilterSet):
     symbol = filters.CharFilter()
     timeframe = filters.ChoiceFilter(choices=Timeframe.choices)
     status = filters.MultipleChoiceFilter(choices=BackfillStatus.choices, distinct=False)
@@ -53,7 +109,7 @@ class BackfillFilter(filters.FilterSet):
         fields = ["symbol", "timeframe", "status"]
 
 
-class AnomalyFilter(filters.FilterSet):
+class AnomalyFilter(StrictFilterSet):
     symbol = filters.CharFilter()
     timeframe = filters.ChoiceFilter(choices=Timeframe.choices)
     anomaly_type = filters.MultipleChoiceFilter(choices=AnomalyType.choices, distinct=False)
@@ -67,7 +123,7 @@ class AnomalyFilter(filters.FilterSet):
         fields = ["symbol", "timeframe", "anomaly_type", "severity", "resolution_status"]
 
 
-class DuplicateLogFilter(filters.FilterSet):
+class DuplicateLogFilter(StrictFilterSet):
     symbol = filters.CharFilter()
     timeframe = filters.ChoiceFilter(choices=Timeframe.choices)
     cleaned_after = UTCDateTimeFilter(field_name="cleaned_at", lookup_expr="gte")
@@ -78,7 +134,7 @@ class DuplicateLogFilter(filters.FilterSet):
         fields = ["symbol", "timeframe"]
 
 
-class FailureFilter(filters.FilterSet):
+class FailureFilter(StrictFilterSet):
     min_failures = filters.NumberFilter(field_name="consecutive_failures", lookup_expr="gte")
 
     class Meta:
@@ -86,13 +142,13 @@ class FailureFilter(filters.FilterSet):
         fields = ["symbol", "alert_sent"]
 
 
-class InstrumentFilter(filters.FilterSet):
+class InstrumentFilter(StrictFilterSet):
     class Meta:
         model = Instrument
         fields = ["asset_class", "provider", "active", "calendar"]
 
 
-class SeriesFilter(filters.FilterSet):
+class SeriesFilter(StrictFilterSet):
     timeframe = filters.ChoiceFilter(choices=Timeframe.choices)
     max_coverage = filters.NumberFilter(field_name="coverage_pct", lookup_expr="lte")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from rest_framework import serializers
+from rest_framework.exceptions import ErrorDetail
+from rest_framework.settings import api_settings
 
 from ..calendars import validate_calendar_code
 from ..models import (
@@ -17,6 +19,7 @@ from ..models import (
 )
 from ..providers import PROVIDER_NAMES
 from ..quality.thresholds import validate_thresholds
+from ..ranges import RangeError, check_backfill_range
 from .validators import validate_provider_options
 
 
@@ -45,9 +48,14 @@ class BackfillRequestSerializer(serializers.Serializer):
         return value
 
     def validate(self, attrs):
-        start, end = attrs.get("start"), attrs.get("end")
-        if start and end and start >= end:
-            raise serializers.ValidationError({"end": "must be after start"})
+        instrument = Instrument.objects.filter(symbol=attrs["symbol"]).only("provider").first()
+        provider = attrs.get("provider") or (instrument.provider if instrument else None)
+        try:
+            check_backfill_range(attrs["timeframe"], attrs.get("start"), attrs.get("end"), provider=provider)
+        except RangeError as exc:
+            raise serializers.ValidationError(
+                {exc.field or api_settings.NON_FIELD_ERRORS_KEY: [ErrorDetail(str(exc), code=exc.rule)]}
+            ) from None
         return attrs
 
 

@@ -2,7 +2,7 @@
 
 File: ``file`` if given, else ``<directory>/<SYMBOL>.csv`` (path separators in the symbol, as in
 ``EUR/USD``, become ``_``: ``EUR_USD.csv``). Options in ``request.options`` override the
-constructor's (``file``, ``directory``, ``tz``, ``page_size``).
+constructor's (``file``, ``directory``, ``tz``, ``date_format``, ``page_size``).
 
 Format: a header row; the first column is the timestamp whatever its header says (even empty,
 as pandas writes an index); ``open``/``high``/``low``/``close``/``volume`` are found by name in any
@@ -17,8 +17,26 @@ letter case among the other columns; anything else (``Adj Close``) is ignored. T
   - a number: epoch seconds, or milliseconds / microseconds / nanoseconds when its magnitude says
     so (>= 1e11 / 1e14 / 1e17; 1e11 seconds would be the year 5138). ``20240102`` is a number
     too, so write dates with separators.
+  - a numeric date with the day and the month in either order (``13/01/2024``, ``01.13.2024
+    09:30``, ``1/2/2024``; separators ``/ . -``, a four-digit year): the order is decided from the
+    file's own rows, never guessed. A first field above 12 anywhere makes the file day-first, a
+    second field above 12 month-first (the reader's ``note`` says which, naming the row that
+    decided it); a file where neither appears is refused naming a few ambiguous rows, and so is one
+    with both. A two-digit year is refused too. ``date_format`` removes the question: ``day-first``
+    or ``month-first``, a named layout (``dukascopy`` = ``%d.%m.%Y %H:%M:%S.%f``) or any strftime
+    layout, which every value must then match (a layout without a time of day reads dates only, a
+    ``%z`` layout reads offsets).
 Anything else is an error naming the line and the value. Price or volume cells that are not
 numbers become NaN: validation rejects those bars and the rest are stored.
+
+A daily bar is its session date. For a ``1d`` request a date-time at midnight of its own zone
+(naive in ``tz``, or with an offset: ``2024-01-02 00:00:00-05:00`` as yfinance writes it) is that
+date at 00:00 UTC, the series' daily stamp, rather than the UTC instant (05:00).
+
+A file is checked whole before its first page is yielded (``inspect`` does the same without
+yielding, for the command to run before it registers anything): readable UTF-8 text (a binary file
+is refused naming the first NUL byte), a header with the required columns, every timestamp
+readable, the date order decidable.
 
 Rows whose cells are all empty are skipped; a row with values but no timestamp is an error.
 
@@ -37,10 +55,12 @@ Line numbers in messages count the header as line 1 and assume no quoted field s
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 from collections.abc import Iterator
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -55,8 +75,15 @@ from integrity.providers.base import (
     empty_bar_frame,
 )
 
+logger = logging.getLogger(__name__)
+
 REQUIRED_COLUMNS = ("open", "high", "low", "close", "volume")
 DEFAULT_PAGE_SIZE = 50_000
+
+# ``date_format`` values that name a layout, and those that only say the order of day and month.
+DATE_LAYOUTS = {"dukascopy": "%d.%m.%Y %H:%M:%S.%f"}
+DATE_ORDERS = {"day-first": "dmy", "month-first": "mdy"}
+_TIME_DIRECTIVES = set("HIMSfpXc")  # strptime directives that read a time of day
 
 _DATE_ONLY = r"\d{4}[-/]\d{1,2}[-/]\d{1,2}"
 # A time of day followed by a zone designator: "...09:30Z", "...09:30:00+01:00", "...09:30 -0500".
@@ -64,21 +91,126 @@ _HAS_OFFSET = r".*\d:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[zZ]|UTC|GMT|[+-]\d{2}(?:
 _NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _ISO_START = r"\d{4}-\d{2}-\d{2}(?:$|[T ]\d)"
 _OFFSET_SUFFIX = r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)\s*$"
+_ZONE_TAIL = r"\s*(?:[zZ]|UTC|GMT|[+-]\d{2}(?::?\d{2})?)$"  # only after a time of day (_HAS_OFFSET)
+_ORDER_WORDS = {"dmy": "day-first", "mdy": "month-first"}
 # Epoch magnitude thresholds: at or above each, the number is in the next finer unit.
 _EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (float("inf"), "ns"))
 _TS_DTYPE = "datetime64[ns, UTC]"
 _MIN_SCAN_CHUNK = 10_000
+# A numeric date whose first two fields are the day and the month in some order: 13/01/2024,
+# 01.13.2024 09:30, 1-2-2024T09:30. Groups: first, second, year, the rest (a time of day).
+_NUMERIC_DATE = r"^\s*(\d{1,2})[./-](\d{1,2})[./-](\d{4})((?:[T\s].*)?)$"
+_NUMERIC_DATE_SHORT_YEAR = r"^\s*\d{1,2}([./-])\d{1,2}\1\d{2}(?:[T\s].*)?$"
+_NUMERIC_DATE_PREFIX = r"\s*\d{1,2}[./-]\d{1,2}[./-]\d{2}"
+_DETECT_CHUNK = 200_000
+_EXAMPLES = 3
+_SNIFF_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class DateFormat:
+    """How to read text timestamps: ``order`` (dmy/mdy) for numeric dates, or a strftime ``layout``."""
+
+    text: str
+    order: str | None = None
+    layout: str | None = None
+
+    @property
+    def has_time(self) -> bool:
+        return self.layout is None or bool(_directives(self.layout) & _TIME_DIRECTIVES)
+
+    @property
+    def has_offset(self) -> bool:
+        return self.layout is not None and bool(_directives(self.layout) & {"z", "Z"})
+
+
+def _directives(layout: str) -> set[str]:
+    return set(re.findall(r"%[-#]?([A-Za-z])", layout.replace("%%", "")))
+
+
+def parse_date_format(value: Any) -> DateFormat | None:
+    """A ``date_format`` option: None/"" (decide from the file), ``day-first``/``month-first``, a
+    named layout or a strftime layout. Raises ``ProviderConfigError`` naming the problem."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise ProviderConfigError(f"date_format must be text, got {value!r}", provider="csv")
+    text = value.strip()
+    if text.lower() in DATE_ORDERS:
+        return DateFormat(text=text.lower(), order=DATE_ORDERS[text.lower()])
+    layout = DATE_LAYOUTS.get(text.lower(), text)
+    hint = (f"use day-first, month-first, a named layout ({', '.join(DATE_LAYOUTS)}) or a strftime layout "
+            f"such as '%d/%m/%Y %H:%M'")
+    if "%" not in layout:
+        raise ProviderConfigError(f"unknown date_format {text!r}: {hint}", provider="csv")
+    # Round trip a date whose fields all differ: the layout must name a year, a month and a day.
+    sample = datetime(2031, 12, 25, 13, 45, 56, 789000, tzinfo=UTC)
+    try:
+        parsed = datetime.strptime(sample.strftime(layout), layout)
+    except ValueError as exc:
+        raise ProviderConfigError(f"date_format {text!r} is not a usable strftime layout ({exc}): {hint}",
+                                  provider="csv") from None
+    if (parsed.year, parsed.month, parsed.day) != (2031, 12, 25):
+        raise ProviderConfigError(f"date_format {text!r} must give the year, the month and the day "
+                                  f"(e.g. %Y, %m, %d): {hint}", provider="csv")
+    return DateFormat(text=text, layout=layout)
+
+
+def validate_options(options: Any, symbol: str = "") -> None:
+    """Check an instrument's ``provider_options`` for csv (admin/API edits): the values it reads."""
+    if not isinstance(options, dict):
+        raise ProviderConfigError("provider_options must be a JSON object", provider="csv")
+    if options.get("tz") is not None:
+        check_time_zone(options["tz"])
+    parse_date_format(options.get("date_format"))
+    if options.get("page_size") is not None:
+        check_page_size(options["page_size"])
+    for key in ("file", "directory"):
+        if options.get(key) is not None and not isinstance(options[key], str):
+            raise ProviderConfigError(f"{key} must be a path (text), got {options[key]!r}", provider="csv")
+
+
+def check_time_zone(tz: Any) -> str:
+    tz = str(tz or "UTC")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ProviderConfigError(f"unknown time zone {tz!r} (use an IANA name such as America/New_York)",
+                                  provider="csv") from None
+    return tz
+
+
+def check_page_size(raw: Any) -> int:
+    try:
+        size = int(raw)
+    except (TypeError, ValueError):
+        size = 0
+    if size < 1:
+        raise ProviderConfigError(f"page_size must be a positive integer, got {raw!r}", provider="csv")
+    return size
+
+
+@dataclass(frozen=True)
+class CsvInspection:
+    """What a whole-file check found: the bars, their first and last time, how dates were read."""
+
+    path: str
+    bars: int
+    first: datetime | None
+    last: datetime | None
+    note: str | None
 
 
 class CsvProvider:
     name = "csv"
 
     def __init__(self, file: str | None = None, directory: str | None = None, tz: str = "UTC",
-                 page_size: int = DEFAULT_PAGE_SIZE, **ignored: Any):
+                 page_size: int = DEFAULT_PAGE_SIZE, date_format: str | None = None, **ignored: Any):
         self.file = file
         self.directory = directory
         self.tz = tz
         self.page_size = page_size
+        self.date_format = date_format
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -101,34 +233,28 @@ class CsvProvider:
         return os.path.join(os.fspath(directory), f"{stem}.csv")
 
     def _page_size(self, request: FetchRequest) -> int:
-        raw = self._setting(request, "page_size")
-        try:
-            size = int(raw)
-        except (TypeError, ValueError):
-            size = 0
-        if size < 1:
-            raise ProviderConfigError(f"page_size must be a positive integer, got {raw!r}",
-                                      provider=self.name)
-        return size
+        return check_page_size(self._setting(request, "page_size"))
 
     def _tz(self, request: FetchRequest) -> str:
-        tz = str(self._setting(request, "tz") or "UTC")
-        try:
-            ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ProviderConfigError(f"unknown time zone {tz!r}", provider=self.name) from None
-        return tz
+        return check_time_zone(self._setting(request, "tz"))
+
+    def _reader(self, request: FetchRequest) -> _CsvReader:
+        # Every option is checked before the file is opened.
+        tz = self._tz(request)
+        date_format = parse_date_format(self._setting(request, "date_format"))
+        return _CsvReader(self.resolve_path(request), tz, provider=self.name, date_format=date_format,
+                          daily=request.timeframe == "1d")
 
     # -- fetching ------------------------------------------------------------------------------
 
     def fetch(self, request: FetchRequest) -> Iterator[pd.DataFrame]:
-        path = self.resolve_path(request)
         page_size = self._page_size(request)
-        tz = self._tz(request)
-        reader = _CsvReader(path, tz, provider=self.name)
+        reader = self._reader(request)
         start, end = _utc(request.start), _utc(request.end)
 
         scan = reader.scan(start, end, page_size)
+        if reader.note:
+            logger.info("%s %s: %s", request.symbol, reader.path, reader.note)
         if scan.first_row is None:
             return
         if scan.in_order:
@@ -143,10 +269,26 @@ class CsvProvider:
         A file is the whole source: a series loaded from one for the first time starts at its first
         bar rather than at the configured lookback, so an old history is not cut silently.
         """
-        reader = _CsvReader(self.resolve_path(request), self._tz(request), provider=self.name)
-        scan = reader.scan(pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC"),
-                           self._page_size(request))
+        page_size = self._page_size(request)
+        scan = self._reader(request).scan(*_WHOLE_FILE, page_size)
         return None if scan.min_ts is None else pd.Timestamp(scan.min_ts, tz="UTC").to_pydatetime()
+
+    def inspect(self, request: FetchRequest) -> CsvInspection:
+        """Check the whole file as a fetch would, without yielding bars: every option, the header,
+        every timestamp, the date order. Raises ``ProviderError`` (``ProviderConfigError`` for an
+        option or a missing file) naming the problem; a file without a single bar is refused too.
+        The command runs it before it registers an instrument or claims a series."""
+        page_size = self._page_size(request)
+        reader = self._reader(request)
+        scan = reader.scan(*_WHOLE_FILE, page_size)
+        if not scan.count:
+            raise reader._error("CSV file has a header but no bars")
+        as_dt = lambda ns: pd.Timestamp(ns, tz="UTC").to_pydatetime()  # noqa: E731
+        return CsvInspection(path=reader.path, bars=scan.count, first=as_dt(scan.min_ts), last=as_dt(scan.max_ts),
+                             note=reader.note)
+
+
+_WHOLE_FILE = (pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC"))
 
 
 class _Scan:
@@ -155,6 +297,8 @@ class _Scan:
         self.last_row: int | None = None
         self.in_order = True
         self.min_ts: int | None = None  # ns since the epoch, over the rows within range
+        self.max_ts: int | None = None
+        self.count = 0  # rows within range
         self._last_ts: int | None = None
 
     def add(self, offset: int, ts: pd.Series, in_range: np.ndarray) -> None:
@@ -165,8 +309,10 @@ class _Scan:
             self.first_row = offset + int(positions[0])
         self.last_row = offset + int(positions[-1])
         values = ts.array.asi8[positions]
-        low = int(values.min())
+        low, high = int(values.min()), int(values.max())
         self.min_ts = low if self.min_ts is None else min(self.min_ts, low)
+        self.max_ts = high if self.max_ts is None else max(self.max_ts, high)
+        self.count += len(positions)
         if self.in_order:
             ascending = bool((np.diff(values) >= 0).all())
             follows = self._last_ts is None or values[0] >= self._last_ts
@@ -175,10 +321,16 @@ class _Scan:
 
 
 class _CsvReader:
-    def __init__(self, path: str, tz: str, provider: str):
+    def __init__(self, path: str, tz: str, provider: str, date_format: DateFormat | None = None,
+                 daily: bool = False):
         self.path = path
         self.tz = tz
         self.provider = provider
+        self.date_format = date_format
+        self.daily = daily  # a 1d request: midnight of a bar's own zone is its session date
+        # Day/month order of numeric dates: given, or decided from the whole file when first needed.
+        self._order: str | None = date_format.order if date_format else None
+        self.note: str | None = None  # how the dates were read, when the file decided it
         self.header = self._read_header()
         self.width = len(self.header)
         self.columns = self._locate_columns()
@@ -193,12 +345,16 @@ class _CsvReader:
     def _read_header(self) -> list[str]:
         if not os.path.isfile(self.path):
             raise self._error(f"CSV file not found: {self.path}", ProviderConfigError)
+        self._refuse_binary()
         try:
             with open(self.path, newline="", encoding="utf-8-sig") as handle:
                 lines = csv.reader(handle)
                 header = next(lines, None)
                 first = next(lines, None)
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        except UnicodeDecodeError as exc:
+            raise self._error(f"not a UTF-8 text file (byte 0x{exc.object[exc.start]:02x} at offset "
+                              f"{exc.start} cannot be decoded): save it as UTF-8 CSV") from None
+        except (OSError, csv.Error) as exc:
             raise self._error(f"cannot read CSV file: {exc}") from exc
         if not header or not any(cell.strip() for cell in header):
             raise self._error("CSV file is empty (no header row)")
@@ -207,6 +363,17 @@ class _CsvReader:
         if first is not None and len(first) == len(header) + 1:
             header = ["", *header]
         return header
+
+    def _refuse_binary(self) -> None:
+        """A NUL byte never occurs in CSV text: it is a binary file (an archive, a spreadsheet)."""
+        try:
+            with open(self.path, "rb") as handle:
+                head = handle.read(_SNIFF_BYTES)
+        except OSError as exc:
+            raise self._error(f"cannot read CSV file: {exc}") from exc
+        nul = head.find(b"\x00")
+        if nul >= 0:
+            raise self._error(f"a binary file, not CSV text (a NUL byte at offset {nul})")
 
     def _locate_columns(self) -> list[int]:
         positions: dict[str, int] = {}
@@ -221,7 +388,7 @@ class _CsvReader:
             )
         return [positions[c] for c in REQUIRED_COLUMNS]
 
-    def _read(self, usecols: list[int], chunksize: int | None):
+    def _read(self, usecols: list[int], chunksize: int | None, dtype=None):
         try:
             return pd.read_csv(
                 self.path,
@@ -230,6 +397,7 @@ class _CsvReader:
                 names=[f"c{i}" for i in range(self.width)],
                 usecols=usecols,
                 index_col=False,
+                dtype=dtype,
                 # No dtype: the C parser reads numeric columns natively (fast); a column with
                 # any non-numeric cell comes back as strings and is coerced below.
                 encoding="utf-8-sig",
@@ -239,14 +407,17 @@ class _CsvReader:
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             raise self._error(f"cannot parse CSV file: {exc}") from exc
 
-    def _chunks(self, usecols: list[int], chunksize: int) -> Iterator[tuple[int, pd.DataFrame]]:
+    def _chunks(self, usecols: list[int], chunksize: int, dtype=None) -> Iterator[tuple[int, pd.DataFrame]]:
         offset = 0
-        reader = self._read(usecols, chunksize)
+        reader = self._read(usecols, chunksize, dtype)
         try:
             with reader:
                 for chunk in reader:
                     yield offset, chunk
                     offset += len(chunk)
+        except UnicodeDecodeError:
+            raise self._error(f"not a UTF-8 text file (a byte after line {offset + 1} cannot be "
+                              f"decoded): save it as UTF-8 CSV") from None
         except (ValueError, pd.errors.ParserError) as exc:
             raise self._error(f"cannot parse CSV file: {exc}") from exc
 
@@ -297,19 +468,174 @@ class _CsvReader:
     def parse_timestamps(self, raw: pd.Series, offset: int, blank: np.ndarray) -> pd.Series:
         """UTC timestamps for one chunk of the first column; raises on the first bad value."""
         raw = raw.reset_index(drop=True)
-        if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        if self.date_format is not None and self.date_format.layout is not None:
+            out = self._parse_layout(raw, offset)
+            expected = f"date_format {self.date_format.text!r}"
+        elif pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
             out = _parse_epoch(raw)
+            expected = None
         else:
-            out = self._parse_uniform(raw.astype("str").where(raw.notna()), offset)
-        if out is None:
-            out = self._parse_each_kind(raw, offset)
+            text = raw.astype("str").where(raw.notna())
+            out = self._parse_uniform(text, offset)
+            if out is None:
+                # Numeric dates (13/01/2024) become ISO in the file's day/month order first:
+                # the flexible parser below would otherwise guess, month first.
+                text = self._numeric_dates_to_iso(text, offset)
+                out = self._parse_uniform(text, offset)
+            if out is None:
+                out = self._parse_each_kind(text, offset)
+            if self.daily:
+                out = self._aware_midnights_as_dates(text, out)
+            expected = None
         bad = out.isna().to_numpy() & ~blank
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
+            if expected is None:
+                expected = "a date, an ISO date-time or epoch seconds/milliseconds"
+                if self._order:
+                    expected += f"; numeric dates {_ORDER_WORDS[self._order]}"
             raise self._error(
                 f"unparseable timestamp {_cell_text(raw.iloc[row])!r} at line {offset + row + 2}"
-                f" (expected a date, an ISO date-time or epoch seconds/milliseconds)"
+                f" (expected {expected})"
             )
+        return out
+
+    # -- numeric dates: day/month order --------------------------------------------------------
+
+    def _numeric_dates_to_iso(self, text: pd.Series, offset: int) -> pd.Series:
+        """Numeric dates rewritten as ISO (``13/01/2024 09:30`` → ``2024-01-13 09:30``) in the
+        file's day/month order; other values unchanged."""
+        padded = _padded_dates(text)
+        if padded is not None:
+            # The usual machine export (zero-padded, DD.MM.YYYY…): rearranged as bytes, ~10x faster.
+            rows, chars = padded
+            day, month = (slice(0, 2), slice(3, 5)) if self._date_order() == "dmy" else (slice(3, 5), slice(0, 2))
+            iso = chars.copy()
+            iso[:, 0:4], iso[:, 4], iso[:, 5:7], iso[:, 7], iso[:, 8:10] = (
+                chars[:, 6:10], ord("-"), chars[:, month], ord("-"), chars[:, day])
+            text = text.copy()
+            text.iloc[rows] = iso.view(f"S{iso.shape[1]}").ravel().astype("U")
+            unhandled = text.notna().to_numpy(copy=True)
+            unhandled[rows] = False
+        else:
+            unhandled = text.notna().to_numpy()
+        if not unhandled.any():
+            return text
+        candidates = pd.Series(False, index=text.index)
+        candidates[unhandled] = text[unhandled].str.match(_NUMERIC_DATE_PREFIX, na=False)
+        if not candidates.any():
+            return text
+        short = text[candidates].str.match(_NUMERIC_DATE_SHORT_YEAR, na=False)
+        if short.any():
+            row = int(short.index[short.to_numpy()][0])
+            raise self._error(
+                f"timestamp {_cell_text(text.iloc[row])!r} at line {offset + row + 2} has a two-digit year: "
+                f"pass a date_format (--date-format) that says how to read it, e.g. '%d/%m/%y %H:%M'")
+        parts = text[candidates].str.extract(_NUMERIC_DATE)
+        found = parts[0].notna()
+        if not found.any():
+            return text
+        parts = parts[found]
+        order = self._date_order()
+        day, month = (parts[0], parts[1]) if order == "dmy" else (parts[1], parts[0])
+        rest = parts[3].str.replace(r"^\s+", " ", regex=True)
+        text = text.copy()
+        text[parts.index] = parts[2] + "-" + month.str.zfill(2) + "-" + day.str.zfill(2) + rest
+        return text
+
+    def _date_order(self) -> str:
+        """dmy or mdy: given by ``date_format``, else decided from every row of the file (once).
+
+        Evidence: a first field above 12 (a day) or a second above 12 (a day, so month first).
+        Neither anywhere (every date could be read both ways) or both (the file mixes orders)
+        is an error naming the rows, never a guess.
+        """
+        if self._order is not None:
+            return self._order
+        day_first: tuple[int, str] | None = None  # (line, value) of the first evidence
+        month_first: tuple[int, str] | None = None
+        ambiguous: list[tuple[int, str]] = []
+        ambiguous_rows = 0
+        for offset, chunk in self._chunks([0], _DETECT_CHUNK, dtype=str):
+            text = chunk.iloc[:, 0].reset_index(drop=True)
+            found, first, second = _date_fields(text)
+            if not found.any():
+                continue
+            with np.errstate(invalid="ignore"):
+                is_day_first = found & (first > 12)
+                is_month_first = found & (second > 12)
+                unclear = found & (first <= 12) & (second <= 12) & (first != second)
+
+            def example(mask, text=text, offset=offset):
+                row = int(np.flatnonzero(mask)[0])
+                return offset + row + 2, str(text.iloc[row]).strip()
+
+            if day_first is None and is_day_first.any():
+                day_first = example(is_day_first)
+            if month_first is None and is_month_first.any():
+                month_first = example(is_month_first)
+            ambiguous_rows += int(unclear.sum())
+            if len(ambiguous) < _EXAMPLES and unclear.any():
+                rows = np.flatnonzero(unclear)[: _EXAMPLES - len(ambiguous)]
+                ambiguous.extend((offset + int(r) + 2, str(text.iloc[int(r)]).strip()) for r in rows)
+        if day_first and month_first:
+            raise self._error(
+                f"dates are neither all day-first nor all month-first: line {day_first[0]} "
+                f"{day_first[1]!r} has the day first, line {month_first[0]} {month_first[1]!r} the month first")
+        if day_first or month_first:
+            self._order = "dmy" if day_first else "mdy"
+            line, value = day_first or month_first
+            self.note = f"dates read {_ORDER_WORDS[self._order]} (line {line}: {value})"
+            return self._order
+        if ambiguous:
+            rows = ", ".join(f"line {line} {value!r}" for line, value in ambiguous)
+            raise self._error(
+                f"cannot tell whether the dates are day-first or month-first: no day above 12 in the file "
+                f"({ambiguous_rows:,} ambiguous row(s), e.g. {rows}); pass a date_format (--date-format day-first or month-first, or a layout "
+                f"such as '%d/%m/%Y %H:%M')")
+        self._order = "dmy"  # every date reads the same both ways (05/05/2024)
+        return self._order
+
+    def _parse_layout(self, raw: pd.Series, offset: int) -> pd.Series:
+        """Every value in the explicit strftime layout of ``date_format``."""
+        layout = self.date_format
+        text = raw.astype("str").where(raw.notna())
+        fixed = _fixed_layout(layout.layout)
+        parsed = _parse_fixed(text, *fixed) if fixed else None
+        rest = text.notna() if parsed is None else (parsed.isna() & text.notna())
+        if parsed is None or rest.any():  # no fast path, or values it refused (padding spaces, …)
+            try:
+                slow = pd.to_datetime(text[rest].str.strip(), format=layout.layout, errors="coerce",
+                                      utc=layout.has_offset)
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise self._error(f"cannot read timestamps with date_format {layout.text!r}: {exc}") from None
+            if parsed is None:
+                dtype = _TS_DTYPE if layout.has_offset else "datetime64[ns]"
+                parsed = pd.Series(pd.NaT, index=text.index, dtype=dtype)
+            parsed = parsed.copy()
+            parsed[rest] = slow
+        if layout.has_offset:
+            return parsed.astype(_TS_DTYPE)
+        if not layout.has_time:  # dates only: the daily bar of that session, whatever tz says
+            return parsed.dt.tz_localize("UTC").astype(_TS_DTYPE)
+        out = pd.Series(pd.NaT, index=raw.index, dtype=_TS_DTYPE)
+        present = parsed.notna().to_numpy()
+        if present.any():
+            out[present] = self._localize(parsed[present].dt.as_unit("ns"), offset)
+        return out
+
+    def _aware_midnights_as_dates(self, text: pd.Series, out: pd.Series) -> pd.Series:
+        """Daily bars stamped with an offset at midnight of their zone are their session date."""
+        present = text.notna() & out.notna()
+        aware = present & text.str.fullmatch(_HAS_OFFSET, na=False)
+        if not aware.any():
+            return out
+        walls = pd.to_datetime(text[aware].str.strip().str.replace(_ZONE_TAIL, "", regex=True),
+                               format="ISO8601", errors="coerce")
+        midnight = walls.notna() & (walls == walls.dt.normalize())
+        if midnight.any():
+            out = out.copy()
+            out[midnight.index[midnight.to_numpy()]] = walls[midnight].dt.tz_localize("UTC").astype(_TS_DTYPE)
         return out
 
     def _parse_uniform(self, raw: pd.Series, offset: int) -> pd.Series | None:
@@ -401,6 +727,17 @@ class _CsvReader:
         if self.tz == "UTC":
             return naive.dt.tz_localize("UTC").astype(_TS_DTYPE)
         naive = naive.dt.as_unit("ns")
+        if self.daily:
+            midnight = (naive == naive.dt.normalize()).to_numpy()
+            if midnight.any():  # a daily bar at local midnight is its session date
+                out = pd.Series(pd.NaT, index=naive.index, dtype=_TS_DTYPE)
+                out[midnight] = naive[midnight].dt.tz_localize("UTC").astype(_TS_DTYPE)
+                if not midnight.all():
+                    out[~midnight] = self._localize_wall_times(naive[~midnight], offset)
+                return out
+        return self._localize_wall_times(naive, offset)
+
+    def _localize_wall_times(self, naive: pd.Series, offset: int) -> pd.Series:
         n = len(naive)
         as_dst = naive.dt.tz_localize(self.tz, ambiguous=np.ones(n, dtype=bool), nonexistent="NaT")
         as_std = naive.dt.tz_localize(self.tz, ambiguous=np.zeros(n, dtype=bool), nonexistent="NaT")
@@ -417,6 +754,141 @@ class _CsvReader:
                 f"{offset + int(row) + 2}"
             )
         return local.dt.tz_convert("UTC").astype(_TS_DTYPE)
+
+
+def _ascii_matrix(text: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """(positions of the present values, their bytes as a zero-padded uint8 matrix), or None when
+    there is no value or a value is not ASCII. Lets fixed-width dates be read with array operations
+    instead of per-value string calls (about ten times faster)."""
+    present = np.flatnonzero(text.notna().to_numpy())
+    if not len(present):
+        return None
+    try:
+        raw = text.to_numpy(dtype=object)[present].astype("S")
+    except (UnicodeEncodeError, ValueError, TypeError):
+        return None
+    width = max(raw.dtype.itemsize, 1)
+    return present, raw.view(np.uint8).reshape(len(raw), width)
+
+
+def _is_digit(chars: np.ndarray) -> np.ndarray:
+    return (chars >= ord("0")) & (chars <= ord("9"))
+
+
+def _padded_dates(text: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """Rows that start with a zero-padded numeric date (``13.01.2024``, ``01/13/2024``) followed by
+    the end of the value, a space or ``T``: (their positions, their bytes). None when there are none."""
+    found = _ascii_matrix(text)
+    if found is None or found[1].shape[1] < 10:
+        return None
+    present, chars = found
+    ok = _is_digit(chars[:, [0, 1, 3, 4, 6, 7, 8, 9]]).all(axis=1)
+    ok &= np.isin(chars[:, 2], np.frombuffer(b"./-", dtype=np.uint8)) & (chars[:, 5] == chars[:, 2])
+    if chars.shape[1] > 10:
+        ok &= np.isin(chars[:, 10], np.frombuffer(b"\x00 T", dtype=np.uint8))
+    if not ok.any():
+        return None
+    return present[ok], chars[ok]
+
+
+def _date_fields(text: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(is a numeric date, first field, second field) per value, for the day/month decision."""
+    found = np.zeros(len(text), dtype=bool)
+    first = np.full(len(text), np.nan)
+    second = np.full(len(text), np.nan)
+    padded = _padded_dates(text)
+    if padded is not None:
+        rows, chars = padded
+        digits = chars.astype(np.int64) - ord("0")
+        found[rows] = True
+        first[rows] = digits[:, 0] * 10 + digits[:, 1]
+        second[rows] = digits[:, 3] * 10 + digits[:, 4]
+    rest = ~found & text.notna().to_numpy()
+    if rest.any():
+        parts = text[rest].str.extract(_NUMERIC_DATE)
+        hit = parts[0].notna().to_numpy()
+        rows = np.flatnonzero(rest)[hit]
+        found[rows] = True
+        first[rows] = pd.to_numeric(parts[0][hit]).to_numpy()
+        second[rows] = pd.to_numeric(parts[1][hit]).to_numpy()
+    return found, first, second
+
+
+_FIXED_FIELDS = {"Y": 4, "m": 2, "d": 2, "H": 2, "M": 2, "S": 2}
+
+
+def _fixed_layout(layout: str) -> tuple[list[tuple[str, str, int]], int, bool] | None:
+    """A strftime layout made only of zero-padded numeric fields and literals (``%d.%m.%Y
+    %H:%M:%S.%f``): its parts as (``field``/``literal``, directive or character, position), its
+    width before a trailing ``%f``, and whether it ends with one. None for anything of variable
+    width or with names (``%b``, ``%y``, ``%p``, ``%z`` …): pandas reads those."""
+    parts: list[tuple[str, str, int]] = []
+    position, i, fraction = 0, 0, False
+    while i < len(layout):
+        if layout[i] == "%":
+            code = layout[i + 1:i + 2]
+            if code in _FIXED_FIELDS:
+                parts.append(("field", code, position))
+                position += _FIXED_FIELDS[code]
+            elif code == "f" and i + 2 == len(layout):
+                fraction = True
+            elif code == "%":
+                parts.append(("literal", "%", position))
+                position += 1
+            else:
+                return None
+            i += 2
+        elif layout[i].isascii():
+            parts.append(("literal", layout[i], position))
+            position += 1
+            i += 1
+        else:
+            return None
+    return parts, position, fraction
+
+
+def _parse_fixed(text: pd.Series, parts: list[tuple[str, str, int]], width: int,
+                 fraction: bool) -> pd.Series | None:
+    """Naive datetimes of the values that match a fixed layout exactly (NaT for the others), or
+    None when the values are not ASCII text. Each value is checked byte by byte against the layout,
+    rewritten as ISO 8601 and parsed by the fast ISO parser (which also refuses a 13th month)."""
+    found = _ascii_matrix(text)
+    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns]")
+    if found is None:
+        return None if text.notna().any() else out
+    present, chars = found
+    if chars.shape[1] < width + (1 if fraction else 0):
+        return out  # every value is too short
+    lengths = (chars != 0).sum(axis=1)
+    if fraction:
+        digits = chars[:, width:]
+        ok = (lengths > width) & (lengths <= width + 9) & _is_digit(chars[:, width])
+        ok &= (_is_digit(digits) | (digits == 0)).all(axis=1)
+    else:
+        ok = lengths == width
+    fields: dict[str, np.ndarray] = {}
+    for kind, value, position in parts:
+        if kind == "literal":
+            ok &= chars[:, position] == ord(value)
+        else:
+            span = chars[:, position:position + _FIXED_FIELDS[value]]
+            ok &= _is_digit(span).all(axis=1)
+            fields[value] = span
+    if not ok.any():
+        return out
+    zeros = np.full((len(chars), 2), ord("0"), dtype=np.uint8)
+    pieces = [fields["Y"], np.full((len(chars), 1), ord("-"), np.uint8), fields["m"],
+              np.full((len(chars), 1), ord("-"), np.uint8), fields["d"]]
+    if {"H", "M", "S"} & set(fields) or fraction:
+        pieces += [np.full((len(chars), 1), ord(" "), np.uint8), fields.get("H", zeros),
+                   np.full((len(chars), 1), ord(":"), np.uint8), fields.get("M", zeros),
+                   np.full((len(chars), 1), ord(":"), np.uint8), fields.get("S", zeros)]
+    if fraction:
+        pieces += [np.full((len(chars), 1), ord("."), np.uint8), chars[:, width:]]
+    iso = np.ascontiguousarray(np.hstack(pieces)[ok])
+    strings = pd.Series(iso.view(f"S{iso.shape[1]}").ravel().astype("U"), index=text.index[present[ok]])
+    out[strings.index] = pd.to_datetime(strings, format="ISO8601", errors="coerce").dt.as_unit("ns")
+    return out
 
 
 def _cell_text(value) -> str:

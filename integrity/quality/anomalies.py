@@ -36,7 +36,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -53,7 +53,7 @@ from ..models import (
     ResolutionStatus,
     SeriesStats,
 )
-from ..timeframes import timeframe_delta
+from ..timeframes import EPOCH, timeframe_delta
 from .findings import Finding, SeriesContext
 
 logger = logging.getLogger(__name__)
@@ -238,12 +238,26 @@ def plan_windows(contexts: list[SeriesContext], full: bool, types: list[str] | N
             ctx.since = None
             continue
         overlap = _overlap_bars() * timeframe_delta(ctx.timeframe)
-        since = last - overlap
+        since = _reread_from(last, overlap)
         for oldest in (changed, oldest_open.get(key)):
-            if oldest is not None:
+            if oldest is not None and since is not None:
                 # Re-examine changed bars and every unresolved anomaly's bars, with the overlap before.
-                since = min(since, oldest - overlap)
+                earlier = _reread_from(oldest, overlap)
+                since = None if earlier is None else min(since, earlier)
         ctx.since = since
+
+
+def _reread_from(ts: datetime, overlap: timedelta) -> datetime | None:
+    """``ts - overlap``, or None (the whole series) when that is before the epoch.
+
+    Stored ranges come from many writers (a backfill row may say 0001-01-01): the scan clamps
+    instead of raising, and a series re-read from before 1970 is simply re-read whole.
+    """
+    try:
+        since = ts - overlap
+    except OverflowError:
+        return None
+    return since if since >= EPOCH else None
 
 
 def detect_data_anomalies(

@@ -1,7 +1,8 @@
 """``manage.py backfill``: fill candles for one or more series, each a tracked execution.
 
 Exit codes: 0 every series completed; 1 at least one series failed or was refused (another
-execution holds it); 2 the arguments are unusable (nothing was claimed).
+execution holds it), or the --file cannot be loaded (nothing was registered or claimed); 2 the
+arguments are unusable: an option, the range, a missing file (nothing was registered or claimed).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from integrity.backfill import BackfillError, BackfillResult, run_backfill
 from integrity.calendars import calendar_for_asset_class, validate_calendar_code
 from integrity.management.output import keep_stdout_for_json
 from integrity.models import AssetClass, Instrument, Timeframe
-from integrity.providers import PROVIDER_NAMES, get_provider
-from integrity.timeframes import timeframe_delta
+from integrity.providers import PROVIDER_NAMES, FetchRequest, ProviderConfigError, ProviderError, get_provider
+from integrity.providers.csv import CsvProvider, check_time_zone, parse_date_format
+from integrity.ranges import RangeError, check_backfill_range
+from integrity.timeframes import EPOCH, timeframe_delta
 
 
 def parse_when(value: str | None, label: str) -> datetime | None:
@@ -48,6 +51,10 @@ class Command(BaseCommand):
         parser.add_argument("--provider", choices=PROVIDER_NAMES, help="override the instrument's provider")
         parser.add_argument("--file", help="CSV file (provider csv)")
         parser.add_argument("--tz", help="time zone of naive CSV timestamps (default UTC)")
+        parser.add_argument("--date-format", dest="date_format",
+                            help="how CSV dates are written: day-first, month-first, dukascopy or a strftime "
+                                 "layout such as '%%d/%%m/%%Y %%H:%%M' (default: ISO, or the order the file's "
+                                 "own rows decide)")
         parser.add_argument("--asset-class", choices=AssetClass.values,
                             help="registers the instrument when it is not on the watchlist yet")
         parser.add_argument("--calendar", help="XNYS, …, 24/7 or 24/5 (with --asset-class for new instruments)")
@@ -60,7 +67,11 @@ class Command(BaseCommand):
 
     # --- small methods that tests call directly ------------------------------------------------
     def plan(self, options) -> list[tuple[str, str, dict]]:
-        """(symbol, timeframe, run kwargs) for every series the arguments name."""
+        """(symbol, timeframe, run kwargs) for every series the arguments name.
+
+        Everything is checked before anything is registered or claimed: the arguments (exit 2), the
+        range (exit 2) and a ``--file`` whole (exit 1 when its content cannot be loaded).
+        """
         timeframe = options.get("timeframe")
         if timeframe and timeframe not in Timeframe.values:
             raise CommandError(f"unknown timeframe {timeframe!r}; use one of {', '.join(Timeframe.values)}",
@@ -70,6 +81,52 @@ class Command(BaseCommand):
                 validate_calendar_code(options["calendar"])
             except ValueError as exc:
                 raise CommandError(str(exc), returncode=2) from None
+        provider_options = self.provider_options(options)
+        named = [s for s in (options.get("symbols") or "").split(",") if s.strip()]
+        if options.get("file") and (options.get("all") or len(named) > 1):
+            raise CommandError("--file holds the bars of one symbol: name exactly one with --symbol", returncode=2)
+        if options.get("all"):
+            targets = [(i.symbol, i) for i in Instrument.objects.filter(active=True)]
+            if not targets:
+                raise CommandError("--all: the watchlist has no active instrument", returncode=2)
+        elif options.get("symbols"):
+            symbols = [s.strip() for s in options["symbols"].split(",") if s.strip()]
+            if not symbols:
+                raise CommandError("--symbols names no symbol", returncode=2)
+            targets = [(symbol, Instrument.objects.filter(symbol=symbol).first()) for symbol in symbols]
+        else:
+            raise CommandError("name the series: --symbols A,B or --all", returncode=2)
+
+        series = []  # (symbol, instrument or None when it is to be registered, timeframes)
+        for symbol, instrument in targets:
+            if instrument is None:
+                self.new_asset_class(symbol, options)
+            timeframes = [timeframe] if timeframe else list(instrument.timeframes) if instrument else ["1d"]
+            if not timeframes:
+                raise CommandError(f"{symbol}: no timeframe given and the instrument lists none", returncode=2)
+            series.append((symbol, instrument, timeframes))
+        for symbol, instrument, timeframes in series:
+            provider = options.get("provider") or (instrument.provider if instrument else "synthetic")
+            for tf in timeframes:
+                self.check_range(tf, options, provider)
+            if provider == "csv" and instrument is None and not options.get("file"):
+                raise CommandError(f"{symbol}: a new csv instrument needs --file", returncode=2)
+            if options.get("file"):
+                stored = dict(instrument.provider_options) if instrument else {}
+                self.check_file(symbol, timeframes, {**stored, **provider_options})
+
+        plans = []
+        for symbol, instrument, timeframes in series:
+            if instrument is None:
+                self.ensure_instrument(symbol, options, timeframe)
+            for tf in timeframes:
+                plans.append((symbol, tf, {"provider": options.get("provider"),
+                                           "provider_options": provider_options}))
+        return plans
+
+    @staticmethod
+    def provider_options(options) -> dict:
+        """The CSV options given on the command line, each checked (exit 2 when unusable)."""
         provider_options = {}
         if options.get("file"):
             # --file names a CSV file: it implies --provider csv and must exist before anything is
@@ -80,37 +137,47 @@ class Command(BaseCommand):
             if not os.path.isfile(options["file"]):
                 raise CommandError(f"--file {options['file']!r}: no such file", returncode=2)
             provider_options["file"] = os.path.abspath(options["file"])
-        if options.get("tz"):
-            provider_options["tz"] = options["tz"]
-        named = [s for s in (options.get("symbols") or "").split(",") if s.strip()]
-        if options.get("file") and (options.get("all") or len(named) > 1):
-            raise CommandError("--file holds the bars of one symbol: name exactly one with --symbol", returncode=2)
-        if options.get("all"):
-            instruments = list(Instrument.objects.filter(active=True))
-            if not instruments:
-                raise CommandError("--all: the watchlist has no active instrument", returncode=2)
-        elif options.get("symbols"):
-            symbols = [s.strip() for s in options["symbols"].split(",") if s.strip()]
-            if not symbols:
-                raise CommandError("--symbols names no symbol", returncode=2)
-            instruments = [self.ensure_instrument(symbol, options, timeframe) for symbol in symbols]
-        else:
-            raise CommandError("name the series: --symbols A,B or --all", returncode=2)
-        plans = []
-        for instrument in instruments:
-            timeframes = [timeframe] if timeframe else list(instrument.timeframes)
-            if not timeframes:
-                raise CommandError(f"{instrument.symbol}: no timeframe given and the instrument lists none",
-                                   returncode=2)
-            for tf in timeframes:
-                plans.append((instrument.symbol, tf, {"provider": options.get("provider"),
-                                                       "provider_options": provider_options}))
-        return plans
+        try:
+            if options.get("tz"):
+                provider_options["tz"] = check_time_zone(options["tz"])
+            if options.get("date_format"):
+                parse_date_format(options["date_format"])
+                provider_options["date_format"] = options["date_format"]
+        except ProviderConfigError as exc:
+            flag = "--tz" if "time zone" in str(exc) else "--date-format"
+            raise CommandError(f"{flag}: {exc}", returncode=2) from None
+        return provider_options
 
-    def ensure_instrument(self, symbol: str, options, timeframe: str | None) -> Instrument:
-        instrument = Instrument.objects.filter(symbol=symbol).first()
-        if instrument is not None:
-            return instrument
+    @staticmethod
+    def check_range(timeframe: str, options, provider: str | None) -> None:
+        try:
+            check_backfill_range(timeframe, parse_when(options.get("start"), "--start"),
+                                 parse_when(options.get("end"), "--end"), provider=provider)
+        except RangeError as exc:
+            raise CommandError(f"--start/--end: {exc}", returncode=2) from None
+
+    def check_file(self, symbol: str, timeframes: list[str], provider_options: dict) -> None:
+        """Read the whole file as the run will (header, every timestamp, the date order) before
+        anything is registered: a file that cannot be loaded is exit 1 and leaves no trace."""
+        provider = CsvProvider()
+        notes = []
+        for tf in dict.fromkeys(timeframes):
+            request = FetchRequest(symbol=symbol, timeframe=tf, start=EPOCH, end=EPOCH, options=provider_options)
+            try:
+                inspection = provider.inspect(request)
+            except ProviderConfigError as exc:
+                raise CommandError(f"{symbol}: {exc}", returncode=2) from None
+            except ProviderError as exc:
+                raise CommandError(f"{symbol}: the file cannot be loaded (nothing was registered or claimed): {exc}",
+                                   returncode=1) from None
+            if inspection.note and inspection.note not in notes:
+                notes.append(inspection.note)
+        for note in notes:
+            self.stderr.write(f"{symbol}: {note}")
+
+    @staticmethod
+    def new_asset_class(symbol: str, options) -> str:
+        """The asset class a symbol not on the watchlist is registered with (exit 2 if unknown)."""
         asset_class = options.get("asset_class")
         if not asset_class and options.get("provider"):
             # binance serves crypto only, alpaca US equities only: the provider says what a new symbol is.
@@ -118,14 +185,22 @@ class Command(BaseCommand):
         if not asset_class:
             raise CommandError(f"unknown instrument {symbol!r}: pass --asset-class (and --calendar) to register it",
                                returncode=2)
+        return asset_class
+
+    def ensure_instrument(self, symbol: str, options, timeframe: str | None) -> Instrument:
+        instrument = Instrument.objects.filter(symbol=symbol).first()
+        if instrument is not None:
+            return instrument
+        asset_class = self.new_asset_class(symbol, options)
+        stored = (("file", options.get("file") and os.path.abspath(options["file"])), ("tz", options.get("tz")),
+                  ("date_format", options.get("date_format")))
         instrument = Instrument.objects.create(
             symbol=symbol,
             asset_class=asset_class,
             calendar=options.get("calendar") or calendar_for_asset_class(asset_class),
             timeframes=[timeframe] if timeframe else ["1d"],
             provider=options.get("provider") or "synthetic",
-            provider_options={k: v for k, v in (("file", options.get("file") and os.path.abspath(options["file"])),
-                                                ("tz", options.get("tz"))) if v},
+            provider_options={k: v for k, v in stored if v},
         )
         self.stderr.write(f"registered instrument {symbol} ({asset_class}, calendar {instrument.calendar})")
         return instrument
