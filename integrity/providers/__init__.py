@@ -7,7 +7,7 @@ from .base import BAR_COLUMNS, FetchRequest, Provider, ProviderConfigError, Prov
 __all__ = ["BAR_COLUMNS", "FetchRequest", "Provider", "ProviderConfigError", "ProviderError",
            "get_provider", "PROVIDER_NAMES", "redact"]
 
-PROVIDER_NAMES = ("synthetic", "csv", "binance", "alpaca")
+PROVIDER_NAMES = ("synthetic", "csv", "binance", "alpaca", "ccxt")
 
 
 def get_provider(name: str, **options) -> Provider:
@@ -27,6 +27,10 @@ def get_provider(name: str, **options) -> Provider:
         from .alpaca import AlpacaProvider
 
         return AlpacaProvider(**options)
+    if name == "ccxt":
+        from .ccxt import CcxtProvider
+
+        return CcxtProvider(**options)
     raise ProviderConfigError(
         f"unknown provider {name!r}; expected one of {', '.join(PROVIDER_NAMES)}"
     )
