@@ -558,7 +558,11 @@ def run_backfill(
             range_start, range_end, resumed_from = plan_range(spec, start=start, end=end, now=now,
                                                               previous=previous, provider=provider_impl)
             details = dict(state.details or {})
-            details.update({"calendar": spec.calendar, "batch_size": batch_size, "requested_start": _iso(start)})
+            details.update({"calendar": spec.calendar, "batch_size": batch_size, "requested_start": _iso(start),
+                            "bar_alignment": spec.alignment})
+            if spec.provider_options.get("timestamp_label") == "close":
+                # Recorded: the stored open times were moved back from the file's close stamps.
+                details["timestamp_label"] = "close"
             changes = {"range_start": range_start, "range_end": range_end, "provider": spec.provider}
             if resumed_from:
                 details["resumed_from"] = resumed_from.isoformat()

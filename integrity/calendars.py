@@ -395,6 +395,27 @@ def is_expected_bar(calendar: str, timeframe: str, ts, alignment: str = BarAlign
     return result
 
 
+def bar_opens_from_closes(calendar: str, timeframe: str, closes: np.ndarray,
+                          alignment: str = BarAlignment.CLOCK) -> np.ndarray:
+    """Open times (int64 ns) of the bars that end at ``closes`` (int64 ns): for files that stamp a
+    bar with its close. A bar ends one bar length after it opens, except the shortened last bar of a
+    session-anchored interval, which ends at the interval's close (a 15:30 NYSE 1h bar stamped
+    16:00 opened at 15:30, not 15:00). A close that ends no expected bar is moved back one bar
+    length: the detectors then judge the bar like any other.
+    """
+    step = _check(calendar, timeframe)
+    closes = np.asarray(closes, dtype="int64")
+    opens = closes - step
+    if len(closes) == 0 or timeframe == "1d" or not session_anchored(calendar, timeframe, alignment):
+        return opens
+    lo, hi = int(closes.min()) - step, int(closes.max())
+    bars, ends = _anchored_bars(*_intervals(calendar, lo, hi), step)
+    ends = np.minimum(bars + step, ends)
+    idx = np.clip(np.searchsorted(ends, closes), 0, max(len(ends) - 1, 0))
+    hit = (ends[idx] == closes) if len(ends) else np.zeros(len(closes), dtype=bool)
+    return np.where(hit, bars[idx] if len(bars) else opens, opens)
+
+
 def last_completed_bar(calendar: str, timeframe: str, now: datetime,
                        alignment: str = BarAlignment.CLOCK) -> datetime | None:
     """The newest expected bar that is complete at ``now``.

@@ -9,17 +9,22 @@ out from the exchanges' published hours, not read back from the code.
 
 from __future__ import annotations
 
+import io
+
 import pandas as pd
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from integrity.calendars import (
+    bar_opens_from_closes,
     count_expected_bars,
     expected_bars,
     is_expected_bar,
     last_completed_bar,
     previous_expected_bar,
 )
-from integrity.models import Candle, Instrument
+from integrity.models import BackfillState, Candle, Instrument
 from integrity.providers.synthetic import synthetic_bars
 from integrity.quality.detectors import run_detectors
 from integrity.quality.findings import SeriesContext
@@ -190,3 +195,76 @@ class TestBackfillOfASessionAnchoredInstrument:
         stored = pd.DatetimeIndex(Candle.objects.filter(symbol="AAPL").order_by("ts").values_list("ts", flat=True))
         assert (result.invalid, len(stored)) == (0, len(expected))
         assert stored.equals(expected.as_unit(stored.unit))
+
+
+class TestCloseLabels:
+    def ns(self, *local: str):
+        return pd.DatetimeIndex(list(local)).tz_localize(NY).tz_convert("UTC").as_unit("ns").asi8
+
+    def opens(self, values, alignment) -> list[str]:
+        return local(pd.DatetimeIndex(values.view("M8[ns]")).tz_localize("UTC"))
+
+    def test_a_close_stamp_moves_back_one_bar_on_the_clock_grid(self):
+        closes = self.ns("2024-11-26 10:00", "2024-11-26 16:00")
+        assert self.opens(bar_opens_from_closes("XNYS", "1h", closes), "clock") == ["11-26 09:00", "11-26 15:00"]
+
+    def test_the_shortened_last_session_bar_opens_at_the_half_hour(self):
+        closes = self.ns("2024-11-26 10:30", "2024-11-26 16:00", "2024-11-29 13:00")
+        assert self.opens(bar_opens_from_closes("XNYS", "1h", closes, "session"), "session") == [
+            "11-26 09:30", "11-26 15:30", "11-29 12:30"]
+
+
+@pytest.mark.django_db
+class TestBackfillCommandAlignmentOptions:
+    def write(self, path, frame: pd.DataFrame) -> None:
+        lines = ["time,open,high,low,close,volume"]
+        lines += [f"{r.ts.strftime('%Y-%m-%dT%H:%M:%SZ')},{r.open!r},{r.high!r},{r.low!r},{r.close!r},"
+                  f"{int(r.volume)}" for r in frame.itertuples(index=False)]
+        path.write_text("\n".join(lines) + "\n")
+
+    def run(self, *args) -> int:
+        try:
+            call_command("backfill", *args, stdout=io.StringIO(), stderr=io.StringIO())
+        except SystemExit as exc:
+            return int(exc.code or 0)
+        return 0
+
+    def test_a_new_instrument_takes_the_bar_alignment_given(self, tmp_path):
+        frame = synthetic_bars("AAPL", "1h", "XNYS", utc(2024, 11, 25), utc(2024, 11, 27), "session")
+        self.write(tmp_path / "a.csv", frame)
+        assert self.run("--symbol", "AAPL", "--timeframe", "1h", "--file", str(tmp_path / "a.csv"),
+                        "--asset-class", "equity", "--bar-alignment", "session",
+                        "--start", "2024-11-25", "--end", "2024-11-27") == 0
+        assert Instrument.objects.get(symbol="AAPL").bar_alignment == "session"
+        assert Candle.objects.filter(symbol="AAPL").count() == len(frame) == 14
+
+    def test_close_labelled_bars_are_stored_at_their_open_and_the_run_says_so(self, tmp_path):
+        frame = synthetic_bars("AAPL", "1h", "XNYS", utc(2024, 11, 25), utc(2024, 11, 27), "session")
+        # Stamped at the close: 10:30 … 16:00 New York time, the last bar 30 minutes long.
+        closes = pd.DatetimeIndex(frame["ts"]) + pd.Timedelta(hours=1)
+        closes = closes.where(closes.tz_convert(NY).strftime("%H:%M") != "16:30",
+                              closes - pd.Timedelta(minutes=30))
+        shifted = frame.assign(ts=closes)
+        self.write(tmp_path / "a.csv", shifted)
+        assert self.run("--symbol", "AAPL", "--timeframe", "1h", "--file", str(tmp_path / "a.csv"),
+                        "--asset-class", "equity", "--bar-alignment", "session", "--timestamp-label", "close",
+                        "--start", "2024-11-25", "--end", "2024-11-27") == 0
+        stored = pd.DatetimeIndex(Candle.objects.filter(symbol="AAPL").order_by("ts").values_list("ts", flat=True))
+        assert stored.equals(pd.DatetimeIndex(frame["ts"]).as_unit(stored.unit))
+        state = BackfillState.objects.get(symbol="AAPL")
+        assert (state.details["timestamp_label"], state.details["bar_alignment"]) == ("close", "session")
+
+    def test_bar_alignment_differing_from_an_existing_instrument_is_a_usage_error(self):
+        Instrument.objects.create(symbol="AAPL", asset_class="equity", calendar="XNYS", timeframes=["1h"])
+        with pytest.raises(CommandError, match="--bar-alignment is for new instruments") as error:
+            call_command("backfill", "--symbol", "AAPL", "--timeframe", "1h", "--bar-alignment", "session",
+                         stdout=io.StringIO(), stderr=io.StringIO())
+        assert error.value.returncode == 2
+        assert not BackfillState.objects.exists()
+
+    def test_an_unknown_timestamp_label_is_refused_by_the_api_rules(self):
+        from integrity.providers.base import ProviderConfigError
+        from integrity.providers.csv import validate_options
+
+        with pytest.raises(ProviderConfigError, match="timestamp_label must be 'open' or 'close'"):
+            validate_options({"file": "x.csv", "timestamp_label": "end"})

@@ -2,7 +2,7 @@
 
 File: ``file`` if given, else ``<directory>/<SYMBOL>.csv`` (path separators in the symbol, as in
 ``EUR/USD``, become ``_``: ``EUR_USD.csv``). Options in ``request.options`` override the
-constructor's (``file``, ``directory``, ``tz``, ``date_format``, ``page_size``).
+constructor's (``file``, ``directory``, ``tz``, ``date_format``, ``timestamp_label``, ``page_size``).
 
 Format: a header row; the first column is the timestamp whatever its header says (even empty,
 as pandas writes an index); ``open``/``high``/``low``/``close``/``volume`` are found by name in any
@@ -33,6 +33,12 @@ A daily bar is its session date. For a ``1d`` request a date-time at midnight of
 (naive in ``tz``, or with an offset: ``2024-01-02 00:00:00-05:00`` as yfinance writes it) is that
 date at 00:00 UTC, the series' daily stamp, rather than the UTC instant (05:00).
 
+Bar labels: ``timestamp_label="open"`` (the default) reads each timestamp as the bar's open time;
+``"close"`` as its close (many intraday vendor files stamp 09:35 on the 09:30-09:35 bar): each is
+moved back to the open the bar had on the series' grid (``calendars.bar_opens_from_closes``: one
+bar length, or to the interval open for a session's shortened last bar). Daily bars are dates and
+are never moved.
+
 A file is checked whole before its first page is yielded (``inspect`` does the same without
 yielding, for the command to run before it registers anything): readable UTF-8 text (a binary file
 is refused naming the first NUL byte), a header with the required columns, every timestamp
@@ -58,7 +64,7 @@ import csv
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -67,6 +73,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 
+from integrity.calendars import bar_opens_from_closes
 from integrity.providers.base import (
     BAR_COLUMNS,
     FetchRequest,
@@ -163,11 +170,24 @@ def validate_options(options: Any, symbol: str = "") -> None:
     if options.get("tz") is not None:
         check_time_zone(options["tz"])
     parse_date_format(options.get("date_format"))
+    check_timestamp_label(options.get("timestamp_label"))
     if options.get("page_size") is not None:
         check_page_size(options["page_size"])
     for key in ("file", "directory"):
         if options.get(key) is not None and not isinstance(options[key], str):
             raise ProviderConfigError(f"{key} must be a path (text), got {options[key]!r}", provider="csv")
+
+
+TIMESTAMP_LABELS = ("open", "close")
+
+
+def check_timestamp_label(value: Any) -> str:
+    """The ``timestamp_label`` option: what a file's timestamp marks, the bar's open or its close."""
+    label = "open" if value is None or value == "" else value
+    if label not in TIMESTAMP_LABELS:
+        raise ProviderConfigError(f"timestamp_label must be 'open' or 'close' (what a row's timestamp marks), "
+                                  f"got {value!r}", provider="csv")
+    return label
 
 
 def check_time_zone(tz: Any) -> str:
@@ -205,12 +225,14 @@ class CsvProvider:
     name = "csv"
 
     def __init__(self, file: str | None = None, directory: str | None = None, tz: str = "UTC",
-                 page_size: int = DEFAULT_PAGE_SIZE, date_format: str | None = None, **ignored: Any):
+                 page_size: int = DEFAULT_PAGE_SIZE, date_format: str | None = None,
+                 timestamp_label: str = "open", **ignored: Any):
         self.file = file
         self.directory = directory
         self.tz = tz
         self.page_size = page_size
         self.date_format = date_format
+        self.timestamp_label = timestamp_label
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -242,8 +264,12 @@ class CsvProvider:
         # Every option is checked before the file is opened.
         tz = self._tz(request)
         date_format = parse_date_format(self._setting(request, "date_format"))
+        to_open = None
+        if check_timestamp_label(self._setting(request, "timestamp_label")) == "close" and request.timeframe != "1d":
+            def to_open(closes: np.ndarray) -> np.ndarray:
+                return bar_opens_from_closes(request.calendar, request.timeframe, closes, request.alignment)
         return _CsvReader(self.resolve_path(request), tz, provider=self.name, date_format=date_format,
-                          daily=request.timeframe == "1d")
+                          daily=request.timeframe == "1d", to_open=to_open)
 
     # -- fetching ------------------------------------------------------------------------------
 
@@ -322,8 +348,9 @@ class _Scan:
 
 class _CsvReader:
     def __init__(self, path: str, tz: str, provider: str, date_format: DateFormat | None = None,
-                 daily: bool = False):
+                 daily: bool = False, to_open: Callable[[np.ndarray], np.ndarray] | None = None):
         self.path = path
+        self.to_open = to_open  # close-labelled rows: bar close times (ns) -> bar open times
         self.tz = tz
         self.provider = provider
         self.date_format = date_format
@@ -498,7 +525,19 @@ class _CsvReader:
                 f"unparseable timestamp {_cell_text(raw.iloc[row])!r} at line {offset + row + 2}"
                 f" (expected {expected})"
             )
+        if self.to_open is not None:
+            out = self._closes_to_opens(out)
         return out
+
+    def _closes_to_opens(self, out: pd.Series) -> pd.Series:
+        values = pd.DatetimeIndex(out).as_unit("ns")
+        known = ~values.isna()
+        if not known.any():
+            return out
+        ns = values.asi8.copy()
+        ns[known] = self.to_open(ns[known])
+        moved = pd.DatetimeIndex(ns.view("M8[ns]")).tz_localize("UTC")
+        return pd.Series(moved.where(known), index=out.index).astype(_TS_DTYPE)
 
     # -- numeric dates: day/month order --------------------------------------------------------
 

@@ -22,9 +22,15 @@ from integrity.calendars import calendar_for_asset_class, validate_calendar_code
 from integrity.management.output import keep_stdout_for_json
 from integrity.models import AssetClass, Instrument, Timeframe
 from integrity.providers import PROVIDER_NAMES, FetchRequest, ProviderConfigError, ProviderError, get_provider
-from integrity.providers.csv import CsvProvider, check_time_zone, parse_date_format
+from integrity.providers.csv import (
+    TIMESTAMP_LABELS,
+    CsvProvider,
+    check_time_zone,
+    check_timestamp_label,
+    parse_date_format,
+)
 from integrity.ranges import RangeError, check_backfill_range
-from integrity.timeframes import EPOCH, timeframe_delta
+from integrity.timeframes import EPOCH, BarAlignment, timeframe_delta
 
 
 def parse_when(value: str | None, label: str) -> datetime | None:
@@ -55,6 +61,12 @@ class Command(BaseCommand):
                             help="how CSV dates are written: day-first, month-first, dukascopy or a strftime "
                                  "layout such as '%%d/%%m/%%Y %%H:%%M' (default: ISO, or the order the file's "
                                  "own rows decide)")
+        parser.add_argument("--timestamp-label", dest="timestamp_label", choices=TIMESTAMP_LABELS,
+                            help="what a CSV row's timestamp marks: the bar's open (default) or its close "
+                                 "(moved back to the open on ingest, recorded on the execution)")
+        parser.add_argument("--bar-alignment", dest="bar_alignment", choices=BarAlignment.values,
+                            help="where a new instrument's intraday bars start: clock (10:00, 11:00 …, the "
+                                 "default) or session (09:30, 10:30 …, anchored at each session's open)")
         parser.add_argument("--asset-class", choices=AssetClass.values,
                             help="registers the instrument when it is not on the watchlist yet")
         parser.add_argument("--calendar", help="XNYS, …, 24/7 or 24/5 (with --asset-class for new instruments)")
@@ -101,6 +113,11 @@ class Command(BaseCommand):
         for symbol, instrument in targets:
             if instrument is None:
                 self.new_asset_class(symbol, options)
+            elif options.get("bar_alignment") and options["bar_alignment"] != instrument.bar_alignment:
+                raise CommandError(
+                    f"{symbol}: --bar-alignment {options['bar_alignment']} differs from the instrument's "
+                    f"{instrument.bar_alignment!r}; --bar-alignment is for new instruments: change an existing "
+                    "one in the admin or the API", returncode=2)
             timeframes = [timeframe] if timeframe else list(instrument.timeframes) if instrument else ["1d"]
             if not timeframes:
                 raise CommandError(f"{symbol}: no timeframe given and the instrument lists none", returncode=2)
@@ -143,6 +160,8 @@ class Command(BaseCommand):
             if options.get("date_format"):
                 parse_date_format(options["date_format"])
                 provider_options["date_format"] = options["date_format"]
+            if options.get("timestamp_label"):
+                provider_options["timestamp_label"] = check_timestamp_label(options["timestamp_label"])
         except ProviderConfigError as exc:
             flag = "--tz" if "time zone" in str(exc) else "--date-format"
             raise CommandError(f"{flag}: {exc}", returncode=2) from None
@@ -193,7 +212,7 @@ class Command(BaseCommand):
             return instrument
         asset_class = self.new_asset_class(symbol, options)
         stored = (("file", options.get("file") and os.path.abspath(options["file"])), ("tz", options.get("tz")),
-                  ("date_format", options.get("date_format")))
+                  ("date_format", options.get("date_format")), ("timestamp_label", options.get("timestamp_label")))
         instrument = Instrument.objects.create(
             symbol=symbol,
             asset_class=asset_class,
@@ -201,6 +220,7 @@ class Command(BaseCommand):
             timeframes=[timeframe] if timeframe else ["1d"],
             provider=options.get("provider") or "synthetic",
             provider_options={k: v for k, v in stored if v},
+            bar_alignment=options.get("bar_alignment") or BarAlignment.CLOCK,
         )
         self.stderr.write(f"registered instrument {symbol} ({asset_class}, calendar {instrument.calendar})")
         return instrument
