@@ -51,7 +51,7 @@ from .models import (
     SeriesStats,
     SymbolFailureTracking,
 )
-from .providers import PROVIDER_NAMES
+from .providers import PROVIDER_NAMES, check_bar_alignment
 from .quality.review import review_anomalies
 from .quality.thresholds import validate_thresholds
 
@@ -249,8 +249,8 @@ class InstrumentForm(forms.ModelForm):
 
     class Meta:
         model = Instrument
-        fields = ["symbol", "asset_class", "calendar", "timeframes", "provider", "provider_options",
-                  "quality_thresholds", "active"]
+        fields = ["symbol", "asset_class", "calendar", "timeframes", "bar_alignment", "provider",
+                  "provider_options", "quality_thresholds", "active"]
 
     def clean(self):
         cleaned = super().clean()
@@ -259,6 +259,11 @@ class InstrumentForm(forms.ModelForm):
                 validate_provider_options(cleaned["provider"], cleaned["provider_options"], cleaned.get("symbol", ""))
             except ValueError as exc:
                 self.add_error("provider_options", str(exc))
+        if "provider" in cleaned and "bar_alignment" in cleaned:
+            try:
+                check_bar_alignment(cleaned["provider"], cleaned["bar_alignment"])
+            except ValueError as exc:
+                self.add_error("bar_alignment", str(exc))
         return cleaned
 
     def clean_quality_thresholds(self):
@@ -273,8 +278,9 @@ class InstrumentForm(forms.ModelForm):
 @admin.register(Instrument)
 class InstrumentAdmin(IntegrityModelAdmin):
     form = InstrumentForm
-    list_display = ("symbol", "asset_class", "calendar", "timeframes", "provider", "active", "updated_at")
-    list_filter = ("asset_class", "provider", "active", "calendar", "created_at")
+    list_display = ("symbol", "asset_class", "calendar", "timeframes", "bar_alignment", "provider", "active",
+                    "updated_at")
+    list_filter = ("asset_class", "provider", "bar_alignment", "active", "calendar", "created_at")
     search_fields = ("symbol",)
     date_hierarchy = "created_at"
     actions = ["backfill_now"]

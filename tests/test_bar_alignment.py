@@ -268,3 +268,45 @@ class TestBackfillCommandAlignmentOptions:
 
         with pytest.raises(ProviderConfigError, match="timestamp_label must be 'open' or 'close'"):
             validate_options({"file": "x.csv", "timestamp_label": "end"})
+
+
+@pytest.mark.django_db
+class TestAlignmentOnTheReviewSurfaces:
+    @pytest.fixture
+    def api(self):
+        from django.contrib.auth.models import User
+        from rest_framework.test import APIClient
+
+        client = APIClient()
+        client.force_authenticate(User.objects.create_superuser("root", "root@example.com", "pw"))
+        return client
+
+    def instrument(self, **overrides) -> dict:
+        return {"symbol": "AAPL", "asset_class": "equity", "calendar": "XNYS", "timeframes": ["1h"],
+                "provider": "synthetic", **overrides}
+
+    def test_the_api_creates_a_session_anchored_instrument(self, api):
+        response = api.post("/api/v1/instruments/", self.instrument(bar_alignment="session"), format="json")
+        assert response.status_code == 201, response.content
+        assert response.json()["bar_alignment"] == "session"
+
+    def test_the_api_refuses_an_alignment_the_provider_does_not_deliver(self, api):
+        response = api.post("/api/v1/instruments/", self.instrument(bar_alignment="session", provider="alpaca"),
+                            format="json")
+        assert response.status_code == 400
+        assert "delivers clock-aligned bars" in str(response.json()["bar_alignment"])
+
+    def test_the_api_refuses_an_unknown_alignment(self, api):
+        response = api.post("/api/v1/instruments/", self.instrument(bar_alignment="open"), format="json")
+        assert response.status_code == 400
+        assert "bar_alignment" in response.json()
+
+    def test_the_admin_form_refuses_an_alignment_the_provider_does_not_deliver(self):
+        from integrity.admin import InstrumentForm
+
+        form = InstrumentForm(data={**self.instrument(bar_alignment="session", provider="binance",
+                                                      asset_class="crypto", calendar="24/7"),
+                                    "timeframes": '["1h"]', "provider_options": "{}", "quality_thresholds": "{}",
+                                    "active": True})
+        assert not form.is_valid()
+        assert "delivers clock-aligned bars" in str(form.errors["bar_alignment"])

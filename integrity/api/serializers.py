@@ -17,9 +17,10 @@ from ..models import (
     SymbolFailureTracking,
     Timeframe,
 )
-from ..providers import PROVIDER_NAMES
+from ..providers import PROVIDER_NAMES, check_bar_alignment
 from ..quality.thresholds import validate_thresholds
 from ..ranges import RangeError, check_backfill_range
+from ..timeframes import BarAlignment
 from .validators import validate_provider_options
 
 
@@ -111,8 +112,8 @@ class InstrumentSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Instrument
-        fields = ["id", "symbol", "asset_class", "calendar", "timeframes", "provider", "provider_options",
-                  "quality_thresholds", "active", "created_at", "updated_at"]
+        fields = ["id", "symbol", "asset_class", "calendar", "timeframes", "bar_alignment", "provider",
+                  "provider_options", "quality_thresholds", "active", "created_at", "updated_at"]
         read_only_fields = ["id", "created_at", "updated_at"]
 
     def validate_symbol(self, value):
@@ -138,6 +139,11 @@ class InstrumentSerializer(serializers.ModelSerializer):
             validate_provider_options(provider, options, symbol)
         except ValueError as exc:
             raise serializers.ValidationError({"provider_options": [str(exc)]}) from None
+        alignment = attrs.get("bar_alignment", getattr(self.instance, "bar_alignment", BarAlignment.CLOCK))
+        try:
+            check_bar_alignment(provider, alignment)
+        except ValueError as exc:
+            raise serializers.ValidationError({"bar_alignment": [str(exc)]}) from None
         return attrs
 
     def validate_quality_thresholds(self, value):

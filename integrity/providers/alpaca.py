@@ -250,6 +250,7 @@ def validate_options(options: Any, symbol: str = "") -> None:
 class AlpacaProvider:
     name = NAME
     asset_class = "equity"  # the asset class of an instrument registered for this provider
+    bar_alignment = "clock"  # Alpaca's intraday bars sit on the clock grid (a 1h bar at 14:00 UTC)
 
     def __init__(self, **defaults: Any):
         self.defaults = defaults

@@ -173,6 +173,7 @@ def validate_options(options: Any, symbol: str = "") -> None:
 class BinanceProvider:
     name = NAME
     asset_class = "crypto"  # the asset class of an instrument registered for this provider
+    bar_alignment = "clock"  # klines sit on the UTC clock grid
 
     def __init__(self, **defaults: Any):
         self.defaults = defaults
