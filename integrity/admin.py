@@ -54,6 +54,7 @@ from .models import (
 from .providers import PROVIDER_NAMES, check_bar_alignment
 from .quality.review import review_anomalies
 from .quality.thresholds import validate_thresholds
+from .timeframes import BarAlignment
 
 # --- every screen: a bad URL or value is a 400 page or a field error, never a 500 ---------------
 
@@ -246,6 +247,8 @@ class InstrumentForm(forms.ModelForm):
     """The model's clean() checks calendar and timeframes; the form adds provider and thresholds."""
 
     provider = forms.ChoiceField(choices=[(name, name) for name in PROVIDER_NAMES], initial="synthetic")
+    bar_alignment = forms.ChoiceField(choices=BarAlignment.choices, initial=BarAlignment.CLOCK, required=False,
+                                      help_text=Instrument._meta.get_field("bar_alignment").help_text)
 
     class Meta:
         model = Instrument
@@ -265,6 +268,9 @@ class InstrumentForm(forms.ModelForm):
             except ValueError as exc:
                 self.add_error("bar_alignment", str(exc))
         return cleaned
+
+    def clean_bar_alignment(self):
+        return self.cleaned_data.get("bar_alignment") or BarAlignment.CLOCK
 
     def clean_quality_thresholds(self):
         value = self.cleaned_data.get("quality_thresholds") or {}

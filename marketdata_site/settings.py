@@ -207,6 +207,9 @@ PROVIDER_HTTP_RETRY_AFTER_MAX = envfloat("PROVIDER_HTTP_RETRY_AFTER_MAX", 60.0)
 # Hosts (optionally host:port) an instrument's provider_options.base_url may point at besides the
 # host of the provider's own *_BASE_URL setting. Empty: endpoints come from the settings only.
 PROVIDER_ALLOWED_HOSTS = envlist("PROVIDER_ALLOWED_HOSTS", "")
+# Folders whose CSV files an instrument edited through the API or the admin may name (file/directory
+# options); the command line (an operator with a shell) may load any file.
+CSV_DATA_DIRS = envlist("CSV_DATA_DIRS", "")
 BINANCE_BASE_URL = envstr("BINANCE_BASE_URL", "https://api.binance.com")
 BINANCE_MAX_REQUESTS_PER_SECOND = envfloat("BINANCE_MAX_REQUESTS_PER_SECOND", 10.0)
 BINANCE_WEIGHT_LIMIT = envint("BINANCE_WEIGHT_LIMIT", 6000)

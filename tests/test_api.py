@@ -377,7 +377,8 @@ class TestInstrumentEndpoints:
 
     BODY = {"symbol": "AAPL", "asset_class": "equity", "calendar": "XNYS", "timeframes": ["1d"]}
 
-    def test_create_read_update_delete(self, client):
+    def test_create_read_update_delete(self, client, settings):
+        settings.CSV_DATA_DIRS = ["/data"]
         created = client.post("/api/v1/instruments/", {**self.BODY, "provider": "csv",
                                                        "provider_options": {"directory": "/data"},
                                                        "quality_thresholds": {"outlier_move": 0.3}}, format="json")

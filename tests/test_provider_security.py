@@ -402,3 +402,52 @@ class TestARepliesEchoingTheKeys:
         assert_no_secret(state.error_message, "backfill_state_persistent.error_message")
         assert_no_secret(SymbolFailureTracking.objects.get(symbol="AAPL").last_error, "last_error")
         assert_no_secret(logged(caplog), "the log")
+
+
+@pytest.mark.django_db
+class TestCsvPathsStayInTheDataFolders:
+    """An API user must not make the server read (and quote in an error) any file it can open."""
+
+    def editor(self):
+        return api_client("add_instrument", "change_instrument", "view_instrument")
+
+    def create(self, **options):
+        return self.editor().post(INSTRUMENTS, {"symbol": "AAPL", "asset_class": "equity", "calendar": "XNYS",
+                                                "timeframes": ["1d"], "provider": "csv",
+                                                "provider_options": options}, format="json")
+
+    @pytest.mark.parametrize("options", [{"file": "/etc/passwd"}, {"directory": "/etc"}, {"file": "data/a.csv"}],
+                             ids=["file", "directory", "relative"])
+    def test_a_path_with_no_data_folder_configured_is_refused(self, options):
+        response = self.create(**options)
+        assert response.status_code == 400
+        assert "CSV_DATA_DIRS" in response.json()["provider_options"][0] or "absolute" in str(response.json())
+        assert not Instrument.objects.exists()
+
+    def test_a_file_inside_a_data_folder_is_accepted(self, settings, tmp_path):
+        settings.CSV_DATA_DIRS = [str(tmp_path)]
+        assert self.create(file=str(tmp_path / "AAPL.csv")).status_code == 201
+
+    def test_dot_dot_out_of_a_data_folder_is_refused(self, settings, tmp_path):
+        settings.CSV_DATA_DIRS = [str(tmp_path / "data")]
+        response = self.create(file=str(tmp_path / "data" / ".." / "secret.csv"))
+        assert response.status_code == 400 and "outside the folders CSV_DATA_DIRS allows" in str(response.json())
+
+    def test_a_symlink_out_of_a_data_folder_is_refused(self, settings, tmp_path):
+        (tmp_path / "data").mkdir()
+        (tmp_path / "data" / "link.csv").symlink_to("/etc/passwd")
+        settings.CSV_DATA_DIRS = [str(tmp_path / "data")]
+        assert self.create(file=str(tmp_path / "data" / "link.csv")).status_code == 400
+
+    def test_an_unknown_csv_option_is_refused(self, settings, tmp_path):
+        settings.CSV_DATA_DIRS = [str(tmp_path)]
+        response = self.create(file=str(tmp_path / "a.csv"), filee="x")
+        assert response.status_code == 400 and "unknown option(s) filee" in response.json()["provider_options"][0]
+
+    def test_the_admin_refuses_it_with_a_form_error(self, client):
+        client.force_login(User.objects.create_superuser("root", "root@example.com", None))
+        response = client.post(ADMIN_ADD, admin_form(symbol="AAPL", asset_class="equity", calendar="XNYS",
+                                                     provider="csv", provider_options='{"file": "/etc/passwd"}'))
+        assert response.status_code == 200
+        assert "CSV_DATA_DIRS" in str(response.context["adminform"].form.errors["provider_options"])
+        assert not Instrument.objects.exists()

@@ -72,6 +72,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
+from django.conf import settings
 
 from integrity.calendars import bar_opens_from_closes
 from integrity.providers.base import (
@@ -163,10 +164,19 @@ def parse_date_format(value: Any) -> DateFormat | None:
     return DateFormat(text=text, layout=layout)
 
 
+OPTION_NAMES = ("file", "directory", "tz", "date_format", "timestamp_label", "page_size")
+
+
 def validate_options(options: Any, symbol: str = "") -> None:
-    """Check an instrument's ``provider_options`` for csv (admin/API edits): the values it reads."""
+    """Check an instrument's ``provider_options`` for csv (admin/API edits): the values it reads,
+    and that a file or folder it names lies inside one of ``CSV_DATA_DIRS`` (an API user must not
+    be able to make the server read, and quote in errors, any file it can open)."""
     if not isinstance(options, dict):
         raise ProviderConfigError("provider_options must be a JSON object", provider="csv")
+    unknown = sorted(str(k) for k in options if k not in OPTION_NAMES)
+    if unknown:
+        raise ProviderConfigError(f"unknown option(s) {', '.join(unknown)}; csv accepts {', '.join(OPTION_NAMES)}",
+                                  provider="csv")
     if options.get("tz") is not None:
         check_time_zone(options["tz"])
     parse_date_format(options.get("date_format"))
@@ -176,6 +186,22 @@ def validate_options(options: Any, symbol: str = "") -> None:
     for key in ("file", "directory"):
         if options.get(key) is not None and not isinstance(options[key], str):
             raise ProviderConfigError(f"{key} must be a path (text), got {options[key]!r}", provider="csv")
+        if options.get(key):
+            check_data_path(key, options[key])
+
+
+def check_data_path(key: str, path: str) -> str:
+    """``path`` resolved (symlinks and ``..`` followed) if it lies inside one of ``CSV_DATA_DIRS``."""
+    allowed = [os.path.realpath(d) for d in getattr(settings, "CSV_DATA_DIRS", []) if d]
+    if not os.path.isabs(path):
+        raise ProviderConfigError(f"{key} must be an absolute path, got {path!r}", provider="csv")
+    resolved = os.path.realpath(path)
+    if not any(resolved == root or resolved.startswith(root + os.sep) for root in allowed):
+        where = ", ".join(allowed) if allowed else "none: CSV_DATA_DIRS is empty"
+        raise ProviderConfigError(
+            f"{key} {path!r} is outside the folders CSV_DATA_DIRS allows ({where}); the API and the admin may "
+            "only name CSV files there (manage.py backfill --file loads any file)", provider="csv")
+    return resolved
 
 
 TIMESTAMP_LABELS = ("open", "close")
