@@ -738,8 +738,9 @@ def all_rejected_message(summary: ValidationSummary, timeframe: str) -> str | No
     if summary.reason_counts.get("misaligned_ts") == total:
         first = summary.examples[0]["ts"] if summary.examples else None
         message += (f" — no bar starts on the {timeframe} grid" + (f" (first: {first})" if first else "")
-                    + "; are the timestamps in another time zone (--tz), or anchored at the session "
-                    "open rather than the clock (the instrument's bar alignment)?")
+                    + "; are the timestamps in another time zone (--tz), stamped at the bar's close "
+                    "(--timestamp-label close), or anchored at the session open (is this file "
+                    "session-anchored? try --bar-alignment session)?")
     return message
 
 
