@@ -310,3 +310,15 @@ class TestAlignmentOnTheReviewSurfaces:
                                     "active": True})
         assert not form.is_valid()
         assert "delivers clock-aligned bars" in str(form.errors["bar_alignment"])
+
+
+@pytest.mark.django_db
+def test_a_new_instrument_whose_load_stores_nothing_is_not_left_on_the_watchlist(tmp_path):
+    frame = synthetic_bars("AAPL", "1h", "XNYS", utc(2024, 11, 25), utc(2024, 11, 27), "session")
+    TestBackfillCommandAlignmentOptions().write(tmp_path / "a.csv", frame)
+    code = TestBackfillCommandAlignmentOptions().run(
+        "--symbol", "AAPL", "--timeframe", "1h", "--file", str(tmp_path / "a.csv"), "--asset-class", "equity",
+        "--start", "2024-11-25", "--end", "2024-11-27")  # session-anchored bars, clock-aligned instrument
+    assert code == 1
+    assert not Instrument.objects.filter(symbol="AAPL").exists()
+    assert BackfillState.objects.get(symbol="AAPL").error_message.startswith("14 of 14 bars rejected: misaligned_ts")

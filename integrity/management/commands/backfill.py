@@ -133,9 +133,11 @@ class Command(BaseCommand):
                 self.check_file(symbol, timeframes, {**stored, **provider_options})
 
         plans = []
+        self.registered = []  # instruments this run registered: withdrawn again if they load nothing
         for symbol, instrument, timeframes in series:
             if instrument is None:
                 self.ensure_instrument(symbol, options, timeframe)
+                self.registered.append(symbol)
             for tf in timeframes:
                 plans.append((symbol, tf, {"provider": options.get("provider"),
                                            "provider_options": provider_options}))
@@ -205,6 +207,16 @@ class Command(BaseCommand):
             raise CommandError(f"unknown instrument {symbol!r}: pass --asset-class (and --calendar) to register it",
                                returncode=2)
         return asset_class
+
+    def withdraw_empty_registrations(self, results: list[BackfillResult]) -> None:
+        """An instrument this run registered whose every series failed without storing a bar is removed
+        again: left on the watchlist, the nightly schedule would fail on it every day until a false
+        failure alert fired. The failed executions stay, with their reasons."""
+        for symbol in getattr(self, "registered", []):
+            own = [r for r in results if r.symbol == symbol]
+            if own and all(not r.ok and not r.inserted and not r.updated for r in own):
+                Instrument.objects.filter(symbol=symbol).delete()
+                self.stderr.write(f"{symbol}: not registered after all — its load stored nothing")
 
     def ensure_instrument(self, symbol: str, options, timeframe: str | None) -> Instrument:
         instrument = Instrument.objects.filter(symbol=symbol).first()
@@ -290,6 +302,7 @@ class Command(BaseCommand):
 
         order = {(s, tf): i for i, (s, tf, _) in enumerate(plans)}
         results.sort(key=lambda r: order[(r.symbol, r.timeframe)])
+        self.withdraw_empty_registrations(results)
         if text:
             self.stdout.write(self.summary_table(results))
         else:
