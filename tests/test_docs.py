@@ -1,0 +1,115 @@
+"""The documentation holds together: links resolve, the README stays a doorway, every setting is documented.
+
+No database: these read files only, so they pass the same way on PostgreSQL and SQLite.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from integrity.conf import SETTINGS
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+CONFIGURATION = ROOT / "docs" / "configuration.md"
+SITE_SETTINGS = ROOT / "marketdata_site" / "settings.py"
+README_MAX_BYTES = 12 * 1024
+
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
+INLINE_CODE = re.compile(r"`[^`\n]*`")
+LINK = re.compile(r"\[[^\]]*\]\(([^()\s]+)\)")
+HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$", re.MULTILINE)
+# marketdata_site/settings.py reads Django's and django-q2's settings with env helpers:
+# envstr("SECRET_KEY", …), envint("Q_WORKERS", …), envlist(…), envrate(…), envproxyheader(…)
+ENV_READ = re.compile(r"\benv[a-z]*\(\s*[\"']([A-Z][A-Z0-9_]+)[\"']")
+
+
+def prose(text: str) -> str:
+    """The text with fenced code blocks removed (a link inside a code sample is not a link)."""
+    return FENCE.sub("", text)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = heading.strip().lower().replace("`", "")
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    result = set()
+    for _, title in HEADING.findall(prose(path.read_text(encoding="utf-8"))):
+        base = slug(title)
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        result.add(base if count == 0 else f"{base}-{count}")
+    return result
+
+
+def relative_links(path: Path) -> list[str]:
+    text = INLINE_CODE.sub("", prose(path.read_text(encoding="utf-8")))
+    return [target for target in LINK.findall(text)
+            if not re.match(r"^[a-z][a-z0-9+.-]*:", target)]  # http:, https:, mailto: are not checked
+
+
+def broken_links(path: Path) -> list[str]:
+    broken = []
+    for target in relative_links(path):
+        file_part, _, anchor = target.partition("#")
+        destination = (path.parent / file_part).resolve() if file_part else path
+        if not destination.exists():
+            broken.append(f"{target} (no file {destination.relative_to(ROOT) if destination.is_relative_to(ROOT) else destination})")
+        elif anchor and destination.suffix == ".md" and anchor not in anchors(destination):
+            broken.append(f"{target} (no heading #{anchor} in {destination.relative_to(ROOT)})")
+    return broken
+
+
+def declared_settings() -> set[str]:
+    """Every setting the code declares: the app's registry (integrity.conf) and the site's env reads."""
+    names = set(SETTINGS)
+    names |= set(ENV_READ.findall(SITE_SETTINGS.read_text(encoding="utf-8")))
+    return names
+
+
+def mentioned(name: str, text: str) -> bool:
+    return re.search(rf"(?<![A-Z0-9_]){re.escape(name)}(?![A-Z0-9_])", text) is not None
+
+
+@pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_points_at_an_existing_file_and_heading(path):
+    assert broken_links(path) == [], f"{path.relative_to(ROOT)} has broken links"
+
+
+def test_the_link_checker_sees_links_and_anchors():
+    # Guards the checker itself: the README links into docs/, and known anchors resolve.
+    assert "docs/configuration.md" in relative_links(README)
+    assert "market-data-providers" in anchors(CONFIGURATION)
+    assert "ccxt-any-exchange-the-ccxt-library-supports" in anchors(ROOT / "docs" / "providers.md")
+
+
+def test_readme_is_at_most_12_kib():
+    size = len(README.read_bytes())
+    assert size <= README_MAX_BYTES, (
+        f"README.md is {size} bytes, more than {README_MAX_BYTES}: it is a doorway (what it is, quick start, "
+        "architecture sketch, where to look); move details into docs/"
+    )
+
+
+def test_every_declared_setting_is_documented_in_configuration_md():
+    text = CONFIGURATION.read_text(encoding="utf-8")
+    names = declared_settings()
+    assert {"BACKFILL_BATCH_SIZE", "SECRET_KEY", "Q_WORKERS"} <= names  # the sources were read
+    missing = sorted(name for name in names if not mentioned(name, text))
+    assert missing == [], f"settings missing from docs/configuration.md: {', '.join(missing)}"
+
+
+def test_each_setting_has_one_row_in_configuration_md():
+    rows = [line for line in CONFIGURATION.read_text(encoding="utf-8").splitlines() if line.startswith("| `")]
+    first_cells = [row.split(" | ")[0] for row in rows]
+    counts = {name: sum(mentioned(name, cell) for cell in first_cells) for name in declared_settings()}
+    assert {name: n for name, n in counts.items() if n > 1} == {}
