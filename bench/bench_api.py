@@ -11,18 +11,14 @@ Target: median ≤ 50 ms; the query count does not grow with the data.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import database_url, prepare  # noqa: E402
+import common
 
 URL = "/api/v1/anomalies/?severity=high&resolution_status=open"
+TARGET_MS = 50
 
 
 def load(rows: int) -> None:
@@ -93,14 +89,16 @@ def plan() -> str:
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser) -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=50)
-    parser.add_argument("--allow-any-database", action="store_true")
-    parser.add_argument("--json", action="store_true", help="also print one JSON line with the figures")
-    args = parser.parse_args()
-    prepare(database_url(), allow_any_database=args.allow_any_database)
+
+
+def check(args) -> str | None:
+    return None if args.rows >= 1 and args.repeat >= 1 else "--rows and --repeat must be at least 1"
+
+
+def run(args, report: dict) -> None:
     from django.contrib.auth.models import User
     from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
@@ -121,11 +119,21 @@ def main() -> int:
     page_plan = plan()
     print("plan of the page query:")
     print(page_plan)
-    if args.json:
-        print(json.dumps({"benchmark": "api", "rows": args.rows, "median_ms_small": round(small_ms, 2),
-                          "median_ms": round(big_ms, 2), "target_ms": 50, "queries_small": small_queries,
-                          "queries": big_queries, "plan": page_plan}))
-    return 0
+    report.update(rows=args.rows, median_ms_small=round(small_ms, 2), median_ms=round(big_ms, 2),
+                  target_ms=TARGET_MS, queries_small=small_queries, queries=big_queries, plan=page_plan,
+                  index_scan="Index" in page_plan)
+
+
+def summary(args, report: dict) -> list[dict]:
+    return [common.summary_row(
+        f"`bench_api.py`, {report['rows']:,} anomalies",
+        f"median {report['median_ms']:.1f} ms, {report['queries']} queries"
+        + (", index scan" if report["index_scan"] else ", NO index scan"),
+        f"≤ {report['target_ms']:g} ms")]
+
+
+def main(argv=None) -> int:
+    return common.main("api", __doc__, add_arguments, run, argv, check=check, summary=summary)
 
 
 if __name__ == "__main__":

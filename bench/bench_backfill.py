@@ -26,7 +26,6 @@ errored (a failed backfill, a row-count or checksum mismatch, a child that crash
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -47,12 +46,7 @@ RSS_TARGET_MB = 300.0
 COPY_COLUMNS = "symbol, timeframe, ts, open, high, low, close, volume, source, ingested_at, updated_at"
 
 
-class BenchFailure(RuntimeError):
-    """A check of the benchmark failed (reported without a traceback)."""
-
-    def __init__(self, message: str, **details):
-        super().__init__(message)
-        self.details = details
+BenchFailure = common.BenchFailure
 
 
 def bar_range(bars: int) -> tuple[datetime, datetime]:
@@ -323,8 +317,7 @@ def child(args) -> int:
 # --- main -------------------------------------------------------------------------------------------
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--bars", type=int, default=1_000_000, help="bars in the throughput run (default 1M)")
     parser.add_argument("--memory-bars", type=int, default=5_000_000,
                         help="bars in the memory run (default 5M)")
@@ -335,36 +328,16 @@ def parse_args(argv=None):
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--keep-data", action="store_true", help="leave the last run's candles in place")
-    parser.add_argument("--allow-any-database", action="store_true",
-                        help="run even if the database name does not contain 'bench' (tables are TRUNCATED)")
-    parser.add_argument("--json", action="store_true", help="also print one JSON line with the figures")
     parser.add_argument("--child", choices=["memory", "baseline"], help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    args.database_url = common.database_url()
+
+
+def check(args) -> str | None:
     if args.bars < 1 or args.memory_bars < 1 or args.rounds < 1:
-        parser.error("--bars, --memory-bars and --rounds must be at least 1")
-    return args
+        return "--bars, --memory-bars and --rounds must be at least 1"
+    return None
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.child:
-        return child(args)
-    report: dict = {"benchmark": "backfill", "errors": []}
-    try:
-        common.prepare(args.database_url, allow_any_database=args.allow_any_database)
-    except common.BenchSetupError as exc:
-        print(f"bench_backfill: {exc}", file=sys.stderr)
-        return 2
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SHOW server_version")
-        version = cursor.fetchone()[0]
-    autovacuum = common.server_setting("autovacuum")
-    print(f"backfill benchmark: PostgreSQL {version}, database {connection.settings_dict['NAME']}, "
-          f"autovacuum {autovacuum}", flush=True)
-    report.update(postgresql=version, autovacuum=autovacuum)
+def run(args, report: dict) -> None:
     report["planner_statistics_reset"] = common.truncate(reset_statistics=True)
     if not report["planner_statistics_reset"]:
         print("  note: could not reset the planner statistics of candles (needs superuser): the merge's "
@@ -381,14 +354,32 @@ def main(argv=None) -> int:
                 traceback.print_exc()
             report["errors"].append(f"{phase.__name__}: {exc.__class__.__name__}: {exc}")
             print(f"  ERROR in {phase.__name__}: {exc}", flush=True)
+
+
+def finish(args, report: dict) -> None:
     if not args.keep_data:
-        try:
-            common.truncate()
-        except Exception as exc:  # noqa: BLE001
-            report["errors"].append(f"cleanup: {exc}")
-    if args.json:
-        print(json.dumps(report))
-    return 1 if report["errors"] else 0
+        common.truncate()
+
+
+def summary(args, report: dict) -> list[dict]:
+    rows = []
+    if "ratio" in report:
+        rows.append(common.summary_row(
+            f"`bench_backfill.py` throughput, {report['bars']:,} bars",
+            f"`run_backfill` / raw COPY = {report['ratio']:.2f} ({report['backfill_seconds']:.1f} s vs "
+            f"{report['copy_seconds']:.1f} s)",
+            f"≤ {report['ratio_target']}"))
+    if "peak_rss_mb" in report:
+        rows.append(common.summary_row(
+            f"`bench_backfill.py` memory, {report['memory_bars']:,} bars",
+            f"peak RSS {report['peak_rss_mb']:.0f} MB (fixed overhead {report['baseline_rss_mb']:.0f} MB)",
+            f"< {report['rss_target_mb']:g} MB"))
+    return rows
+
+
+def main(argv=None) -> int:
+    return common.main("backfill", __doc__, add_arguments, run, argv, check=check, child=child,
+                       finish=finish, summary=summary)
 
 
 if __name__ == "__main__":

@@ -14,15 +14,14 @@ Targets: ours / window pass ≤ 2.0; peer / ours ≥ 2.0.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import common
+from common import timer, truncate
 
-from bench.common import database_url, prepare, timer, truncate  # noqa: E402
+RATIO_TARGET = 2.0
+PEER_RATIO_TARGET = 2.0
 
 
 def load(series: int, bars: int) -> None:
@@ -121,15 +120,19 @@ def best_of(fn, n: int) -> tuple[float, object]:
     return best, value
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser) -> None:
     parser.add_argument("--series", type=int, default=200)
     parser.add_argument("--bars", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--allow-any-database", action="store_true")
-    parser.add_argument("--json", action="store_true", help="also print one JSON line with the figures")
-    args = parser.parse_args()
-    prepare(database_url(), allow_any_database=args.allow_any_database)
+
+
+def check(args) -> str | None:
+    if args.series < 1 or args.bars < 2 or args.repeat < 1:
+        return "--series and --repeat must be at least 1, --bars at least 2"
+    return None
+
+
+def run(args, report: dict) -> None:
     print(f"loading {args.series} series × {args.bars} 1m bars …", flush=True)
     with timer() as t:
         load(args.series, args.bars)
@@ -143,15 +146,25 @@ def main() -> int:
     print(f"one window pass (lag/lead):         {base:7.3f}s")
     print(f"detect_data_anomalies(full=True):   {mine:7.3f}s  ({findings} findings)")
     print(f"pandas peer (COPY → read_csv → np): {peer:7.3f}s  ({peer_hits} raw hits)")
-    print(f"ratio detection / window pass = {mine / base:.2f} (target <= 2.0)")
-    print(f"ratio pandas peer / detection = {peer / mine:.2f} (target >= 2.0)")
+    print(f"ratio detection / window pass = {mine / base:.2f} (target <= {RATIO_TARGET})")
+    print(f"ratio pandas peer / detection = {peer / mine:.2f} (target >= {PEER_RATIO_TARGET})")
     print(f"ratio pandas peer / window pass = {peer / base:.2f}")
-    if args.json:
-        print(json.dumps({"benchmark": "detection", "rows": rows, "window_pass_seconds": round(base, 3),
-                          "detection_seconds": round(mine, 3), "pandas_peer_seconds": round(peer, 3),
-                          "findings": findings, "ratio_detection_window": round(mine / base, 3),
-                          "ratio_peer_detection": round(peer / mine, 3)}))
-    return 0
+    report.update(series=args.series, bars=args.bars, rows=rows, window_pass_seconds=round(base, 3),
+                  detection_seconds=round(mine, 3), pandas_peer_seconds=round(peer, 3), findings=findings,
+                  ratio_detection_window=round(mine / base, 3), ratio_peer_detection=round(peer / mine, 3),
+                  ratio_target=RATIO_TARGET, peer_ratio_target=PEER_RATIO_TARGET)
+
+
+def summary(args, report: dict) -> list[dict]:
+    return [common.summary_row(
+        f"`bench_detection.py`, {report['series']:,} × {report['bars']:,} bars",
+        f"detection / window pass = {report['ratio_detection_window']:.2f}; "
+        f"pandas peer / detection = {report['ratio_peer_detection']:.2f}",
+        f"≤ {report['ratio_target']}; ≥ {report['peer_ratio_target']}")]
+
+
+def main(argv=None) -> int:
+    return common.main("detection", __doc__, add_arguments, run, argv, check=check, summary=summary)
 
 
 if __name__ == "__main__":

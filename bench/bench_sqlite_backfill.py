@@ -36,7 +36,6 @@ benchmark database).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sqlite3
@@ -59,8 +58,7 @@ ENGINES = ("postgresql", "sqlite")
 LABELS = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}
 
 
-class BenchFailure(RuntimeError):
-    """A check of the benchmark failed (reported without a traceback)."""
+BenchFailure = common.BenchFailure
 
 
 # --- the child: one database, both runs -------------------------------------------------------------
@@ -260,8 +258,7 @@ def _remove_sqlite(url: str) -> None:
             pass
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--bars", type=int, default=500_000, help="bars in each run (default 500k)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds on each database (best is kept)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: BACKFILL_BATCH_SIZE")
@@ -270,49 +267,56 @@ def parse_args(argv=None):
     parser.add_argument("--sqlite-dir", default=None, help="where the SQLite file goes (default: a temporary directory)")
     parser.add_argument("--keep-data", action="store_true",
                         help="leave the last run's candles in PostgreSQL and the SQLite file in place")
-    parser.add_argument("--allow-any-database", action="store_true",
-                        help="run even if the database name does not contain 'bench' (tables are TRUNCATED)")
-    parser.add_argument("--json", action="store_true", help="also print one JSON line with the figures")
     parser.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--sqlite-url", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    args.database_url = common.database_url()
+
+
+def check(args) -> str | None:
     if args.bars < 2 or args.rounds < 1:
-        parser.error("--bars must be at least 2 and --rounds at least 1")
-    return args
+        return "--bars must be at least 2 and --rounds at least 1"
+    return None
+
+
+def _sqlite_url(args) -> str:
+    """The SQLite file of this run, in --sqlite-dir or in a temporary directory made once."""
+    if not getattr(args, "sqlite_url_of_run", None):
+        directory = args.sqlite_dir or tempfile.mkdtemp(prefix="bench_sqlite_backfill_")
+        os.makedirs(directory, exist_ok=True)
+        args.sqlite_directory = directory
+        args.sqlite_url_of_run = "sqlite:///" + os.path.abspath(os.path.join(directory, "bench_sqlite_backfill.sqlite3"))
+    return args.sqlite_url_of_run
+
+
+def run(args, report: dict) -> None:
+    compare(args, report, _sqlite_url(args))
+
+
+def finish(args, report: dict) -> None:
+    if args.keep_data:
+        return
+    try:
+        common.truncate()
+    finally:
+        _remove_sqlite(_sqlite_url(args))
+        if not args.sqlite_dir:
+            shutil.rmtree(args.sqlite_directory, ignore_errors=True)
+
+
+def summary(args, report: dict) -> list[dict]:
+    backfill, rewrite = report["backfill"], report["rewrite"]
+    half = backfill["sqlite_half_ratio"]  # None when the run had too few batches to split in halves
+    return [common.summary_row(
+        f"`bench_sqlite_backfill.py`, {report['bars']:,} 1m bars",
+        f"backfill SQLite / PostgreSQL = {backfill['ratio_sqlite_postgresql']:.2f} "
+        f"({backfill['sqlite_seconds']:.1f} s vs {backfill['postgresql_seconds']:.1f} s), SQLite 2nd / 1st half "
+        f"per bar = {'n/a' if half is None else f'{half:.2f}'}; rewrite {rewrite['ratio_sqlite_postgresql']:.2f} "
+        f"({rewrite['sqlite_seconds']:.1f} s vs {rewrite['postgresql_seconds']:.1f} s)",
+        f"≤ {report['ratio_target']}; ≤ {report['half_ratio_target']}")]
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.child:
-        return child(args)
-    report: dict = {"benchmark": "sqlite_backfill", "errors": []}
-    try:
-        common.prepare(args.database_url, allow_any_database=args.allow_any_database)
-    except common.BenchSetupError as exc:
-        print(f"bench_sqlite_backfill: {exc}", file=sys.stderr)
-        return 2
-    directory = args.sqlite_dir or tempfile.mkdtemp(prefix="bench_sqlite_backfill_")
-    os.makedirs(directory, exist_ok=True)
-    sqlite_url = "sqlite:///" + os.path.abspath(os.path.join(directory, "bench_sqlite_backfill.sqlite3"))
-    try:
-        compare(args, report, sqlite_url)
-    except Exception as exc:  # noqa: BLE001 — report and exit non-zero
-        if not isinstance(exc, BenchFailure):
-            traceback.print_exc()
-        report["errors"].append(f"{exc.__class__.__name__}: {exc}")
-        print(f"  ERROR: {exc}", flush=True)
-    if not args.keep_data:
-        try:
-            common.truncate()
-        except Exception as exc:  # noqa: BLE001
-            report["errors"].append(f"cleanup: {exc}")
-        _remove_sqlite(sqlite_url)
-        if not args.sqlite_dir:
-            shutil.rmtree(directory, ignore_errors=True)
-    if args.json:
-        print(json.dumps(report))
-    return 1 if report["errors"] else 0
+    return common.main("sqlite_backfill", __doc__, add_arguments, run, argv, check=check, child=child,
+                       finish=finish, summary=summary)
 
 
 if __name__ == "__main__":

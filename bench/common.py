@@ -1,4 +1,11 @@
-"""Shared helpers for the benchmarks: database selection and creation, Django setup, timing, RSS.
+"""Shared helpers for the benchmarks: the common ``main()`` opening, database selection and creation,
+Django setup, timing, RSS.
+
+Every ``bench/bench_*.py`` starts through :func:`main`: it parses the arguments (the script's own plus
+``--allow-any-database`` and ``--json``), selects and prepares the database, prints one header line,
+runs the benchmark into a report dict, prints its errors and, with ``--json``, the report as one JSON
+line. The report's ``summary`` rows (``{"benchmark", "figure", "target"}``, see :func:`summary_row`)
+are what ``bench/run_all.py --markdown`` prints as the "last measured" table of bench/README.md.
 
 The benchmarks truncate tables, so they refuse to run against a database whose name does not
 contain "bench" unless told otherwise (``--allow-any-database`` or BENCH_ALLOW_ANY_DATABASE=1).
@@ -6,12 +13,14 @@ contain "bench" unless told otherwise (``--allow-any-database`` or BENCH_ALLOW_A
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
 import sys
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -34,6 +43,92 @@ BACKFILL_TABLES = (
 
 class BenchSetupError(Exception):
     """The benchmark cannot run here (wrong database, unreachable server, ...)."""
+
+
+class BenchFailure(Exception):
+    """A benchmark ran but its result is not usable (a check failed); ``details`` go into the report."""
+
+    def __init__(self, message: str, **details):
+        super().__init__(message)
+        self.details = details
+
+
+# --- the shared opening of every benchmark ---------------------------------------------------------
+
+def main(
+    name: str,
+    doc: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace, dict], None],
+    argv: list[str] | None = None,
+    *,
+    check: Callable[[argparse.Namespace], str | None] | None = None,
+    child: Callable[[argparse.Namespace], int] | None = None,
+    finish: Callable[[argparse.Namespace, dict], None] | None = None,
+    summary: Callable[[argparse.Namespace, dict], list[dict]] | None = None,
+) -> int:
+    """The opening and closing every benchmark shares; returns the exit status (0, 1 or 2).
+
+    ``add_arguments`` adds the script's own options; ``check`` returns an error message for unusable
+    ones (exit 2, argparse's usage error). With ``child`` and ``--child`` set, the process is a child
+    of the benchmark and only ``child(args)`` runs. Otherwise: the database is checked and prepared
+    (exit 2 when the benchmark cannot run here), ``run(args, report)`` fills the report (an exception
+    is recorded in ``report["errors"]``), ``finish(args, report)`` cleans up (unless it raises, also
+    recorded), ``summary(args, report)`` gives the rows of the "last measured" table. Exit 1 when
+    the report holds errors.
+    """
+    parser = argparse.ArgumentParser(prog=f"bench_{name}.py", description=doc.split("\n\n")[0])
+    add_arguments(parser)
+    parser.add_argument("--allow-any-database", action="store_true",
+                        help="run even if the database name does not contain 'bench' (tables are TRUNCATED)")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line with the figures")
+    args = parser.parse_args(argv)
+    args.database_url = database_url()
+    problem = check(args) if check else None
+    if problem:
+        parser.error(problem)
+    if child is not None and getattr(args, "child", None):
+        return child(args)
+
+    report: dict = {"benchmark": name, "errors": []}
+    try:
+        prepare(args.database_url, allow_any_database=args.allow_any_database)
+    except BenchSetupError as exc:
+        print(f"bench_{name}: {exc}", file=sys.stderr)
+        return 2
+    from django.db import connection
+
+    version = server_setting("server_version")
+    autovacuum = server_setting("autovacuum")
+    report.update(postgresql=version, autovacuum=autovacuum)
+    print(f"{name} benchmark: PostgreSQL {version}, database {connection.settings_dict['NAME']}, "
+          f"autovacuum {autovacuum}", flush=True)
+    for prefix, step in (("", run), ("cleanup: ", finish)):
+        if step is None:
+            continue
+        try:
+            step(args, report)
+        except Exception as exc:  # noqa: BLE001 — reported, and the exit status says so
+            if isinstance(exc, BenchFailure):
+                report.update(exc.details)
+            else:
+                traceback.print_exc()
+            report["errors"].append(f"{prefix}{exc.__class__.__name__}: {exc}")
+    if summary is not None:
+        try:
+            report["summary"] = summary(args, report)
+        except (KeyError, TypeError, ZeroDivisionError):
+            report["summary"] = []  # a run that failed before its figures: nothing to tabulate
+    for error in report["errors"]:
+        print(f"  ERROR: {error}", flush=True)
+    if args.json:
+        print(json.dumps(report, default=str), flush=True)
+    return 1 if report["errors"] else 0
+
+
+def summary_row(benchmark: str, figure: str, target: str) -> dict:
+    """One row of bench/README.md's "last measured" table (``run_all.py --markdown`` prints them)."""
+    return {"benchmark": benchmark, "figure": figure, "target": target}
 
 
 def database_url() -> str:

@@ -5,7 +5,10 @@ No database: these read files only, so they pass the same way on PostgreSQL and 
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +116,23 @@ def test_each_setting_has_one_row_in_configuration_md():
     first_cells = [row.split(" | ")[0] for row in rows]
     counts = {name: sum(mentioned(name, cell) for cell in first_cells) for name in declared_settings()}
     assert {name: n for name, n in counts.items() if n > 1} == {}
+
+
+def test_run_all_prints_the_last_measured_table_from_the_benchmarks_json(tmp_path):
+    # bench/README.md's table is printed by run_all.py --markdown, not typed: from each benchmark's JSON line.
+    saved = tmp_path / "bench.out"
+    saved.write_text(
+        "cleanup benchmark: PostgreSQL 15.20, database marketdata_bench, autovacuum on\n"
+        + json.dumps({"benchmark": "cleanup", "errors": [], "postgresql": "15.20 (Debian)",
+                      "summary": [{"benchmark": "`bench_cleanup.py`, 1,000 candles, 1 % dup",
+                                   "figure": "cleanup / raw DELETE = 0.54", "target": "≤ 1.5"}]}) + "\n"
+        + json.dumps({"benchmark": "api", "errors": ["RuntimeError: boom"], "summary": []}) + "\n",
+        encoding="utf-8",
+    )
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--markdown", "--from-json", str(saved)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("## Last measured (") and "PostgreSQL 15.20" in line for line in lines)
+    assert "| `bench_cleanup.py`, 1,000 candles, 1 % dup | cleanup / raw DELETE = 0.54 | ≤ 1.5 |" in lines
+    assert "| `bench_api.py` | failed: RuntimeError: boom | |" in lines
