@@ -72,6 +72,26 @@ def broken_links(path: Path) -> list[str]:
     return broken
 
 
+CODE_PATH = re.compile(r"`((?:integrity|marketdata_site|bench|docs|tests)/[\w./-]*)`")
+
+
+def missing_code_paths(path: Path) -> list[str]:
+    """Repository paths named in code spans (`integrity/series.py`) that do not exist.
+
+    A test file counts by its name anywhere under tests/ (the suite's folders may be regrouped).
+    """
+    missing = []
+    for name in sorted(set(CODE_PATH.findall(path.read_text(encoding="utf-8")))):
+        target = ROOT / name
+        if name.startswith("tests/") and name.endswith(".py"):
+            found = any((ROOT / "tests").rglob(Path(name).name))
+        else:
+            found = target.exists()
+        if not found:
+            missing.append(name)
+    return missing
+
+
 def declared_settings() -> set[str]:
     """Every setting the code declares: the app's registry (integrity.conf) and the site's env reads."""
     names = set(SETTINGS)
@@ -86,6 +106,11 @@ def mentioned(name: str, text: str) -> bool:
 @pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_points_at_an_existing_file_and_heading(path):
     assert broken_links(path) == [], f"{path.relative_to(ROOT)} has broken links"
+
+
+@pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_repository_path_the_docs_name_exists(path):
+    assert missing_code_paths(path) == [], f"{path.relative_to(ROOT)} names files that do not exist"
 
 
 def test_the_link_checker_sees_links_and_anchors():
