@@ -28,11 +28,8 @@ failed or anything errored, 2 if the benchmark cannot run here (not PostgreSQL, 
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-import traceback
 
 import common
 
@@ -202,52 +199,35 @@ def run(args, report: dict) -> None:
           + ("" if ratio <= RATIO_TARGET else "  ** above target **"), flush=True)
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--rows", type=int, default=2_000_000, help="candles loaded (default 2M)")
     parser.add_argument("--dup-pct", type=float, default=1.0, help="percent of rows that are extra copies")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of each (best is kept)")
     parser.add_argument("--batch-size", type=int, default=1000, help="cleanup groups per transaction")
     parser.add_argument("--keep-data", action="store_true", help="leave the last run's candles in place")
-    parser.add_argument("--allow-any-database", action="store_true",
-                        help="run even if the database name does not contain 'bench' (tables are truncated)")
-    parser.add_argument("--json", action="store_true", help="also print one JSON line with the figures")
-    args = parser.parse_args(argv)
+
+
+def check(args) -> str | None:
     if args.rows < 100 or args.rounds < 1 or args.batch_size < 1 or not 0 < args.dup_pct < 50:
-        parser.error("--rows >= 100, --rounds >= 1, --batch-size >= 1 and 0 < --dup-pct < 50")
-    args.database_url = common.database_url()
-    return args
+        return "--rows >= 100, --rounds >= 1, --batch-size >= 1 and 0 < --dup-pct < 50"
+    return None
+
+
+def finish(args, report: dict) -> None:
+    if not args.keep_data:
+        common.truncate(BENCH_TABLES)
+
+
+def summary(args, report: dict) -> list[dict]:
+    return [common.summary_row(
+        f"`bench_cleanup.py`, {report['rows']:,} candles, {args.dup_pct:g} % dup",
+        f"cleanup / raw DELETE = {report['ratio']:.2f}",
+        f"≤ {report['target']}")]
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    report: dict = {"benchmark": "cleanup", "errors": []}
-    try:
-        common.prepare(args.database_url, allow_any_database=args.allow_any_database)
-    except common.BenchSetupError as exc:
-        print(f"bench_cleanup: {exc}", file=sys.stderr)
-        return 2
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SHOW server_version")
-        version = cursor.fetchone()[0]
-    print(f"cleanup benchmark: PostgreSQL {version}, database {connection.settings_dict['NAME']}", flush=True)
-    try:
-        run(args, report)
-    except Exception as exc:  # noqa: BLE001 — report and exit non-zero
-        traceback.print_exc()
-        report["errors"].append(f"{exc.__class__.__name__}: {exc}")
-    if not args.keep_data:
-        try:
-            common.truncate(BENCH_TABLES)
-        except Exception as exc:  # noqa: BLE001
-            report["errors"].append(f"cleanup: {exc}")
-    for error in report["errors"]:
-        print(f"  ERROR: {error}", flush=True)
-    if args.json:
-        print(json.dumps(report))
-    return 1 if report["errors"] else 0
+    return common.main("cleanup", __doc__, add_arguments, run, argv, check=check, finish=finish,
+                       summary=summary)
 
 
 if __name__ == "__main__":

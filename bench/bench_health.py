@@ -33,16 +33,12 @@ ideal 2.0 or less). Exit status: 0 figures printed (targets reported, not assert
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import traceback
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import BenchSetupError, database_url, prepare, timer, truncate  # noqa: E402
+import common
+from common import timer, truncate
 
 NOW = datetime(2024, 6, 5, 12, 0, tzinfo=UTC)  # a Wednesday: every calendar is mid-week
 CALENDARS = (("crypto", "24/7"), ("equity", "XNYS"), ("forex", "24/5"))
@@ -202,39 +198,40 @@ def measure(series: int, bars: int, repeat: int, scan_repeat: int) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--configs", default="10000x200,10000x400,5000x400",
                         help="comma-separated SERIESxBARS (default 10000x200,10000x400,5000x400)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of the job without the anomaly scan (best kept)")
     parser.add_argument("--scan-repeat", type=int, default=1,
                         help="runs of the whole job, incremental anomaly scan included (0: skip)")
     parser.add_argument("--keep-data", action="store_true")
-    parser.add_argument("--allow-any-database", action="store_true")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    configs = [tuple(int(x) for x in c.lower().split("x")) for c in args.configs.split(",") if c.strip()]
+
+
+def check(args) -> str | None:
     try:
-        prepare(database_url(), allow_any_database=args.allow_any_database)
-    except BenchSetupError as exc:
-        print(f"bench_health: {exc}", file=sys.stderr)
-        return 2
+        args.config_list = [tuple(int(x) for x in c.lower().split("x")) for c in args.configs.split(",") if c.strip()]
+    except ValueError:
+        return f"--configs {args.configs!r}: expected SERIESxBARS[,SERIESxBARS…], e.g. 10000x200"
+    if not args.config_list or any(len(c) != 2 or min(c) < 1 for c in args.config_list):
+        return f"--configs {args.configs!r}: expected SERIESxBARS[,SERIESxBARS…] with both at least 1"
+    if args.repeat < 1 or args.scan_repeat < 0:
+        return "--repeat must be at least 1 and --scan-repeat at least 0"
+    return None
+
+
+def run(args, report: dict) -> None:
     import logging
 
     logging.getLogger("integrity").setLevel(logging.CRITICAL)  # alert and check-error logs: reported below
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SHOW server_version")
-        version = cursor.fetchone()[0]
-    print(f"health benchmark: PostgreSQL {version}, database {connection.settings_dict['NAME']}", flush=True)
-    results, errors = {}, []
+    configs = args.config_list
+    results, errors = {}, report["errors"]
     for series, bars in configs:
         try:
             results[f"{series}x{bars}"] = measure(series, bars, args.repeat, args.scan_repeat)
         except Exception as exc:  # noqa: BLE001 — report and go on with the next configuration
             traceback.print_exc()
             errors.append(f"{series}x{bars}: {exc.__class__.__name__}: {exc}")
+    report["results"] = results
 
     print("\n== summary")
     for key, r in results.items():
@@ -267,14 +264,34 @@ def main(argv=None) -> int:
         print(f"  growth {label:>20}: more candles, same series "
               f"{growth[label]['more_candles_same_series'] or '-'} (ideal 1.0); "
               f"more series, same bars {growth[label]['more_series_same_bars'] or '-'} (ideal: the series ratio)")
+    report["growth"] = growth
+
+
+def finish(args, report: dict) -> None:
     if not args.keep_data:
         truncate()
         truncate(EXTRA_TABLES)
-    if args.json:
-        print(json.dumps({"benchmark": "health", "results": results, "growth": growth, "errors": errors}, default=str))
-    for error in errors:
-        print(f"ERROR {error}", file=sys.stderr)
-    return 1 if errors else 0
+
+
+def summary(args, report: dict) -> list[dict]:
+    rows = []
+    results, growth = report["results"], report["growth"]["health_with_scan"]["more_candles_same_series"]
+    for key, r in results.items():
+        with_scan = r.get("steady", {}).get("seconds")
+        without = r["steady_without_scan"]["seconds"]
+        figure = (f"{with_scan:.2f} s with the incremental scan ({without:.2f} s without)" if with_scan is not None
+                  else f"{without:.2f} s without the anomaly scan")
+        doubled = [ratio for pair, ratio in growth.items() if pair.startswith(f"{key} /") and ratio is not None]
+        if doubled:
+            figure += f"; more candles, same series → ×{doubled[0]:.2f}"
+        rows.append(common.summary_row(
+            f"`bench_health.py`, {int(key.split('x')[0]):,} series, {r['candles']:,} candles", figure,
+            f"≤ {TARGET_SECONDS:g} s"))
+    return rows
+
+
+def main(argv=None) -> int:
+    return common.main("health", __doc__, add_arguments, run, argv, check=check, finish=finish, summary=summary)
 
 
 if __name__ == "__main__":
