@@ -33,7 +33,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from django.conf import settings
 from django.db import (
     DatabaseError,
     IntegrityError,
@@ -46,6 +45,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from .calendars import calendar_for_asset_class, last_completed_bar, validate_calendar_code
+from .conf import conf
 from .failures import track_symbol_failure
 from .models import (
     ACTIVE_STATUSES,
@@ -154,9 +154,9 @@ def reap_dead_backfills(timeout_seconds: int | None = None, now: datetime | None
     Each reaped execution counts as a failure of its symbol.
     """
     now = now or timezone.now()
-    timeout = settings.BACKFILL_HEARTBEAT_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds
+    timeout = conf.BACKFILL_HEARTBEAT_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds
     cutoff = now - timedelta(seconds=timeout)
-    pending_cutoff = now - timedelta(seconds=settings.BACKFILL_PENDING_TIMEOUT_SECONDS)
+    pending_cutoff = now - timedelta(seconds=conf.BACKFILL_PENDING_TIMEOUT_SECONDS)
     dead_running = Q(status=BackfillStatus.IN_PROGRESS) & (
         Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
     )
@@ -172,7 +172,7 @@ def reap_dead_backfills(timeout_seconds: int | None = None, now: datetime | None
             guard = dead_running
         else:
             message = (
-                f"never started: pending for more than {settings.BACKFILL_PENDING_TIMEOUT_SECONDS}s "
+                f"never started: pending for more than {conf.BACKFILL_PENDING_TIMEOUT_SECONDS}s "
                 "(no worker picked it up)"
             )
             guard = never_started
@@ -344,11 +344,11 @@ def plan_range(
     if start is None:
         last_stored = Candle.objects.filter(symbol=spec.symbol, timeframe=spec.timeframe).aggregate(m=Max("ts"))["m"]
         if last_stored is not None:
-            start = last_stored - settings.BACKFILL_OVERLAP_BARS * step
+            start = last_stored - conf.BACKFILL_OVERLAP_BARS * step
         else:
             first = _provider_first_bar(provider, spec, end)
             start = first if first is not None else now - timedelta(
-                days=settings.BACKFILL_LOOKBACK_DAYS[spec.timeframe])
+                days=conf.BACKFILL_LOOKBACK_DAYS[spec.timeframe])
         if resumable and previous.range_start is not None and previous.checkpoint_ts >= start:
             resumed_from = previous.checkpoint_ts
     else:
@@ -512,7 +512,7 @@ def run_backfill(
     """
     started = time.monotonic()
     now = now or timezone.now()
-    batch_size = batch_size or settings.BACKFILL_BATCH_SIZE
+    batch_size = batch_size or conf.BACKFILL_BATCH_SIZE
 
     if execution_id is not None:
         state = BackfillState.objects.get(execution_id=execution_id)
@@ -691,8 +691,8 @@ def _with_db_retry(what: str, write: Callable[[int], Any]) -> Any:
     last error is raised. ``attempt`` lets a write tell its own earlier, unacknowledged success
     from someone else's change.
     """
-    retries = max(0, settings.BACKFILL_FINISH_RETRIES)
-    delay = max(0.0, settings.BACKFILL_FINISH_BACKOFF)
+    retries = max(0, conf.BACKFILL_FINISH_RETRIES)
+    delay = max(0.0, conf.BACKFILL_FINISH_BACKOFF)
     for attempt in range(1, retries + 2):
         try:
             return write(attempt)

@@ -10,6 +10,7 @@ Usage (the API is stable; other modules rely on it)::
     conf.raw("X")                   # the same, uncoerced (for callers that validate with their own error)
     conf.default("X")               # the declared default (settings.py reads the environment with it)
     conf.credential("X")            # a secret: the setting, else the environment variable of that name
+    conf.lookup("X", default)       # a setting whose name is built at run time (CCXT_<EXCHANGE>_API_URL)
     SETTINGS["X"].doc               # the one-line meaning (docs are generated / checked from these)
 
 A setting that is absent from ``django.conf.settings``, ``None`` or a blank string takes its default. A value of the wrong type is a ``SettingError`` naming the setting and
@@ -228,6 +229,14 @@ class Conf:
     def default(self, name: str) -> Any:
         default = SETTINGS[name].default
         return dict(default) if isinstance(default, dict) else list(default) if isinstance(default, list) else default
+
+    def lookup(self, name: str, default: Any = None) -> Any:
+        """A setting whose name is built at run time (``CCXT_KRAKEN_API_URL``, a provider's ``*_BASE_URL``):
+        the Django setting, else ``default`` (else, for a declared setting, its declared default); uncoerced."""
+        value = getattr(settings, name, None)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return SETTINGS[name].default if default is None and name in SETTINGS else default
+        return value
 
     def credential(self, name: str) -> str:
         """A secret (declared or per exchange, e.g. ``CCXT_KRAKEN_API_KEY``): the Django setting when set

@@ -28,11 +28,12 @@ import ipaddress
 import logging
 from collections.abc import Callable
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+
+from .conf import conf
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def _is_loopback(address: str | None) -> bool:
 
 def check_access(request: HttpRequest) -> HttpResponse | None:
     """None when the request may read the metrics, else the refusal to return."""
-    token = getattr(settings, "METRICS_TOKEN", "") or ""
+    token = conf.METRICS_TOKEN
     if token:
         header = request.META.get("HTTP_AUTHORIZATION", "")
         scheme, _, given = header.partition(" ")
@@ -114,7 +115,7 @@ def _anomalies(out: Exposition) -> None:
 def _failures(out: Exposition) -> None:
     from .models import SymbolFailureTracking
 
-    threshold = settings.FAILURE_ALERT_THRESHOLD
+    threshold = conf.FAILURE_ALERT_THRESHOLD
     failing = SymbolFailureTracking.objects.filter(consecutive_failures__gte=1)
     out.metric("marketdata_failing_symbols", "Symbols whose last backfill(s) failed (>= 1 consecutive failure).",
                [({}, failing.count())])

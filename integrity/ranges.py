@@ -22,13 +22,12 @@ import importlib
 import math
 from datetime import UTC, datetime
 
-from django.conf import settings
 from django.utils import timezone
 
+from .conf import conf
 from .timeframes import EPOCH, floor_to_timeframe, timeframe_delta
 
 EARLIEST_START = EPOCH
-DEFAULT_MAX_BARS = 5_000_000
 
 
 class RangeError(ValueError):
@@ -43,8 +42,7 @@ class RangeError(ValueError):
 
 
 def max_bars(timeframe: str) -> int:
-    limits = getattr(settings, "BACKFILL_MAX_BARS", None) or {}
-    return int(limits.get(timeframe, DEFAULT_MAX_BARS))
+    return conf.BACKFILL_MAX_BARS[timeframe]
 
 
 def provider_earliest(provider: str | None) -> datetime | None:

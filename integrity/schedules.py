@@ -1,12 +1,13 @@
 """The schedule table: what runs when. ``manage.py setup_schedules`` writes it into django-q2.
 
 Every entry is a django-q2 CRON schedule whose expression comes from a setting (environment
-variable), evaluated in UTC (``TIME_ZONE`` is UTC, and django-q2 computes cron times in it):
+variable; defaults in ``integrity.conf``), evaluated in UTC (``TIME_ZONE`` is UTC, and django-q2
+computes cron times in it):
 
-    name                 task                                  setting (default)
-    integrity.enrichment integrity.tasks.enrichment_task       SCHEDULE_ENRICHMENT_CRON ("30 1 * * *")
-    integrity.backfill   integrity.tasks.backfill_all_task     SCHEDULE_BACKFILL_CRON   ("0 2 * * *")
-    integrity.health     integrity.tasks.health_task           SCHEDULE_HEALTH_CRON     ("0 0,6,12,18 * * *")
+    name                 task                                  setting
+    integrity.enrichment integrity.tasks.enrichment_task       SCHEDULE_ENRICHMENT_CRON
+    integrity.backfill   integrity.tasks.backfill_all_task     SCHEDULE_BACKFILL_CRON
+    integrity.health     integrity.tasks.health_task           SCHEDULE_HEALTH_CRON
 
 ``setup_schedules`` is idempotent: it creates missing schedules, updates changed ones (a new cron
 expression moves ``next_run`` to the expression's next time), leaves unchanged ones alone and deletes
@@ -21,9 +22,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+
+from .conf import conf
 
 PREFIX = "integrity."
 
@@ -33,21 +35,24 @@ class ScheduleSpec:
     name: str
     func: str
     setting: str
-    default_cron: str
     description: str
 
     @property
+    def default_cron(self) -> str:
+        return conf.default(self.setting)
+
+    @property
     def cron(self) -> str:
-        return str(getattr(settings, self.setting, None) or self.default_cron).strip()
+        return getattr(conf, self.setting)
 
 
 SCHEDULES: tuple[ScheduleSpec, ...] = (
     ScheduleSpec("integrity.enrichment", "integrity.tasks.enrichment_task", "SCHEDULE_ENRICHMENT_CRON",
-                 "30 1 * * *", "recompute series statistics (coverage, volatility)"),
+                 "recompute series statistics (coverage, volatility)"),
     ScheduleSpec("integrity.backfill", "integrity.tasks.backfill_all_task", "SCHEDULE_BACKFILL_CRON",
-                 "0 2 * * *", "incremental backfill: one task per active series"),
+                 "incremental backfill: one task per active series"),
     ScheduleSpec("integrity.health", "integrity.tasks.health_task", "SCHEDULE_HEALTH_CRON",
-                 "0 0,6,12,18 * * *", "health monitoring: staleness, failures, anomalies, alerts"),
+                 "health monitoring: staleness, failures, anomalies, alerts"),
 )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 
+from integrity.conf import SETTINGS
+
 
 def envstr(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
@@ -77,3 +79,20 @@ def envproxyheader(name: str) -> tuple[str, str] | None:
         raise ValueError(f"environment variable {name}={value!r} is not a request.META header name: "
                          f"use the HTTP_ form, e.g. {suggestion} (optionally {suggestion}=https)")
     return header, expected
+
+
+def envsetting(name: str, **options) -> bool | int | float | str | list[str]:
+    """The environment variable ``name`` read in the type of the default ``integrity.conf`` declares for
+    the setting of that name, that default when unset (so each default is written once, in conf)."""
+    default = SETTINGS[name].default
+    if isinstance(default, bool):
+        return envbool(name, str(default))
+    if isinstance(default, int):
+        return envint(name, default, **options)
+    if isinstance(default, float):
+        return envfloat(name, default)
+    if isinstance(default, list):
+        return envlist(name, ",".join(default))
+    if isinstance(default, str):
+        return envstr(name, default)
+    raise TypeError(f"setting {name}: its default {default!r} has no environment form; read it explicitly")

@@ -1,4 +1,9 @@
-"""Settings for marketdata-integrity. Every knob is an environment variable (see README)."""
+"""Settings for marketdata-integrity. Every knob is an environment variable (see README).
+
+The app's own settings (backfill, quality, providers, health, API) are declared in ``integrity.conf``:
+there each one has its default and its meaning, once. Here they are only read from the environment
+(``envsetting`` takes the declared default and type) and grouped; Django's own settings stay as
+Django documents them."""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from .env import envbool, envfloat, envint, envlist, envproxyheader, envrate, envstr
+from integrity.conf import conf
+
+from .env import envbool, envint, envlist, envproxyheader, envrate, envsetting, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -156,70 +163,57 @@ LOGGING = {
     },
 }
 
-# --- Integrity: backfill --------------------------------------------------------------------------
-BACKFILL_BATCH_SIZE = envint("BACKFILL_BATCH_SIZE", 10_000)
-# An in_progress execution whose heartbeat is older than this is considered dead and reaped.
-BACKFILL_HEARTBEAT_TIMEOUT_SECONDS = envint("BACKFILL_HEARTBEAT_TIMEOUT_SECONDS", 300)
-# Incremental runs restart this many bars before the last stored bar to pick up revisions.
-BACKFILL_OVERLAP_BARS = envint("BACKFILL_OVERLAP_BARS", 3)
-# How far back a series with no stored bars starts, per timeframe (days).
-BACKFILL_LOOKBACK_DAYS = {
-    "1m": envint("BACKFILL_LOOKBACK_DAYS_1M", 7),
-    "5m": envint("BACKFILL_LOOKBACK_DAYS_5M", 30),
-    "15m": envint("BACKFILL_LOOKBACK_DAYS_15M", 60),
-    "1h": envint("BACKFILL_LOOKBACK_DAYS_1H", 180),
-    "4h": envint("BACKFILL_LOOKBACK_DAYS_4H", 365),
-    "1d": envint("BACKFILL_LOOKBACK_DAYS_1D", 3650),
-}
-# The most bars ((end - start) / bar length) one explicit backfill request may ask for; a larger
-# range is refused naming the setting (integrity.ranges). BACKFILL_MAX_BARS for every timeframe,
-# BACKFILL_MAX_BARS_1M … _1D for one. 5,000,000 is ~9.5 years of 24/7 1m bars.
-_BACKFILL_MAX_BARS = envint("BACKFILL_MAX_BARS", 5_000_000)
-BACKFILL_MAX_BARS = {tf: envint(f"BACKFILL_MAX_BARS_{tf.upper()}", _BACKFILL_MAX_BARS)
-                     for tf in ("1m", "5m", "15m", "1h", "4h", "1d")}
-# Consecutive failures of a symbol at which an alert is raised (once, re-armed after a success).
-FAILURE_ALERT_THRESHOLD = envint("FAILURE_ALERT_THRESHOLD", 3)
-# A pending execution never picked up by a worker within this many seconds is failed by the reaper.
-BACKFILL_PENDING_TIMEOUT_SECONDS = envint("BACKFILL_PENDING_TIMEOUT_SECONDS", 3600)
-# Recording how a run ended survives a database outage: that many retries of the finishing writes,
-# the first after BACKFILL_FINISH_BACKOFF seconds, doubled each time (at most 30 s between tries).
-BACKFILL_FINISH_RETRIES = envint("BACKFILL_FINISH_RETRIES", 5)
-BACKFILL_FINISH_BACKOFF = envfloat("BACKFILL_FINISH_BACKOFF", 0.5)
-# Send a notice when a symbol that had alerted succeeds again.
-ALERT_RECOVERY_NOTICES = envbool("ALERT_RECOVERY_NOTICES", "False")
+# --- Integrity: backfill (meanings and defaults: integrity.conf) ---------------------------------
+BACKFILL_BATCH_SIZE = envsetting("BACKFILL_BATCH_SIZE")
+BACKFILL_HEARTBEAT_TIMEOUT_SECONDS = envsetting("BACKFILL_HEARTBEAT_TIMEOUT_SECONDS")
+BACKFILL_OVERLAP_BARS = envsetting("BACKFILL_OVERLAP_BARS")
+# Per timeframe: BACKFILL_LOOKBACK_DAYS_1M … _1D.
+BACKFILL_LOOKBACK_DAYS = {tf: envint(f"BACKFILL_LOOKBACK_DAYS_{tf.upper()}", days)
+                          for tf, days in conf.default("BACKFILL_LOOKBACK_DAYS").items()}
+# BACKFILL_MAX_BARS for every timeframe, BACKFILL_MAX_BARS_1M … _1D for one.
+BACKFILL_MAX_BARS = {tf: envint(f"BACKFILL_MAX_BARS_{tf.upper()}", envint("BACKFILL_MAX_BARS", bars))
+                     for tf, bars in conf.default("BACKFILL_MAX_BARS").items()}
+FAILURE_ALERT_THRESHOLD = envsetting("FAILURE_ALERT_THRESHOLD")
+BACKFILL_PENDING_TIMEOUT_SECONDS = envsetting("BACKFILL_PENDING_TIMEOUT_SECONDS")
+BACKFILL_FINISH_RETRIES = envsetting("BACKFILL_FINISH_RETRIES")
+BACKFILL_FINISH_BACKOFF = envsetting("BACKFILL_FINISH_BACKOFF")
+ALERT_RECOVERY_NOTICES = envsetting("ALERT_RECOVERY_NOTICES")
 
-# --- Integrity: data quality (defaults; see integrity.quality for per-class overrides) -----------
-STALE_THRESHOLD_HOURS = envfloat("STALE_THRESHOLD_HOURS", 24.0)
-OUTLIER_MOVE_THRESHOLD = envfloat("OUTLIER_MOVE_THRESHOLD", 0.20)
-DETECTION_OVERLAP_BARS = envint("DETECTION_OVERLAP_BARS", 50)
-# A big detection sweep (PostgreSQL, outside a transaction) splits its window pass by series over
-# this many connections; smaller passes (fewer rows than DETECTION_PARALLEL_MIN_ROWS) use one.
-DETECTION_PARALLEL_WORKERS = envint("DETECTION_PARALLEL_WORKERS", min(4, os.cpu_count() or 1))
-DETECTION_PARALLEL_MIN_ROWS = envint("DETECTION_PARALLEL_MIN_ROWS", 500_000)
+# --- Integrity: data quality ----------------------------------------------------------------------
+STALE_THRESHOLD_HOURS = envsetting("STALE_THRESHOLD_HOURS")
+OUTLIER_MOVE_THRESHOLD = envsetting("OUTLIER_MOVE_THRESHOLD")
+# Per asset class detector thresholds: a Python mapping, set it here (or in a settings module that
+# imports this one); no environment form.
+QUALITY_THRESHOLDS = conf.default("QUALITY_THRESHOLDS")
+DETECTION_OVERLAP_BARS = envsetting("DETECTION_OVERLAP_BARS")
+DETECTION_WATERMARK_SLACK = envsetting("DETECTION_WATERMARK_SLACK")
+DETECTION_PARALLEL_WORKERS = envsetting("DETECTION_PARALLEL_WORKERS")
+DETECTION_PARALLEL_MIN_ROWS = envsetting("DETECTION_PARALLEL_MIN_ROWS")
 
-# --- HTTP market-data providers (integrity.providers.http / binance / alpaca; docs/providers.md) --
-PROVIDER_HTTP_CONNECT_TIMEOUT = envfloat("PROVIDER_HTTP_CONNECT_TIMEOUT", 5.0)
-PROVIDER_HTTP_READ_TIMEOUT = envfloat("PROVIDER_HTTP_READ_TIMEOUT", 30.0)
-PROVIDER_HTTP_MAX_RETRIES = envint("PROVIDER_HTTP_MAX_RETRIES", 4)
-PROVIDER_HTTP_BACKOFF_BASE = envfloat("PROVIDER_HTTP_BACKOFF_BASE", 0.5)
-PROVIDER_HTTP_BACKOFF_MAX = envfloat("PROVIDER_HTTP_BACKOFF_MAX", 30.0)
-PROVIDER_HTTP_RETRY_AFTER_MAX = envfloat("PROVIDER_HTTP_RETRY_AFTER_MAX", 60.0)
-# Hosts (optionally host:port) an instrument's provider_options.base_url may point at besides the
-# host of the provider's own *_BASE_URL setting. Empty: endpoints come from the settings only.
-PROVIDER_ALLOWED_HOSTS = envlist("PROVIDER_ALLOWED_HOSTS", "")
-# Folders whose CSV files an instrument edited through the API or the admin may name (file/directory
-# options); the command line (an operator with a shell) may load any file.
-CSV_DATA_DIRS = envlist("CSV_DATA_DIRS", "")
-BINANCE_BASE_URL = envstr("BINANCE_BASE_URL", "https://api.binance.com")
-BINANCE_MAX_REQUESTS_PER_SECOND = envfloat("BINANCE_MAX_REQUESTS_PER_SECOND", 10.0)
-BINANCE_WEIGHT_LIMIT = envint("BINANCE_WEIGHT_LIMIT", 6000)
-BINANCE_WEIGHT_THRESHOLD = envfloat("BINANCE_WEIGHT_THRESHOLD", 0.8)
-ALPACA_DATA_BASE_URL = envstr("ALPACA_DATA_BASE_URL", "https://data.alpaca.markets")
-ALPACA_API_KEY_ID = envstr("ALPACA_API_KEY_ID", "")
-ALPACA_API_SECRET_KEY = envstr("ALPACA_API_SECRET_KEY", "")
-ALPACA_MAX_REQUESTS_PER_SECOND = envfloat("ALPACA_MAX_REQUESTS_PER_SECOND", 3.0)
-ALPACA_FEED = envstr("ALPACA_FEED", "iex")
-ALPACA_ADJUSTMENT = envstr("ALPACA_ADJUSTMENT", "raw")
+# --- Market-data providers (integrity.providers; docs/providers.md) -------------------------------
+PROVIDER_HTTP_CONNECT_TIMEOUT = envsetting("PROVIDER_HTTP_CONNECT_TIMEOUT")
+PROVIDER_HTTP_READ_TIMEOUT = envsetting("PROVIDER_HTTP_READ_TIMEOUT")
+PROVIDER_HTTP_MAX_RETRIES = envsetting("PROVIDER_HTTP_MAX_RETRIES")
+PROVIDER_HTTP_BACKOFF_BASE = envsetting("PROVIDER_HTTP_BACKOFF_BASE")
+PROVIDER_HTTP_BACKOFF_MAX = envsetting("PROVIDER_HTTP_BACKOFF_MAX")
+PROVIDER_HTTP_RETRY_AFTER_MAX = envsetting("PROVIDER_HTTP_RETRY_AFTER_MAX")
+PROVIDER_ALLOWED_HOSTS = envsetting("PROVIDER_ALLOWED_HOSTS")
+CSV_DATA_DIRS = envsetting("CSV_DATA_DIRS")
+BINANCE_BASE_URL = envsetting("BINANCE_BASE_URL")
+BINANCE_MAX_REQUESTS_PER_SECOND = envsetting("BINANCE_MAX_REQUESTS_PER_SECOND")
+BINANCE_WEIGHT_LIMIT = envsetting("BINANCE_WEIGHT_LIMIT")
+BINANCE_WEIGHT_THRESHOLD = envsetting("BINANCE_WEIGHT_THRESHOLD")
+ALPACA_DATA_BASE_URL = envsetting("ALPACA_DATA_BASE_URL")
+ALPACA_API_KEY_ID = envsetting("ALPACA_API_KEY_ID")
+ALPACA_API_SECRET_KEY = envsetting("ALPACA_API_SECRET_KEY")
+ALPACA_MAX_REQUESTS_PER_SECOND = envsetting("ALPACA_MAX_REQUESTS_PER_SECOND")
+ALPACA_FEED = envsetting("ALPACA_FEED")
+ALPACA_ADJUSTMENT = envsetting("ALPACA_ADJUSTMENT")
+# Per exchange, read where used (settings, else the environment): CCXT_<EXCHANGE>_API_URL and the
+# keys CCXT_<EXCHANGE>_API_KEY / _SECRET / _PASSWORD / _UID.
+CCXT_DEFAULT_EXCHANGE = envsetting("CCXT_DEFAULT_EXCHANGE")
+CCXT_MARKETS_TTL_SECONDS = envsetting("CCXT_MARKETS_TTL_SECONDS")
+CCXT_ENABLE_RATE_LIMIT = envsetting("CCXT_ENABLE_RATE_LIMIT")
 
 # --- django-q2 -----------------------------------------------------------------------------------
 Q_CLUSTER = {
@@ -243,14 +237,10 @@ if Q_CLUSTER["timeout"] >= Q_CLUSTER["retry"]:
     )
 
 # --- REST framework ------------------------------------------------------------------------------
-# Throttling (integrity.api.throttling): requests without credentials, and failed authentications
-# (a wrong token, credentials no authenticator accepts) counted per client address, which blocks the
-# address for the rest of the window. Counts live in the cache (CACHES: per process by default).
-API_THROTTLE_ANON = envrate("API_THROTTLE_ANON", "60/min")
-API_THROTTLE_FAILED_AUTH = envrate("API_THROTTLE_FAILED_AUTH", "10/min")
-# Proxies in front of the app that append the client address to X-Forwarded-For. 0: the client is
-# REMOTE_ADDR and X-Forwarded-For is ignored (a client could forge it to escape the throttles).
-API_NUM_PROXIES = envint("API_NUM_PROXIES", 0, minimum=0)
+# Throttling (integrity.api.throttling); counts live in the cache (CACHES: per process by default).
+API_THROTTLE_ANON = envrate("API_THROTTLE_ANON", conf.default("API_THROTTLE_ANON"))
+API_THROTTLE_FAILED_AUTH = envrate("API_THROTTLE_FAILED_AUTH", conf.default("API_THROTTLE_FAILED_AUTH"))
+API_NUM_PROXIES = envsetting("API_NUM_PROXIES", minimum=0)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # First: refuses an address over its failed-authentication budget before any credential is
@@ -287,11 +277,9 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Health monitoring, alerts, schedules, metrics (integrity.health/alerts/schedules/metrics) ---
-# A series is stale when its last bar is more than this many hours behind the newest bar its
-# calendar expects to be complete (calendar-aware: weekends and holidays are not "behind").
-HEALTH_STALE_HOURS = envfloat("HEALTH_STALE_HOURS", 6.0)
-# Email channel: on when ALERT_EMAIL_RECIPIENTS (comma list) is set; sent via Django's mail backend.
-ALERT_EMAIL_RECIPIENTS = envlist("ALERT_EMAIL_RECIPIENTS", "")
+HEALTH_STALE_HOURS = envsetting("HEALTH_STALE_HOURS")
+ALERT_EMAIL_RECIPIENTS = envsetting("ALERT_EMAIL_RECIPIENTS")
+# Django's mail backend, used by the email alert channel.
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
 EMAIL_PORT = envint("EMAIL_PORT", 25)
@@ -301,14 +289,12 @@ EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", "False")
 EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", "False")
 EMAIL_TIMEOUT = envint("EMAIL_TIMEOUT", 10)
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "marketdata-integrity@localhost")
-# Webhook channel: on when ALERT_WEBHOOK_URL is set; JSON POST with a Slack-compatible "text".
-ALERT_WEBHOOK_URL = envstr("ALERT_WEBHOOK_URL", "")
-ALERT_WEBHOOK_TIMEOUT = envfloat("ALERT_WEBHOOK_TIMEOUT", 5.0)
-ALERT_WEBHOOK_RETRIES = envint("ALERT_WEBHOOK_RETRIES", 2)  # extra attempts on connection errors/429/5xx
-ALERT_WEBHOOK_BACKOFF = envfloat("ALERT_WEBHOOK_BACKOFF", 0.5)  # seconds, doubled each retry
+ALERT_WEBHOOK_URL = envsetting("ALERT_WEBHOOK_URL")
+ALERT_WEBHOOK_TIMEOUT = envsetting("ALERT_WEBHOOK_TIMEOUT")
+ALERT_WEBHOOK_RETRIES = envsetting("ALERT_WEBHOOK_RETRIES")
+ALERT_WEBHOOK_BACKOFF = envsetting("ALERT_WEBHOOK_BACKOFF")
 # django-q2 schedules (UTC cron expressions), written by `manage.py setup_schedules`.
-SCHEDULE_ENRICHMENT_CRON = envstr("SCHEDULE_ENRICHMENT_CRON", "30 1 * * *")
-SCHEDULE_BACKFILL_CRON = envstr("SCHEDULE_BACKFILL_CRON", "0 2 * * *")
-SCHEDULE_HEALTH_CRON = envstr("SCHEDULE_HEALTH_CRON", "0 0,6,12,18 * * *")
-# /metrics: bearer token required when set; when unset, loopback clients only.
-METRICS_TOKEN = envstr("METRICS_TOKEN", "")
+SCHEDULE_ENRICHMENT_CRON = envsetting("SCHEDULE_ENRICHMENT_CRON")
+SCHEDULE_BACKFILL_CRON = envsetting("SCHEDULE_BACKFILL_CRON")
+SCHEDULE_HEALTH_CRON = envsetting("SCHEDULE_HEALTH_CRON")
+METRICS_TOKEN = envsetting("METRICS_TOKEN")

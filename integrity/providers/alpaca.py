@@ -72,7 +72,8 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 import pandas as pd
-from django.conf import settings
+
+from integrity.conf import conf
 
 from ..calendars import CRYPTO_CALENDAR, is_expected_bar
 from ..timeframes import timeframe_seconds
@@ -80,7 +81,6 @@ from .base import (
     FetchRequest,
     ProviderConfigError,
     ProviderError,
-    credential,
     excerpt,
     make_bar_frame,
     reading_reply,
@@ -89,7 +89,7 @@ from .base import (
 from .http import HttpClient, HttpConfig, check_option_names, page_limit, resolve_base_url
 
 NAME = "alpaca"
-DEFAULT_BASE_URL = "https://data.alpaca.markets"
+DEFAULT_BASE_URL = conf.default("ALPACA_DATA_BASE_URL")
 MAX_LIMIT = 10_000
 MAX_EMPTY_PAGES_IN_A_ROW = 3
 TIMEFRAMES = {"1m": "1Min", "5m": "5Min", "15m": "15Min", "1h": "1Hour", "4h": "4Hour", "1d": "1Day"}
@@ -262,7 +262,7 @@ class AlpacaProvider:
         if timeframe is None:
             raise ProviderConfigError(f"timeframe {request.timeframe!r} has no Alpaca equivalent; expected "
                                       f"one of {', '.join(TIMEFRAMES)}", provider=NAME)
-        key_id, secret = credential(KEY_ID), credential(SECRET_KEY)
+        key_id, secret = conf.credential(KEY_ID), conf.credential(SECRET_KEY)
         missing = [name for name, value in ((KEY_ID, key_id), (SECRET_KEY, secret)) if not value]
         if missing:
             raise ProviderConfigError(f"missing Alpaca API credentials: set {' and '.join(missing)} in the "
@@ -277,12 +277,12 @@ class AlpacaProvider:
             "start": _rfc3339(request.start),
             "end": _rfc3339(pd.Timestamp(request.end) - timedelta(seconds=1)),
             "limit": limit,
-            "adjustment": str(options.get("adjustment") or getattr(settings, "ALPACA_ADJUSTMENT", "") or "raw"),
-            "feed": str(options.get("feed") or getattr(settings, "ALPACA_FEED", "") or "iex"),
+            "adjustment": str(options.get("adjustment") or conf.ALPACA_ADJUSTMENT),
+            "feed": str(options.get("feed") or conf.ALPACA_FEED),
             "sort": "asc",
         }
         base_url = resolve_base_url(options, "ALPACA_DATA_BASE_URL", DEFAULT_BASE_URL, NAME, sends_keys=True)
-        config = HttpConfig.from_settings(NAME, "ALPACA_MAX_REQUESTS_PER_SECOND", 3.0)
+        config = HttpConfig.from_settings(NAME, "ALPACA_MAX_REQUESTS_PER_SECOND")
         filter_sessions = (not _truthy(options.get("extended_hours")) and request.timeframe != "1d"
                            and request.calendar != CRYPTO_CALENDAR)
         path = f"/v2/stocks/{quote(symbol, safe='')}/bars"

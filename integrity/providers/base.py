@@ -15,7 +15,6 @@ Providers do not validate: they parse what the source said into that layout (rai
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import pandas as pd
-from django.conf import settings
+
+from integrity.conf import conf
 
 BAR_COLUMNS = ["ts", "open", "high", "low", "close", "volume"]
 PRICE_COLUMNS = ["open", "high", "low", "close"]
@@ -37,12 +37,6 @@ EXCERPT_CHARS = 200  # the longest excerpt of a reply an error carries
 REDACTED = "***"
 
 
-def credential(name: str) -> str:
-    """A credential: the Django setting when set there, else the environment variable of that name."""
-    from_settings = getattr(settings, name, "") if settings.configured else ""
-    return str(from_settings or os.environ.get(name, "") or "").strip()
-
-
 def _spellings(secret: str) -> list[str]:
     """How a reply-derived text may spell ``secret``: as sent, JSON-escaped (a raw body) and
     repr-escaped (a decoded payload shown with ``repr``)."""
@@ -52,7 +46,7 @@ def _spellings(secret: str) -> list[str]:
 
 
 def _secret_spellings(secrets: Iterable[str]) -> list[str]:
-    values = {s for s in (*secrets, *(credential(name) for name in CREDENTIAL_SETTINGS)) if s}
+    values = {s for s in (*secrets, *(conf.credential(name) for name in CREDENTIAL_SETTINGS)) if s}
     spellings = {spelling for value in values for spelling in _spellings(value)}
     return sorted(spellings, key=len, reverse=True)  # longest first: no spelling is left half-replaced
 

@@ -50,6 +50,8 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from integrity.conf import conf
+
 from ..timeframes import timeframe_seconds
 from .base import FetchRequest, ProviderConfigError, ProviderError, excerpt, make_bar_frame, reading_reply
 from .http import HttpClient, HttpConfig, check_option_names, number_setting, page_limit, resolve_base_url
@@ -57,7 +59,7 @@ from .http import HttpClient, HttpConfig, check_option_names, number_setting, pa
 logger = logging.getLogger(__name__)
 
 NAME = "binance"
-DEFAULT_BASE_URL = "https://api.binance.com"
+DEFAULT_BASE_URL = conf.default("BINANCE_BASE_URL")
 KLINES_PATH = "/api/v3/klines"
 MAX_LIMIT = 1000
 INTERVALS = {"1m": "1m", "5m": "5m", "15m": "15m", "1h": "1h", "4h": "4h", "1d": "1d"}
@@ -191,9 +193,9 @@ class BinanceProvider:
         symbol = _mapped_symbol(request.symbol, options)
         limit = page_limit(options, MAX_LIMIT, NAME)
         base_url = resolve_base_url(options, "BINANCE_BASE_URL", DEFAULT_BASE_URL, NAME)
-        config = HttpConfig.from_settings(NAME, "BINANCE_MAX_REQUESTS_PER_SECOND", 10.0)
-        weight_limit = number_setting("BINANCE_WEIGHT_LIMIT", 6000, provider=NAME, minimum=1)
-        weight_threshold = number_setting("BINANCE_WEIGHT_THRESHOLD", 0.8, provider=NAME)
+        config = HttpConfig.from_settings(NAME, "BINANCE_MAX_REQUESTS_PER_SECOND")
+        weight_limit = number_setting("BINANCE_WEIGHT_LIMIT", provider=NAME, minimum=1)
+        weight_threshold = number_setting("BINANCE_WEIGHT_THRESHOLD", provider=NAME)
         return self._pages(request, symbol, interval, limit, base_url, config, weight_limit * weight_threshold)
 
     def _pages(self, request: FetchRequest, symbol: str, interval: str, limit: int, base_url: str,

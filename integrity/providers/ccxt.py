@@ -59,7 +59,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -69,14 +68,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pandas as pd
-from django.conf import settings
+
+from integrity.conf import conf
 
 from ..timeframes import timeframe_seconds
 from .base import (
     FetchRequest,
     ProviderConfigError,
     ProviderError,
-    credential,
     excerpt,
     make_bar_frame,
     redact,
@@ -104,7 +103,6 @@ UNDECLARED_MAX_LIMIT = 1000
 CREDENTIALS = {"apiKey": "API_KEY", "secret": "SECRET", "password": "PASSWORD", "uid": "UID"}
 MARKETS_TTL_SETTING = "CCXT_MARKETS_TTL_SECONDS"  # markets are reloaded after this many seconds
 DEFAULT_EXCHANGE_SETTING = "CCXT_DEFAULT_EXCHANGE"  # the exchange of an instrument without the option
-RATE_LIMIT_SETTING = "CCXT_ENABLE_RATE_LIMIT"  # ccxt's own limiter; off only for tests or a private gateway
 ERROR_CHARS = 300  # the longest excerpt of a ccxt error text an error carries
 _EXCHANGE_ID = re.compile(r"[a-z][a-z0-9_]{1,40}")
 _MARKET = re.compile(r"[A-Za-z0-9._-]{1,30}/[A-Za-z0-9._-]{1,30}(:[A-Za-z0-9._-]{1,30})?(-[A-Za-z0-9._-]{1,30})*")
@@ -120,11 +118,6 @@ def _library():
 # --- names and settings ---------------------------------------------------------------------------
 
 
-def _setting(name: str, default: Any) -> Any:
-    """A setting of this provider: Django settings, else the environment, else ``default``."""
-    return getattr(settings, name) if hasattr(settings, name) else os.environ.get(name, default)
-
-
 def setting_name(exchange_id: str, suffix: str) -> str:
     """``CCXT_<EXCHANGE>_<SUFFIX>``, e.g. ``CCXT_KRAKEN_API_URL``."""
     return f"CCXT_{exchange_id.upper()}_{suffix}"
@@ -134,7 +127,7 @@ def exchange_id_of(options: Mapping[str, Any]) -> str:
     """The ``exchange`` option (else the setting ``CCXT_DEFAULT_EXCHANGE``): a ccxt exchange id."""
     raw = options.get("exchange")
     if raw in (None, ""):
-        raw = str(_setting(DEFAULT_EXCHANGE_SETTING, "") or "").strip()
+        raw = conf.CCXT_DEFAULT_EXCHANGE
     if raw in (None, ""):
         raise ProviderConfigError("missing option exchange: name a ccxt exchange id, e.g. "
                                   '{"exchange": "coinbaseexchange"} (kraken, binance, bitstamp …), or set '
@@ -202,7 +195,7 @@ def timeframe_of(timeframe: str, exchange_id: str, exchange) -> str:
 
 def credentials_of(exchange_id: str) -> dict[str, str]:
     """The exchange's keys from ``CCXT_<EXCHANGE>_API_KEY`` etc. (settings, else the environment)."""
-    found = {field_: credential(setting_name(exchange_id, suffix)) for field_, suffix in CREDENTIALS.items()}
+    found = {field_: conf.credential(setting_name(exchange_id, suffix)) for field_, suffix in CREDENTIALS.items()}
     return {field_: value for field_, value in found.items() if value}
 
 
@@ -250,7 +243,7 @@ def endpoint_of(exchange_id: str, options: Mapping[str, Any], exchange, *, sends
     From the setting ``CCXT_<EXCHANGE>_API_URL`` (Django settings, else the environment) or the
     ``base_url`` option, under ``http.resolve_base_url``'s rule."""
     name = setting_name(exchange_id, "API_URL")
-    configured = credential(name)  # an operator's setting: settings, else the environment
+    configured = conf.credential(name)  # an operator's setting: settings, else the environment
     own = _default_endpoint(_own_api(exchange))
     chosen = resolve_base_url(options, name, configured or own, NAME, sends_keys=sends_keys)
     overridden = configured or options.get("base_url") not in (None, "")
@@ -502,13 +495,6 @@ def parse_ohlcv(rows: Any) -> pd.DataFrame:
 # --- the provider ---------------------------------------------------------------------------------
 
 
-def _bool_setting(name: str, default: bool) -> bool:
-    raw = _setting(name, default)
-    if isinstance(raw, str):
-        return default if not raw.strip() else raw.strip().lower() not in ("0", "false", "no", "off")
-    return bool(raw)
-
-
 def _fetch_ohlcv(exchange, *, market: str, timeframe: str, since: int, limit: int) -> Any:
     return exchange.fetch_ohlcv(market, timeframe, since=since, limit=limit)
 
@@ -542,9 +528,9 @@ class CcxtProvider:
         if credentials:
             _check_transport(api)
         config = HttpConfig.from_settings(NAME)
-        ttl = number_setting(MARKETS_TTL_SETTING, _setting(MARKETS_TTL_SETTING, 3600.0), provider=NAME)
+        ttl = number_setting(MARKETS_TTL_SETTING, provider=NAME)
         shared = venue(exchange_id, api, credentials, int(config.read_timeout * 1000),
-                       _bool_setting(RATE_LIMIT_SETTING, True))
+                       conf.CCXT_ENABLE_RATE_LIMIT)
         return self._pages(request, Calls(shared, exchange_id, config), market, timeframe, limit, ttl)
 
     def _pages(self, request: FetchRequest, calls: Calls, market: str, timeframe: str, limit: int,

@@ -72,9 +72,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
-from django.conf import settings
 
 from integrity.calendars import bar_opens_from_closes
+from integrity.conf import conf
 from integrity.providers.base import (
     BAR_COLUMNS,
     FetchRequest,
@@ -192,7 +192,7 @@ def validate_options(options: Any, symbol: str = "") -> None:
 
 def check_data_path(key: str, path: str) -> str:
     """``path`` resolved (symlinks and ``..`` followed) if it lies inside one of ``CSV_DATA_DIRS``."""
-    allowed = [os.path.realpath(d) for d in getattr(settings, "CSV_DATA_DIRS", []) if d]
+    allowed = [os.path.realpath(d) for d in conf.CSV_DATA_DIRS]
     if not os.path.isabs(path):
         raise ProviderConfigError(f"{key} must be an absolute path, got {path!r}", provider="csv")
     resolved = os.path.realpath(path)

@@ -61,7 +61,8 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import httpx
-from django.conf import settings
+
+from integrity.conf import conf
 
 from .base import ProviderConfigError, ProviderError, excerpt, redact
 
@@ -93,20 +94,13 @@ USER_AGENT = "marketdata-integrity/1.0"
 ALLOWED_HOSTS_SETTING = "PROVIDER_ALLOWED_HOSTS"
 KEYS_RULE = "API keys are sent only over https, except to a loopback host (127.0.0.0/8, ::1, localhost)"
 
-DEFAULTS: dict[str, float] = {
-    "PROVIDER_HTTP_CONNECT_TIMEOUT": 5.0,
-    "PROVIDER_HTTP_READ_TIMEOUT": 30.0,
-    "PROVIDER_HTTP_MAX_RETRIES": 4,
-    "PROVIDER_HTTP_BACKOFF_BASE": 0.5,
-    "PROVIDER_HTTP_BACKOFF_MAX": 30.0,
-    "PROVIDER_HTTP_RETRY_AFTER_MAX": 60.0,
-}
 
 
-def number_setting(name: str, default: float, *, provider: str = "", minimum: float = 0.0,
+def number_setting(name: str, default: float | None = None, *, provider: str = "", minimum: float = 0.0,
                    integer: bool = False) -> float:
-    """A numeric Django setting read at call time (so tests and deployments can change it)."""
-    raw = getattr(settings, name, default)
+    """A numeric setting read at call time (so tests and deployments can change it); its default is the
+    one ``integrity.conf`` declares (``default`` only for a name built at run time)."""
+    raw = conf.lookup(name, default)
     try:
         value = int(raw) if integer else float(raw)
     except (TypeError, ValueError):
@@ -161,7 +155,7 @@ def allowed_hosts() -> list[tuple[str, int | None]]:
 
     Entries are host names or addresses, optionally with a port: ``md-proxy.internal``,
     ``md-proxy.internal:8443``, ``10.0.0.5``, ``[fd00::5]:8080``. A string is split at commas."""
-    raw = getattr(settings, ALLOWED_HOSTS_SETTING, None) or ()
+    raw = conf.raw(ALLOWED_HOSTS_SETTING) or ()
     entries = raw.split(",") if isinstance(raw, str) else list(raw)
     hosts = []
     for entry in entries:
@@ -206,7 +200,7 @@ def resolve_base_url(options: Mapping[str, Any], setting_name: str, default: str
     option = options.get("base_url")
     chosen = parse_base_url(option, provider) if option not in (None, "") else None
     source = f"setting {setting_name}"
-    configured_value = getattr(settings, setting_name, None) or default
+    configured_value = conf.lookup(setting_name, default)
     configured = parse_base_url(configured_value, provider, source, allow_userinfo=True)
     if chosen is not None and _host_port(chosen) != _host_port(configured):
         host, port = _host_port(chosen)
@@ -259,19 +253,19 @@ def check_option_names(options: Any, known: Iterable[str], provider: str) -> dic
 
 @dataclass(frozen=True)
 class HttpConfig:
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    max_retries: int = 4
-    backoff_base: float = 0.5
-    backoff_max: float = 30.0
-    retry_after_max: float = 60.0
+    connect_timeout: float = conf.default("PROVIDER_HTTP_CONNECT_TIMEOUT")
+    read_timeout: float = conf.default("PROVIDER_HTTP_READ_TIMEOUT")
+    max_retries: int = conf.default("PROVIDER_HTTP_MAX_RETRIES")
+    backoff_base: float = conf.default("PROVIDER_HTTP_BACKOFF_BASE")
+    backoff_max: float = conf.default("PROVIDER_HTTP_BACKOFF_MAX")
+    retry_after_max: float = conf.default("PROVIDER_HTTP_RETRY_AFTER_MAX")
     max_requests_per_second: float = 0.0  # 0: no client-side limit
 
     @classmethod
     def from_settings(cls, provider: str, rate_setting: str | None = None,
-                      default_rate: float = 0.0) -> HttpConfig:
+                      default_rate: float | None = None) -> HttpConfig:
         def get(name: str, integer: bool = False) -> float:
-            return number_setting(name, DEFAULTS[name], provider=provider, integer=integer)
+            return number_setting(name, provider=provider, integer=integer)
 
         rate = number_setting(rate_setting, default_rate, provider=provider) if rate_setting else 0.0
         return cls(
