@@ -53,7 +53,7 @@ def changed_run(counts: dict) -> dict:
     """1 % of the series get a duplicated row from another writer; one health run re-reads those."""
     from django.db import connection
 
-    from integrity.health import run_health_monitoring
+    from integrity.health.job import run_health_monitoring
 
     with connection.cursor() as cursor:
         cursor.execute(
@@ -147,8 +147,9 @@ def best_of(fn, repeat: int):
 
 
 def measure(series: int, bars: int, repeat: int, scan_repeat: int) -> dict:
-    from integrity.health import _last_bars_orm, last_bars, run_health_monitoring
+    from integrity.health.job import run_health_monitoring
     from integrity.quality.anomalies import detect_data_anomalies
+    from integrity.series import newest_bars, newest_bars_orm
 
     print(f"\n== {series:,} series × {bars} bars", flush=True)
     with timer() as t:
@@ -190,8 +191,8 @@ def measure(series: int, bars: int, repeat: int, scan_repeat: int) -> dict:
         print(f"  (series re-read by that scan: {rescanned})", flush=True)
         result["changed"] = changed_run(counts)
 
-    ours, _ = best_of(last_bars, repeat)
-    group_by, _ = best_of(_last_bars_orm, repeat)
+    ours, _ = best_of(newest_bars, repeat)
+    group_by, _ = best_of(newest_bars_orm, repeat)
     result["last_bars"] = {"correlated_probe_seconds": round(ours, 4), "group_by_seconds": round(group_by, 4)}
     print(f"  last bars: one statement with index probes {ours * 1000:.0f} ms; plain GROUP BY {group_by * 1000:.0f} ms",
           flush=True)

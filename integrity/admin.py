@@ -37,7 +37,7 @@ from .api.validators import validate_provider_options
 from .backfill import BackfillError, BackfillRefused, reap_dead_backfills, request_backfill
 from .charts import anomaly_chart_svg
 from .failures import reset_symbol_failures
-from .health import open_anomaly_totals
+from .health.summaries import open_anomaly_totals
 from .models import (
     ACTIVE_STATUSES,
     BackfillState,
@@ -54,6 +54,7 @@ from .models import (
 from .providers import PROVIDER_NAMES, check_bar_alignment
 from .quality.review import review_anomalies
 from .quality.thresholds import validate_thresholds
+from .series import series_of
 from .timeframes import BarAlignment
 
 # --- every screen: a bad URL or value is a 400 page or a field error, never a 500 ---------------
@@ -244,7 +245,8 @@ def _request_backfills(modeladmin, request, series: list[tuple[str, str, object,
 
 
 class InstrumentForm(forms.ModelForm):
-    """The model's clean() checks calendar and timeframes; the form adds provider and thresholds."""
+    """The model's clean() checks calendar, symbol and timeframes (``integrity.series``' instrument
+    rules); the form adds provider and thresholds."""
 
     provider = forms.ChoiceField(choices=[(name, name) for name in PROVIDER_NAMES], initial="synthetic")
     bar_alignment = forms.ChoiceField(choices=BarAlignment.choices, initial=BarAlignment.CLOCK, required=False,
@@ -297,7 +299,7 @@ class InstrumentAdmin(IntegrityModelAdmin):
         for instrument in queryset.order_by("symbol"):
             if not instrument.timeframes:
                 refused.append(f"{instrument.symbol} refused: it has no timeframes to backfill")
-            series.extend((instrument.symbol, tf, None, None) for tf in instrument.timeframes)
+            series.extend((s.symbol, s.timeframe, None, None) for s in series_of(instrument))
         for reason in refused:
             self.message_user(request, reason, messages.WARNING)
         if series or not refused:
@@ -525,9 +527,9 @@ def dashboard_context() -> dict:
     stale = (latest_run.results or {}).get("stale_series") if latest_run else None
     stale = stale if isinstance(stale, dict) else {}
     return {
-        "by_severity": [{"severity": k, "n": n} for k, n in totals["by_severity"].items()],
-        "by_type": [{"anomaly_type": k, "n": n} for k, n in totals["by_type"].items()],
-        "open_total": totals["open"],
+        "by_severity": [{"severity": k, "n": n} for k, n in totals.by_severity.items()],
+        "by_type": [{"anomaly_type": k, "n": n} for k, n in totals.by_type.items()],
+        "open_total": totals.open,
         "acknowledged_total": DataAnomaly.objects.filter(resolution_status=ResolutionStatus.ACKNOWLEDGED).count(),
         "stale_series": stale.get("series") or [],
         "stale_count": stale.get("count", 0),

@@ -11,10 +11,12 @@ Channels, in order:
       ``ALERT_WEBHOOK_RETRIES`` times with exponential backoff; other 4xx answers are not (retrying
       a bad URL or a rejected payload cannot help).
 
+Every alert is composed here (``symbol_failing_alert``, ``symbol_recovered_alert``,
+``series_stale_alert``, ``series_fresh_alert``, ``critical_anomalies_alert``), whoever raises it.
 Callers decide *whether* to alert — de-duplication lives with the state that knows, always as a
 compare-and-set update: ``symbol_failure_tracking.alert_sent``, ``data_anomalies.alert_sent_at``,
-``series_stats.stale_alert_sent_at``. This module only delivers, and a channel that fails is logged
-and reported in the outcome; it never breaks the caller or the other channels.
+``series_stats.stale_alert_sent_at``. Delivery never breaks the caller: a channel that fails is
+logged and reported in the outcome, and the other channels still run.
 """
 
 from __future__ import annotations
@@ -22,16 +24,22 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
 
+from .conf import conf
+
 logger = logging.getLogger("integrity.alerts")
 
 Channel = Callable[["Alert"], None]
+
+# Items (series, anomalies) named in one digest alert's text; its context lists more.
+MAX_IN_ALERT_TEXT = 50
 
 
 @dataclass
@@ -60,10 +68,7 @@ def _log_channel(alert: Alert) -> None:
 
 
 def email_recipients() -> list[str]:
-    value = getattr(settings, "ALERT_EMAIL_RECIPIENTS", None) or []
-    if isinstance(value, str):
-        value = value.split(",")
-    return [address.strip() for address in value if address and address.strip()]
+    return conf.ALERT_EMAIL_RECIPIENTS
 
 
 def _email_channel(alert: Alert) -> None:
@@ -102,10 +107,10 @@ def webhook_payload(alert: Alert) -> dict[str, Any]:
 def _webhook_channel(alert: Alert) -> None:
     import httpx
 
-    url = settings.ALERT_WEBHOOK_URL
-    timeout = float(getattr(settings, "ALERT_WEBHOOK_TIMEOUT", 5.0))
-    retries = max(0, int(getattr(settings, "ALERT_WEBHOOK_RETRIES", 2)))
-    backoff = float(getattr(settings, "ALERT_WEBHOOK_BACKOFF", 0.5))
+    url = conf.ALERT_WEBHOOK_URL
+    timeout = conf.ALERT_WEBHOOK_TIMEOUT
+    retries = max(0, conf.ALERT_WEBHOOK_RETRIES)
+    backoff = conf.ALERT_WEBHOOK_BACKOFF
     body = json.dumps(webhook_payload(alert), default=str)
     headers = {"Content-Type": "application/json", "User-Agent": "marketdata-integrity"}
     last_error = "no attempt made"
@@ -131,7 +136,7 @@ def get_channels() -> list[tuple[str, Channel]]:
     channels: list[tuple[str, Channel]] = [("log", _log_channel)]
     if email_recipients():
         channels.append(("email", _email_channel))
-    if getattr(settings, "ALERT_WEBHOOK_URL", ""):
+    if conf.ALERT_WEBHOOK_URL:
         channels.append(("webhook", _webhook_channel))
     return channels
 
@@ -150,4 +155,87 @@ def send_alert(alert: Alert) -> dict[str, str]:
 
 
 def recovery_notices_enabled() -> bool:
-    return bool(getattr(settings, "ALERT_RECOVERY_NOTICES", False))
+    return conf.ALERT_RECOVERY_NOTICES
+
+
+# --- composition: every alert the app raises -----------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _more(total: int) -> list[str]:
+    return [f"… and {total - MAX_IN_ALERT_TEXT} more"] if total > MAX_IN_ALERT_TEXT else []
+
+
+def _first_names(items: Sequence[Any]) -> str:
+    return ", ".join(f"{s.symbol} {s.timeframe}" for s in items[:3]) + (" …" if len(items) > 3 else "")
+
+
+def symbol_failing_alert(symbol: str, consecutive_failures: int, last_error: str | None) -> Alert:
+    """A symbol reached the consecutive-failure threshold (sent once, re-armed by a success)."""
+    return Alert(
+        kind="symbol_failing",
+        subject=f"{symbol}: {consecutive_failures} consecutive backfill failures",
+        message=f"Last error: {last_error or 'unknown'}",
+        severity="high",
+        context={"symbol": symbol, "consecutive_failures": consecutive_failures},
+    )
+
+
+def symbol_recovered_alert(symbol: str) -> Alert:
+    return Alert(kind="symbol_recovered", subject=f"{symbol} recovered",
+                 message=f"{symbol}: a backfill succeeded again.", severity="low", context={"symbol": symbol})
+
+
+def series_stale_alert(newly: Sequence[Any], threshold_hours: float, max_listed: int) -> Alert:
+    """One digest of the series that became stale (``SeriesFreshness`` items, sorted)."""
+    lines = []
+    for s in newly[:MAX_IN_ALERT_TEXT]:
+        if s.last_bar is None:
+            lines.append(f"- {s.symbol} {s.timeframe}: no bars stored")
+        else:
+            lines.append(f"- {s.symbol} {s.timeframe}: last bar {s.last_bar:%Y-%m-%d %H:%M} UTC, "
+                         f"{s.hours_behind:.1f} h behind (expected {s.expected_bar:%Y-%m-%d %H:%M})")
+    lines += _more(len(newly))
+    return Alert(
+        kind="series_stale",
+        subject=f"{len(newly)} series became stale: {_first_names(newly)}",
+        message=f"No new bars for more than {threshold_hours:g} h past the expected bar:\n" + "\n".join(lines),
+        severity="high",
+        context={"series": [s.as_dict() for s in newly[:max_listed]], "count": len(newly),
+                 "threshold_hours": threshold_hours},
+    )
+
+
+def series_fresh_alert(recovered: Sequence[Any], max_listed: int) -> Alert:
+    """One digest of the series fresh again (sent with ``ALERT_RECOVERY_NOTICES``)."""
+    return Alert(
+        kind="series_fresh",
+        subject=f"{len(recovered)} series fresh again: {_first_names(recovered)}",
+        message="\n".join(f"- {s.symbol} {s.timeframe}: last bar {_iso(s.last_bar)}"
+                          for s in recovered[:MAX_IN_ALERT_TEXT]),
+        severity="low",
+        context={"series": [s.as_dict() for s in recovered[:max_listed]], "count": len(recovered)},
+    )
+
+
+def critical_anomalies_alert(anomalies: Sequence[Any], max_listed: int) -> Alert:
+    """One digest of new open critical anomalies (``DataAnomaly`` rows, oldest first)."""
+    listed = "\n".join([f"- #{a.pk} {a.symbol} {a.timeframe} {a.anomaly_type}: {a.description}"
+                        for a in anomalies[:MAX_IN_ALERT_TEXT]] + _more(len(anomalies)))
+    first = anomalies[0]
+    subject = (f"critical {first.anomaly_type} on {first.symbol} {first.timeframe}" if len(anomalies) == 1
+               else f"{len(anomalies)} new critical anomalies")
+    return Alert(
+        kind="critical_anomaly",
+        subject=subject,
+        message=listed,
+        severity="critical",
+        context={"anomalies": [{"id": a.pk, "symbol": a.symbol, "timeframe": a.timeframe,
+                                "anomaly_type": a.anomaly_type, "description": a.description,
+                                "period_start": _iso(a.period_start), "period_end": _iso(a.period_end)}
+                               for a in anomalies[:max_listed]],
+                 "count": len(anomalies)},
+    )

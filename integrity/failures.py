@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .alerts import Alert, send_alert
+from .alerts import recovery_notices_enabled, send_alert, symbol_failing_alert, symbol_recovered_alert
+from .conf import conf
 from .models import SymbolFailureTracking
 
 logger = logging.getLogger(__name__)
@@ -45,13 +45,8 @@ def track_symbol_failure(symbol: str, success: bool, error: str = "") -> SymbolF
         )
         if not was_alerted:
             rows.update(consecutive_failures=0, last_success_at=now, updated_at=now)
-        else:
-            from .alerts import recovery_notices_enabled
-
-            if recovery_notices_enabled():
-                send_alert(Alert(kind="symbol_recovered", subject=f"{symbol} recovered",
-                                 message=f"{symbol}: a backfill succeeded again.", severity="low",
-                                 context={"symbol": symbol}))
+        elif recovery_notices_enabled():
+            send_alert(symbol_recovered_alert(symbol))
         return rows.get()
 
     rows.update(
@@ -60,22 +55,14 @@ def track_symbol_failure(symbol: str, success: bool, error: str = "") -> SymbolF
         last_error=(error or "")[:2000],
         updated_at=now,
     )
-    threshold = settings.FAILURE_ALERT_THRESHOLD
+    threshold = conf.FAILURE_ALERT_THRESHOLD
     # Compare-and-set: only the caller that flips alert_sent sends the alert.
     won = rows.filter(alert_sent=False, consecutive_failures__gte=threshold).update(
         alert_sent=True, alert_sent_at=now
     )
     tracking = rows.get()
     if won:
-        send_alert(
-            Alert(
-                kind="symbol_failing",
-                subject=f"{symbol}: {tracking.consecutive_failures} consecutive backfill failures",
-                message=f"Last error: {tracking.last_error or 'unknown'}",
-                severity="high",
-                context={"symbol": symbol, "consecutive_failures": tracking.consecutive_failures},
-            )
-        )
+        send_alert(symbol_failing_alert(symbol, tracking.consecutive_failures, tracking.last_error))
     return tracking
 
 

@@ -34,6 +34,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from .conf import conf
+from .health import staleness
+from .health.summaries import backfill_counts, open_anomaly_totals
+from .models import HealthCheckRun, HealthStatus, SymbolFailureTracking
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +97,7 @@ def _number(value: float) -> str:
 
 
 def _stale(out: Exposition) -> None:
-    from .health import assess_staleness
-
-    series = assess_staleness(timezone.now())
+    series = staleness.assess_staleness(timezone.now())
     out.metric("marketdata_watched_series", "Active series (instrument x timeframe) on the watchlist.",
                [({}, len(series))])
     out.metric("marketdata_stale_series",
@@ -105,16 +106,12 @@ def _stale(out: Exposition) -> None:
 
 
 def _anomalies(out: Exposition) -> None:
-    from .health import open_anomaly_totals
-
-    totals = open_anomaly_totals()["by_severity"]
+    totals = open_anomaly_totals().by_severity
     out.metric("marketdata_open_anomalies", "Open (not acknowledged, not resolved) data anomalies by severity.",
                [({"severity": k}, v) for k, v in totals.items()])
 
 
 def _failures(out: Exposition) -> None:
-    from .models import SymbolFailureTracking
-
     threshold = conf.FAILURE_ALERT_THRESHOLD
     failing = SymbolFailureTracking.objects.filter(consecutive_failures__gte=1)
     out.metric("marketdata_failing_symbols", "Symbols whose last backfill(s) failed (>= 1 consecutive failure).",
@@ -125,15 +122,11 @@ def _failures(out: Exposition) -> None:
 
 
 def _backfills(out: Exposition) -> None:
-    from .health import backfill_counts
-
     out.metric("marketdata_backfills", "Backfill executions by status.",
                [({"status": k}, v) for k, v in backfill_counts().items()])
 
 
 def _last_health_run(out: Exposition) -> None:
-    from .models import HealthCheckRun, HealthStatus
-
     run = HealthCheckRun.objects.filter(finished_at__isnull=False).order_by("-finished_at").first()
     out.metric("marketdata_last_health_run_timestamp_seconds",
                "Unix time the last finished health run finished (0: never).",

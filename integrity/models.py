@@ -86,14 +86,13 @@ class Instrument(models.Model):
         from django.core.exceptions import ValidationError
 
         from .calendars import validate_calendar_code
+        from .series import instrument_rule_errors  # series reads these models: imported at call time
 
-        errors = {}
+        errors = instrument_rule_errors(self.symbol, self.timeframes)
         try:
             validate_calendar_code(self.calendar)
         except ValueError as exc:
             errors["calendar"] = str(exc)
-        if not isinstance(self.timeframes, list) or any(t not in Timeframe.values for t in self.timeframes):
-            errors["timeframes"] = f"a list of timeframes among {', '.join(Timeframe.values)}"
         if not isinstance(self.provider_options, dict):
             errors["provider_options"] = "a JSON object"
         if errors:

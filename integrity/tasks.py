@@ -14,19 +14,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .series import active_series
+
 logger = logging.getLogger(__name__)
 
 BACKFILL_SERIES_TASK = "integrity.tasks.backfill_series_task"
 
 
 def health_task() -> dict[str, Any]:
-    """Run the health-monitoring job (``integrity.health.run_health_monitoring``)."""
-    from .health import run_health_monitoring
+    """Run the health-monitoring job (``integrity.health.job.run_health_monitoring``)."""
+    from .health.job import run_health_monitoring
 
     report = run_health_monitoring()
-    return {"run_id": report["run_id"], "status": report["status"], "stale_series": report["stale_series"]["count"],
-            "failing_symbols": report["failing_symbols"]["count"], "alerts": len(report["alerts"]),
-            "errors": len(report["errors"]), "duration_ms": report["duration_ms"]}
+    return {"run_id": report.run_id, "status": report.status, "stale_series": report.stale_series.count,
+            "failing_symbols": report.failing_symbols.count, "alerts": len(report.alerts),
+            "errors": len(report.errors), "duration_ms": report.duration_ms}
 
 
 def enrichment_task() -> dict[str, Any]:
@@ -34,17 +36,6 @@ def enrichment_task() -> dict[str, Any]:
     from .quality.enrichment import enrich_series
 
     return {"series": len(enrich_series())}
-
-
-def active_series() -> list[tuple[str, str]]:
-    from .models import Instrument
-
-    series = []
-    for symbol, timeframes in Instrument.objects.filter(active=True).order_by("symbol").values_list(
-            "symbol", "timeframes"):
-        for timeframe in dict.fromkeys(timeframes if isinstance(timeframes, list) else []):
-            series.append((symbol, timeframe))
-    return series
 
 
 def backfill_all_task() -> dict[str, Any]:
@@ -59,9 +50,9 @@ def backfill_all_task() -> dict[str, Any]:
 
     reap_dead_backfills()
     series = active_series()
-    for symbol, timeframe in series:
-        async_task(BACKFILL_SERIES_TASK, symbol, timeframe, group="integrity.backfill",
-                   task_name=f"backfill {symbol} {timeframe}"[:100])
+    for s in series:
+        async_task(BACKFILL_SERIES_TASK, s.symbol, s.timeframe, group="integrity.backfill",
+                   task_name=f"backfill {s.symbol} {s.timeframe}"[:100])
     logger.info("backfill fan-out: %s series queued", len(series))
     return {"enqueued": len(series)}
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 from django_q.models import OrmQ
 
 from integrity.backfill import create_backfill_state, run_backfill
-from integrity.health import run_health_monitoring
+from integrity.health.job import run_health_monitoring
 from integrity.models import (
     BackfillState,
     Candle,

@@ -14,7 +14,7 @@ from django.core import mail
 
 from integrity.alerts import Alert, get_channels, send_alert, webhook_payload
 from integrity.failures import track_symbol_failure
-from integrity.health import run_health_monitoring
+from integrity.health.job import run_health_monitoring
 from integrity.models import Candle, DataAnomaly, SeriesStats, SymbolFailureTracking
 from integrity.quality.anomalies import DetectionResult
 from tests.helpers import add_instrument, utc
@@ -39,7 +39,7 @@ def add_anomaly(symbol="BTC-USD", severity="critical", status="open", key="a"):
 
 
 def kinds(report) -> list[str]:
-    return [a["kind"] for a in report["alerts"]]
+    return [a["kind"] for a in report.alerts]
 
 
 def free_port() -> int:
@@ -268,13 +268,13 @@ class TestWebhookChannel:
         add_instrument("ETH-USD")
         add_bars("ETH-USD", utc(2024, 6, 5, 1))
         report = run_health_monitoring(now=NOW)
-        assert report["errors"] == []
-        [alert] = report["alerts"]
+        assert report.errors == []
+        [alert] = report.alerts
         assert alert["channels"]["log"] == "sent"
         assert alert["channels"]["email"] == "sent"
         assert alert["channels"]["webhook"].startswith("failed: webhook delivery failed after 3 attempt(s): Connect")
         assert len(mail.outbox) == 1
-        assert report["status"] == "warning"
+        assert report.status == "warning"
 
 
 # --- de-duplication ------------------------------------------------------------------------------
@@ -290,10 +290,10 @@ class TestStaleSeriesAlertsOnce:
         first = run_health_monitoring(now=NOW)
         second = run_health_monitoring(now=NOW + timedelta(hours=1))
         assert kinds(first) == ["series_stale"]
-        assert first["alerts"][0]["subject"] == "1 series became stale: ETH-USD 1h"
+        assert first.alerts[0]["subject"] == "1 series became stale: ETH-USD 1h"
         assert kinds(second) == []
         assert len(mail.outbox) == 1
-        assert second["stale_series"]["count"] == 1  # still reported, just not re-alerted
+        assert second.stale_series.count == 1  # still reported, just not re-alerted
 
     def test_the_series_stats_row_is_created_when_missing(self, stale_eth):
         assert not SeriesStats.objects.exists()
@@ -305,7 +305,7 @@ class TestStaleSeriesAlertsOnce:
         run_health_monitoring(now=NOW)
         add_bars("ETH-USD", utc(2024, 6, 5, 11), hours=10)  # caught up
         fresh = run_health_monitoring(now=NOW)
-        assert fresh["stale_series"]["count"] == 0
+        assert fresh.stale_series.count == 0
         assert SeriesStats.objects.get(symbol="ETH-USD").stale_alert_sent_at is None
         stale_again = run_health_monitoring(now=NOW + timedelta(hours=10))
         assert kinds(stale_again) == ["series_stale"]
@@ -322,14 +322,14 @@ class TestStaleSeriesAlertsOnce:
         add_bars("ETH-USD", utc(2024, 6, 5, 11), hours=10)
         report = run_health_monitoring(now=NOW)
         assert kinds(report) == ["series_fresh"]
-        assert report["alerts"][0]["severity"] == "low"
+        assert report.alerts[0]["severity"] == "low"
         assert kinds(run_health_monitoring(now=NOW)) == []  # once
 
     def test_many_newly_stale_series_make_one_digest_alert(self):
         for i in range(5):
             add_instrument(f"C{i}-USD")
             add_bars(f"C{i}-USD", utc(2024, 6, 4, 12))
-        [alert] = run_health_monitoring(now=NOW)["alerts"]
+        [alert] = run_health_monitoring(now=NOW).alerts
         assert alert["subject"] == "5 series became stale: C0-USD 1h, C1-USD 1h, C2-USD 1h …"
         assert SeriesStats.objects.filter(stale_alert_sent_at__isnull=False).count() == 5
 
@@ -340,7 +340,7 @@ class TestCriticalAnomalyAlertsOnce:
         first = run_health_monitoring(now=NOW)
         second = run_health_monitoring(now=NOW)
         assert kinds(first) == ["critical_anomaly"]
-        assert first["alerts"][0]["subject"] == "critical gap on BTC-USD 1h"
+        assert first.alerts[0]["subject"] == "critical gap on BTC-USD 1h"
         assert kinds(second) == []
         anomaly.refresh_from_db()
         assert anomaly.alert_sent_at is not None
@@ -367,7 +367,7 @@ class TestCriticalAnomalyAlertsOnce:
         monkeypatch.setattr("integrity.quality.anomalies.detect_data_anomalies", scan)
         report = run_health_monitoring(now=NOW)
         assert kinds(report) == ["critical_anomaly"]
-        assert report["anomaly_scan"]["new_anomalies"] == 1
+        assert report.anomaly_scan["new_anomalies"] == 1
 
 
 class TestFailingSymbolAlertsOnce:
@@ -382,7 +382,7 @@ class TestFailingSymbolAlertsOnce:
             track_symbol_failure("AAPL", success=False)
         report = run_health_monitoring(now=NOW)
         assert kinds(report) == []
-        assert report["failing_symbols"]["at_threshold"] == 1
+        assert report.failing_symbols.at_threshold == 1
         assert len(mail.outbox) == 1
 
     def test_a_symbol_over_a_lowered_threshold_is_alerted_once_by_the_health_job(self, settings):

@@ -21,7 +21,7 @@ from django.test import override_settings
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from integrity.health import run_health_monitoring
+from integrity.health.job import run_health_monitoring
 from integrity.models import BackfillState, DataAnomaly, HealthCheckRun, Instrument
 from tests.helpers import add_instrument
 

@@ -12,7 +12,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from integrity.failures import track_symbol_failure
-from integrity.health import _last_bars_orm, assess_staleness, last_bars, run_health_monitoring
+from integrity.health.job import run_health_monitoring
+from integrity.health.staleness import assess_staleness
 from integrity.models import (
     BackfillState,
     BackfillStatus,
@@ -23,6 +24,7 @@ from integrity.models import (
     SymbolFailureTracking,
 )
 from integrity.quality.anomalies import DetectionResult
+from integrity.series import newest_bars, newest_bars_orm
 from tests.helpers import add_instrument, utc
 
 pytestmark = pytest.mark.django_db
@@ -69,7 +71,7 @@ def fresh_crypto():
 
 
 def stale_names(report) -> set[tuple[str, str]]:
-    return {(s["symbol"], s["timeframe"]) for s in report["stale_series"]["series"]}
+    return {(s["symbol"], s["timeframe"]) for s in report.stale_series.series}
 
 
 class TestStaleness:
@@ -77,8 +79,8 @@ class TestStaleness:
         add_instrument("ETH-USD")
         add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 5, 3)))  # 8 h behind the 11:00 bar
         report = run_health_monitoring(now=NOW)
-        assert report["stale_series"]["count"] == 1
-        [series] = report["stale_series"]["series"]
+        assert report.stale_series.count == 1
+        [series] = report.stale_series.series
         assert series["symbol"] == "ETH-USD"
         assert series["hours_stale"] == 8.0
         assert series["expected_bar"] == utc(2024, 6, 5, 11).isoformat()
@@ -86,21 +88,21 @@ class TestStaleness:
     def test_it_does_not_flag_a_series_within_the_threshold(self, quiet_scan):
         add_instrument("ETH-USD")
         add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 5, 6)))  # 5 h behind
-        assert run_health_monitoring(now=NOW)["stale_series"]["count"] == 0
+        assert run_health_monitoring(now=NOW).stale_series.count == 0
 
     def test_the_threshold_comes_from_the_setting(self, quiet_scan, settings):
         settings.HEALTH_STALE_HOURS = 4
         add_instrument("ETH-USD")
         add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 5, 6)))
-        assert run_health_monitoring(now=NOW)["stale_series"]["count"] == 1
+        assert run_health_monitoring(now=NOW).stale_series.count == 1
 
     def test_a_saturday_morning_is_not_stale_for_an_equity_whose_last_bar_is_fridays(self, quiet_scan):
         add_instrument("AAPL", asset_class="equity", calendar="XNYS", timeframes=("1d", "1h"))
         add_bars("AAPL", "1d", [utc(2024, 6, d) for d in (3, 4, 5, 6, 7)])  # Mon..Fri sessions
         add_bars("AAPL", "1h", [utc(2024, 6, 7, h) for h in range(13, 20)])  # Friday 13:00..19:00 UTC
         report = run_health_monitoring(now=utc(2024, 6, 8, 10))  # Saturday, 38 h after Friday's close
-        assert report["stale_series"]["count"] == 0
-        assert report["stale_series"]["watched"] == 2
+        assert report.stale_series.count == 0
+        assert report.stale_series.watched == 2
 
     def test_the_same_equity_is_stale_on_tuesday_when_mondays_bars_are_missing(self, quiet_scan):
         add_instrument("AAPL", asset_class="equity", calendar="XNYS", timeframes=("1d", "1h"))
@@ -108,19 +110,19 @@ class TestStaleness:
         add_bars("AAPL", "1h", [utc(2024, 6, 7, h) for h in range(13, 20)])
         report = run_health_monitoring(now=utc(2024, 6, 11, 10))
         assert stale_names(report) == {("AAPL", "1d"), ("AAPL", "1h")}
-        by_tf = {s["timeframe"]: s for s in report["stale_series"]["series"]}
+        by_tf = {s["timeframe"]: s for s in report.stale_series.series}
         assert by_tf["1d"]["hours_stale"] == 72.0  # Friday's session label → Monday's
         assert by_tf["1d"]["expected_bar"] == utc(2024, 6, 10).isoformat()
 
     def test_a_forex_series_is_not_stale_over_its_weekend(self, quiet_scan):
         add_instrument("EURUSD", asset_class="forex", calendar="24/5", timeframes=("1h",))
         add_bars("EURUSD", "1h", hourly_until(utc(2024, 6, 7, 20)))  # the week closes Friday 21:00 UTC
-        assert run_health_monitoring(now=utc(2024, 6, 9, 12))["stale_series"]["count"] == 0
+        assert run_health_monitoring(now=utc(2024, 6, 9, 12)).stale_series.count == 0
 
     def test_a_series_with_no_bars_is_stale(self, quiet_scan):
         add_instrument("NEW-USD")
         report = run_health_monitoring(now=NOW)
-        [series] = report["stale_series"]["series"]
+        [series] = report.stale_series.series
         assert series["symbol"] == "NEW-USD"
         assert series["last_bar"] is None and series["hours_stale"] is None
 
@@ -129,15 +131,15 @@ class TestStaleness:
         instrument.active = False
         instrument.save()
         report = run_health_monitoring(now=NOW)
-        assert report["stale_series"]["watched"] == 0
-        assert report["stale_series"]["count"] == 0
+        assert report.stale_series.watched == 0
+        assert report.stale_series.count == 0
 
     def test_the_last_bars_of_the_whole_watchlist_come_from_one_query(self):
         for i in range(6):
             add_instrument(f"S{i}", timeframes=("1h", "4h", "1d"))
             add_bars(f"S{i}", "1h", hourly_until(utc(2024, 6, 5, 11), hours=5))
         with CaptureQueriesContext(connection) as queries:
-            series = last_bars()
+            series = newest_bars()
         assert len(queries.captured_queries) == 1
         assert len(series) == 18
         assert {s.last_bar for s in series if s.timeframe == "1h"} == {utc(2024, 6, 5, 11)}
@@ -152,11 +154,11 @@ class TestStaleness:
         def key(items):
             return [(s.symbol, s.timeframe, s.last_bar, s.stats_id, s.stale_alert_sent_at) for s in items]
 
-        assert key(_last_bars_orm()) == key(last_bars())
+        assert key(newest_bars_orm()) == key(newest_bars())
 
     def test_a_timeframe_listed_twice_is_one_series(self):
         add_instrument("BTC-USD", timeframes=("1h", "1h"))
-        assert [(s.symbol, s.timeframe) for s in last_bars()] == [("BTC-USD", "1h")]
+        assert [(s.symbol, s.timeframe) for s in newest_bars()] == [("BTC-USD", "1h")]
 
     def test_an_unknown_calendar_is_reported_and_the_other_series_are_still_judged(self):
         add_instrument("BAD", calendar="NOPE")
@@ -174,17 +176,17 @@ class TestFailingSymbols:
         for _ in range(3):
             track_symbol_failure("BBB", success=False, error="timeout")
         report = run_health_monitoring(now=NOW)
-        failing = report["failing_symbols"]
-        assert failing["count"] == 2
-        assert failing["at_threshold"] == 1
-        assert [(f["symbol"], f["consecutive_failures"], f["at_threshold"]) for f in failing["symbols"]] == [
+        failing = report.failing_symbols
+        assert failing.count == 2
+        assert failing.at_threshold == 1
+        assert [(f["symbol"], f["consecutive_failures"], f["at_threshold"]) for f in failing.symbols] == [
             ("BBB", 3, True), ("AAA", 1, False)]
-        assert failing["symbols"][0]["last_error"] == "timeout"
+        assert failing.symbols[0]["last_error"] == "timeout"
 
     def test_a_symbol_that_succeeded_again_is_not_listed(self, quiet_scan, fresh_crypto):
         track_symbol_failure("AAA", success=False)
         track_symbol_failure("AAA", success=True)
-        assert run_health_monitoring(now=NOW)["failing_symbols"]["count"] == 0
+        assert run_health_monitoring(now=NOW).failing_symbols.count == 0
 
 
 class TestAnomalies:
@@ -203,8 +205,8 @@ class TestAnomalies:
         add_anomaly(severity="critical")
         report = run_health_monitoring(now=NOW, scan_anomalies=False)
         assert quiet_scan == []
-        assert report["anomaly_scan"] is None
-        assert report["anomalies"]["open_by_severity"]["critical"] == 1  # stored anomalies still count
+        assert report.anomaly_scan is None
+        assert report.anomalies.by_severity["critical"] == 1  # stored anomalies still count
 
     def test_it_totals_open_anomalies_by_severity_and_type(self, quiet_scan, fresh_crypto):
         add_anomaly(severity="critical", anomaly_type="gap", key="1")
@@ -212,31 +214,31 @@ class TestAnomalies:
         add_anomaly(severity="high", anomaly_type="gap", key="3")
         add_anomaly(severity="critical", status="acknowledged", key="4")
         add_anomaly(severity="critical", status="resolved", key="5")
-        anomalies = run_health_monitoring(now=NOW)["anomalies"]
-        assert anomalies["open"] == 3
-        assert anomalies["open_by_severity"] == {"low": 0, "medium": 0, "high": 2, "critical": 1}
-        assert anomalies["open_by_type"] == {"gap": 2, "outlier": 1}
+        anomalies = run_health_monitoring(now=NOW).anomalies
+        assert anomalies.open == 3
+        assert anomalies.by_severity == {"low": 0, "medium": 0, "high": 2, "critical": 1}
+        assert anomalies.by_type == {"gap": 2, "outlier": 1}
 
     def test_the_real_suite_records_anomalies_of_the_watchlist(self, fresh_crypto):
         # A bar missing in the middle of the series: the suite's gap detector records it.
         Candle.objects.filter(symbol="BTC-USD", ts=utc(2024, 6, 5, 5)).delete()
         report = run_health_monitoring(now=NOW)
-        assert not [e for e in report["errors"] if e["check"] == "anomaly_scan"], report["errors"]
-        assert report["anomaly_scan"]["series_scanned"] == 1
+        assert not [e for e in report.errors if e["check"] == "anomaly_scan"], report.errors
+        assert report.anomaly_scan["series_scanned"] == 1
         assert DataAnomaly.objects.filter(symbol="BTC-USD", anomaly_type="gap").exists()
-        assert report["anomalies"]["open_by_type"].get("gap", 0) >= 1
+        assert report.anomalies.by_type.get("gap", 0) >= 1
 
 
     def test_the_scan_is_incremental_old_history_is_not_rescanned(self, fresh_crypto, settings):
         settings.DETECTION_OVERLAP_BARS = 3
         add_bars("BTC-USD", "1h", hourly_until(utc(2024, 6, 4, 11), hours=24))  # 48 h of history in all
         first = run_health_monitoring(now=NOW)
-        assert first["anomaly_scan"]["created"] == 0
+        assert first.anomaly_scan["created"] == 0
         assert SeriesStats.objects.get(symbol="BTC-USD", timeframe="1h").last_scanned_ts == utc(2024, 6, 5, 11)
         # A hole 30 bars back: far outside the incremental window (last scanned bar - 3 bars).
         Candle.objects.filter(symbol="BTC-USD", ts=utc(2024, 6, 4, 5)).delete()
         second = run_health_monitoring(now=NOW)
-        assert second["anomaly_scan"]["series_scanned"] == 1
+        assert second.anomaly_scan["series_scanned"] == 1
         assert not DataAnomaly.objects.filter(anomaly_type="gap").exists()
         # ... which a full scan does find: the hole was detectable, the health job just did not reread it.
         from integrity.quality.anomalies import detect_data_anomalies
@@ -247,38 +249,38 @@ class TestAnomalies:
 
 class TestStatus:
     def test_it_is_healthy_when_nothing_is_wrong(self, quiet_scan, fresh_crypto):
-        assert run_health_monitoring(now=NOW)["status"] == "healthy"
+        assert run_health_monitoring(now=NOW).status == "healthy"
 
     def test_a_stale_series_makes_it_a_warning(self, quiet_scan, fresh_crypto):
         add_instrument("ETH-USD")
         add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 5, 1)))
-        assert run_health_monitoring(now=NOW)["status"] == "warning"
+        assert run_health_monitoring(now=NOW).status == "warning"
 
     def test_a_high_open_anomaly_makes_it_a_warning(self, quiet_scan, fresh_crypto):
         add_anomaly(severity="high")
-        assert run_health_monitoring(now=NOW)["status"] == "warning"
+        assert run_health_monitoring(now=NOW).status == "warning"
 
     def test_a_single_failure_makes_it_a_warning(self, quiet_scan, fresh_crypto):
         track_symbol_failure("AAA", success=False)
-        assert run_health_monitoring(now=NOW)["status"] == "warning"
+        assert run_health_monitoring(now=NOW).status == "warning"
 
     def test_a_critical_open_anomaly_makes_it_critical(self, quiet_scan, fresh_crypto):
         add_anomaly(severity="critical")
-        assert run_health_monitoring(now=NOW)["status"] == "critical"
+        assert run_health_monitoring(now=NOW).status == "critical"
 
     def test_an_acknowledged_critical_anomaly_does_not(self, quiet_scan, fresh_crypto):
         add_anomaly(severity="critical", status="acknowledged")
-        assert run_health_monitoring(now=NOW)["status"] == "healthy"
+        assert run_health_monitoring(now=NOW).status == "healthy"
 
     def test_a_symbol_at_the_failure_threshold_makes_it_critical(self, quiet_scan, fresh_crypto):
         for _ in range(3):
             track_symbol_failure("AAA", success=False)
-        assert run_health_monitoring(now=NOW)["status"] == "critical"
+        assert run_health_monitoring(now=NOW).status == "critical"
 
     def test_a_check_that_errored_makes_it_critical(self, monkeypatch, fresh_crypto):
         monkeypatch.setattr("integrity.quality.anomalies.detect_data_anomalies",
                             lambda **kw: (_ for _ in ()).throw(RuntimeError("boom")))
-        assert run_health_monitoring(now=NOW)["status"] == "critical"
+        assert run_health_monitoring(now=NOW).status == "critical"
 
 
 class TestCheckIsolation:
@@ -294,13 +296,13 @@ class TestCheckIsolation:
 
         report = run_health_monitoring(now=NOW)
 
-        assert [(e["check"], e["error"]) for e in report["errors"]] == [
+        assert [(e["check"], e["error"]) for e in report.errors] == [
             ("anomaly_scan", "RuntimeError: detectors exploded")]
-        assert report["stale_series"]["count"] == 1  # ran before
-        assert report["failing_symbols"]["count"] == 1
-        assert report["anomalies"]["open_by_severity"]["critical"] == 1  # ran after
-        assert {a["kind"] for a in report["alerts"]} == {"series_stale", "critical_anomaly"}
-        run = HealthCheckRun.objects.get(pk=report["run_id"])
+        assert report.stale_series.count == 1  # ran before
+        assert report.failing_symbols.count == 1
+        assert report.anomalies.by_severity["critical"] == 1  # ran after
+        assert {a["kind"] for a in report.alerts} == {"series_stale", "critical_anomaly"}
+        run = HealthCheckRun.objects.get(pk=report.run_id)
         assert run.status == "critical"
         assert run.errors[0]["check"] == "anomaly_scan"
         assert "detectors exploded" in run.errors[0]["traceback"]
@@ -309,11 +311,11 @@ class TestCheckIsolation:
         def broken():
             raise ConnectionError("replica gone")
 
-        monkeypatch.setattr("integrity.health.last_bars", broken)
+        monkeypatch.setattr("integrity.series.newest_bars", broken)
         add_anomaly(severity="critical")
         report = run_health_monitoring(now=NOW)
-        assert [e["check"] for e in report["errors"]] == ["staleness"]
-        assert [a["kind"] for a in report["alerts"]] == ["critical_anomaly"]
+        assert [e["check"] for e in report.errors] == ["staleness"]
+        assert [a["kind"] for a in report.alerts] == ["critical_anomaly"]
         assert DataAnomaly.objects.get().alert_sent_at is not None
 
 
@@ -323,7 +325,7 @@ class TestReaping:
         state.mark_started(worker="gone:1")
         BackfillState.objects.filter(pk=state.pk).update(heartbeat_at=utc(2024, 1, 1))
         report = run_health_monitoring()
-        assert [r["execution_id"] for r in report["reaped_backfills"]] == [str(state.execution_id)]
+        assert [r["execution_id"] for r in report.reaped_backfills] == [str(state.execution_id)]
         state.refresh_from_db()
         assert state.status == BackfillStatus.FAILED
         assert SymbolFailureTracking.objects.get(symbol="BTC-USD").consecutive_failures == 1
@@ -333,13 +335,13 @@ class TestRunRecord:
     def test_it_persists_the_run_with_the_report_it_returns(self, quiet_scan, fresh_crypto):
         report = run_health_monitoring(now=NOW)
         run = HealthCheckRun.objects.get()
-        assert run.pk == report["run_id"]
-        assert run.status == report["status"] == "healthy"
+        assert run.pk == report.run_id
+        assert run.status == report.status == "healthy"
         assert run.finished_at is not None and run.finished_at >= run.started_at
-        assert run.duration_ms == report["duration_ms"] >= 0
-        assert run.results == json.loads(json.dumps(report))
+        assert run.duration_ms == report.duration_ms >= 0
+        assert run.results == json.loads(json.dumps(report.as_dict()))
         assert run.errors == [] and run.alerts_sent == 0
-        assert report["as_of"] == NOW.isoformat()
+        assert report.as_of == NOW
 
     def test_it_persists_what_it_found_and_the_alerts_it_sent(self, quiet_scan, fresh_crypto):
         add_instrument("ETH-USD")
@@ -351,10 +353,10 @@ class TestRunRecord:
 
         report = run_health_monitoring(now=NOW)
 
-        run = HealthCheckRun.objects.get(pk=report["run_id"])
+        run = HealthCheckRun.objects.get(pk=report.run_id)
         assert run.status == "critical"
         assert run.started_at <= run.finished_at
-        assert run.duration_ms == report["duration_ms"]
+        assert run.duration_ms == report.duration_ms
         stored = run.results
         assert stored["started_at"] == run.started_at.isoformat()
         assert stored["finished_at"] == run.finished_at.isoformat()
@@ -366,7 +368,7 @@ class TestRunRecord:
         assert run.alerts_sent == 2
         assert [(a["kind"], a["channels"]) for a in stored["alerts"]] == [
             ("series_stale", {"log": "sent"}), ("critical_anomaly", {"log": "sent"})]
-        assert stored == json.loads(json.dumps(report))  # what it returns is what it stored
+        assert stored == json.loads(json.dumps(report.as_dict()))  # what it returns is what it stored
 
     def test_each_run_is_a_new_record(self, quiet_scan, fresh_crypto):
         run_health_monitoring(now=NOW)

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from integrity.failures import track_symbol_failure
-from integrity.health import run_health_monitoring
+from integrity.health.job import run_health_monitoring
 from integrity.models import BackfillState, Candle, DataAnomaly, HealthCheckRun
 from integrity.quality.anomalies import DetectionResult
 from tests.helpers import add_instrument, utc
@@ -132,7 +132,7 @@ class TestExposition:
         def broken(now, errors=None):
             raise RuntimeError("boom")
 
-        monkeypatch.setattr("integrity.health.assess_staleness", broken)
+        monkeypatch.setattr("integrity.health.staleness.assess_staleness", broken)
         response = client.get("/metrics")
         assert response.status_code == 200
         found = samples(response.content.decode())

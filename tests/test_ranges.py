@@ -218,12 +218,12 @@ class TestStoredRangesNeverBreakTheScan:
         assert result.series_rescanned == 1 and result.findings == []
 
     def test_the_health_job_runs_without_error(self, scanned_series):
-        from integrity.health import run_health_monitoring
+        from integrity.health.job import run_health_monitoring
 
         self.pending_from_year_one()
         report = run_health_monitoring(now=utc(2024, 1, 3, 0, 35))
-        assert report["errors"] == []
-        assert report["anomaly_scan"]["series_rescanned"] == 1
+        assert report.errors == []
+        assert report.anomaly_scan["series_rescanned"] == 1
 
     def test_an_anomaly_stored_with_a_period_in_year_one_does_not_break_it_either(self, scanned_series):
         from integrity.models import DataAnomaly

@@ -20,6 +20,7 @@ from ..models import (
 from ..providers import PROVIDER_NAMES, check_bar_alignment
 from ..quality.thresholds import validate_thresholds
 from ..ranges import RangeError, check_backfill_range
+from ..series import InstrumentRuleError, check_symbol, check_timeframes
 from ..timeframes import BarAlignment
 from .validators import validate_provider_options
 
@@ -104,6 +105,14 @@ class SymbolFailureSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+def _instrument_rule(check, value):
+    try:
+        check(value)
+    except InstrumentRuleError as exc:
+        raise serializers.ValidationError(str(exc)) from None
+    return value
+
+
 class InstrumentSerializer(serializers.ModelSerializer):
     timeframes = serializers.ListField(child=serializers.ChoiceField(choices=Timeframe.choices), allow_empty=True)
     provider = serializers.ChoiceField(choices=PROVIDER_NAMES, default="synthetic")
@@ -120,9 +129,7 @@ class InstrumentSerializer(serializers.ModelSerializer):
         if self.instance is not None and value != self.instance.symbol:
             # Candles, executions and anomalies refer to the symbol: a rename would orphan them.
             raise serializers.ValidationError("the symbol of an instrument cannot be changed; add a new one")
-        if "/" in value or value != value.strip() or any(ch.isspace() for ch in value):
-            raise serializers.ValidationError("a symbol has no '/' and no whitespace (e.g. BTC-USD, EURUSD, AAPL)")
-        return value
+        return _instrument_rule(check_symbol, value)
 
     def validate_calendar(self, value):
         try:
@@ -154,9 +161,7 @@ class InstrumentSerializer(serializers.ModelSerializer):
         return value
 
     def validate_timeframes(self, value):
-        if len(set(value)) != len(value):
-            raise serializers.ValidationError("each timeframe once")
-        return value
+        return _instrument_rule(check_timeframes, value)
 
 
 class SeriesStatsSerializer(serializers.ModelSerializer):

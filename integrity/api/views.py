@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 
 from ..backfill import BackfillError, BackfillRefused, request_backfill
 from ..failures import reset_symbol_failures
-from ..health import open_anomaly_totals
+from ..health.summaries import open_anomaly_totals
 from ..models import (
     ACTIVE_STATUSES,
     BackfillState,
@@ -239,9 +239,9 @@ class HealthView(APIView):
         latest = HealthCheckRun.objects.order_by("-started_at").first()
         totals = open_anomaly_totals()  # counted as the health job counts them (status open)
         live = {
-            "open_anomalies": totals["open"],
-            "open_anomalies_by_severity": totals["by_severity"],
-            "open_anomalies_by_type": totals["by_type"],
+            "open_anomalies": totals.open,
+            "open_anomalies_by_severity": totals.by_severity,
+            "open_anomalies_by_type": totals.by_type,
             "acknowledged_anomalies": DataAnomaly.objects.filter(
                 resolution_status=ResolutionStatus.ACKNOWLEDGED).count(),
             "active_backfills": BackfillState.objects.filter(status__in=ACTIVE_STATUSES).count(),

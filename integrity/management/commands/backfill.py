@@ -30,6 +30,7 @@ from integrity.providers.csv import (
     parse_date_format,
 )
 from integrity.ranges import RangeError, check_backfill_range
+from integrity.series import InstrumentRuleError, active_instruments, check_symbol, series_of
 from integrity.timeframes import EPOCH, BarAlignment, timeframe_delta
 
 
@@ -98,7 +99,7 @@ class Command(BaseCommand):
         if options.get("file") and (options.get("all") or len(named) > 1):
             raise CommandError("--file holds the bars of one symbol: name exactly one with --symbol", returncode=2)
         if options.get("all"):
-            targets = [(i.symbol, i) for i in Instrument.objects.filter(active=True)]
+            targets = [(i.symbol, i) for i in active_instruments()]
             if not targets:
                 raise CommandError("--all: the watchlist has no active instrument", returncode=2)
         elif options.get("symbols"):
@@ -118,7 +119,7 @@ class Command(BaseCommand):
                     f"{symbol}: --bar-alignment {options['bar_alignment']} differs from the instrument's "
                     f"{instrument.bar_alignment!r}; --bar-alignment is for new instruments: change an existing "
                     "one in the admin or the API", returncode=2)
-            timeframes = [timeframe] if timeframe else list(instrument.timeframes) if instrument else ["1d"]
+            timeframes = [timeframe] if timeframe else [s.timeframe for s in series_of(instrument)] if instrument else ["1d"]
             if not timeframes:
                 raise CommandError(f"{symbol}: no timeframe given and the instrument lists none", returncode=2)
             series.append((symbol, instrument, timeframes))
@@ -198,7 +199,12 @@ class Command(BaseCommand):
 
     @staticmethod
     def new_asset_class(symbol: str, options) -> str:
-        """The asset class a symbol not on the watchlist is registered with (exit 2 if unknown)."""
+        """The asset class a symbol not on the watchlist is registered with (exit 2 if unknown or if the
+        symbol breaks the instrument rules the API and the admin apply)."""
+        try:
+            check_symbol(symbol)
+        except InstrumentRuleError as exc:
+            raise CommandError(f"cannot register instrument {symbol!r}: {exc}", returncode=2) from None
         asset_class = options.get("asset_class")
         if not asset_class and options.get("provider"):
             # binance serves crypto only, alpaca US equities only: the provider says what a new symbol is.

@@ -13,12 +13,13 @@ from django.db.models import Count
 from django.utils import timezone
 
 from integrity.backfill import BackfillResult, run_backfill
-from integrity.health import run_health_monitoring
+from integrity.health.job import run_health_monitoring
 from integrity.management.commands.backfill import Command as BackfillCommand
 from integrity.models import BackfillState, Candle, DataAnomaly, DuplicateRecordLog, Instrument
 from integrity.quality.anomalies import detect_data_anomalies
 from integrity.quality.cleanup import cleanup_duplicate_records
 from integrity.quality.enrichment import enrich_series
+from integrity.series import active_series
 
 WATCHLIST = [
     # symbol, asset class, calendar, timeframes, provider options (faults make the demo interesting)
@@ -58,9 +59,9 @@ class Command(BaseCommand):
 
         self.section("6. Health check")
         report = run_health_monitoring(scan_anomalies=False)
-        self.stdout.write(f"  status {report['status']}: {report['stale_series']['count']} stale series, "
-                          f"{report['failing_symbols']['count']} failing symbols, "
-                          f"{report['anomalies']['open']} open anomalies, {len(report['alerts'])} alert(s) sent")
+        self.stdout.write(f"  status {report.status}: {report.stale_series.count} stale series, "
+                          f"{report.failing_symbols.count} failing symbols, "
+                          f"{report.anomalies.open} open anomalies, {len(report.alerts)} alert(s) sent")
 
         self.section("Summary")
         self.stdout.write(f"  candles stored:      {Candle.objects.count()}")
@@ -94,11 +95,10 @@ class Command(BaseCommand):
     def backfill(self) -> list[BackfillResult]:
         now = timezone.now()
         results = []
-        for instrument in Instrument.objects.filter(active=True).order_by("symbol"):
-            for timeframe in instrument.timeframes:
-                has_data = Candle.objects.filter(symbol=instrument.symbol, timeframe=timeframe).exists()
-                start = None if has_data else now - LOOKBACK.get(timeframe, timedelta(days=30))
-                results.append(run_backfill(instrument.symbol, timeframe, start=start, requested_by="demo"))
+        for series in active_series():
+            has_data = Candle.objects.filter(symbol=series.symbol, timeframe=series.timeframe).exists()
+            start = None if has_data else now - LOOKBACK.get(series.timeframe, timedelta(days=30))
+            results.append(run_backfill(series.symbol, series.timeframe, start=start, requested_by="demo"))
         return results
 
     def cleanup(self) -> None:

@@ -1,6 +1,6 @@
 """``manage.py health_check``: run the health-monitoring job now and report.
 
-Exit codes: 0 healthy, 1 warning, 2 critical (see ``integrity.health`` for what each means).
+Exit codes: 0 healthy, 1 warning, 2 critical (see ``HealthReport.compute_status`` for what each means).
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import sys
 
 from django.core.management.base import BaseCommand
 
-from integrity.health import run_health_monitoring
+from integrity.health.job import run_health_monitoring
+from integrity.health.report import HealthReport
 from integrity.management.output import keep_stdout_for_json
 
 EXIT_CODES = {"healthy": 0, "warning": 1, "critical": 2}
@@ -28,38 +29,38 @@ class Command(BaseCommand):
         keep_stdout_for_json(options)
         report = run_health_monitoring(scan_anomalies=not options["skip_scan"])
         if options["format"] == "json":
-            self.stdout.write(json.dumps(report, indent=2, default=str))
+            self.stdout.write(json.dumps(report.as_dict(), indent=2, default=str))
         else:
             self.write_text(report)
-        code = EXIT_CODES.get(report["status"], 2)
+        code = EXIT_CODES.get(report.status, 2)
         if code:
             sys.exit(code)
 
-    def write_text(self, report: dict) -> None:
+    def write_text(self, report: HealthReport) -> None:
         out = self.stdout.write
-        out(f"health: {report['status'].upper()} (run {report['run_id']}, {report['duration_ms']} ms, "
-            f"as of {report['as_of']})")
-        stale = report["stale_series"]
-        out(f"stale series: {stale['count']} of {stale.get('watched', 0)} "
-            f"(more than {stale['threshold_hours']:g} h behind the expected bar)")
-        for s in stale["series"][:20]:
+        out(f"health: {report.status.upper()} (run {report.run_id}, {report.duration_ms} ms, "
+            f"as of {report.as_of.isoformat()})")
+        stale = report.stale_series
+        out(f"stale series: {stale.count} of {stale.watched or 0} "
+            f"(more than {stale.threshold_hours:g} h behind the expected bar)")
+        for s in stale.series[:20]:
             behind = "no bars" if s["hours_stale"] is None else f"{s['hours_stale']:.1f} h behind"
             out(f"  {s['symbol']} {s['timeframe']}: last bar {s['last_bar'] or '-'}, {behind}")
-        failing = report["failing_symbols"]
-        out(f"failing symbols: {failing['count']} ({failing['at_threshold']} at or above {failing['threshold']})")
-        for f in failing["symbols"][:20]:
+        failing = report.failing_symbols
+        out(f"failing symbols: {failing.count} ({failing.at_threshold} at or above {failing.threshold})")
+        for f in failing.symbols[:20]:
             out(f"  {f['symbol']}: {f['consecutive_failures']} consecutive failure(s) — {f['last_error'][:100]}")
-        anomalies = report["anomalies"]
-        by_sev = ", ".join(f"{k} {v}" for k, v in anomalies["open_by_severity"].items())
-        out(f"open anomalies: {anomalies['open']} ({by_sev})")
-        if report["anomaly_scan"]:
-            scan = report["anomaly_scan"]
+        anomalies = report.anomalies
+        by_sev = ", ".join(f"{k} {v}" for k, v in anomalies.by_severity.items())
+        out(f"open anomalies: {anomalies.open} ({by_sev})")
+        if report.anomaly_scan:
+            scan = report.anomaly_scan
             out(f"anomaly scan: {scan['series_scanned']} series, {scan['created']} new, {scan['updated']} updated, "
                 f"{scan['resolved']} auto-resolved")
-        if report["reaped_backfills"]:
-            out(f"reaped backfills: {len(report['reaped_backfills'])}")
-        for alert in report["alerts"]:
+        if report.reaped_backfills:
+            out(f"reaped backfills: {len(report.reaped_backfills)}")
+        for alert in report.alerts:
             channels = ", ".join(f"{k} {v}" for k, v in alert["channels"].items())
             out(f"alert sent: {alert['subject']} [{channels}]")
-        for error in report["errors"]:
+        for error in report.errors:
             out(self.style.ERROR(f"check {error['check']} failed: {error['error']}"))

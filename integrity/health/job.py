@@ -1,0 +1,136 @@
+"""The health-monitoring job: one pass over the whole watchlist, recorded as a ``HealthCheckRun``.
+
+``run_health_monitoring`` runs these checks, each in its own ``try``: a check that raises is recorded
+in the run's ``errors`` (and makes the run critical) while the others still run.
+
+1. ``reap`` — fail backfills whose worker is gone (``reap_dead_backfills``), freeing their series.
+2. ``staleness`` — every active series judged by ``integrity.health.staleness``.
+3. ``failures`` — symbols with consecutive backfill failures (>= 1), flagged at
+   ``FAILURE_ALERT_THRESHOLD``.
+4. ``anomaly_scan`` — the anomaly suite, incrementally (``detect_data_anomalies()``): stale for
+   every series (reusing the newest bars the staleness check read), the other detectors only for
+   series changed since their last scan — see ``integrity.quality.anomalies``.
+5. ``anomaly_totals`` — open anomalies by severity and by type.
+6. ``alerts`` — the due alerts, each sent once (``integrity.health.alerting``).
+
+The status is ``HealthReport.compute_status``. Acknowledged anomalies do not count: a human has
+them in hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+
+from django.utils import timezone
+
+from ..backfill import reap_dead_backfills
+from ..conf import conf
+from ..models import HealthCheckRun, HealthStatus
+from ..quality import anomalies as quality_anomalies
+from .alerting import MAX_LISTED, alert_critical_anomalies, alert_stale_transitions, alert_unsent_failures
+from .report import FailingSummary, HealthReport, StaleSummary
+from .staleness import SeriesFreshness, assess_staleness, stale_hours
+from .summaries import failing_symbols, open_anomaly_totals
+
+logger = logging.getLogger("integrity.health")
+
+
+def _run_check(name: str, report: HealthReport, check: Callable[[], None]) -> None:
+    started = time.monotonic()
+    try:
+        check()
+    except Exception as exc:  # noqa: BLE001 — recorded on the run; the other checks go on
+        logger.exception("health check %s failed", name)
+        report.errors.append({
+            "check": name,
+            "error": f"{exc.__class__.__name__}: {exc}"[:2000],
+            "traceback": traceback.format_exc()[-4000:],
+        })
+    report.timings_ms[name] = round((time.monotonic() - started) * 1000, 1)
+
+
+def run_health_monitoring(now: datetime | None = None, *, scan_anomalies: bool = True) -> HealthReport:
+    """Run every check, send the alerts due, persist a ``HealthCheckRun`` and return its report.
+
+    ``scan_anomalies=False`` skips the anomaly suite (the totals of stored anomalies and their
+    alerts still run); ``report.anomaly_scan`` is then None.
+    """
+    started_at = timezone.now()
+    started = time.monotonic()
+    now = now or started_at
+    run = HealthCheckRun.objects.create(started_at=started_at, status=HealthStatus.RUNNING)
+    report = HealthReport(
+        run_id=run.pk, as_of=now, started_at=started_at,
+        stale_series=StaleSummary(threshold_hours=stale_hours()),
+        failing_symbols=FailingSummary(threshold=conf.FAILURE_ALERT_THRESHOLD),
+    )
+    series: list[SeriesFreshness] = []
+
+    def reap():
+        report.reaped_backfills = [
+            {"execution_id": str(s.execution_id), "symbol": s.symbol, "timeframe": s.timeframe,
+             "error": s.error_message}
+            for s in reap_dead_backfills(now=now)
+        ]
+
+    def staleness():
+        series.extend(assess_staleness(now, report.errors))
+        stale = sorted((s for s in series if s.stale),
+                       key=lambda s: (-(s.hours_behind if s.hours_behind is not None else float("inf")),
+                                      s.symbol, s.timeframe))
+        summary = report.stale_series
+        summary.count, summary.watched = len(stale), len(series)
+        summary.series = [s.as_dict() for s in stale[:MAX_LISTED]]
+        summary.truncated = len(stale) > MAX_LISTED
+
+    def failures():
+        rows = failing_symbols()
+        summary = report.failing_symbols
+        summary.count = len(rows)
+        summary.at_threshold = sum(1 for r in rows if r["at_threshold"])
+        summary.symbols = rows[:MAX_LISTED]
+
+    def anomaly_scan():
+        # The staleness check has just read every watched series' newest bar: share it.
+        newest = {(s.symbol, s.timeframe): s.last_bar for s in series}
+        result = quality_anomalies.detect_data_anomalies(now=now, newest_bars=newest)
+        report.anomaly_scan = {**result.as_dict(), "new_anomalies": len(result.new_anomaly_ids)}
+
+    def anomaly_totals():
+        report.anomalies = open_anomaly_totals()
+
+    def alerts():
+        # Each kind on its own, so one failing does not stop the next.
+        for name, due in (("stale", lambda: alert_stale_transitions(series)),
+                          ("critical_anomalies", alert_critical_anomalies),
+                          ("failing_symbols", alert_unsent_failures)):
+            _run_check(f"alerts.{name}", report, lambda d=due: report.alerts.extend(d()))
+
+    try:
+        _run_check("reap", report, reap)
+        _run_check("staleness", report, staleness)
+        _run_check("failures", report, failures)
+        if scan_anomalies:
+            _run_check("anomaly_scan", report, anomaly_scan)
+        _run_check("anomaly_totals", report, anomaly_totals)
+        alerts()  # times and records its parts itself
+    finally:
+        report.finished_at = timezone.now()
+        report.status = report.compute_status()
+        report.duration_ms = int((time.monotonic() - started) * 1000)
+        HealthCheckRun.objects.filter(pk=run.pk).update(
+            finished_at=report.finished_at,
+            duration_ms=report.duration_ms,
+            status=report.status,
+            results=report.as_dict(),
+            errors=report.errors,
+            alerts_sent=len(report.alerts),
+        )
+    logger.info("health run %s: %s (%s stale, %s failing, %s open anomalies, %s alert(s), %s error(s)) in %s ms",
+                run.pk, report.status, report.stale_series.count, report.failing_symbols.count,
+                report.anomalies.open, len(report.alerts), len(report.errors), report.duration_ms)
+    return report
