@@ -65,12 +65,12 @@ def changed_run(counts: dict) -> dict:
         changed = cursor.rowcount
     with timer() as t:
         report = run_health_monitoring(now=NOW)
-    scan = report["anomaly_scan"] or {}
+    scan = report.anomaly_scan or {}
     print(f"  changed: {changed} series got a duplicate row; health run {t['seconds']:.3f}s, anomaly scan "
-          f"{report['timings_ms'].get('anomaly_scan', 0) / 1000:.3f}s, re-read {scan.get('series_rescanned')}, "
+          f"{report.timings_ms.get('anomaly_scan', 0) / 1000:.3f}s, re-read {scan.get('series_rescanned')}, "
           f"new anomalies {scan.get('new_anomalies')}", flush=True)
     return {"series_changed": changed, "seconds": round(t["seconds"], 3),
-            "anomaly_scan_seconds": round(report["timings_ms"].get("anomaly_scan", 0) / 1000, 3),
+            "anomaly_scan_seconds": round(report.timings_ms.get("anomaly_scan", 0) / 1000, 3),
             "series_rescanned": scan.get("series_rescanned"), "new_anomalies": scan.get("new_anomalies")}
 
 
@@ -166,28 +166,28 @@ def measure(series: int, bars: int, repeat: int, scan_repeat: int) -> dict:
         result["prime_scan"] = {"error": f"{exc.__class__.__name__}: {exc}"}
     with timer() as t:
         first = run_health_monitoring(now=NOW, scan_anomalies=False)
-    result["first_run"] = {"seconds": round(t["seconds"], 3), "alerts": len(first["alerts"])}
+    result["first_run"] = {"seconds": round(t["seconds"], 3), "alerts": len(first.alerts)}
     print(f"  prime: anomaly suite (full first scan) {result['prime_scan']}; first health run "
-          f"{t['seconds']:.2f}s (sent {len(first['alerts'])} digest alert(s))", flush=True)
+          f"{t['seconds']:.2f}s (sent {len(first.alerts)} digest alert(s))", flush=True)
 
     seconds, report = best_of(lambda: run_health_monitoring(now=NOW, scan_anomalies=False), repeat)
-    result["steady_without_scan"] = {"seconds": round(seconds, 3), "timings_ms": report["timings_ms"],
-                                     "status": report["status"], "stale_found": report["stale_series"]["count"]}
-    if report["stale_series"]["count"] != counts["stale_planted"]:
-        raise RuntimeError(f"found {report['stale_series']['count']} stale series, planted {counts['stale_planted']}")
+    result["steady_without_scan"] = {"seconds": round(seconds, 3), "timings_ms": report.timings_ms,
+                                     "status": report.status, "stale_found": report.stale_series.count}
+    if report.stale_series.count != counts["stale_planted"]:
+        raise RuntimeError(f"found {report.stale_series.count} stale series, planted {counts['stale_planted']}")
     print(f"  steady health run without the anomaly scan: {seconds:.3f}s (best of {repeat}); "
-          f"breakdown ms {report['timings_ms']}", flush=True)
+          f"breakdown ms {report.timings_ms}", flush=True)
 
     if scan_repeat:
         seconds, report = best_of(lambda: run_health_monitoring(now=NOW), scan_repeat)
-        result["steady"] = {"seconds": round(seconds, 3), "timings_ms": report["timings_ms"],
-                            "anomaly_scan": report["anomaly_scan"],
-                            "errors": [e["check"] + ": " + e["error"][:120] for e in report["errors"]]}
+        result["steady"] = {"seconds": round(seconds, 3), "timings_ms": report.timings_ms,
+                            "anomaly_scan": report.anomaly_scan,
+                            "errors": [e["check"] + ": " + e["error"][:120] for e in report.errors]}
         print(f"  steady health run with the incremental anomaly scan: {seconds:.3f}s (best of {scan_repeat}); "
-              f"anomaly scan {report['timings_ms'].get('anomaly_scan', 0) / 1000:.3f}s", flush=True)
-        if report["errors"]:
+              f"anomaly scan {report.timings_ms.get('anomaly_scan', 0) / 1000:.3f}s", flush=True)
+        if report.errors:
             print(f"  check errors: {result['steady']['errors']}", flush=True)
-        rescanned = (report["anomaly_scan"] or {}).get("series_rescanned")
+        rescanned = (report.anomaly_scan or {}).get("series_rescanned")
         print(f"  (series re-read by that scan: {rescanned})", flush=True)
         result["changed"] = changed_run(counts)
 
