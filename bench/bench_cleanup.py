@@ -141,7 +141,7 @@ def check_cleanup(result, copies: int) -> list[str]:
 
 
 def time_cleanup(batch_size: int) -> tuple[float, object]:
-    from integrity.quality.cleanup import cleanup_duplicate_records
+    from integrity.cleanup import cleanup_duplicate_records
 
     started = time.perf_counter()
     result = cleanup_duplicate_records(batch_size=batch_size)

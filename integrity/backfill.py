@@ -58,6 +58,7 @@ from .models import (
     Timeframe,
 )
 from .providers import FetchRequest, Provider, get_provider
+from .quality.findings import fingerprint as anomaly_fingerprint
 from .ranges import RangeError, check_backfill_range
 from .shutdown import stop_on_sigterm, stop_requested
 from .timeframes import BarAlignment, floor_to_timeframe, timeframe_delta
@@ -835,7 +836,8 @@ def record_invalid_bars_anomaly(state: BackfillState, summary: ValidationSummary
     """One invalid_ohlc anomaly per execution, with reason counts and examples."""
     from .models import AnomalyType, DataAnomaly, Severity
 
-    fingerprint = f"invalid_ohlc:execution:{state.execution_id}"
+    fingerprint = anomaly_fingerprint(AnomalyType.INVALID_OHLC.value, state.symbol, state.timeframe,
+                                      execution_id=state.execution_id)
     existing = DataAnomaly.objects.filter(fingerprint=fingerprint, execution_id=state.execution_id).first()
     if existing is not None:
         return existing  # recorded by an attempt whose reply was lost

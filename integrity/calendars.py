@@ -35,7 +35,7 @@ from __future__ import annotations
 import threading
 import warnings
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -95,7 +95,7 @@ def calendar_for_asset_class(asset_class: str) -> str:
 # --- time conversion ---------------------------------------------------------------------------
 
 
-def _to_ns(value) -> int:
+def to_ns(value) -> int:
     """A datetime-like as int64 ns since the epoch (UTC); naive values are taken as UTC."""
     ts = pd.Timestamp(value)
     if ts is pd.NaT:
@@ -331,23 +331,109 @@ def expected_ns(calendar: str, timeframe: str, lo: int, hi: int,
     return bars[a:b]
 
 
-_expected_ns = expected_ns  # the name the provider and detector modules import
-
-
 def expected_bars(calendar: str, timeframe: str, start: datetime, end: datetime,
                   alignment: str = BarAlignment.CLOCK) -> pd.DatetimeIndex:
     """Open times (UTC, sorted, unique) of the bars ``calendar`` expects in [start, end)."""
-    return _index_from_ns(expected_ns(calendar, timeframe, _to_ns(start), _to_ns(end), alignment))
+    return _index_from_ns(expected_ns(calendar, timeframe, to_ns(start), to_ns(end), alignment))
 
 
 def count_expected_bars(calendar: str, timeframe: str, start: datetime, end: datetime,
                         alignment: str = BarAlignment.CLOCK) -> int:
-    lo, hi = _to_ns(start), _to_ns(end)
+    lo, hi = to_ns(start), to_ns(end)
     if calendar == CRYPTO_CALENDAR:
         step = _check(calendar, timeframe)  # 24/7 bars, daily ones included, are epoch-aligned
         first = -(-lo // step) * step
         return max(0, -(-(hi - first) // step))
     return len(expected_ns(calendar, timeframe, lo, hi, alignment))
+
+
+# Expected-bar arrays up to this many bars are built in one go (8 bytes each); longer spans are
+# counted interval by interval.
+DENSE_LIMIT = 4_000_000
+
+
+def expected_stats(calendar: str, timeframe: str, los: np.ndarray, his: np.ndarray, closed: bool,
+                   alignment: str = BarAlignment.CLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each [lo, hi] (``closed``) or (lo, hi) (open), int64 ns: the number of expected bars in
+    it, the first and the last one (-1: none). One expected-bar array serves all the intervals when
+    their hull is at most ``DENSE_LIMIT`` bars; a longer interval is counted without materialising."""
+    n = len(los)
+    counts = np.zeros(n, dtype="int64")
+    firsts = np.full(n, -1, dtype="int64")
+    lasts = np.full(n, -1, dtype="int64")
+    if n == 0:
+        return counts, firsts, lasts
+    step = timeframe_seconds(timeframe) * NS_PER_SECOND
+    lo_side, hi_side = ("left", "right") if closed else ("right", "left")
+
+    def fill(bars: np.ndarray, which: np.ndarray) -> None:
+        a = np.searchsorted(bars, los[which], side=lo_side)
+        b = np.searchsorted(bars, his[which], side=hi_side)
+        c = np.maximum(b - a, 0)
+        counts[which] = c
+        has = c > 0
+        firsts[which[has]] = bars[a[has]]
+        lasts[which[has]] = bars[b[has] - 1]
+
+    lo_all, hi_all = int(los.min()), int(his.max())
+    if (hi_all - lo_all) // step <= DENSE_LIMIT:
+        fill(expected_ns(calendar, timeframe, lo_all, hi_all + 1, alignment), np.arange(n))
+        return counts, firsts, lasts
+    for i in range(n):
+        lo, hi = int(los[i]), int(his[i])
+        if (hi - lo) // step <= DENSE_LIMIT:
+            fill(expected_ns(calendar, timeframe, lo, hi + 1, alignment), np.array([i]))
+            continue
+        # A huge interval (years of 1m bars): count without materialising, then find its ends.
+        start = lo if closed else lo + 1
+        end = hi + 1 if closed else hi
+        counts[i] = count_expected_bars(calendar, timeframe, pd.Timestamp(start, unit="ns", tz=UTC),
+                                        pd.Timestamp(end, unit="ns", tz=UTC), alignment)
+        if counts[i]:
+            firsts[i] = _first_expected(calendar, timeframe, start, end, step, alignment)
+            lasts[i] = _last_expected(calendar, timeframe, start, end, step, alignment)
+    return counts, firsts, lasts
+
+
+def _first_expected(calendar: str, timeframe: str, start: int, end: int, step: int, alignment: str) -> int:
+    width = 10_000 * step
+    while start < end:
+        bars = expected_ns(calendar, timeframe, start, min(end, start + width), alignment)
+        if len(bars):
+            return int(bars[0])
+        start, width = start + width, width * 2
+    return -1
+
+
+def _last_expected(calendar: str, timeframe: str, start: int, end: int, step: int, alignment: str) -> int:
+    width = 10_000 * step
+    while end > start:
+        bars = expected_ns(calendar, timeframe, max(start, end - width), end, alignment)
+        if len(bars):
+            return int(bars[-1])
+        end, width = end - width, width * 2
+    return -1
+
+
+_bars_per_day_cache: dict[tuple[str, str, str], float] = {}
+
+
+def bars_per_day(calendar: str, timeframe: str, ref_ns: int, alignment: str = BarAlignment.CLOCK) -> float:
+    """Bars in a typical trading day of the calendar: the average over the 28 days before the UTC
+    day of ``ref_ns`` for an exchange (its regular sessions), 24 hours of bars for 24/7 and 24/5."""
+    step_s = timeframe_seconds(timeframe)
+    if timeframe == "1d":
+        return 1.0
+    if calendar in OWN_CALENDARS:
+        return 86_400 / step_s
+    key = (calendar, timeframe, alignment)
+    if key not in _bars_per_day_cache:
+        end = _datetime_from_ns(ref_ns - ref_ns % NS_PER_DAY)
+        start = end - timedelta(days=28)
+        days = count_expected_bars(calendar, "1d", start, end)
+        bars = count_expected_bars(calendar, timeframe, start, end, alignment)
+        _bars_per_day_cache[key] = bars / days if days and bars else 86_400 / step_s
+    return _bars_per_day_cache[key]
 
 
 def is_expected_bar(calendar: str, timeframe: str, ts, alignment: str = BarAlignment.CLOCK) -> np.ndarray:
@@ -426,7 +512,7 @@ def last_completed_bar(calendar: str, timeframe: str, now: datetime,
     <= now.
     """
     step = _check(calendar, timeframe)
-    now_ns = _to_ns(now)
+    now_ns = to_ns(now)
     if session_anchored(calendar, timeframe, alignment):
         for lookback in _LOOKBACKS:
             bars, closes = _anchored_bars(*_intervals(calendar, now_ns - int(lookback.value), now_ns), step)
@@ -456,7 +542,7 @@ def previous_expected_bar(calendar: str, timeframe: str, ts: datetime,
                           alignment: str = BarAlignment.CLOCK) -> datetime | None:
     """The newest expected bar strictly before ``ts``, looking back about a month at most."""
     _check(calendar, timeframe)
-    return _newest_before(calendar, timeframe, _to_ns(ts), alignment)
+    return _newest_before(calendar, timeframe, to_ns(ts), alignment)
 
 
 def _newest_before(calendar: str, timeframe: str, end_ns: int,

@@ -67,5 +67,37 @@ def floor_to_timeframe(ts: datetime, timeframe: str) -> datetime:
     return EPOCH + timedelta(seconds=seconds - seconds % step)
 
 
-def is_aligned(ts: datetime, timeframe: str) -> bool:
-    return floor_to_timeframe(ts, timeframe) == ts
+
+# --- times as int64 nanoseconds since the epoch, and how they are written in messages ----------
+
+
+def ns_to_datetime(value: int) -> datetime:
+    """An int ns time as an aware UTC datetime (stored times have microsecond resolution)."""
+    return EPOCH + timedelta(microseconds=int(value) // 1000)
+
+
+def iso(value: datetime | int | None) -> str | None:
+    """ISO 8601 text of a datetime or an int ns time (None stays None): the form JSON details use."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        value = ns_to_datetime(value)
+    return value.isoformat()
+
+
+def bar_label(ns: int, timeframe: str) -> str:
+    """A bar time as a message shows it: a date for a midnight daily bar, else UTC to the minute
+    (to the second when it has seconds)."""
+    ts = ns_to_datetime(ns)
+    if timeframe == "1d" and ts.hour == ts.minute == ts.second == ts.microsecond == 0:
+        return ts.strftime("%Y-%m-%d")
+    if ts.second or ts.microsecond:
+        return ts.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return ts.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def bar_span(first: int, last: int, timeframe: str) -> str:
+    """"at <bar>" for one bar time, "from <first> to <last>" for several."""
+    if first == last:
+        return f"at {bar_label(first, timeframe)}"
+    return f"from {bar_label(first, timeframe)} to {bar_label(last, timeframe)}"

@@ -31,6 +31,7 @@ of equal timestamps across pages (the CSV provider guarantees this).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,20 +42,81 @@ import pandas as pd
 from integrity.providers.base import BAR_COLUMNS, PRICE_COLUMNS, empty_bar_frame
 from integrity.timeframes import BarAlignment, timeframe_seconds
 
+DEFAULT_EXAMPLE_LIMIT = 10
+
+
+# --- the OHLC value rules: written once, applied to incoming bars and (as SQL) to stored rows -----
+
+
+@dataclass(frozen=True)
+class OhlcRule:
+    """One rule on a bar's values.
+
+    ``breaks(o, h, lo, c, v)``: where the rule is broken, over numpy float arrays. ``holds_sql``:
+    the SQL condition under which a ``candles`` row aliased ``c`` keeps it, with ``{least}``,
+    ``{greatest}`` and ``{inf}`` filled per database. The SQL conditions are written to be combined
+    (``ohlc_sql_predicate``), so one may lean on another: with low <= min(open, close) and
+    max(open, close) <= high, "low > 0" bounds every price and "high < inf" every price from above
+    (PostgreSQL sorts NaN above infinity; SQLite cannot store NaN).
+    """
+
+    code: str
+    breaks: Callable[..., np.ndarray]
+    holds_sql: str
+
+
+OHLC_RULES: tuple[OhlcRule, ...] = (
+    OhlcRule("non_finite",
+             lambda o, h, lo, c, v: ~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c)
+                                      & np.isfinite(v)),
+             "c.high < {inf} AND c.volume < {inf}"),
+    OhlcRule("non_positive_price", lambda o, h, lo, c, v: (o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0),
+             "c.low > 0"),
+    OhlcRule("high_below_low", lambda o, h, lo, c, v: h < lo, "c.low <= c.high"),
+    OhlcRule("high_below_open_close", lambda o, h, lo, c, v: h < np.fmax(o, c),
+             "{greatest}(c.open, c.close) <= c.high"),
+    OhlcRule("low_above_open_close", lambda o, h, lo, c, v: lo > np.fmin(o, c),
+             "c.low <= {least}(c.open, c.close)"),
+    OhlcRule("negative_volume", lambda o, h, lo, c, v: v < 0, "c.volume >= 0"),
+)
+OHLC_RULE_CODES: tuple[str, ...] = tuple(rule.code for rule in OHLC_RULES)
+
+# Every reason a bar can be rejected for, in the order they are reported.
 REASON_CODES: tuple[str, ...] = (
     "missing_ts",
-    "non_finite",
-    "non_positive_price",
-    "high_below_low",
-    "high_below_open_close",
-    "low_above_open_close",
-    "negative_volume",
+    *OHLC_RULE_CODES,
     "misaligned_ts",
     "future_ts",
     "duplicate_ts",
 )
 
-DEFAULT_EXAMPLE_LIMIT = 10
+_SQL_FLAVOURS = {
+    "postgresql": {"least": "least", "greatest": "greatest", "inf": "'Infinity'::float8",
+                   "false": "IS NOT TRUE"},
+    # SQLite cannot store NaN (it becomes NULL, refused by NOT NULL); 9e999 is +inf.
+    "sqlite": {"least": "min", "greatest": "max", "inf": "9e999", "false": "IS NOT 1"},
+}
+
+
+def ohlc_rule_masks(o, h, lo, c, v) -> dict[str, np.ndarray]:
+    """Rule code -> where the rule is broken, for float arrays of the five values (NaN breaks
+    ``non_finite`` only: every comparison with it is false)."""
+    values = [np.asarray(x, dtype="float64") for x in (o, h, lo, c, v)]
+    with np.errstate(invalid="ignore"):
+        return {rule.code: rule.breaks(*values) for rule in OHLC_RULES}
+
+
+def ohlc_sql_predicate(vendor: str) -> str:
+    """SQL true for a ``candles`` row aliased ``c`` that breaks any of ``OHLC_RULES`` (``vendor``:
+    ``connection.vendor``, postgresql or sqlite)."""
+    try:
+        flavour = _SQL_FLAVOURS[vendor]
+    except KeyError:
+        raise ValueError(
+            f"no OHLC rule SQL for database {vendor!r}; expected one of {', '.join(_SQL_FLAVOURS)}"
+        ) from None
+    holds = " AND ".join(rule.holds_sql.format(**flavour) for rule in OHLC_RULES)
+    return f"({holds}) {flavour['false']}"
 
 _NS_PER_SECOND = 1_000_000_000
 _TS_DTYPE = "datetime64[ns, UTC]"
@@ -161,12 +223,7 @@ def validate_bars(frame: pd.DataFrame, timeframe: str, now: datetime | None = No
     with np.errstate(invalid="ignore"):
         masks = {
             "missing_ts": ~has_ts,
-            "non_finite": ~(np.isfinite(prices).all(axis=1) & np.isfinite(v)),
-            "non_positive_price": (prices <= 0).any(axis=1),
-            "high_below_low": h < lo,
-            "high_below_open_close": h < np.fmax(o, c),
-            "low_above_open_close": lo > np.fmin(o, c),
-            "negative_volume": v < 0,
+            **ohlc_rule_masks(o, h, lo, c, v),
             "misaligned_ts": has_ts & (np.mod(ts_ns, step_ns) != 0),
             "future_ts": has_ts & (ts_ns > now_ns),
             "duplicate_ts": has_ts & pd.Series(ts_ns).duplicated(keep=False).to_numpy(),

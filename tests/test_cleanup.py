@@ -1,4 +1,4 @@
-"""Duplicate cleanup: ``integrity.quality.cleanup`` and ``manage.py cleanup_duplicates``."""
+"""Duplicate cleanup: ``integrity.cleanup`` and ``manage.py cleanup_duplicates``."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from django.core.management import call_command
 from django.db import connection
 from django.db.models import Count
 
+from integrity import cleanup as cleanup_module
+from integrity.cleanup import CleanupConflict, CleanupError, cleanup_duplicate_records
 from integrity.models import Candle, DuplicateKeptBy, DuplicateRecordLog
-from integrity.quality import cleanup as cleanup_module
-from integrity.quality.cleanup import CleanupConflict, CleanupError, cleanup_duplicate_records
 from integrity.validation import validate_bars
 from tests.helpers import utc
 

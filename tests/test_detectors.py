@@ -14,21 +14,12 @@ import pandas as pd
 import pytest
 from django.db import connection
 
+from integrity import calendars
 from integrity.calendars import expected_bars
 from integrity.models import Candle, Instrument, SeriesStats
 from integrity.providers.synthetic import synthetic_bars
-from integrity.quality import detectors, sql
-from integrity.quality.detectors import (
-    DETECTORS,
-    detect_duplicates,
-    detect_gaps,
-    detect_invalid_ohlc,
-    detect_off_calendar,
-    detect_outliers,
-    detect_stale,
-    robust_volatility,
-    run_detectors,
-)
+from integrity.quality import sql
+from integrity.quality.detectors import DETECTORS, robust_volatility, run_detectors
 from integrity.quality.findings import SeriesContext
 from integrity.quality.thresholds import (
     DEFAULT_THRESHOLDS,
@@ -229,14 +220,14 @@ class TestGaps:
     def test_deleted_bars_make_one_finding_per_contiguous_run(self):
         frame = drop(drop(bars(), utc(2024, 1, 2, 10), utc(2024, 1, 2, 22)), utc(2024, 1, 5, 3), utc(2024, 1, 5, 4))
         store(frame)
-        assert summary(detect_gaps([ctx()])) == [
+        assert summary(run_detectors([ctx()], ["gap"])) == [
             ("gap", utc(2024, 1, 2, 10), utc(2024, 1, 2, 21), 12, "medium"),
             ("gap", utc(2024, 1, 5, 3), utc(2024, 1, 5, 3), 1, "low"),
         ]
 
     def test_the_description_names_count_timeframe_and_span(self):
         store(drop(bars(), utc(2024, 1, 2, 10), utc(2024, 1, 2, 22)))
-        [gap] = detect_gaps([ctx()])
+        [gap] = run_detectors([ctx()], ["gap"])
         assert gap.description == "12 missing 1h bars from 2024-01-02 10:00 UTC to 2024-01-02 21:00 UTC"
         assert gap.key == "2024-01-02T10:00:00+00:00"
         assert gap.details["previous_bar"] == "2024-01-02T09:00:00+00:00"
@@ -244,7 +235,7 @@ class TestGaps:
 
     def test_severity_grows_with_the_missing_span(self):
         store(drop(drop(bars(), utc(2024, 1, 2), utc(2024, 1, 3, 1)), utc(2024, 1, 4), utc(2024, 1, 9, 12)))
-        assert [(f.affected_rows, f.severity) for f in detect_gaps([ctx()])] == [(25, "high"), (132, "critical")]
+        assert [(f.affected_rows, f.severity) for f in run_detectors([ctx()], ["gap"])] == [(25, "high"), (132, "critical")]
 
     def test_missing_bars_on_both_sides_of_a_weekend_form_one_gap(self):
         # Friday from 19:00 (EST session: bars 14:00..20:00 UTC) and Monday (EDT: 13:00..19:00) until
@@ -252,14 +243,14 @@ class TestGaps:
         frame = drop(bars("AAPL", "1h", "equity", utc(2024, 3, 4), utc(2024, 3, 16)), utc(2024, 3, 8, 19),
                      utc(2024, 3, 11, 15))
         store(frame, "AAPL")
-        [gap] = detect_gaps([ctx("AAPL", "1h", "equity")])
+        [gap] = run_detectors([ctx("AAPL", "1h", "equity")], ["gap"])
         assert (gap.period_start, gap.period_end, gap.affected_rows) == (
             utc(2024, 3, 8, 19), utc(2024, 3, 11, 14), 4)
 
     def test_a_missing_session_on_a_daily_series_is_one_bar(self):
         store(drop(bars("AAPL", "1d", "equity", utc(2024, 1, 1), utc(2024, 3, 1)), utc(2024, 2, 5), utc(2024, 2, 6)),
               "AAPL", "1d")
-        assert summary(detect_gaps([ctx("AAPL", "1d", "equity")])) == [
+        assert summary(run_detectors([ctx("AAPL", "1d", "equity")], ["gap"])) == [
             ("gap", utc(2024, 2, 5), utc(2024, 2, 5), 1, "low")]
 
     def test_duplicates_do_not_confuse_the_gap_detection(self):
@@ -267,18 +258,18 @@ class TestGaps:
         store(frame)
         store(frame[frame["ts"].isin([pd.Timestamp("2024-01-02 23:00", tz="UTC"),
                                       pd.Timestamp("2024-01-03 02:00", tz="UTC")])])
-        assert summary(detect_gaps([ctx()])) == [("gap", utc(2024, 1, 3), utc(2024, 1, 3, 1), 2, "medium")]
+        assert summary(run_detectors([ctx()], ["gap"])) == [("gap", utc(2024, 1, 3), utc(2024, 1, 3, 1), 2, "medium")]
 
     def test_a_gap_threshold_override_changes_the_severity(self):
         store(drop(bars(), utc(2024, 1, 2, 10), utc(2024, 1, 2, 22)))
-        [gap] = detect_gaps([ctx(gap_high_days=0.5)])
+        [gap] = run_detectors([ctx(gap_high_days=0.5)], ["gap"])
         assert gap.severity == "high"
 
     def test_it_judges_many_series_in_one_run(self):
         store(drop(bars("A"), utc(2024, 1, 2), utc(2024, 1, 2, 1)), "A")
         store(drop(bars("B"), utc(2024, 1, 3), utc(2024, 1, 3, 1)), "B")
         store(bars("C"), "C")
-        found = detect_gaps([ctx("A"), ctx("B"), ctx("C")])
+        found = run_detectors([ctx("A"), ctx("B"), ctx("C")], ["gap"])
         assert [(f.symbol, f.period_start) for f in found] == [("A", utc(2024, 1, 2)), ("B", utc(2024, 1, 3))]
 
 
@@ -289,7 +280,7 @@ class TestOffCalendar:
     def test_a_saturday_bar_on_xnys_is_off_calendar(self):
         store(bars("AAPL", "1d", "equity", utc(2024, 3, 1), utc(2024, 3, 16)), "AAPL", "1d")
         add_bar("AAPL", "1d", utc(2024, 3, 9))
-        [found] = detect_off_calendar([ctx("AAPL", "1d", "equity")])
+        [found] = run_detectors([ctx("AAPL", "1d", "equity")], ["off_calendar"])
         assert (found.period_start, found.period_end, found.affected_rows, found.key) == (
             utc(2024, 3, 9), utc(2024, 3, 9), 1, "2024-03-09T00:00:00+00:00")
         assert "XNYS" in found.description
@@ -297,14 +288,14 @@ class TestOffCalendar:
     def test_a_saturday_bar_makes_no_gap(self):
         store(bars("AAPL", "1d", "equity", utc(2024, 3, 1), utc(2024, 3, 16)), "AAPL", "1d")
         add_bar("AAPL", "1d", utc(2024, 3, 9))
-        assert detect_gaps([ctx("AAPL", "1d", "equity")]) == []
+        assert run_detectors([ctx("AAPL", "1d", "equity")], ["gap"]) == []
 
     def test_consecutive_off_calendar_bars_form_one_finding(self):
         store(bars("AAPL", "1m", "equity", utc(2024, 3, 8), utc(2024, 3, 12)), "AAPL", "1m")
         for minute in range(5):  # Friday after the close
             add_bar("AAPL", "1m", utc(2024, 3, 8, 21, minute))
         add_bar("AAPL", "1m", utc(2024, 3, 9, 15))  # Saturday
-        assert summary(detect_off_calendar([ctx("AAPL", "1m", "equity")])) == [
+        assert summary(run_detectors([ctx("AAPL", "1m", "equity")], ["off_calendar"])) == [
             ("off_calendar", utc(2024, 3, 8, 21), utc(2024, 3, 8, 21, 4), 5, "medium"),
             ("off_calendar", utc(2024, 3, 9, 15), utc(2024, 3, 9, 15), 1, "medium"),
         ]
@@ -321,7 +312,7 @@ class TestOffCalendar:
     def test_an_unaligned_bar_in_a_session_is_off_calendar(self):
         store(bars("AAPL", "1h", "equity", utc(2024, 3, 4), utc(2024, 3, 9)), "AAPL")
         add_bar("AAPL", "1h", utc(2024, 3, 5, 16, 30))
-        assert [f.period_start for f in detect_off_calendar([ctx("AAPL", "1h", "equity")])] == [
+        assert [f.period_start for f in run_detectors([ctx("AAPL", "1h", "equity")], ["off_calendar"])] == [
             utc(2024, 3, 5, 16, 30)]
 
     def test_a_run_split_across_streamed_chunks_stays_one_finding(self, monkeypatch):
@@ -329,19 +320,19 @@ class TestOffCalendar:
         store(bars("AAPL", "1h", "equity", utc(2024, 3, 4), utc(2024, 3, 16)), "AAPL")
         for hour in range(24):  # all of Saturday
             add_bar("AAPL", "1h", utc(2024, 3, 9, hour))
-        assert summary(detect_off_calendar([ctx("AAPL", "1h", "equity")])) == [
+        assert summary(run_detectors([ctx("AAPL", "1h", "equity")], ["off_calendar"])) == [
             ("off_calendar", utc(2024, 3, 9), utc(2024, 3, 9, 23), 24, "medium")]
 
     def test_an_unaligned_bar_on_24_7_is_off_calendar(self):
         store(bars())
         add_bar("BTC-USD", "1h", utc(2024, 1, 5, 10, 30))
-        assert summary(detect_off_calendar([ctx()])) == [
+        assert summary(run_detectors([ctx()], ["off_calendar"])) == [
             ("off_calendar", utc(2024, 1, 5, 10, 30), utc(2024, 1, 5, 10, 30), 1, "medium")]
 
     def test_a_bar_in_the_forex_weekend_is_off_calendar(self):
         store(bars("EURUSD", "1h", "forex", utc(2024, 3, 1), utc(2024, 3, 6)), "EURUSD")
         add_bar("EURUSD", "1h", utc(2024, 3, 2, 12), price=1.08)  # Saturday
-        [found] = detect_off_calendar([ctx("EURUSD", "1h", "forex")])
+        [found] = run_detectors([ctx("EURUSD", "1h", "forex")], ["off_calendar"])
         assert found.period_start == utc(2024, 3, 2, 12)
 
 
@@ -351,7 +342,7 @@ class TestOffCalendar:
 class TestOutliers:
     def test_a_spike_that_reverts_in_a_quiet_series_is_a_bad_tick(self):
         store(spike_close(bars(volatility=0.001), utc(2024, 1, 5, 12), 1.06))
-        [found] = detect_outliers([ctx()])
+        [found] = run_detectors([ctx()], ["outlier"])
         assert (found.period_start, found.severity, found.key) == (
             utc(2024, 1, 5, 12), "medium", "2024-01-05T12:00:00+00:00")
         assert "spike that reverts (likely bad tick)" in found.description
@@ -359,53 +350,53 @@ class TestOutliers:
 
     def test_a_large_spike_is_reported_once_not_again_on_its_way_back(self):
         store(bars(spikes=["2024-01-05T12:00:00Z"]))  # the synthetic provider's 1.5× close
-        [found] = detect_outliers([ctx()])
+        [found] = run_detectors([ctx()], ["outlier"])
         assert (found.period_start, found.severity) == (utc(2024, 1, 5, 12), "high")
         assert "revert" in found.description
 
     def test_a_persistent_25_percent_move_is_flagged_by_the_threshold(self):
         store(scale_from(bars(volatility=0.001), utc(2024, 1, 5, 12), 1.25))
-        [found] = detect_outliers([ctx()])
+        [found] = run_detectors([ctx()], ["outlier"])
         assert (found.period_start, found.severity) == (utc(2024, 1, 5, 12), "high")
         assert found.description.startswith("2024-01-05 12:00 UTC: close +25.")
         assert "threshold 20%" in found.description
 
     def test_a_persistent_move_below_the_threshold_is_not_a_bad_tick(self):
         store(scale_from(bars(volatility=0.001), utc(2024, 1, 5, 12), 1.10))
-        assert detect_outliers([ctx()]) == []
+        assert run_detectors([ctx()], ["outlier"]) == []
 
     def test_a_persistent_move_in_a_volatile_series_is_not_flagged(self):
         store(scale_from(bars(volatility=0.1), utc(2024, 1, 5, 12), 1.12))
-        assert detect_outliers([ctx()]) == []
+        assert run_detectors([ctx()], ["outlier"]) == []
 
     def test_a_reverting_move_in_a_volatile_series_is_not_flagged(self):
         store(spike_close(bars(volatility=0.1), utc(2024, 1, 5, 12), 1.10))
-        assert detect_outliers([ctx()]) == []
+        assert run_detectors([ctx()], ["outlier"]) == []
 
     def test_the_same_reverting_move_in_a_quiet_series_is_flagged(self):
         store(spike_close(bars(volatility=0.001), utc(2024, 1, 5, 12), 1.10))
-        assert [f.severity for f in detect_outliers([ctx()])] == ["medium"]
+        assert [f.severity for f in run_detectors([ctx()], ["outlier"])] == ["medium"]
 
     def test_it_uses_the_volatility_from_series_stats_when_known(self):
         store(spike_close(bars(volatility=0.001), utc(2024, 1, 5, 12), 1.06))
-        assert detect_outliers([ctx(vol=0.05)]) == []
+        assert run_detectors([ctx(vol=0.05)], ["outlier"]) == []
 
     def test_a_2_to_1_split_is_named(self):
         store(scale_from(bars("AAPL", "1d", "equity", utc(2024, 1, 1), utc(2024, 4, 1)), utc(2024, 2, 5), 0.5),
               "AAPL", "1d")
-        [found] = detect_outliers([ctx("AAPL", "1d", "equity")])
+        [found] = run_detectors([ctx("AAPL", "1d", "equity")], ["outlier"])
         assert (found.period_start, found.severity) == (utc(2024, 2, 5), "high")
         assert "possible 2:1 split" in found.description
 
     def test_a_reverse_split_is_named(self):
         store(scale_from(bars("AAPL", "1d", "equity", utc(2024, 1, 1), utc(2024, 4, 1)), utc(2024, 2, 5), 3.0),
               "AAPL", "1d")
-        [found] = detect_outliers([ctx("AAPL", "1d", "equity")])
+        [found] = run_detectors([ctx("AAPL", "1d", "equity")], ["outlier"])
         assert "possible 1:3 reverse split" in found.description
 
     def test_a_100x_unit_error_is_critical(self):
         store(scale_from(bars(), utc(2024, 1, 5, 12), 100.0, until=utc(2024, 1, 5, 13)))
-        [found] = detect_outliers([ctx()])
+        [found] = run_detectors([ctx()], ["outlier"])
         assert (found.period_start, found.severity) == (utc(2024, 1, 5, 12), "critical")
         assert "possible 100× unit error" in found.description
         assert found.details["cause"] == "unit_error"
@@ -415,21 +406,21 @@ class TestOutliers:
         i = frame.index[frame["ts"] == pd.Timestamp("2024-02-05", tz="UTC")][0]
         frame.loc[i, ["open", "high"]] = frame.loc[i - 1, "close"] * 1.3
         store(frame, "AAPL", "1d")
-        [found] = detect_outliers([ctx("AAPL", "1d", "equity")])
+        [found] = run_detectors([ctx("AAPL", "1d", "equity")], ["outlier"])
         assert "open +30.0%" in found.description
 
     def test_the_move_threshold_is_configurable_per_asset_class(self, settings):
         settings.QUALITY_THRESHOLDS = {"crypto": {"outlier_move": 0.3}}
         add_instrument("BTC-USD", "crypto", "24/7", timeframes=("1h",))
         store(scale_from(bars(volatility=0.001), utc(2024, 1, 5, 12), 1.25))
-        assert detect_outliers(series_contexts()) == []
+        assert run_detectors(series_contexts(), ["outlier"]) == []
 
     def test_the_move_threshold_is_configurable_per_instrument(self, settings):
         settings.QUALITY_THRESHOLDS = {"crypto": {"outlier_move": 0.3}}
         add_instrument("BTC-USD", "crypto", "24/7", timeframes=("1h",))
         Instrument.objects.filter(symbol="BTC-USD").update(quality_thresholds={"outlier_move": 0.1})
         store(scale_from(bars(volatility=0.001), utc(2024, 1, 5, 12), 1.15))
-        [found] = detect_outliers(series_contexts())
+        [found] = run_detectors(series_contexts(), ["outlier"])
         assert "threshold 10%" in found.description
 
     def test_robust_volatility_ignores_a_bad_tick(self):
@@ -448,13 +439,13 @@ class TestStale:
         store(bars("AAPL", "1d", "equity", utc(2024, 2, 1), utc(2024, 3, 9)), "AAPL", "1d")  # last: Fri 03-08
 
     def test_an_equity_ending_friday_is_not_stale_on_saturday_morning(self, friday_equity):
-        assert detect_stale([ctx("AAPL", "1d", "equity")], now=utc(2024, 3, 9, 9)) == []
+        assert run_detectors([ctx("AAPL", "1d", "equity")], ["stale"], now=utc(2024, 3, 9, 9)) == []
 
     def test_an_equity_ending_friday_is_not_stale_on_monday_evening(self, friday_equity):
-        assert detect_stale([ctx("AAPL", "1d", "equity")], now=utc(2024, 3, 11, 22)) == []
+        assert run_detectors([ctx("AAPL", "1d", "equity")], ["stale"], now=utc(2024, 3, 11, 22)) == []
 
     def test_an_equity_ending_friday_is_stale_the_next_wednesday(self, friday_equity):
-        [found] = detect_stale([ctx("AAPL", "1d", "equity")], now=utc(2024, 3, 13, 9))
+        [found] = run_detectors([ctx("AAPL", "1d", "equity")], ["stale"], now=utc(2024, 3, 13, 9))
         assert found.key == "2024-03-08T00:00:00+00:00"
         assert (found.period_start, found.period_end, found.affected_rows) == (
             utc(2024, 3, 11), utc(2024, 3, 12), 2)
@@ -465,17 +456,17 @@ class TestStale:
 
     def test_a_crypto_series_is_stale_once_a_bar_is_overdue_by_the_threshold(self):
         store(bars())  # last bar 2024-01-10 23:00
-        assert detect_stale([ctx()], now=utc(2024, 1, 11, 23, 30)) == []
-        [found] = detect_stale([ctx()], now=utc(2024, 1, 12, 1))
+        assert run_detectors([ctx()], ["stale"], now=utc(2024, 1, 11, 23, 30)) == []
+        [found] = run_detectors([ctx()], ["stale"], now=utc(2024, 1, 12, 1))
         assert found.details["missing_bars"] == 25
 
     def test_stale_hours_are_configurable(self):
         store(bars())
-        [found] = detect_stale([ctx(stale_hours=2)], now=utc(2024, 1, 11, 3))
+        [found] = run_detectors([ctx(stale_hours=2)], ["stale"], now=utc(2024, 1, 11, 3))
         assert found.details["threshold_hours"] == 2.0
 
     def test_a_series_without_bars_is_skipped(self):
-        assert detect_stale([ctx()], now=utc(2024, 1, 11)) == []
+        assert run_detectors([ctx()], ["stale"], now=utc(2024, 1, 11)) == []
 
 
 # --- invalid_ohlc ------------------------------------------------------------------------------
@@ -486,7 +477,7 @@ class TestInvalidOhlc:
         store(bars())
         broken = add_bar("BTC-USD", "1h", utc(2024, 1, 11, 5), high=90.0, low=110.0)
         negative = add_bar("BTC-USD", "1h", utc(2024, 1, 11, 6), volume=-1.0)
-        [found] = detect_invalid_ohlc([ctx()])
+        [found] = run_detectors([ctx()], ["invalid_ohlc"])
         assert (found.key, found.affected_rows, found.severity) == ("stored", 2, "high")
         assert (found.period_start, found.period_end) == (utc(2024, 1, 11, 5), utc(2024, 1, 11, 6))
         assert [s["id"] for s in found.details["sample"]] == [broken.id, negative.id]
@@ -495,7 +486,7 @@ class TestInvalidOhlc:
 
     def test_non_positive_prices_are_invalid(self):
         add_bar("BTC-USD", "1h", utc(2024, 1, 1), price=0.0, high=0.0, low=0.0)
-        [found] = detect_invalid_ohlc([ctx()])
+        [found] = run_detectors([ctx()], ["invalid_ohlc"])
         assert found.details["reasons"] == {"non_positive_price": 1}
 
     @pytest.mark.postgres_only  # SQLite stores NaN as NULL, which NOT NULL refuses: it cannot be stored
@@ -503,7 +494,7 @@ class TestInvalidOhlc:
         add_bar("BTC-USD", "1h", utc(2024, 1, 1))
         add_bar("BTC-USD", "1h", utc(2024, 1, 1, 1), close=float("nan"))
         add_bar("BTC-USD", "1h", utc(2024, 1, 1, 2), high=float("inf"))
-        [found] = detect_invalid_ohlc([ctx()])
+        [found] = run_detectors([ctx()], ["invalid_ohlc"])
         assert found.affected_rows == 2
         assert found.details["reasons"] == {"non_finite": 2}
 
@@ -524,7 +515,7 @@ class TestDuplicates:
         twice = frame[frame["ts"] == pd.Timestamp("2024-01-03 05:00", tz="UTC")]
         thrice = frame[frame["ts"] == pd.Timestamp("2024-01-07 00:00", tz="UTC")]
         store(pd.concat([twice, thrice, thrice]))
-        [found] = detect_duplicates([ctx()])
+        [found] = run_detectors([ctx()], ["duplicate"])
         assert (found.key, found.affected_rows, found.severity) == ("duplicates", 3, "medium")
         assert (found.period_start, found.period_end) == (utc(2024, 1, 3, 5), utc(2024, 1, 7))
         assert found.details["groups"] == 2
@@ -535,14 +526,14 @@ class TestDuplicates:
         frame = bars()
         store(frame)
         store(frame.iloc[[10, 10, 50]])
-        full = detect_duplicates([ctx()])
-        incremental = detect_duplicates([ctx(since=utc(2024, 1, 10))])
+        full = run_detectors([ctx()], ["duplicate"])
+        incremental = run_detectors([ctx(since=utc(2024, 1, 10))], ["duplicate"])
         assert summary(full) == summary(incremental) == [
             ("duplicate", frame["ts"][10].to_pydatetime(), frame["ts"][50].to_pydatetime(), 3, "medium")]
 
     def test_a_series_without_duplicates_has_none(self):
         store(bars())
-        assert detect_duplicates([ctx()]) == []
+        assert run_detectors([ctx()], ["duplicate"]) == []
 
 
 # --- incremental scans -------------------------------------------------------------------------
@@ -577,19 +568,19 @@ class TestIncremental:
 
     def test_a_gap_reaching_since_is_reported_whole_from_the_bar_before(self):
         store(drop(bars(), utc(2024, 1, 5), utc(2024, 1, 5, 4)))
-        [gap] = detect_gaps([ctx(since=utc(2024, 1, 5, 2))])
+        [gap] = run_detectors([ctx(since=utc(2024, 1, 5, 2))], ["gap"])
         assert (gap.period_start, gap.period_end, gap.affected_rows) == (utc(2024, 1, 5), utc(2024, 1, 5, 3), 4)
 
     def test_a_move_at_since_is_judged_against_the_bar_before(self):
         store(scale_from(bars(volatility=0.001), utc(2024, 1, 5, 12), 1.25))
-        [found] = detect_outliers([ctx(since=utc(2024, 1, 5, 12))])
+        [found] = run_detectors([ctx(since=utc(2024, 1, 5, 12))], ["outlier"])
         assert found.period_start == utc(2024, 1, 5, 12)
 
     def test_off_calendar_bars_before_since_are_not_reported(self):
         store(bars("AAPL", "1d", "equity", utc(2024, 3, 1), utc(2024, 3, 30)), "AAPL", "1d")
         add_bar("AAPL", "1d", utc(2024, 3, 9))
         add_bar("AAPL", "1d", utc(2024, 3, 23))
-        [found] = detect_off_calendar([ctx("AAPL", "1d", "equity", since=utc(2024, 3, 16))])
+        [found] = run_detectors([ctx("AAPL", "1d", "equity", since=utc(2024, 3, 16))], ["off_calendar"])
         assert found.period_start == utc(2024, 3, 23)
 
 
@@ -611,7 +602,7 @@ class TestRegistry:
         add_bar("BTC-USD", "1h", utc(2024, 1, 4, 10, 30), volume=-1)
         now = utc(2024, 1, 13)
         together = run_detectors([ctx()], now=now)
-        alone = [f for detect in DETECTORS.values() for f in detect([ctx()], now=now)]
+        alone = [f for anomaly_type in DETECTORS for f in run_detectors([ctx()], [anomaly_type], now=now)]
         assert [f.fingerprint for f in together] == [f.fingerprint for f in alone]
         assert sorted({f.anomaly_type for f in together}) == sorted(DETECTORS)
 
@@ -630,10 +621,10 @@ class TestRegistry:
         assert [f.symbol for f in found] == ["BTC-USD", "ETH-USD", "SOL-USD"]
 
     def test_it_counts_long_spans_without_materialising_them(self, monkeypatch):
-        monkeypatch.setattr(detectors, "_DENSE_LIMIT", 5)  # force the interval-by-interval path
+        monkeypatch.setattr(calendars, "DENSE_LIMIT", 5)  # force the interval-by-interval path
         store(drop(bars("AAPL", "1h", "equity", utc(2024, 3, 4), utc(2024, 3, 16)), utc(2024, 3, 8, 19),
                    utc(2024, 3, 11, 15)), "AAPL")
-        [gap] = detect_gaps([ctx("AAPL", "1h", "equity")])
+        [gap] = run_detectors([ctx("AAPL", "1h", "equity")], ["gap"])
         assert (gap.period_start, gap.period_end, gap.affected_rows) == (
             utc(2024, 3, 8, 19), utc(2024, 3, 11, 14), 4)
 
@@ -653,6 +644,6 @@ class TestRegistry:
         with connection.cursor() as cursor:
             cursor.execute("SHOW jit")
             before = cursor.fetchone()[0]
-            detect_gaps([ctx(since=utc(2024, 1, 10))])
+            run_detectors([ctx(since=utc(2024, 1, 10))], ["gap"])
             cursor.execute("SHOW jit")
             assert cursor.fetchone()[0] == before

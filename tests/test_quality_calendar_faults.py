@@ -17,7 +17,7 @@ import pytest
 
 from integrity.models import Candle
 from integrity.providers.synthetic import synthetic_bars
-from integrity.quality.detectors import detect_stale, run_detectors
+from integrity.quality.detectors import run_detectors
 from integrity.quality.findings import SeriesContext
 from integrity.quality.thresholds import resolve_thresholds
 from tests.helpers import use_default_thresholds, utc
@@ -269,10 +269,10 @@ class TestStaleAgainstTheCalendar:
 
     @pytest.mark.parametrize("now", [utc(2024, 3, 9, 12), utc(2024, 3, 10, 20), utc(2024, 3, 11, 21, 59)])
     def test_a_forex_series_is_not_stale_over_the_weekend(self, forex_to_friday, now):
-        assert detect_stale([ctx("EURUSD", "1h", "forex")], now=now) == []
+        assert run_detectors([ctx("EURUSD", "1h", "forex")], ["stale"], now=now) == []
 
     def test_a_forex_series_is_stale_24_hours_after_the_first_bar_of_the_week_completed(self, forex_to_friday):
-        [found] = detect_stale([ctx("EURUSD", "1h", "forex")], now=utc(2024, 3, 11, 22))
+        [found] = run_detectors([ctx("EURUSD", "1h", "forex")], ["stale"], now=utc(2024, 3, 11, 22))
         assert (found.period_start, found.period_end) == (utc(2024, 3, 10, 21), utc(2024, 3, 11, 21))
         assert found.affected_rows == 25  # Sunday 21:00 .. Monday 21:00 UTC
 
@@ -283,10 +283,10 @@ class TestStaleAgainstTheCalendar:
     @pytest.mark.parametrize("now", [utc(2024, 11, 28, 23), utc(2024, 11, 29, 23), utc(2024, 11, 30, 17, 59)])
     def test_thanksgiving_and_the_half_day_are_measured_from_the_13_00_close(self, equity_to_wednesday, now):
         # Thursday is closed; Friday's session closes 13:00 EST = 18:00 UTC, so it is due 24 h later.
-        assert detect_stale([ctx("AAPL", "1d", "equity")], now=now) == []
+        assert run_detectors([ctx("AAPL", "1d", "equity")], ["stale"], now=now) == []
 
     def test_an_equity_series_is_stale_24_hours_after_the_half_day_closed(self, equity_to_wednesday):
-        [found] = detect_stale([ctx("AAPL", "1d", "equity")], now=utc(2024, 11, 30, 18))
+        [found] = run_detectors([ctx("AAPL", "1d", "equity")], ["stale"], now=utc(2024, 11, 30, 18))
         assert (found.period_start, found.period_end, found.affected_rows) == (
             utc(2024, 11, 29), utc(2024, 11, 29), 1)
 
@@ -294,7 +294,7 @@ class TestStaleAgainstTheCalendar:
         # Last bar: the 11-29 half day. Monday 12-02 closes 21:00 UTC, so nothing is late before
         # Tuesday 21:00 UTC: almost five days without a bar, where a naive 24 h rule fires three times.
         load("AAPL", "1d", "equity", utc(2024, 11, 1), utc(2024, 11, 30))
-        assert detect_stale([ctx("AAPL", "1d", "equity")], now=utc(2024, 12, 3, 20, 59)) == []
-        [found] = detect_stale([ctx("AAPL", "1d", "equity")], now=utc(2024, 12, 3, 21))
+        assert run_detectors([ctx("AAPL", "1d", "equity")], ["stale"], now=utc(2024, 12, 3, 20, 59)) == []
+        [found] = run_detectors([ctx("AAPL", "1d", "equity")], ["stale"], now=utc(2024, 12, 3, 21))
         # Monday's session and Tuesday's, which has just closed too, are missing.
         assert (found.period_start, found.period_end, found.affected_rows) == (utc(2024, 12, 2), utc(2024, 12, 3), 2)

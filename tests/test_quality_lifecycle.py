@@ -10,10 +10,10 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 
+from integrity.cleanup import cleanup_duplicate_records
 from integrity.models import Candle, DataAnomaly, DuplicateRecordLog
 from integrity.providers.synthetic import synthetic_bars
 from integrity.quality.anomalies import detect_data_anomalies
-from integrity.quality.cleanup import cleanup_duplicate_records
 from tests.helpers import add_instrument, use_default_thresholds, utc
 
 pytestmark = pytest.mark.django_db

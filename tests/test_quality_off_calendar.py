@@ -14,7 +14,7 @@ import pytest
 from integrity.models import Candle
 from integrity.providers.synthetic import synthetic_bars
 from integrity.quality import sql
-from integrity.quality.detectors import detect_off_calendar, run_detectors
+from integrity.quality.detectors import run_detectors
 from integrity.quality.findings import SeriesContext
 from integrity.quality.thresholds import resolve_thresholds
 from tests.helpers import utc
@@ -65,13 +65,13 @@ class TestNarrowing:
     def test_only_the_suspect_day_of_a_minute_series_is_read(self, times_read):
         load("AAPL", "1m", "equity", utc(2024, 3, 4), utc(2024, 3, 16))  # 10 sessions, 3900 bars
         add("AAPL", "1m", utc(2024, 3, 9, 15))  # Saturday
-        assert summary(detect_off_calendar([ctx("AAPL", "1m", "equity")])) == [
+        assert summary(run_detectors([ctx("AAPL", "1m", "equity")], ["off_calendar"])) == [
             (utc(2024, 3, 9, 15), utc(2024, 3, 9, 15), 1)]
         assert sum(times_read) == 1  # Saturday's bucket holds only that bar
 
     def test_a_complete_series_reads_no_timestamps(self, times_read):
         load("AAPL", "1m", "equity", utc(2024, 3, 4), utc(2024, 3, 9))
-        assert detect_off_calendar([ctx("AAPL", "1m", "equity")]) == []
+        assert run_detectors([ctx("AAPL", "1m", "equity")], ["off_calendar"]) == []
         assert times_read == []
 
     def test_a_series_with_gaps_reads_only_the_day_of_the_off_calendar_bar(self, times_read):
@@ -88,21 +88,21 @@ class TestNarrowing:
     def test_a_run_across_midnight_spans_two_buckets_and_stays_one_finding(self, times_read):
         load("AAPL", "1m", "equity", utc(2024, 3, 4), utc(2024, 3, 16))
         add("AAPL", "1m", *(utc(2024, 3, 8, 23, m) for m in (57, 58, 59)), utc(2024, 3, 9), utc(2024, 3, 9, 0, 1))
-        assert summary(detect_off_calendar([ctx("AAPL", "1m", "equity")])) == [
+        assert summary(run_detectors([ctx("AAPL", "1m", "equity")], ["off_calendar"])) == [
             (utc(2024, 3, 8, 23, 57), utc(2024, 3, 9, 0, 1), 5)]
         assert sum(times_read) == 390 + 5  # Friday and Saturday
 
     def test_buckets_before_since_are_not_read(self, times_read):
         load("AAPL", "1m", "equity", utc(2024, 3, 4), utc(2024, 3, 16))
         add("AAPL", "1m", utc(2024, 3, 9, 15), utc(2024, 3, 10, 15))
-        found = detect_off_calendar([ctx("AAPL", "1m", "equity", since=utc(2024, 3, 10))])
+        found = run_detectors([ctx("AAPL", "1m", "equity", since=utc(2024, 3, 10))], ["off_calendar"])
         assert summary(found) == [(utc(2024, 3, 10, 15), utc(2024, 3, 10, 15), 1)]
         assert sum(times_read) == 1
 
     def test_a_daily_series_with_one_bad_bar_is_found(self):
         load("AAPL", "1d", "equity", utc(2004, 1, 1), utc(2014, 1, 1))
         add("AAPL", "1d", utc(2008, 7, 4))  # Independence Day
-        assert summary(detect_off_calendar([ctx("AAPL", "1d", "equity")])) == [
+        assert summary(run_detectors([ctx("AAPL", "1d", "equity")], ["off_calendar"])) == [
             (utc(2008, 7, 4), utc(2008, 7, 4), 1)]
 
     def test_unaligned_bars_59_seconds_apart_around_a_missing_bar_are_all_found(self):

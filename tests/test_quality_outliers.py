@@ -7,7 +7,7 @@ import pytest
 
 from integrity.models import Candle, Instrument
 from integrity.providers.synthetic import synthetic_bars
-from integrity.quality.detectors import detect_outliers
+from integrity.quality.detectors import run_detectors
 from integrity.quality.findings import SeriesContext
 from integrity.quality.thresholds import DEFAULT_THRESHOLDS, resolve_thresholds, series_contexts
 from tests.helpers import add_instrument, use_default_thresholds, utc
@@ -88,7 +88,7 @@ def open_move_to(bars: pd.DataFrame, change: float, ts=BAR) -> pd.DataFrame:
 
 
 def found(symbol="EURUSD", asset_class="forex"):
-    return [(f.period_start, f.severity) for f in detect_outliers([ctx(symbol, asset_class)])]
+    return [(f.period_start, f.severity) for f in run_detectors([ctx(symbol, asset_class)], ["outlier"])]
 
 
 class TestTwentyPercentDefault:
@@ -100,7 +100,7 @@ class TestTwentyPercentDefault:
     @pytest.mark.parametrize(("change", "flagged"), [(0.19, False), (0.21, True), (-0.21, True)])
     def test_open_to_previous_close(self, change, flagged):
         store(open_move_to(frame("BTC-USD", "crypto", 0.001), change), "BTC-USD")
-        result = detect_outliers([ctx("BTC-USD", "crypto")])
+        result = run_detectors([ctx("BTC-USD", "crypto")], ["outlier"])
         assert [(f.period_start, f.severity) for f in result] == ([(BAR, "high")] if flagged else [])
         if flagged:
             assert f"open {change * 100:+.1f}%" in result[0].description
@@ -110,7 +110,7 @@ class TestRobustVolatility:
     def test_a_reverting_one_bar_spike_in_a_quiet_fx_series_is_a_bad_tick(self):
         # Hourly sigma here is ~0.0001: a 0.8 % tick is ~80 sigma, far below the 20 % threshold.
         store(one_bar_close(frame(), 1.008))
-        [finding] = detect_outliers([ctx()])
+        [finding] = run_detectors([ctx()], ["outlier"])
         assert (finding.period_start, finding.severity) == (BAR, "medium")
         assert finding.description.startswith("2024-03-12 15:00 UTC: spike that reverts (likely bad tick)")
         assert finding.details["z"] > DEFAULT_THRESHOLDS["outlier_robust_z"]
@@ -135,9 +135,9 @@ class TestRobustVolatility:
         store(one_bar_close(frame(), 1.008), "EURUSD")
         store(one_bar_close(frame("GBPUSD"), 1.008), "GBPUSD")
         settings.QUALITY_THRESHOLDS = {"forex": {"outlier_robust_z": 1000}}
-        assert detect_outliers(series_contexts()) == []
+        assert run_detectors(series_contexts(), ["outlier"]) == []
         Instrument.objects.filter(symbol="GBPUSD").update(quality_thresholds={"outlier_robust_z": 10})
-        assert [f.symbol for f in detect_outliers(series_contexts())] == ["GBPUSD"]
+        assert [f.symbol for f in run_detectors(series_contexts(), ["outlier"])] == ["GBPUSD"]
 
 
 class TestLikelyCauses:
@@ -151,26 +151,26 @@ class TestLikelyCauses:
     ])
     def test_a_persistent_level_change_names_its_ratio(self, factor, text, severity):
         store(persistent(frame("AAPL", "equity", 0.01), factor), "AAPL")
-        [finding] = detect_outliers([ctx("AAPL", "equity")])
+        [finding] = run_detectors([ctx("AAPL", "equity")], ["outlier"])
         assert (finding.period_start, finding.severity) == (BAR, severity)
         assert text in finding.description
         assert finding.details["ratio"] == pytest.approx(factor, rel=0.03)
 
     def test_a_large_spike_that_reverts_is_named_and_reported_once(self):
         store(one_bar_close(frame("AAPL", "equity", 0.01), 1.5), "AAPL")
-        [finding] = detect_outliers([ctx("AAPL", "equity")])
+        [finding] = run_detectors([ctx("AAPL", "equity")], ["outlier"])
         assert (finding.period_start, finding.severity) == (BAR, "high")
         assert "spike that reverts (likely bad tick)" in finding.description
 
     def test_a_one_bar_100x_unit_error_is_named_as_both(self):
         bars = frame("AAPL", "equity", 0.01)
         store(persistent(bars, 100.0).where(bars["ts"] == pd.Timestamp(BAR), bars).astype(bars.dtypes), "AAPL")
-        [finding] = detect_outliers([ctx("AAPL", "equity")])
+        [finding] = run_detectors([ctx("AAPL", "equity")], ["outlier"])
         assert finding.severity == "critical"
         assert "possible 100× unit error" in finding.description and "spike that reverts" in finding.description
 
     def test_a_plain_big_move_names_the_threshold(self):
         store(close_move_to(frame("AAPL", "equity", 0.01), 0.35), "AAPL")
-        [finding] = detect_outliers([ctx("AAPL", "equity")])
+        [finding] = run_detectors([ctx("AAPL", "equity")], ["outlier"])
         assert "close +35.0% vs previous close (threshold 20%)" in finding.description
         assert finding.details["cause"] == "move"

@@ -254,3 +254,38 @@ class TestScale:
         assert result.reason_counts() == {"non_finite": 1000}
         assert len(result.valid) == n - 1000
         assert not math.isnan(result.valid["high"].sum())
+
+
+class TestOhlcRulesOnStoredRows:
+    """The OHLC rules are one list: the SQL predicate run on stored rows is derived from it and
+    flags exactly the rows the rules reject."""
+
+    ROWS = [
+        GOOD,
+        (10.0, 10.0, 10.0, 10.0, 0.0),
+        (0.0, 12.0, 9.0, 11.0, 1.0),  # non_positive_price
+        (10.0, 8.0, 9.0, 8.5, 1.0),  # high_below_low
+        (13.0, 12.0, 9.0, 11.0, 1.0),  # high_below_open_close
+        (10.0, 12.0, 9.0, 8.0, 1.0),  # low_above_open_close
+        (10.0, 12.0, 9.0, 11.0, -1.0),  # negative_volume
+        (10.0, float("inf"), 9.0, 11.0, 1.0),  # non_finite
+        (10.0, 12.0, 9.0, 11.0, float("inf")),  # non_finite
+    ]
+
+    @pytest.mark.django_db
+    def test_the_sql_predicate_flags_exactly_the_rows_the_rules_reject(self):
+        from django.db import connection
+
+        from integrity.models import Candle
+        from integrity.quality.sql import invalid_ohlc_sql
+
+        rejected_by_rules = set()
+        for i, (o, h, lo, c, v) in enumerate(self.ROWS):
+            row = Candle.objects.create(symbol="X", timeframe="1h", ts=T0 + timedelta(hours=i),
+                                        open=o, high=h, low=lo, close=c, volume=v)
+            if reasons_of(bars((o, h, lo, c, v))):
+                rejected_by_rules.add(row.id)
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT c.id FROM {Candle._meta.db_table} c WHERE {invalid_ohlc_sql()}")
+            flagged = {row[0] for row in cursor.fetchall()}
+        assert flagged == rejected_by_rules and len(flagged) == len(self.ROWS) - 2

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..calendars import NS_PER_SECOND, _to_ns, expected_ns, validate_calendar_code
+from ..calendars import NS_PER_SECOND, expected_ns, to_ns, validate_calendar_code
 from ..timeframes import timeframe_seconds
 from .base import BAR_COLUMNS, FetchRequest, ProviderConfigError, ProviderError, empty_bar_frame
 
@@ -128,7 +128,7 @@ def _as_ns_list(values) -> np.ndarray:
         return np.empty(0, dtype="int64")
     if isinstance(values, str) or not hasattr(values, "__iter__"):
         values = [values]
-    return np.array([_to_ns(v) for v in values], dtype="int64")
+    return np.array([to_ns(v) for v in values], dtype="int64")
 
 
 def _as_ns_pairs(values) -> np.ndarray:
@@ -140,7 +140,7 @@ def _as_ns_pairs(values) -> np.ndarray:
             raise ProviderConfigError(
                 f"gaps must be [start, end) pairs, got {pair!r}", provider="synthetic"
             ) from None
-        pairs.append((_to_ns(start), _to_ns(end)))
+        pairs.append((to_ns(start), to_ns(end)))
     return np.array(pairs, dtype="int64").reshape(-1, 2)
 
 
@@ -217,7 +217,7 @@ class SyntheticProvider:
         try:
             validate_calendar_code(request.calendar)
             series = _Series(request.symbol, request.timeframe, opts)
-            lo, hi = _to_ns(request.start), _to_ns(request.end)
+            lo, hi = to_ns(request.start), to_ns(request.end)
             gaps = _as_ns_pairs(opts["gaps"])
             spikes = _as_ns_list(opts["spikes"])
             invalid = _as_ns_list(opts["invalid"])

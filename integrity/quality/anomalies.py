@@ -39,11 +39,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max, Min, Q
 from django.utils import timezone
 
+from ..conf import conf
 from ..models import (
     AnomalyType,
     BackfillState,
@@ -53,7 +53,7 @@ from ..models import (
     ResolutionStatus,
     SeriesStats,
 )
-from ..timeframes import EPOCH, timeframe_delta
+from ..timeframes import EPOCH, ns_to_datetime, timeframe_delta
 from .findings import Finding, SeriesContext
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class DetectionResult:
 
 
 def _overlap_bars() -> int:
-    return int(getattr(settings, "DETECTION_OVERLAP_BARS", 50))
+    return conf.DETECTION_OVERLAP_BARS
 
 
 @dataclass
@@ -322,7 +322,7 @@ def _newest_bars(contexts: list[SeriesContext]) -> dict[tuple[str, str], datetim
     newest = sql.last_bars(Candle._meta.db_table, pairs)
     result: dict[tuple[str, str], datetime | None] = {(c.symbol, c.timeframe): None for c in contexts}
     for i, ns in newest.items():
-        result[(contexts[i].symbol, contexts[i].timeframe)] = sql.ns_to_datetime(ns)
+        result[(contexts[i].symbol, contexts[i].timeframe)] = ns_to_datetime(ns)
     return result
 
 
@@ -508,7 +508,7 @@ def mark_scanned(contexts: list[SeriesContext], now: datetime,
 
 
 def _watermark_slack() -> int:
-    return int(getattr(settings, "DETECTION_WATERMARK_SLACK", 50_000))
+    return conf.DETECTION_WATERMARK_SLACK
 
 
 def _advance_unchanged(plan: ScanPlan) -> None:

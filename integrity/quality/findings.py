@@ -12,6 +12,19 @@ from datetime import datetime
 from typing import Any
 
 
+def fingerprint(anomaly_type: str, symbol: str, timeframe: str, key: str = "",
+                execution_id: object | None = None) -> str:
+    """The identity of an anomaly: the same problem found again has the same fingerprint, so it
+    updates its open anomaly instead of opening another.
+
+    A detector's finding: the sha256 of ``type|symbol|timeframe|key``. Bars a backfill rejected
+    (``execution_id`` given) are one problem per execution: ``<type>:execution:<id>``.
+    """
+    if execution_id is not None:
+        return f"{anomaly_type}:execution:{execution_id}"
+    return hashlib.sha256(f"{anomaly_type}|{symbol}|{timeframe}|{key}".encode()).hexdigest()
+
+
 @dataclass
 class SeriesContext:
     """One (symbol, timeframe) series with what the detectors need to judge it."""
@@ -43,8 +56,7 @@ class Finding:
 
     @property
     def fingerprint(self) -> str:
-        raw = f"{self.anomaly_type}|{self.symbol}|{self.timeframe}|{self.key}"
-        return hashlib.sha256(raw.encode()).hexdigest()
+        return fingerprint(self.anomaly_type, self.symbol, self.timeframe, self.key)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -15,7 +15,7 @@ a (ts, id) order would add a sort per series, and by id on SQLite):
     gap candidates                                    ts - previous ts > one bar, or an unaligned
                                                       ts whose bar time is after the previous ts
     duplicate rows (the 2nd, 3rd ... of a group)      ts = previous ts
-    rows breaking OHLC invariants (``bad``)           see ``_BAD_*``
+    rows breaking the OHLC rules (``bad``)            ``validation.ohlc_sql_predicate``
     unaligned bar times (``odd``)                     ts not a multiple of the bar length
     outlier candidates                                |close - prev close| > move * prev close, the
                                                       same for the open, or a smaller move
@@ -34,11 +34,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 from django.db import connection, transaction
+
+from ..conf import conf
+from ..timeframes import ns_to_datetime
+from ..validation import ohlc_sql_predicate
 
 # SQLite: series per statement (8 parameters each, well below the 999 of old SQLite builds).
 _SQLITE_CHUNK = 100
@@ -78,10 +82,6 @@ def ns_value(value) -> int | None:
 def ns_array(values: Sequence) -> np.ndarray:
     """Database times (datetimes or SQLite text) as int64 ns since the epoch (UTC)."""
     return np.fromiter((ns_value(v) for v in values), dtype="int64", count=len(values))
-
-
-def ns_to_datetime(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=int(value) // 1000)  # stored times have µs resolution
 
 
 def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
@@ -137,20 +137,14 @@ class WindowRow:
     odd: bool
 
 
-_BAD_PG = (
-    "(c.low <= least(c.open, c.close) AND greatest(c.open, c.close) <= c.high AND c.low > 0"
-    " AND c.high < 'Infinity'::float8 AND c.volume >= 0 AND c.volume < 'Infinity'::float8) IS NOT TRUE"
-)
-# SQLite cannot store NaN (it becomes NULL, refused by NOT NULL); 9e999 is +inf.
-_BAD_SQLITE = (
-    "(c.low <= min(c.open, c.close) AND max(c.open, c.close) <= c.high AND c.low > 0"
-    " AND c.high < 9e999 AND c.volume >= 0 AND c.volume < 9e999) IS NOT 1"
-)
+_BAD_PG = ohlc_sql_predicate("postgresql")
+_BAD_SQLITE = ohlc_sql_predicate("sqlite")
 
 
 def invalid_ohlc_sql() -> str:
-    """True for a ``candles`` row aliased ``c`` that breaks the OHLC value rules of ``integrity.validation``."""
+    """True for a ``candles`` row aliased ``c`` that breaks the OHLC rules of ``integrity.validation``."""
     return _BAD_PG if is_postgres() else _BAD_SQLITE
+
 
 _ODD_PG = "date_bin(s.grid, c.ts, timestamptz '1970-01-01 00:00:00+00') <> c.ts"
 _ODD_SQLITE = "((CAST(strftime('%%s', c.ts) AS INTEGER) %% b.grid_s) <> 0 OR length(c.ts) > 19)"
@@ -285,10 +279,8 @@ def _parallel_workers(specs: Sequence[WindowSpec], expected_rows: int | None) ->
     other connections cannot see this one's uncommitted rows (and a caller's atomic block means it
     wants one snapshot). Only for big passes: each extra connection costs a connect.
     """
-    from django.conf import settings
-
-    workers = int(getattr(settings, "DETECTION_PARALLEL_WORKERS", 1))
-    min_rows = int(getattr(settings, "DETECTION_PARALLEL_MIN_ROWS", 500_000))
+    workers = conf.DETECTION_PARALLEL_WORKERS
+    min_rows = conf.DETECTION_PARALLEL_MIN_ROWS
     if workers <= 1 or len(specs) < 2 or connection.in_atomic_block:
         return 1
     if expected_rows is not None and expected_rows < min_rows:

@@ -2,8 +2,8 @@
 
 Thresholds resolve in layers, later wins:
 
-1. ``DEFAULT_THRESHOLDS`` below (``stale_hours`` and ``outlier_move`` take their defaults from the
-   ``STALE_THRESHOLD_HOURS`` and ``OUTLIER_MOVE_THRESHOLD`` settings when those exist);
+1. ``DEFAULT_THRESHOLDS`` below, with ``stale_hours`` and ``outlier_move`` from the
+   ``STALE_THRESHOLD_HOURS`` and ``OUTLIER_MOVE_THRESHOLD`` settings (``integrity.conf``);
 2. ``settings.QUALITY_THRESHOLDS["default"]``;
 3. ``settings.QUALITY_THRESHOLDS[<asset class>]`` ("equity", "crypto", "forex");
 4. the instrument's own ``Instrument.quality_thresholds``.
@@ -20,9 +20,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from django.conf import settings
-
 from ..calendars import is_known_calendar
+from ..conf import conf
 from ..models import Candle, Instrument, SeriesStats
 from ..timeframes import TIMEFRAME_DELTAS
 from .findings import SeriesContext
@@ -32,9 +31,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLDS: dict[str, Any] = {
     # stale: a bar newer than the last stored one has been complete for more than this many hours.
-    "stale_hours": 24.0,
+    "stale_hours": conf.default("STALE_THRESHOLD_HOURS"),
     # outlier, threshold test: |close / previous close - 1| (or the open's) above this is flagged.
-    "outlier_move": 0.20,
+    "outlier_move": conf.default("OUTLIER_MOVE_THRESHOLD"),
     # outlier, volatility test: |log return| above z × the series' robust volatility (1.4826 × MAD of
     # per-bar log returns) that the next close takes back is a bad tick. 10 keeps fat-tailed
     # intraday data (where 6-8 sigma bars happen weekly) quiet while a real bad tick is far beyond.
@@ -71,9 +70,7 @@ def base_thresholds() -> dict[str, Any]:
     """``DEFAULT_THRESHOLDS`` with the scalar settings that predate ``QUALITY_THRESHOLDS`` applied."""
     base = {k: list(v) if isinstance(v, list) else v for k, v in DEFAULT_THRESHOLDS.items()}
     for key, name in _SETTING_DEFAULTS.items():
-        value = getattr(settings, name, None)
-        if value is not None:
-            base[key] = float(value)
+        base[key] = getattr(conf, name)
     return base
 
 
@@ -118,7 +115,7 @@ def _apply(target: dict[str, Any], overrides: Any, origin: str) -> None:
 def resolve_thresholds(asset_class: str | None, instrument_overrides: Mapping[str, Any] | None = None) -> dict:
     """Thresholds for one series: defaults < settings default < settings asset class < instrument."""
     resolved = base_thresholds()
-    configured = getattr(settings, "QUALITY_THRESHOLDS", None) or {}
+    configured = conf.QUALITY_THRESHOLDS or {}
     if not isinstance(configured, Mapping):
         logger.warning("ignoring settings.QUALITY_THRESHOLDS: not a mapping")
         configured = {}

@@ -14,14 +14,14 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from integrity.management.output import keep_stdout_for_json
-from integrity.models import DuplicateKeptBy, Timeframe
-from integrity.quality.cleanup import (
+from integrity.cleanup import (
     DEFAULT_BATCH_SIZE,
     CleanupError,
     CleanupResult,
     cleanup_duplicate_records,
 )
+from integrity.management.output import keep_stdout_for_json
+from integrity.models import DuplicateKeptBy, Timeframe
 
 SHOWN_GROUPS = 10
 

@@ -13,11 +13,11 @@ from django.db.models import Count
 from django.utils import timezone
 
 from integrity.backfill import BackfillResult, run_backfill
+from integrity.cleanup import cleanup_duplicate_records
 from integrity.health.job import run_health_monitoring
 from integrity.management.commands.backfill import Command as BackfillCommand
 from integrity.models import BackfillState, Candle, DataAnomaly, DuplicateRecordLog, Instrument
 from integrity.quality.anomalies import detect_data_anomalies
-from integrity.quality.cleanup import cleanup_duplicate_records
 from integrity.quality.enrichment import enrich_series
 from integrity.series import active_series
 

@@ -69,6 +69,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from integrity.models import DuplicateKeptBy, DuplicateRecordLog
+from integrity.quality.anomalies import resolve_cleaned_duplicates
 from integrity.quality.sql import invalid_ohlc_sql
 
 logger = logging.getLogger(__name__)
@@ -408,11 +409,7 @@ def _aware(value) -> datetime:
 
 
 def _resolve_anomalies(symbol: str | None, timeframe: str | None) -> int | None:
-    """Resolve open duplicate anomalies of series that are clean now (when that module exists)."""
-    try:
-        from integrity.quality.anomalies import resolve_cleaned_duplicates
-    except ImportError:
-        return None
+    """Resolve open duplicate anomalies of series that are clean now (None: that failed, logged)."""
     try:
         return resolve_cleaned_duplicates(symbol, timeframe)
     except Exception:  # the cleanup itself is committed; a failure here must not hide that
