@@ -14,11 +14,6 @@ from tests.test_settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "integrity"
-# TEMPORARY: files another change of issue 11 converts to integrity.conf (quality, health, alerts);
-# remove each as it is converted, and this list when empty.
-NOT_YET_CONVERTED = {"integrity/quality/anomalies.py", "integrity/quality/sql.py", "integrity/quality/thresholds.py",
-                     "integrity/health.py", "integrity/health/staleness.py", "integrity/alerts.py",
-                     "integrity/failures.py"}
 TIMEFRAME_SUFFIXES = ("1M", "5M", "15M", "1H", "4H", "1D")
 
 
@@ -46,12 +41,12 @@ def clean_environment(monkeypatch):
 
 class TestOneDeclarationPerSetting:
     def test_no_module_reads_a_setting_with_its_own_default(self):
-        offenders = [f"{path}:{n}" for path, text in app_sources() if path not in NOT_YET_CONVERTED
+        offenders = [f"{path}:{n}" for path, text in app_sources()
                      for n, line in enumerate(text.splitlines(), 1) if "getattr(settings" in line]
         assert offenders == []
 
     def test_every_setting_the_app_reads_is_declared_or_is_djangos_own(self):
-        read = {name for path, text in app_sources() if path not in NOT_YET_CONVERTED
+        read = {name for path, text in app_sources()
                 for name in re.findall(r"\b(?:settings|conf)\.([A-Z][A-Z0-9_]+)\b", text)}
         undeclared = {name for name in read if name not in SETTINGS and not hasattr(global_settings, name)}
         assert undeclared == set()
