@@ -13,7 +13,7 @@ import pytest
 
 from integrity.models import Candle
 from integrity.providers.synthetic import synthetic_bars
-from integrity.quality import sql
+from integrity.quality import sql, window
 from integrity.quality.detectors import run_detectors
 from integrity.quality.findings import SeriesContext
 from integrity.quality.thresholds import resolve_thresholds
@@ -149,9 +149,9 @@ class TestSetBased:
     def test_the_window_pass_returns_only_candidate_rows(self):
         load("AAPL", "1m", "equity", utc(2024, 3, 4), utc(2024, 3, 16))  # 3900 bars over two weekends
         Candle.objects.filter(ts=utc(2024, 3, 6, 15)).delete()
-        spec = sql.WindowSpec(idx=0, symbol="AAPL", timeframe="1m", step_seconds=60, since=None, move=0.2,
+        spec = window.WindowSpec(idx=0, symbol="AAPL", timeframe="1m", step_seconds=60, since=None, move=0.2,
                               vmin=0.2, tol=0.3)
-        rows = sql.window_candidates(Candle._meta.db_table, [spec], gaps=True, bad=True, odd=True, outliers=True)
+        rows = window.window_candidates(Candle._meta.db_table, [spec], gaps=True, bad=True, odd=True, outliers=True)
         # The bounds, every overnight and weekend jump (9 of them) and the deleted bar's successor.
         assert len(rows) == 2 + 9 + 1
         assert sum(1 for r in rows if r.is_gap) == 10

@@ -8,7 +8,7 @@ import pytest
 from django.db import transaction
 
 from integrity.models import Candle
-from integrity.quality import sql
+from integrity.quality import window
 from integrity.quality.anomalies import detect_data_anomalies
 from tests.helpers import add_instrument, use_default_thresholds, utc
 
@@ -48,8 +48,8 @@ def test_a_sweep_split_over_connections_finds_exactly_what_one_connection_finds(
     serial = found(detect_data_anomalies(full=True, dry_run=True, now=NOW))
 
     calls = []
-    split = sql._window_pg_parallel
-    monkeypatch.setattr(sql, "_window_pg_parallel", lambda *a, **k: calls.append(a[2]) or split(*a, **k))
+    split = window._window_pg_parallel
+    monkeypatch.setattr(window, "_window_pg_parallel", lambda *a, **k: calls.append(a[2]) or split(*a, **k))
     settings.DETECTION_PARALLEL_WORKERS = 3
     settings.DETECTION_PARALLEL_MIN_ROWS = 0
     parallel = found(detect_data_anomalies(full=True, dry_run=True, now=NOW))
@@ -69,24 +69,24 @@ class TestWhenTheSweepIsSplit:
 
     @pytest.mark.django_db(transaction=True)
     def test_a_big_pass_outside_a_transaction_uses_the_configured_connections(self):
-        assert sql._parallel_workers(self.SPECS, expected_rows=None) == 4
-        assert sql._parallel_workers(self.SPECS[:2], expected_rows=5000) == 2
+        assert window._parallel_workers(self.SPECS, expected_rows=None) == 4
+        assert window._parallel_workers(self.SPECS[:2], expected_rows=5000) == 2
 
     @pytest.mark.django_db(transaction=True)
     def test_a_small_pass_uses_one_connection(self):
-        assert sql._parallel_workers(self.SPECS, expected_rows=999) == 1
+        assert window._parallel_workers(self.SPECS, expected_rows=999) == 1
 
     @pytest.mark.django_db(transaction=True)
     def test_a_single_series_uses_one_connection(self):
-        assert sql._parallel_workers(self.SPECS[:1], expected_rows=None) == 1
+        assert window._parallel_workers(self.SPECS[:1], expected_rows=None) == 1
 
     @pytest.mark.django_db(transaction=True)
     def test_inside_a_transaction_it_uses_one_connection(self):
         # Other connections could not see this transaction's rows.
         with transaction.atomic():
-            assert sql._parallel_workers(self.SPECS, expected_rows=None) == 1
+            assert window._parallel_workers(self.SPECS, expected_rows=None) == 1
 
     @pytest.mark.django_db(transaction=True)
     def test_one_worker_turns_it_off(self, settings):
         settings.DETECTION_PARALLEL_WORKERS = 1
-        assert sql._parallel_workers(self.SPECS, expected_rows=None) == 1
+        assert window._parallel_workers(self.SPECS, expected_rows=None) == 1

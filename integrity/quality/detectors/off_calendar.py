@@ -21,7 +21,7 @@ from ... import calendars
 from ...calendars import CRYPTO_CALENDAR, expected_ns, expected_stats, is_expected_bar
 from ...models import Severity
 from ...timeframes import bar_span, iso, ns_to_datetime
-from .. import sql
+from .. import sql, window
 from ..findings import Finding
 from .scan import NS_PER_DAY, NS_PER_SECOND, OFF_CALENDAR, TABLE, Scan, Series, plural
 
@@ -59,7 +59,7 @@ def _bucket_ns(s: Series) -> int:
     return max(NS_PER_DAY, _BUCKET_BARS * s.step_ns)
 
 
-def _off_calendar_ranges(s: Series, gaps: Sequence[tuple[sql.WindowRow, int, int, int]]) -> list[tuple[int, int]]:
+def _off_calendar_ranges(s: Series, gaps: Sequence[tuple[window.WindowRow, int, int, int]]) -> list[tuple[int, int]]:
     """The [lo, hi) ranges (ns) of the window whose stored times must be checked bar by bar.
 
     The count identity of ``_off_calendar_findings``, applied per epoch-aligned bucket instead of to
@@ -168,10 +168,10 @@ def findings(scan: Scan) -> list[Finding]:
     return found
 
 
-def _odd_runs(s: Series, odd: Sequence[sql.WindowRow]) -> list[_Run]:
+def _odd_runs(s: Series, odd: Sequence[window.WindowRow]) -> list[_Run]:
     limit = int(s.th["sample_limit"])
     runs: list[_Run] = []
-    prev: sql.WindowRow | None = None
+    prev: window.WindowRow | None = None
     for row in odd:
         if not s.at_or_after_since(row.ts):
             continue

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ...models import Severity
 from ...timeframes import bar_label, iso
-from .. import sql
+from .. import sql, window
 from ..findings import Finding
 from .scan import OUTLIER, TABLE, Scan, Series, json_number
 
@@ -87,7 +87,7 @@ def robust_volatility(symbol: str, timeframe: str, sample: int = 5000, min_retur
     return sigma if n >= max(2, min_returns) and sigma > 0 else None
 
 
-def _needs_volatility(s: Series, row: sql.WindowRow) -> bool:
+def _needs_volatility(s: Series, row: window.WindowRow) -> bool:
     """Whether judging the row may need the series' volatility (a small move that reverts)."""
     pc, c, nc = row.pc, row.close, row.nc
     if pc is None or nc is None or not (pc > 0 and c > 0) or c == pc:
@@ -98,7 +98,7 @@ def _needs_volatility(s: Series, row: sql.WindowRow) -> bool:
             and abs(nc - pc) <= float(th["outlier_revert_tolerance"]) * abs(c - pc))
 
 
-def _judge_move(s: Series, row: sql.WindowRow, volatility: _Volatility) -> tuple[str, str, dict] | None:
+def _judge_move(s: Series, row: window.WindowRow, volatility: _Volatility) -> tuple[str, str, dict] | None:
     """Severity, description and details of an outlier bar, or None if it is not one."""
     th = s.th
     pc, o, c, nc = row.pc, row.open, row.close, row.nc

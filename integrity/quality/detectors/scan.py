@@ -1,7 +1,7 @@
 """The shared scan of a detection run: the series being judged and the database work done once for
 all the detectors that need it. Detectors never write.
 
-* the window pass (``sql.window_candidates``) reads each series' bars from ``ctx.since`` (minus one
+* the window pass (``window.window_candidates``) reads each series' bars from ``ctx.since`` (minus one
   bar of overlap) once and returns only candidate rows: gap intervals (ts - previous ts > one bar),
   duplicate rows, rows breaking the OHLC rules, unaligned times, outlier candidates, and the
   window's first and last row;
@@ -24,7 +24,7 @@ import numpy as np
 from ...calendars import bars_per_day, expected_stats, is_known_calendar, session_anchored
 from ...models import AnomalyType, Candle, Severity
 from ...timeframes import TIMEFRAME_DELTAS, ns_to_datetime
-from .. import sql
+from .. import sql, window
 from ..findings import Finding, SeriesContext
 from ..thresholds import base_thresholds
 
@@ -67,7 +67,7 @@ class Series:
     step_ns: int
     since_ns: int | None
     # filled by the window pass
-    rows: list[sql.WindowRow] = field(default_factory=list)
+    rows: list[window.WindowRow] = field(default_factory=list)
     first_ts: int | None = None
     last_ts: int | None = None
     n_rows: int = 0
@@ -169,7 +169,7 @@ class Scan:
         self.now = now
         self.types = types
         self._window_done = False
-        self._gap_stats: dict[int, list[tuple[sql.WindowRow, int, int, int]]] | None = None
+        self._gap_stats: dict[int, list[tuple[window.WindowRow, int, int, int]]] | None = None
         self._last_bars: dict[int, int] | None = None
         self._newest = newest
 
@@ -191,12 +191,12 @@ class Scan:
                 if sigma is not None and sigma > 0 and math.isfinite(sigma):
                     # Smallest relative move whose |log return| can exceed z sigma (downwards).
                     vmin = max(vmin, -math.expm1(-float(th["outlier_robust_z"]) * sigma))
-            specs.append(sql.WindowSpec(
+            specs.append(window.WindowSpec(
                 idx=s.idx, symbol=s.symbol, timeframe=s.timeframe, step_seconds=s.step_ns // NS_PER_SECOND,
                 since=None if s.since_ns is None else ns_to_datetime(s.since_ns), move=move, vmin=vmin, tol=tol,
                 grid_seconds=s.grid_ns // NS_PER_SECOND,
             ))
-        rows = sql.window_candidates(
+        rows = window.window_candidates(
             TABLE, specs, expected_rows=self._rows_bound(),
             gaps=bool(types & {GAP, OFF_CALENDAR}),
             bad=INVALID_OHLC in types,
@@ -242,17 +242,17 @@ class Scan:
                 total += max(0, (last[s.idx] - s.since_ns) // s.step_ns) + 2
         return total
 
-    def gap_stats(self) -> dict[int, list[tuple[sql.WindowRow, int, int, int]]]:
+    def gap_stats(self) -> dict[int, list[tuple[window.WindowRow, int, int, int]]]:
         """Per series: (gap candidate row, expected bars missing, first missing, last missing)."""
         if self._gap_stats is not None:
             return self._gap_stats
         self.window()
-        groups: dict[tuple[str, str, str], list[tuple[Series, sql.WindowRow]]] = defaultdict(list)
+        groups: dict[tuple[str, str, str], list[tuple[Series, window.WindowRow]]] = defaultdict(list)
         for s in self.series:
             for row in s.rows:
                 if row.is_gap:
                     groups[s.grid].append((s, row))
-        result: dict[int, list[tuple[sql.WindowRow, int, int, int]]] = defaultdict(list)
+        result: dict[int, list[tuple[window.WindowRow, int, int, int]]] = defaultdict(list)
         for (calendar, timeframe, alignment), items in groups.items():
             los = np.array([row.pt for _, row in items], dtype="int64")
             his = np.array([row.ts for _, row in items], dtype="int64")
