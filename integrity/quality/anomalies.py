@@ -40,7 +40,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Min, Q
+from django.db.models import Count, Max, Min, Q
 from django.utils import timezone
 
 from ..conf import conf
@@ -54,7 +54,10 @@ from ..models import (
     SeriesStats,
 )
 from ..timeframes import EPOCH, ns_to_datetime, timeframe_delta
+from . import detectors, sql
+from .detectors import DETECTORS, STALE
 from .findings import Finding, SeriesContext
+from .thresholds import series_contexts
 
 logger = logging.getLogger(__name__)
 
@@ -275,9 +278,6 @@ def detect_data_anomalies(
     changed since their last scan (``plan_scan``); stale is judged for every series. ``newest_bars``:
     the newest stored bar per series when the caller has just read it (the health job does).
     """
-    from .detectors import DETECTORS, STALE, run_detectors
-    from .thresholds import series_contexts
-
     if types:
         unknown = sorted(set(types) - set(DETECTORS))
         if unknown:
@@ -295,9 +295,9 @@ def detect_data_anomalies(
         newest.update(_newest_bars(missing))
     findings: list[Finding] = []
     if window_types and plan.changed:
-        findings.extend(run_detectors(plan.changed, types=window_types, now=now, newest=newest))
+        findings.extend(detectors.run_detectors(plan.changed, types=window_types, now=now, newest=newest))
     if STALE in evaluated:
-        findings.extend(run_detectors(contexts, types=[STALE], now=now, newest=newest))
+        findings.extend(detectors.run_detectors(contexts, types=[STALE], now=now, newest=newest))
     order = {t: i for i, t in enumerate(DETECTORS)}
     findings.sort(key=lambda f: order[f.anomaly_type])  # stable: by type, then series, then time
     result = DetectionResult(dry_run=dry_run, full=full, series_scanned=len(contexts), findings=findings,
@@ -316,8 +316,6 @@ def detect_data_anomalies(
 
 def _newest_bars(contexts: list[SeriesContext]) -> dict[tuple[str, str], datetime | None]:
     """Newest stored bar per series (None: none): one index probe each, in one statement."""
-    from . import sql
-
     pairs = [(i, c.symbol, c.timeframe) for i, c in enumerate(contexts)]
     newest = sql.last_bars(Candle._meta.db_table, pairs)
     result: dict[tuple[str, str], datetime | None] = {(c.symbol, c.timeframe): None for c in contexts}
@@ -349,8 +347,6 @@ def record_findings(result: DetectionResult, contexts: list[SeriesContext], type
         updates.append({"id": anomaly_id, "finding": finding, **_finding_values(finding, now)})
     if updates:
         # One statement for all of them (PostgreSQL; batches on SQLite), not one per finding.
-        from . import sql
-
         done = sql.update_rows_by_id(DataAnomaly._meta.db_table, updates, _UPDATE_TYPES,
                                      {"last_seen_at": now, "updated_at": now})
         for row in updates:
@@ -529,8 +525,6 @@ def _advance_unchanged(plan: ScanPlan) -> None:
 
 def resolve_cleaned_duplicates(symbol: str | None = None, timeframe: str | None = None) -> int:
     """After a duplicate cleanup: resolve duplicate anomalies of series that have none left."""
-    from django.db.models import Count
-
     anomalies = DataAnomaly.objects.filter(anomaly_type=AnomalyType.DUPLICATE, resolution_status__in=UNRESOLVED)
     if symbol:
         anomalies = anomalies.filter(symbol=symbol)
