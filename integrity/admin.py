@@ -1,4 +1,5 @@
-"""Admin screens: review lists, actions that call the service layer, a dashboard, anomaly charts.
+"""Admin screens: review lists, actions that call the service layer, anomaly charts (the site and its
+dashboard: ``integrity.admin_site``).
 
 Audit tables (duplicate log, health runs, backfill executions) are read-only. No model has foreign
 keys, so there is nothing for ``list_select_related`` to join: every list is the page query plus the
@@ -21,23 +22,22 @@ from django.contrib.admin.exceptions import DisallowedModelAdminLookup
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
-from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
+from django.core.exceptions import BadRequest, ValidationError
 from django.core.paginator import Paginator
 from django.db import connection, models
 from django.db.models import Q
 from django.forms.fields import InvalidJSONInput
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.safestring import mark_safe
 from rest_framework.exceptions import ParseError
 
 from .api.parsers import MAX_JSON_DEPTH, check_storable, unstorable_reason
 from .api.validators import validate_provider_options
-from .backfill import BackfillError, BackfillRefused, reap_dead_backfills, request_backfill
+from .backfill import BackfillError, BackfillRefused, reap_dead_backfills
 from .charts import anomaly_chart_svg
 from .failures import reset_symbol_failures
-from .health.summaries import open_anomaly_totals
 from .models import (
     ACTIVE_STATUSES,
     BackfillState,
@@ -55,6 +55,7 @@ from .providers import PROVIDER_NAMES, check_bar_alignment
 from .quality.review import review_anomalies
 from .quality.thresholds import validate_thresholds
 from .series import series_of
+from .tasks import request_backfill
 from .timeframes import BarAlignment
 
 # --- every screen: a bad URL or value is a 400 page or a field error, never a 500 ---------------
@@ -514,53 +515,3 @@ class SeriesStatsAdmin(ReadOnlyAdmin):
     list_filter = ("timeframe", "last_scan_at")
     search_fields = ("symbol",)
     date_hierarchy = "last_scan_at"
-
-
-# --- dashboard ---------------------------------------------------------------------------------
-
-
-def dashboard_context() -> dict:
-    # Counted as the health job counts them (status open); acknowledged ones are shown apart.
-    totals = open_anomaly_totals()
-    latest_run = HealthCheckRun.objects.order_by("-started_at").first()
-    # The health job's report: {"stale_series": {"count": n, "series": [...], "truncated": bool}}.
-    stale = (latest_run.results or {}).get("stale_series") if latest_run else None
-    stale = stale if isinstance(stale, dict) else {}
-    return {
-        "by_severity": [{"severity": k, "n": n} for k, n in totals.by_severity.items()],
-        "by_type": [{"anomaly_type": k, "n": n} for k, n in totals.by_type.items()],
-        "open_total": totals.open,
-        "acknowledged_total": DataAnomaly.objects.filter(resolution_status=ResolutionStatus.ACKNOWLEDGED).count(),
-        "stale_series": stale.get("series") or [],
-        "stale_count": stale.get("count", 0),
-        "stale_truncated": bool(stale.get("truncated")),
-        "failing": list(SymbolFailureTracking.objects.filter(consecutive_failures__gt=0)
-                        .order_by("-consecutive_failures", "symbol")[:50]),
-        "active_backfills": list(BackfillState.objects.filter(status__in=ACTIVE_STATUSES).order_by("created_at")[:50]),
-        "latest_run": latest_run,
-        "coverage": list(SeriesStats.objects.order_by("coverage_pct", "symbol", "timeframe")[:100]),
-    }
-
-
-def dashboard_view(request):
-    if not request.user.has_perm("integrity.view_dataanomaly"):
-        raise PermissionDenied("the dashboard needs the permission to view data anomalies")
-    context = {**admin.site.each_context(request), "title": "Market-data integrity dashboard",
-               **dashboard_context()}
-    return TemplateResponse(request, "admin/integrity/dashboard.html", context)
-
-
-_original_get_urls = admin.site.get_urls
-
-
-def _get_urls():
-    return [path("integrity/dashboard/", admin.site.admin_view(dashboard_view), name="integrity-dashboard"),
-            *_original_get_urls()]
-
-
-admin.site.get_urls = _get_urls
-admin.site.index_template = "admin/integrity/index.html"
-admin.site.site_header = "marketdata-integrity"
-admin.site.site_title = "marketdata-integrity"
-
-

@@ -49,12 +49,15 @@ from .conf import conf
 from .failures import track_symbol_failure
 from .models import (
     ACTIVE_STATUSES,
+    AnomalyType,
     AssetClass,
     BackfillState,
     BackfillStatus,
     Candle,
+    DataAnomaly,
     Instrument,
     InvalidTransition,
+    Severity,
     Timeframe,
 )
 from .providers import FetchRequest, Provider, get_provider
@@ -545,7 +548,7 @@ def run_backfill(
         result = BackfillResult(symbol=symbol, timeframe=timeframe, status="failed",
                                 execution_id=str(state.execution_id), retry_count=state.retry_count)
         try:
-            state.mark_started(worker=worker_name())
+            state = update_backfill_state(state.execution_id, status=BackfillStatus.IN_PROGRESS)
         except InvalidTransition as exc:
             result.error = str(exc)
             return result
@@ -592,9 +595,6 @@ def run_backfill(
     return result
 
 
-EXECUTION_TASK = "integrity.backfill.run_backfill_execution"  # what request_backfill queues
-
-
 def check_range(spec: SeriesSpec, start: datetime | None, end: datetime | None, now: datetime | None = None) -> None:
     """The bounds of an explicit range (``integrity.ranges``: API, admin, CLI and here alike)."""
     try:
@@ -604,29 +604,19 @@ def check_range(spec: SeriesSpec, start: datetime | None, end: datetime | None, 
 
 
 def run_backfill_execution(execution_id: str) -> dict[str, Any]:
-    """Queue entry point: run an execution claimed earlier (API/admin request). Returns the result."""
+    """Run an execution claimed earlier (``claim_backfill``; queued by ``integrity.tasks``). Returns the result."""
     state = BackfillState.objects.get(execution_id=execution_id)
     return run_backfill(state.symbol, state.timeframe, execution_id=state.execution_id).as_dict()
 
 
-def request_backfill(symbol: str, timeframe: str, *, start: datetime | None = None, end: datetime | None = None,
-                     provider: str | None = None, requested_by: str = "", enqueue: bool = True) -> BackfillState:
-    """Claim a series now and queue its run (API and admin). Raises BackfillRefused / BackfillError."""
+def claim_backfill(symbol: str, timeframe: str, *, start: datetime | None = None, end: datetime | None = None,
+                   provider: str | None = None, requested_by: str = "") -> BackfillState:
+    """Claim a series now for a run later (a pending execution; ``integrity.tasks.request_backfill``
+    queues it). Raises BackfillRefused / BackfillError before anything is claimed."""
     spec = resolve_series(symbol, timeframe, provider=provider)
     check_range(spec, start, end)
-    state = create_backfill_state(symbol, timeframe, spec.asset_class, provider=spec.provider,
-                                  range_start=start, range_end=end, requested_by=requested_by)
-    if enqueue:
-        from django_q.tasks import async_task
-
-        try:
-            async_task(EXECUTION_TASK, str(state.execution_id),
-                       task_name=f"backfill {symbol} {timeframe}", group="backfill")
-        except Exception as exc:
-            # Without a queue the claim would block the series until the pending timeout: release it.
-            state.mark_failed(f"could not enqueue: {exc}")
-            raise BackfillError(f"the task queue is unavailable: {exc}") from exc
-    return state
+    return create_backfill_state(symbol, timeframe, spec.asset_class, provider=spec.provider,
+                                 range_start=start, range_end=end, requested_by=requested_by)
 
 
 def _describe(exc: BaseException) -> str:
@@ -834,8 +824,6 @@ def _after_finish(state: BackfillState, run: _Run | None, *, success: bool, erro
 
 def record_invalid_bars_anomaly(state: BackfillState, summary: ValidationSummary):
     """One invalid_ohlc anomaly per execution, with reason counts and examples."""
-    from .models import AnomalyType, DataAnomaly, Severity
-
     fingerprint = anomaly_fingerprint(AnomalyType.INVALID_OHLC.value, state.symbol, state.timeframe,
                                       execution_id=state.execution_id)
     existing = DataAnomaly.objects.filter(fingerprint=fingerprint, execution_id=state.execution_id).first()

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import uuid
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from .calendars import validate_calendar_code
 from .timeframes import BarAlignment, Timeframe
 
 __all__ = [
@@ -83,9 +85,6 @@ class Instrument(models.Model):
         return self.symbol
 
     def clean(self) -> None:
-        from django.core.exceptions import ValidationError
-
-        from .calendars import validate_calendar_code
         from .series import instrument_rule_errors  # series reads these models: imported at call time
 
         errors = instrument_rule_errors(self.symbol, self.timeframes)
@@ -219,20 +218,6 @@ class BackfillState(models.Model):
         instance._loaded_status = instance.__dict__.get("status")
         return instance
 
-    @property
-    def is_active(self) -> bool:
-        return self.status in ACTIVE_STATUSES
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
-
-    @property
-    def duration(self):
-        if self.started_at and self.completed_at:
-            return self.completed_at - self.started_at
-        return None
-
     # --- state changes: compare-and-set updates, the row count says whether we won -------------
     def _transition(self, allowed_from: tuple[str, ...], **changes) -> None:
         changes.setdefault("updated_at", timezone.now())
@@ -304,9 +289,6 @@ class Severity(models.TextChoices):
     MEDIUM = "medium", "Medium"
     HIGH = "high", "High"
     CRITICAL = "critical", "Critical"
-
-
-SEVERITY_RANK = {Severity.LOW: 0, Severity.MEDIUM: 1, Severity.HIGH: 2, Severity.CRITICAL: 3}
 
 
 class AnomalyType(models.TextChoices):

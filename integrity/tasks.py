@@ -1,4 +1,6 @@
-"""django-q2 entry points: thin wrappers over the services, named in ``integrity.schedules``.
+"""django-q2 entry points — every task the app queues, and every place it queues one: thin wrappers
+over the services, named in ``integrity.schedules`` and by ``request_backfill``. The services only
+claim and run; nothing below this module calls ``async_task``.
 
 The cluster runs each task once (``max_attempts: 1``) with a timeout below the broker's retry
 (``Q_TIMEOUT`` < ``Q_RETRY``), so a slow task is never handed to a second worker while it runs.
@@ -12,19 +14,25 @@ stopping", resumable (``integrity.shutdown``; the service checks it, so every do
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
+from django_q.tasks import async_task
+
+from .backfill import BackfillError, claim_backfill, reap_dead_backfills, run_backfill, run_backfill_execution
+from .health.job import run_health_monitoring
+from .models import BackfillState
+from .quality.enrichment import enrich_series
 from .series import active_series
 
 logger = logging.getLogger(__name__)
 
 BACKFILL_SERIES_TASK = "integrity.tasks.backfill_series_task"
+EXECUTION_TASK = "integrity.tasks.backfill_execution_task"  # what request_backfill queues
 
 
 def health_task() -> dict[str, Any]:
     """Run the health-monitoring job (``integrity.health.job.run_health_monitoring``)."""
-    from .health.job import run_health_monitoring
-
     report = run_health_monitoring()
     return {"run_id": report.run_id, "status": report.status, "stale_series": report.stale_series.count,
             "failing_symbols": report.failing_symbols.count, "alerts": len(report.alerts),
@@ -33,8 +41,6 @@ def health_task() -> dict[str, Any]:
 
 def enrichment_task() -> dict[str, Any]:
     """Recompute ``series_stats`` for the watchlist (``integrity.quality.enrichment.enrich_series``)."""
-    from .quality.enrichment import enrich_series
-
     return {"series": len(enrich_series())}
 
 
@@ -44,10 +50,6 @@ def backfill_all_task() -> dict[str, Any]:
     Series run in parallel on however many workers there are. No series runs twice at once even if
     two fan-outs overlap: the claim (a partial unique index) refuses the second.
     """
-    from django_q.tasks import async_task
-
-    from .backfill import reap_dead_backfills
-
     reap_dead_backfills()
     series = active_series()
     for s in series:
@@ -59,7 +61,24 @@ def backfill_all_task() -> dict[str, Any]:
 
 def backfill_series_task(symbol: str, timeframe: str) -> dict[str, Any]:
     """Incremental backfill of one series (``integrity.backfill.run_backfill``)."""
-    from .backfill import run_backfill
-
     result = run_backfill(symbol, timeframe, requested_by="schedule")
     return result.as_dict()
+
+
+def request_backfill(symbol: str, timeframe: str, *, start: datetime | None = None, end: datetime | None = None,
+                     provider: str | None = None, requested_by: str = "") -> BackfillState:
+    """Claim a series now and queue its run (API and admin). Raises BackfillRefused / BackfillError."""
+    state = claim_backfill(symbol, timeframe, start=start, end=end, provider=provider, requested_by=requested_by)
+    try:
+        async_task(EXECUTION_TASK, str(state.execution_id), task_name=f"backfill {symbol} {timeframe}",
+                   group="backfill")
+    except Exception as exc:
+        # Without a queue the claim would block the series until the pending timeout: release it.
+        state.mark_failed(f"could not enqueue: {exc}")
+        raise BackfillError(f"the task queue is unavailable: {exc}") from exc
+    return state
+
+
+def backfill_execution_task(execution_id: str) -> dict[str, Any]:
+    """Run an execution ``request_backfill`` claimed (``integrity.backfill.run_backfill_execution``)."""
+    return run_backfill_execution(execution_id)

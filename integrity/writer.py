@@ -26,6 +26,9 @@ import pandas as pd
 from django.db import connection
 from django.utils import timezone
 
+from .models import Candle
+
+_CANDLES = Candle._meta.db_table
 _TEMP = "integrity_incoming_bars"
 _VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
 
@@ -57,14 +60,14 @@ _CANDLE_COLUMNS = "symbol, timeframe, ts, open, high, low, close, volume, source
 # Every statement is bounded to the batch's own ts range, so the (symbol, timeframe, ts) index keeps
 # each batch's cost proportional to the batch, not to the series already stored (without the range
 # the planner may scan the whole series once per batch: quadratic over a long backfill).
-_PG_RANGE_HAS_ROWS = """
-SELECT EXISTS (SELECT 1 FROM candles
+_RANGE_HAS_ROWS = f"""
+SELECT EXISTS (SELECT 1 FROM {_CANDLES}
                 WHERE symbol = %s AND timeframe = %s AND ts >= %s AND ts <= %s)
 """
 
 _PG_MERGE = f"""
 WITH upd AS (
-    UPDATE candles AS c
+    UPDATE {_CANDLES} AS c
        SET open = i.open, high = i.high, low = i.low, close = i.close, volume = i.volume,
            source = %(source)s, updated_at = %(now)s
       FROM {_TEMP} AS i
@@ -74,11 +77,11 @@ WITH upd AS (
            IS DISTINCT FROM (i.open, i.high, i.low, i.close, i.volume)
     RETURNING 1
 ), ins AS (
-    INSERT INTO candles ({_CANDLE_COLUMNS})
+    INSERT INTO {_CANDLES} ({_CANDLE_COLUMNS})
     SELECT %(symbol)s, %(timeframe)s, i.ts, i.open, i.high, i.low, i.close, i.volume, %(source)s, %(now)s, %(now)s
       FROM {_TEMP} AS i
      WHERE NOT EXISTS (
-           SELECT 1 FROM candles AS c
+           SELECT 1 FROM {_CANDLES} AS c
             WHERE c.symbol = %(symbol)s AND c.timeframe = %(timeframe)s
               AND c.ts >= %(first)s AND c.ts <= %(last)s AND c.ts = i.ts)
      ORDER BY i.ts
@@ -137,13 +140,13 @@ def _write_postgresql(symbol: str, timeframe: str, frame: pd.DataFrame, source: 
     first, last = frame["ts"].min().to_pydatetime(), frame["ts"].max().to_pydatetime()
     with connection.cursor() as cursor:
         raw = cursor.cursor  # the psycopg cursor under Django's wrapper
-        cursor.execute(_PG_RANGE_HAS_ROWS, [symbol, timeframe, first, last])
+        cursor.execute(_RANGE_HAS_ROWS, [symbol, timeframe, first, last])
         if not cursor.fetchone()[0]:
             # Nothing stored in the batch's range (a backfill moving forward, a new series): every bar
             # is new, so COPY goes straight into candles. No other writer can race us here: the
             # series is held by this execution (one active backfill per series, DB-enforced).
             fields = [symbol, timeframe, *_bar_fields(frame), source, now, now]
-            with raw.copy(f"COPY candles ({_CANDLE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            with raw.copy(f"COPY {_CANDLES} ({_CANDLE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.write(copy_binary(len(frame), fields))
             return WriteResult(len(frame), 0)
         # Overlap with stored bars (incremental re-reads, revisions): stage, then one merge.
@@ -181,30 +184,25 @@ _SQLITE_STAGE = (
     "ts datetime PRIMARY KEY, open REAL, high REAL, low REAL, close REAL, volume REAL)"
 )
 
-_SQLITE_RANGE_HAS_ROWS = """
-SELECT EXISTS (SELECT 1 FROM candles
-                WHERE symbol = %s AND timeframe = %s AND ts >= %s AND ts <= %s)
-"""
-
 # Bounded like the PostgreSQL merge: the ts range keeps the index search on candles to the batch's
 # own span (without it SQLite walks the whole stored series, once per batch: quadratic), and each
 # stored row found there looks its staged twin up by primary key.
 _SQLITE_MERGE_UPDATE = f"""
-UPDATE candles
+UPDATE {_CANDLES}
    SET open = i.open, high = i.high, low = i.low, close = i.close, volume = i.volume,
        source = %s, updated_at = %s
   FROM {_TEMP} AS i
- WHERE candles.symbol = %s AND candles.timeframe = %s
-   AND candles.ts >= %s AND candles.ts <= %s AND candles.ts = i.ts
-   AND (candles.open IS NOT i.open OR candles.high IS NOT i.high OR candles.low IS NOT i.low
-        OR candles.close IS NOT i.close OR candles.volume IS NOT i.volume)
+ WHERE {_CANDLES}.symbol = %s AND {_CANDLES}.timeframe = %s
+   AND {_CANDLES}.ts >= %s AND {_CANDLES}.ts <= %s AND {_CANDLES}.ts = i.ts
+   AND ({_CANDLES}.open IS NOT i.open OR {_CANDLES}.high IS NOT i.high OR {_CANDLES}.low IS NOT i.low
+        OR {_CANDLES}.close IS NOT i.close OR {_CANDLES}.volume IS NOT i.volume)
 """
 
 _SQLITE_MERGE_INSERT = f"""
-INSERT INTO candles ({_CANDLE_COLUMNS})
+INSERT INTO {_CANDLES} ({_CANDLE_COLUMNS})
 SELECT %s, %s, i.ts, i.open, i.high, i.low, i.close, i.volume, %s, %s, %s
   FROM {_TEMP} AS i
- WHERE NOT EXISTS (SELECT 1 FROM candles AS c
+ WHERE NOT EXISTS (SELECT 1 FROM {_CANDLES} AS c
                     WHERE c.symbol = %s AND c.timeframe = %s AND c.ts = i.ts)
  ORDER BY i.ts
 """
@@ -215,7 +213,7 @@ def _write_sqlite(symbol: str, timeframe: str, frame: pd.DataFrame, source: str)
     ts = sqlite_ts(frame["ts"])
     first, last = ts.min(), ts.max()  # this text form sorts like the times it denotes
     with connection.cursor() as cursor:
-        cursor.execute(_SQLITE_RANGE_HAS_ROWS, [symbol, timeframe, first, last])
+        cursor.execute(_RANGE_HAS_ROWS, [symbol, timeframe, first, last])
         if not cursor.fetchone()[0]:
             # Nothing stored in the batch's range: every bar is new, insert it directly. The series is
             # held by this execution (one active backfill per series) and the IMMEDIATE transaction
@@ -227,7 +225,7 @@ def _write_sqlite(symbol: str, timeframe: str, frame: pd.DataFrame, source: str)
                 strict=True,
             )
             cursor.executemany(
-                f"INSERT INTO candles ({_CANDLE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                f"INSERT INTO {_CANDLES} ({_CANDLE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 list(rows),
             )
             return WriteResult(len(frame), 0)

@@ -45,7 +45,7 @@ SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", "False")
 CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", "False")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "integrity.apps.IntegrityAdminConfig",  # django.contrib.admin, its site an IntegrityAdminSite
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -6,6 +6,7 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.contrib import admin
 from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -13,6 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django_q.models import OrmQ
 
+from integrity.admin_site import IntegrityAdminSite
 from integrity.backfill import create_backfill_state, run_backfill
 from integrity.health.job import run_health_monitoring
 from integrity.models import (
@@ -422,6 +424,17 @@ class TestInstrumentForm:
         response = self.post(admin_client, **{**provider, field: value})
         assert response.status_code == 200 and message in str(response.context["adminform"].form.errors)
         assert not Instrument.objects.exists()
+
+
+class TestTheSite:
+    def test_the_default_site_is_the_integrity_site_with_its_title(self, admin_client):
+        assert isinstance(admin.site, IntegrityAdminSite)
+        assert "marketdata-integrity" in admin_client.get(reverse("admin:index")).content.decode()
+
+    @pytest.mark.parametrize("url_name", ["admin:auth_user_changelist", "admin:django_q_schedule_changelist",
+                                          "admin:integrity_instrument_changelist"])
+    def test_every_app_registered_on_the_default_site_keeps_its_screens(self, admin_client, url_name):
+        assert admin_client.get(reverse(url_name)).status_code == 200
 
 
 class TestDashboardAndChart:

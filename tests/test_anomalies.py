@@ -168,21 +168,21 @@ class TestReviewLifecycle:
 class TestCommands:
     def test_detect_anomalies_exits_0_when_nothing_high_is_found(self):
         load()
-        call_command("detect_anomalies", "--types", "gap", stdout=StringIO())  # no SystemExit
+        call_command("detect_anomalies", "--types", "gap", stdout=StringIO())  # no CommandError
 
     def test_detect_anomalies_exits_1_on_a_high_severity_finding(self):
         load(gaps=[[utc(2024, 1, 3).isoformat(), utc(2024, 1, 5).isoformat()]])
-        with pytest.raises(SystemExit) as exit_:
+        with pytest.raises(CommandError) as exit_:
             call_command("detect_anomalies", "--types", "gap", stdout=StringIO())
-        assert exit_.value.code == 1
+        assert exit_.value.returncode == 1
 
     def test_detect_anomalies_json_lists_findings_with_the_documented_fields(self):
         load(gaps=[[HOLE[0].isoformat(), HOLE[1].isoformat()]])
         out = StringIO()
         try:
             call_command("detect_anomalies", "--format", "json", "--dry-run", "--types", "gap", stdout=out)
-        except SystemExit as exit_:
-            assert exit_.code in (0, 1)  # 1 when a finding is high or critical
+        except CommandError as exit_:
+            assert exit_.returncode in (0, 1)  # 1 when a finding is high or critical
         [row] = json.loads(out.getvalue())
         assert {"symbol", "timeframe", "anomaly_type", "severity", "period_start", "period_end",
                 "affected_rows", "description"} <= set(row)
@@ -198,7 +198,7 @@ class TestCommands:
         try:
             call_command("detect_anomalies", "--types", "stale", "--dry-run", "--format", "json",
                          "--as-of", "2024-01-13T00:30:00Z", stdout=out)
-        except SystemExit:
+        except CommandError:
             pass  # stale for two days: a high finding
         assert [row["anomaly_type"] for row in json.loads(out.getvalue())] == ["stale"]
 

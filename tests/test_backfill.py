@@ -8,7 +8,7 @@ from datetime import timedelta
 from io import StringIO
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from integrity.backfill import (
@@ -428,11 +428,11 @@ class TestEveryBarRejected:
         path = tmp_path / "BTC.csv"
         path.write_text("\n".join(lines) + "\n")
         out, err = StringIO(), StringIO()
-        with pytest.raises(SystemExit) as exit_:
+        with pytest.raises(CommandError) as exit_:
             call_command("backfill", "--file", str(path), "--symbol", "BTC-USD", "--timeframe", "1h",
                          "--asset-class", "crypto", "--start", START.isoformat(), "--end", "2024-01-03",
                          "--format", "json", stdout=out, stderr=err)
-        assert exit_.value.code == 1
+        assert exit_.value.returncode == 1
         [result] = json.loads(out.getvalue())
         assert result["status"] == "failed"
         assert result["error"].startswith("30 of 30 bars rejected: misaligned_ts — no bar starts on the 1h grid "

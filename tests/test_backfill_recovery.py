@@ -22,7 +22,7 @@ from django.db import OperationalError, connection, connections
 from django.utils import timezone
 
 from integrity import backfill as service
-from integrity.backfill import EXECUTION_TASK, create_backfill_state, reap_dead_backfills, run_backfill
+from integrity.backfill import create_backfill_state, reap_dead_backfills, run_backfill
 from integrity.models import (
     BackfillState,
     BackfillStatus,
@@ -38,7 +38,7 @@ from integrity.shutdown import (
     cluster_stop_event,
     request_stop,
 )
-from integrity.tasks import backfill_series_task
+from integrity.tasks import EXECUTION_TASK, backfill_series_task
 from tests.helpers import add_instrument, assert_same_bars, stored_bars, utc, worker_database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -166,7 +166,7 @@ class TestRerunAfterACrash:
 
     def test_a_queued_execution_resumes_the_run_reaped_when_it_was_requested(self):
         dead = dead_run()
-        queued = service.request_backfill("BTC-USD", "1h", start=START, end=END, enqueue=False)
+        queued = service.claim_backfill("BTC-USD", "1h", start=START, end=END)
         result = service.run_backfill_execution(str(queued.execution_id))
         assert result["resumed_from"] == dead.checkpoint_ts.isoformat()
         assert result["inserted"] == ALL_BARS - 300

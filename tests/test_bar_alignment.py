@@ -225,8 +225,8 @@ class TestBackfillCommandAlignmentOptions:
     def run(self, *args) -> int:
         try:
             call_command("backfill", *args, stdout=io.StringIO(), stderr=io.StringIO())
-        except SystemExit as exc:
-            return int(exc.code or 0)
+        except CommandError as exc:
+            return exc.returncode
         return 0
 
     def test_a_new_instrument_takes_the_bar_alignment_given(self, tmp_path):

@@ -10,7 +10,7 @@ from io import StringIO
 
 import pandas as pd
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.db.models import Count
 
@@ -483,8 +483,8 @@ def run(*args, **kwargs) -> tuple[int, str, str]:
     try:
         call_command("cleanup_duplicates", *args, stdout=out, stderr=err, **kwargs)
         code = 0
-    except SystemExit as exc:
-        code = exc.code
+    except CommandError as exc:
+        code = exc.returncode
     return code, out.getvalue(), err.getvalue()
 
 

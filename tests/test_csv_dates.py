@@ -197,8 +197,8 @@ def run(*args) -> tuple[int, str, str]:
     try:
         call_command("backfill", *args, stdout=out, stderr=err)
         code = 0
-    except SystemExit as exc:
-        code = exc.code
+    except CommandError as exc:
+        code = exc.returncode
     return code, out.getvalue(), err.getvalue()
 
 

@@ -7,7 +7,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -380,8 +380,8 @@ class TestHealthCheckCommand:
     def run(self, *args, out=None) -> int:
         try:
             call_command("health_check", *args, stdout=out or io.StringIO())
-        except SystemExit as exc:
-            return exc.code
+        except CommandError as exc:
+            return exc.returncode
         return 0
 
     def test_it_exits_0_when_healthy(self, quiet_scan):

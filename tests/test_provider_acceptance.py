@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth.models import Permission, User
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils.html import escape
 from rest_framework.test import APIClient
@@ -103,9 +103,9 @@ class TestTheAcceptanceCommand:
         settings.PROVIDER_HTTP_MAX_RETRIES = 0
         Instrument.objects.create(symbol="BTC-USD", asset_class="crypto", calendar="24/7", timeframes=["1h"])
         out = StringIO()
-        with pytest.raises(SystemExit) as exited:
+        with pytest.raises(CommandError) as exited:
             call_command(*self.COMMAND, "--format", "json", stdout=out, stderr=StringIO())
-        assert exited.value.code == 1
+        assert exited.value.returncode == 1
         [row] = json.loads(out.getvalue())
         assert row["status"] == "failed" and row["error"].startswith("[binance] connection error")
         state = BackfillState.objects.get(execution_id=row["execution_id"])

@@ -14,7 +14,7 @@ from io import StringIO
 
 import pandas as pd
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from werkzeug import Request, Response
 
 from integrity.backfill import run_backfill
@@ -470,8 +470,8 @@ def run_command(*args) -> tuple[int, str, str]:
     try:
         call_command("backfill", *args, stdout=out, stderr=err)
         code = 0
-    except SystemExit as exc:
-        code = exc.code
+    except CommandError as exc:
+        code = exc.returncode
     return code, out.getvalue(), err.getvalue()
 
 

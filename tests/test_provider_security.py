@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.utils.html import escape
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -297,10 +297,10 @@ class TestOptionsThatBypassedValidation:
         Instrument.objects.create(**INSTRUMENT_FIELDS["alpaca"], provider="alpaca",
                                   provider_options={"base_url": httpserver.url_for("/")})
         out, err = StringIO(), StringIO()
-        with pytest.raises(SystemExit) as exited:
+        with pytest.raises(CommandError) as exited:
             call_command("backfill", "--symbols", "AAPL", "--timeframe", "1h", "--start", "2024-01-02",
                          "--end", "2024-01-06", "--format", "json", stdout=out, stderr=err)
-        assert exited.value.code == 1
+        assert exited.value.returncode == 1
         [row] = json.loads(out.getvalue())
         assert row["status"] == "failed" and HOST_RULE in row["error"]
         assert httpserver.log == []
@@ -391,10 +391,10 @@ class TestARepliesEchoingTheKeys:
         shape, expected = ECHOING_REPLIES["no-bars-field"]
         httpserver.expect_request("/v2/stocks/AAPL/bars").respond_with_handler(echoing(shape))
         out, err = StringIO(), StringIO()
-        with pytest.raises(SystemExit) as exited:
+        with pytest.raises(CommandError) as exited:
             call_command("backfill", "--symbols", "AAPL", "--timeframe", "1h", "--start", "2024-01-02",
                          "--end", "2024-01-06", "--format", output_format, stdout=out, stderr=err)
-        assert exited.value.code == 1
+        assert exited.value.returncode == 1
         assert expected in out.getvalue() + err.getvalue()
         assert_no_secret(out.getvalue() + err.getvalue(), "the command output")
         state = BackfillState.objects.get(symbol="AAPL")

@@ -16,10 +16,11 @@ from django.test import RequestFactory
 from django.utils import timezone
 
 from integrity.admin import BackfillStateAdmin
-from integrity.backfill import BackfillError, request_backfill, run_backfill, run_backfill_execution
+from integrity.backfill import BackfillError, run_backfill, run_backfill_execution
 from integrity.models import BackfillState, BackfillStatus, Candle, Instrument
 from integrity.quality.anomalies import detect_data_anomalies
 from integrity.ranges import RangeError, check_backfill_range
+from integrity.tasks import request_backfill
 from tests.helpers import add_instrument, utc
 
 NOW = utc(2024, 3, 1, 12, 30)
@@ -129,7 +130,7 @@ class TestTheService:
     def test_request_backfill_refuses_before_claiming(self):
         add_instrument()
         with pytest.raises(BackfillError, match="before 1970"):
-            request_backfill("BTC-USD", "1h", start=datetime(1, 1, 1, tzinfo=UTC), enqueue=False)
+            request_backfill("BTC-USD", "1h", start=datetime(1, 1, 1, tzinfo=UTC))
         assert not BackfillState.objects.exists()
 
     def test_run_backfill_refuses_before_claiming(self):

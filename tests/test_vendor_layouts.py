@@ -24,7 +24,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from integrity.calendars import expected_bars
 from integrity.models import Candle, DataAnomaly
@@ -88,8 +88,8 @@ class Layout:
         try:
             call_command(*args, stdout=out, stderr=io.StringIO())
             code = 0
-        except SystemExit as exc:  # exit 1: a series failed
-            code = int(exc.code or 0)
+        except CommandError as exc:  # exit 1: a series failed
+            code = exc.returncode
         return code, json.loads(out.getvalue())
 
 
@@ -148,7 +148,7 @@ def detect(now: datetime) -> list[dict]:
     out = io.StringIO()
     try:
         call_command("detect_anomalies", "--full", "--format", "json", "--as-of", now.isoformat(), stdout=out)
-    except SystemExit:  # exit 1: a high or critical finding; the findings are printed all the same
+    except CommandError:  # exit 1: a high or critical finding; the findings are printed all the same
         pass
     return json.loads(out.getvalue())
 

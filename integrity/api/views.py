@@ -13,7 +13,7 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ..backfill import BackfillError, BackfillRefused, request_backfill
+from ..backfill import BackfillError, BackfillRefused
 from ..failures import reset_symbol_failures
 from ..health.summaries import open_anomaly_totals
 from ..models import (
@@ -28,6 +28,7 @@ from ..models import (
     SeriesStats,
     SymbolFailureTracking,
 )
+from ..tasks import request_backfill
 from . import filters
 from .permissions import InstrumentPermissions, ModelPermissions
 from .serializers import (

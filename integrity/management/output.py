@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from integrity.backfill import BackfillResult
+
 
 def keep_stdout_for_json(options) -> None:
     """With ``--format json`` stdout carries only the JSON document: move log output to stderr.
@@ -17,3 +19,22 @@ def keep_stdout_for_json(options) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is sys.stdout:
             handler.setStream(sys.stderr)
+
+
+def backfill_table(results: list[BackfillResult]) -> str:
+    """One row per series run (status, counts, execution id), then the failed or refused ones with why."""
+    header = ("symbol", "tf", "status", "inserted", "updated", "invalid", "retry", "seconds", "execution")
+    rows = [header] + [
+        (r.symbol, r.timeframe, r.status, str(r.inserted), str(r.updated), str(r.invalid), str(r.retry_count),
+         f"{r.duration_seconds:.2f}", (r.execution_id or r.active_execution_id or "-"))
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    failed = [r for r in results if not r.ok]
+    lines.append("")
+    lines.append(f"{len(results) - len(failed)} completed, {len(failed)} failed or refused")
+    for r in failed:
+        lines.append(f"  {r.symbol} {r.timeframe}: {r.error}")
+    return "\n".join(lines)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from django.db import connections
 
 from integrity.backfill import BackfillError, BackfillResult, run_backfill
 from integrity.calendars import calendar_for_asset_class, validate_calendar_code
-from integrity.management.output import keep_stdout_for_json
+from integrity.management.output import backfill_table, keep_stdout_for_json
 from integrity.models import AssetClass, Instrument, Timeframe
 from integrity.providers import PROVIDER_NAMES, FetchRequest, ProviderConfigError, ProviderError, get_provider
 from integrity.providers.csv import (
@@ -310,11 +309,12 @@ class Command(BaseCommand):
         results.sort(key=lambda r: order[(r.symbol, r.timeframe)])
         self.withdraw_empty_registrations(results)
         if text:
-            self.stdout.write(self.summary_table(results))
+            self.stdout.write(backfill_table(results))
         else:
             self.stdout.write(json.dumps([r.as_dict() for r in results], indent=2))
-        if any(not r.ok for r in results):
-            sys.exit(1)
+        failed = sum(not r.ok for r in results)
+        if failed:
+            raise CommandError(f"{failed} of {len(results)} series failed or were refused", returncode=1)
 
     @staticmethod
     def progress_line(symbol: str, timeframe: str, state, totals, finished: int, total: int,
@@ -329,21 +329,3 @@ class Command(BaseCommand):
         filled = int(round(fraction * width))
         return (f"[{finished}/{total}] {symbol} {timeframe} [{'#' * filled}{'.' * (width - filled)}] "
                 f"{fraction:4.0%} {totals.inserted:,} inserted, {totals.updated:,} updated")
-
-    @staticmethod
-    def summary_table(results: list[BackfillResult]) -> str:
-        header = ("symbol", "tf", "status", "inserted", "updated", "invalid", "retry", "seconds", "execution")
-        rows = [header] + [
-            (r.symbol, r.timeframe, r.status, str(r.inserted), str(r.updated), str(r.invalid), str(r.retry_count),
-             f"{r.duration_seconds:.2f}", (r.execution_id or r.active_execution_id or "-"))
-            for r in results
-        ]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        failed = [r for r in results if not r.ok]
-        lines.append("")
-        lines.append(f"{len(results) - len(failed)} completed, {len(failed)} failed or refused")
-        for r in failed:
-            lines.append(f"  {r.symbol} {r.timeframe}: {r.error}")
-        return "\n".join(lines)

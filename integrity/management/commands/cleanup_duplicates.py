@@ -94,7 +94,7 @@ class Command(BaseCommand):
                 payload = partial.as_dict() if partial is not None else {}
                 payload["error"] = str(exc)
                 self.stdout.write(json.dumps(payload, indent=2))
-            sys.exit(1)
+            raise CommandError("cleanup stopped on a failed batch", returncode=1) from None
         if tty:
             self.stderr.write("", style_func=_plain)
         if text:

@@ -15,7 +15,7 @@ from django.utils import timezone
 from integrity.backfill import BackfillResult, run_backfill
 from integrity.cleanup import cleanup_duplicate_records
 from integrity.health.job import run_health_monitoring
-from integrity.management.commands.backfill import Command as BackfillCommand
+from integrity.management.output import backfill_table
 from integrity.models import BackfillState, Candle, DataAnomaly, DuplicateRecordLog, Instrument
 from integrity.quality.anomalies import detect_data_anomalies
 from integrity.quality.enrichment import enrich_series
@@ -44,7 +44,7 @@ class Command(BaseCommand):
 
         self.section("2. Backfill (synthetic provider, tracked executions)")
         results = self.backfill()
-        self.stdout.write(BackfillCommand.summary_table(results))
+        self.stdout.write(backfill_table(results))
 
         self.section("3. Duplicate cleanup (audited: keep the latest row, log the rest)")
         self.cleanup()

@@ -7,7 +7,6 @@ Exit codes: 0 no unresolved finding of high or critical severity; 1 high or crit
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, datetime
 
 from django.core.management.base import BaseCommand, CommandError
@@ -77,5 +76,6 @@ class Command(BaseCommand):
             for row in rows:
                 self.stdout.write(f"  [{row['severity']:8}] {row['symbol']} {row['timeframe']} "
                                   f"{row['anomaly_type']}: {row['description']}")
-        if any(f.severity in ("high", "critical") for f in result.findings):
-            sys.exit(1)
+        serious = sum(f.severity in ("high", "critical") for f in result.findings)
+        if serious:
+            raise CommandError(f"{serious} high or critical finding(s)", returncode=1)

@@ -6,9 +6,8 @@ Exit codes: 0 healthy, 1 warning, 2 critical (see ``HealthReport.compute_status`
 from __future__ import annotations
 
 import json
-import sys
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from integrity.health.job import run_health_monitoring
 from integrity.health.report import HealthReport
@@ -34,7 +33,7 @@ class Command(BaseCommand):
             self.write_text(report)
         code = EXIT_CODES.get(report.status, 2)
         if code:
-            sys.exit(code)
+            raise CommandError(f"health {report.status}", returncode=code)
 
     def write_text(self, report: HealthReport) -> None:
         out = self.stdout.write

@@ -1,0 +1,65 @@
+"""The admin site: Django's own, with the project's titles and the integrity dashboard.
+
+``IntegrityAdminConfig`` (``integrity.apps``) makes it the default site, so ``admin.site`` — which
+every ``@admin.register`` in ``integrity.admin``, ``django.contrib.auth`` and ``django_q`` uses and
+``marketdata_site/urls.py`` mounts — is an ``IntegrityAdminSite``. This module must not import
+``integrity.admin``: the site is built while the admin modules are being discovered.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.template.response import TemplateResponse
+from django.urls import path
+
+from .health.summaries import open_anomaly_totals
+from .models import (
+    ACTIVE_STATUSES,
+    BackfillState,
+    DataAnomaly,
+    HealthCheckRun,
+    ResolutionStatus,
+    SeriesStats,
+    SymbolFailureTracking,
+)
+
+
+def dashboard_context() -> dict:
+    # Counted as the health job counts them (status open); acknowledged ones are shown apart.
+    totals = open_anomaly_totals()
+    latest_run = HealthCheckRun.objects.order_by("-started_at").first()
+    # The health job's report: {"stale_series": {"count": n, "series": [...], "truncated": bool}}.
+    stale = (latest_run.results or {}).get("stale_series") if latest_run else None
+    stale = stale if isinstance(stale, dict) else {}
+    return {
+        "by_severity": [{"severity": k, "n": n} for k, n in totals.by_severity.items()],
+        "by_type": [{"anomaly_type": k, "n": n} for k, n in totals.by_type.items()],
+        "open_total": totals.open,
+        "acknowledged_total": DataAnomaly.objects.filter(resolution_status=ResolutionStatus.ACKNOWLEDGED).count(),
+        "stale_series": stale.get("series") or [],
+        "stale_count": stale.get("count", 0),
+        "stale_truncated": bool(stale.get("truncated")),
+        "failing": list(SymbolFailureTracking.objects.filter(consecutive_failures__gt=0)
+                        .order_by("-consecutive_failures", "symbol")[:50]),
+        "active_backfills": list(BackfillState.objects.filter(status__in=ACTIVE_STATUSES).order_by("created_at")[:50]),
+        "latest_run": latest_run,
+        "coverage": list(SeriesStats.objects.order_by("coverage_pct", "symbol", "timeframe")[:100]),
+    }
+
+
+class IntegrityAdminSite(admin.AdminSite):
+    site_header = "marketdata-integrity"
+    site_title = "marketdata-integrity"
+    index_template = "admin/integrity/index.html"  # the index links the dashboard
+
+    def get_urls(self):
+        return [path("integrity/dashboard/", self.admin_view(self.dashboard_view), name="integrity-dashboard"),
+                *super().get_urls()]
+
+    def dashboard_view(self, request):
+        if not request.user.has_perm("integrity.view_dataanomaly"):
+            raise PermissionDenied("the dashboard needs the permission to view data anomalies")
+        context = {**self.each_context(request), "title": "Market-data integrity dashboard",
+                   **dashboard_context()}
+        return TemplateResponse(request, "admin/integrity/dashboard.html", context)
