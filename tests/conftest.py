@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import User
+
+from integrity.providers.http import reset_rate_limiters
+from tests.helpers import ALPACA_KEY_ID, ALPACA_SECRET, record_http_sleeps
 
 
 def is_postgres() -> bool:
@@ -25,3 +29,37 @@ def _empty_cache():
     from django.core.cache import cache
 
     cache.clear()
+
+
+@pytest.fixture
+def admin_client(client):
+    """A client logged in as a superuser (made without a password: no slow hashing)."""
+    client.force_login(User.objects.create_superuser("root", "root@example.com", None))
+    return client
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """Every sleep the HTTP client asks for, in seconds (nothing really sleeps)."""
+    return record_http_sleeps(monkeypatch)
+
+
+@pytest.fixture
+def fast_http(settings):
+    """Short HTTP timeouts and backoff for the providers' client; fresh rate limiters before and after."""
+    settings.PROVIDER_HTTP_CONNECT_TIMEOUT = 2
+    settings.PROVIDER_HTTP_READ_TIMEOUT = 2
+    settings.PROVIDER_HTTP_BACKOFF_BASE = 0.01
+    reset_rate_limiters()
+    yield settings
+    reset_rate_limiters()
+
+
+@pytest.fixture
+def alpaca_keys(settings, monkeypatch):
+    """The operator's Alpaca keys are the ones the local Alpaca server accepts (never the environment's)."""
+    settings.ALPACA_API_KEY_ID = ALPACA_KEY_ID
+    settings.ALPACA_API_SECRET_KEY = ALPACA_SECRET
+    monkeypatch.delenv("ALPACA_API_KEY_ID", raising=False)
+    monkeypatch.delenv("ALPACA_API_SECRET_KEY", raising=False)
+    return settings

@@ -1,12 +1,22 @@
-"""Helpers shared by tests: registering instruments and reading back stored candles."""
+"""Helpers shared by tests: registering instruments, reading back stored candles, running the backfill
+command, fetching from a provider against the local HTTP server."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
+from io import StringIO
 
 import pandas as pd
+import pytest
+from django.core.management import CommandError, call_command
+from django.urls import reverse
 
 from integrity.models import Candle, Instrument
+from integrity.providers import FetchRequest, ProviderError, get_provider
+
+# The Alpaca keys the local Alpaca server accepts (tests.conftest's ``alpaca_keys`` configures them).
+ALPACA_KEY_ID, ALPACA_SECRET = "PKTESTKEYID0123456789", "sEcReT-0123456789-abcdefghijklmnopqrstuv"
 
 
 def utc(*args) -> datetime:
@@ -75,3 +85,58 @@ def worker_database_url() -> str:
         return f"sqlite:///{db['NAME']}"
     user = quote(db["USER"] or "") + (f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else "")
     return f"postgres://{user}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def run_backfill_command(*args) -> tuple[int, str, str]:
+    """``manage.py backfill ARGS`` in this process: (return code, stdout, stderr)."""
+    out, err = StringIO(), StringIO()
+    try:
+        call_command("backfill", *args, stdout=out, stderr=err)
+        code = 0
+    except CommandError as exc:
+        code = exc.returncode
+    return code, out.getvalue(), err.getvalue()
+
+
+def drain(httpserver, requests: int) -> None:
+    """Wait until the server has answered ``requests`` requests: a request the client gave up on
+    (timeout) is still queued at the single-threaded server and must not leak into the next test."""
+    deadline = time.monotonic() + 5
+    while len(httpserver.log) < requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+class ProviderFetch:
+    """``fetch`` (the pages), ``fetched`` (one frame) and ``fetch_error`` of one provider, with a test
+    file's defaults (symbol, timeframe, start, end, calendar, asset_class, options). Given the local
+    server, ``base_url`` names it unless the call names another."""
+
+    REQUEST_FIELDS = ("symbol", "timeframe", "start", "end", "calendar", "asset_class")
+
+    def __init__(self, provider: str, **defaults):
+        self.provider, self.defaults = provider, defaults
+
+    def fetch(self, httpserver=None, /, **kwargs) -> list[pd.DataFrame]:
+        options = {**self.defaults, **kwargs}
+        fields = {name: options.pop(name) for name in self.REQUEST_FIELDS}
+        if httpserver is not None:
+            options.setdefault("base_url", httpserver.url_for(""))
+        request = FetchRequest(fields["symbol"], fields["timeframe"], fields["start"], fields["end"],
+                               calendar=fields["calendar"], asset_class=fields["asset_class"], options=options)
+        return list(get_provider(self.provider).fetch(request))
+
+    def fetched(self, *server, **kwargs) -> pd.DataFrame:
+        return pd.concat(self.fetch(*server, **kwargs), ignore_index=True)
+
+    def fetch_error(self, *server, **kwargs) -> ProviderError:
+        with pytest.raises(ProviderError) as caught:
+            self.fetch(*server, **kwargs)
+        return caught.value
+
+
+def post_instrument(client, **overrides):
+    """Submit the admin's add-instrument form: a valid ETH-USD unless ``overrides`` change a field."""
+    data = {"symbol": "ETH-USD", "asset_class": "crypto", "calendar": "24/7", "timeframes": '["1h"]',
+            "provider": "synthetic", "provider_options": "{}", "quality_thresholds": "{}", "active": "on"}
+    data.update(overrides)
+    return client.post(reverse("admin:integrity_instrument_add"), data)

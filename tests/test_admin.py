@@ -28,16 +28,9 @@ from integrity.models import (
     SymbolFailureTracking,
 )
 from integrity.quality.anomalies import detect_data_anomalies
-from tests.helpers import add_instrument, utc
+from tests.helpers import add_instrument, post_instrument, utc
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def admin_client(client):
-    user = User.objects.create_superuser("root", "root@example.com", None)
-    client.force_login(user)
-    return client
 
 
 def make_anomaly(**kwargs):
@@ -402,14 +395,8 @@ class TestInstrumentAndFailureActions:
 
 
 class TestInstrumentForm:
-    def post(self, client, **overrides):
-        data = {"symbol": "ETH-USD", "asset_class": "crypto", "calendar": "24/7", "timeframes": '["1h"]',
-                "provider": "synthetic", "provider_options": "{}", "quality_thresholds": "{}", "active": "on"}
-        data.update(overrides)
-        return client.post(reverse("admin:integrity_instrument_add"), data)
-
     def test_a_valid_instrument_is_saved(self, admin_client):
-        assert self.post(admin_client).status_code == 302
+        assert post_instrument(admin_client).status_code == 302
         assert Instrument.objects.get(symbol="ETH-USD").timeframes == ["1h"]
 
     @pytest.mark.parametrize("field,value,message", [
@@ -421,7 +408,7 @@ class TestInstrumentForm:
     ])
     def test_invalid_values_are_refused_with_a_field_message(self, admin_client, field, value, message):
         provider = {"provider": "binance"} if field == "provider_options" else {}
-        response = self.post(admin_client, **{**provider, field: value})
+        response = post_instrument(admin_client, **{**provider, field: value})
         assert response.status_code == 200 and message in str(response.context["adminform"].form.errors)
         assert not Instrument.objects.exists()
 

@@ -19,7 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from integrity.models import DataAnomaly, Instrument
-from tests.helpers import utc
+from tests.helpers import post_instrument, utc
 from tests.test_admin import FACTORIES, changelist, make_anomaly
 
 pytestmark = pytest.mark.django_db
@@ -216,12 +216,6 @@ class TestEveryLinkTheListMakesStillWorks:
 
 
 class TestFormsRefuseWhatTheDatabaseCannotStore:
-    def post_instrument(self, client, **overrides):
-        data = {"symbol": "ETH-USD", "asset_class": "crypto", "calendar": "24/7", "timeframes": '["1h"]',
-                "provider": "synthetic", "provider_options": "{}", "quality_thresholds": "{}", "active": "on"}
-        data.update(overrides)
-        return client.post(reverse("admin:integrity_instrument_add"), data)
-
     @pytest.mark.parametrize("field,value,message", [
         ("symbol", "ETH\x00USD", "Null characters are not allowed."),
         ("calendar", "24/7\x00", "Null characters are not allowed."),
@@ -236,7 +230,7 @@ class TestFormsRefuseWhatTheDatabaseCannotStore:
         ("provider_options", "[" * 40 + "]" * 40, "nests deeper than 32 levels"),
     ])
     def test_an_instrument_value_no_database_can_store_is_a_field_error(self, admin_client, field, value, message):
-        response = self.post_instrument(admin_client, **{field: value})
+        response = post_instrument(admin_client, **{field: value})
         assert response.status_code == 200
         errors = response.context["adminform"].form.errors
         assert list(errors) == [field] and message in " ".join(errors[field])
@@ -251,7 +245,7 @@ class TestFormsRefuseWhatTheDatabaseCannotStore:
         assert DataAnomaly.objects.get(pk=anomaly.pk).resolution_note == ""
 
     def test_a_valid_instrument_still_saves_with_its_json(self, admin_client):
-        response = self.post_instrument(admin_client, provider_options='{"seed": 7}',
+        response = post_instrument(admin_client, provider_options='{"seed": 7}',
                                         quality_thresholds='{"stale_hours": 12}')
         assert response.status_code == 302
         saved = Instrument.objects.get(symbol="ETH-USD")

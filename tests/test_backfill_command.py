@@ -17,6 +17,7 @@ from integrity.backfill import create_backfill_state
 from integrity.calendars import expected_bars
 from integrity.models import BackfillState, Candle, DataAnomaly, Instrument
 from tests.helpers import add_instrument, utc
+from tests.helpers import run_backfill_command as run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,16 +25,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 class TtyStringIO(StringIO):
     def isatty(self) -> bool:
         return True
-
-
-def run(*args) -> tuple[int, str, str]:
-    out, err = StringIO(), StringIO()
-    try:
-        call_command("backfill", *args, stdout=out, stderr=err)
-        code = 0
-    except CommandError as exc:
-        code = exc.returncode
-    return code, out.getvalue(), err.getvalue()
 
 
 def write_daily_csv(path, start, end, extra_lines=()):

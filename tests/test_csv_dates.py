@@ -18,6 +18,7 @@ from integrity.models import BackfillState, Candle, Instrument
 from integrity.providers import csv as csv_module
 from integrity.providers.base import FetchRequest, ProviderConfigError, ProviderError
 from integrity.providers.csv import CsvProvider, parse_date_format
+from tests.helpers import run_backfill_command as run
 from tests.helpers import stored_bars, utc
 
 HEADER = "Date,Open,High,Low,Close,Volume\n"
@@ -190,16 +191,6 @@ class TestDailyBarsAreSessionDates:
 
 
 # --- through the command, as a user loads files --------------------------------------------------
-
-
-def run(*args) -> tuple[int, str, str]:
-    out, err = StringIO(), StringIO()
-    try:
-        call_command("backfill", *args, stdout=out, stderr=err)
-        code = 0
-    except CommandError as exc:
-        code = exc.returncode
-    return code, out.getvalue(), err.getvalue()
 
 
 def yahoo_daily_file(path, start, end) -> list[datetime]:

@@ -69,12 +69,6 @@ def api_client(*codenames: str) -> APIClient:
     return client
 
 
-@pytest.fixture
-def admin_client(client):
-    client.force_login(User.objects.create_superuser("root", "root@example.com", None))
-    return client
-
-
 class TestTheAcceptanceCommand:
     COMMAND = ("backfill", "--provider", "binance", "--symbols", "BTC-USD", "--timeframe", "1h")
 

@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from io import StringIO
 
 import pandas as pd
 import pytest
-from django.core.management import CommandError, call_command
 from werkzeug import Request, Response
 
 from integrity.backfill import run_backfill
 from integrity.models import BackfillState, Candle, Instrument
 from integrity.providers import FetchRequest, ProviderConfigError, ProviderError, get_provider
 from integrity.providers.binance import binance_symbol, parse_klines, validate_options
-from integrity.providers.http import HttpClient, reset_rate_limiters
+from integrity.providers.http import HttpClient
 from integrity.timeframes import timeframe_seconds
-from tests.helpers import add_instrument, assert_same_bars, record_http_sleeps, stored_bars, utc
+from tests.helpers import (
+    ProviderFetch,
+    add_instrument,
+    assert_same_bars,
+    drain,
+    run_backfill_command,
+    stored_bars,
+    utc,
+)
 
 # The classes that touch the database (backfill runs, stored candles, executions).
 end_to_end = pytest.mark.django_db(transaction=True)
@@ -33,22 +38,10 @@ START, END = utc(2024, 1, 1), utc(2024, 1, 3)  # 48 hourly klines
 
 
 @pytest.fixture(autouse=True)
-def fast_http(settings, httpserver):
+def local_binance(fast_http, sleeps, httpserver):
     # The operator points the provider at the local server (options may then name the same endpoint).
-    settings.BINANCE_BASE_URL = httpserver.url_for("")
-    settings.PROVIDER_HTTP_CONNECT_TIMEOUT = 2
-    settings.PROVIDER_HTTP_READ_TIMEOUT = 2
-    settings.PROVIDER_HTTP_BACKOFF_BASE = 0.01
-    settings.BINANCE_MAX_REQUESTS_PER_SECOND = 0  # the limiter has its own tests; keep sleeps clean here
-    reset_rate_limiters()
-    yield settings
-    reset_rate_limiters()
-
-
-@pytest.fixture(autouse=True)
-def sleeps(monkeypatch):
-    """Every sleep the HTTP client asks for, in seconds (nothing really sleeps)."""
-    return record_http_sleeps(monkeypatch)
+    fast_http.BINANCE_BASE_URL = httpserver.url_for("")
+    fast_http.BINANCE_MAX_REQUESTS_PER_SECOND = 0  # the limiter has its own tests; keep sleeps clean here
 
 
 def kline(open_ms: int, step_ms: int) -> list:
@@ -68,14 +61,6 @@ def frame_of(klines: list[list]) -> pd.DataFrame:
                                                                          start=1)},
     })
 
-
-
-def drain(httpserver, requests: int) -> None:
-    """Wait until the server has answered ``requests`` requests: a request the client gave up on
-    (timeout) is still queued at the single-threaded server and must not leak into the next test."""
-    deadline = time.monotonic() + 5
-    while len(httpserver.log) < requests and time.monotonic() < deadline:
-        time.sleep(0.01)
 
 class FakeBinance:
     """Serves klines from ``first`` to ``last`` (open times, inclusive) as Binance does."""
@@ -109,20 +94,9 @@ def serve(httpserver, fake: FakeBinance) -> FakeBinance:
     return fake
 
 
-def fetch(httpserver, symbol="BTC-USD", timeframe="1h", start=START, end=END, **options) -> list[pd.DataFrame]:
-    options.setdefault("base_url", httpserver.url_for(""))
-    request = FetchRequest(symbol, timeframe, start, end, calendar="24/7", asset_class="crypto", options=options)
-    return list(get_provider("binance").fetch(request))
-
-
-def fetched(httpserver, **kwargs) -> pd.DataFrame:
-    return pd.concat(fetch(httpserver, **kwargs), ignore_index=True)
-
-
-def fetch_error(httpserver, **kwargs) -> ProviderError:
-    with pytest.raises(ProviderError) as caught:
-        fetch(httpserver, **kwargs)
-    return caught.value
+_binance = ProviderFetch("binance", symbol="BTC-USD", timeframe="1h", start=START, end=END, calendar="24/7",
+                         asset_class="crypto")
+fetch, fetched, fetch_error = _binance.fetch, _binance.fetched, _binance.fetch_error
 
 
 def instrument(httpserver, symbol="BTC-USD", **options):
@@ -440,8 +414,8 @@ class TestConfiguration:
 
     def test_the_documented_options_are_accepted(self, settings):
         settings.PROVIDER_ALLOWED_HOSTS = ["data-api.binance.vision"]  # another host only when listed
-        validate_options({"base_url": "https://data-api.binance.vision", "provider_symbol": "BTCFDUSD",
-                          "limit": "500"}, symbol="BTC-USD")
+        accepted = {"base_url": "https://data-api.binance.vision", "provider_symbol": "BTCFDUSD", "limit": "500"}
+        assert validate_options(accepted, symbol="BTC-USD") is None  # no ProviderConfigError: all pass
 
     @pytest.mark.parametrize(("options", "message"), [
         ({"seed": 3, "volatility": 0.1}, "unknown option(s) seed, volatility; binance accepts base_url, "
@@ -465,16 +439,6 @@ class TestConfiguration:
             parse_klines({"code": 0})
 
 
-def run_command(*args) -> tuple[int, str, str]:
-    out, err = StringIO(), StringIO()
-    try:
-        call_command("backfill", *args, stdout=out, stderr=err)
-        code = 0
-    except CommandError as exc:
-        code = exc.returncode
-    return code, out.getvalue(), err.getvalue()
-
-
 @end_to_end
 class TestBackfillCommand:
     ARGS = ("--provider", "binance", "--symbols", "BTC-USD", "--timeframe", "1h", "--asset-class", "crypto",
@@ -482,7 +446,7 @@ class TestBackfillCommand:
 
     def test_backfill_provider_binance_works_against_the_configured_base_url(self, httpserver, settings):
         fake = serve(httpserver, FakeBinance(first=utc(2017, 8, 17)))  # klines up to now, as the real API
-        code, out, err = run_command(*self.ARGS)
+        code, out, err = run_backfill_command(*self.ARGS)
         assert code == 0, out + err
         [row] = json.loads(out)
         assert row["status"] == "completed"
@@ -494,6 +458,6 @@ class TestBackfillCommand:
         assert (registered.provider, registered.asset_class, registered.calendar) == ("binance", "crypto", "24/7")
         # A second run is incremental: from the last stored bar minus the overlap, one request.
         fake.queries.clear()
-        code, out, _ = run_command(*self.ARGS)
+        code, out, _ = run_backfill_command(*self.ARGS)
         [row] = json.loads(out)
         assert code == 0 and row["inserted"] <= 1 and len(fake.queries) == 1

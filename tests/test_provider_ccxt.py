@@ -27,11 +27,11 @@ from werkzeug import Request, Response
 
 from integrity.backfill import run_backfill
 from integrity.models import BackfillState, Instrument, SymbolFailureTracking
-from integrity.providers import FetchRequest, ProviderConfigError, ProviderError, get_provider
+from integrity.providers import FetchRequest, ProviderConfigError, get_provider
 from integrity.providers import ccxt as provider_module
 from integrity.providers.ccxt import api_urls, parse_ohlcv, reset_venues, validate_options
 from integrity.timeframes import timeframe_seconds
-from tests.helpers import add_instrument, assert_same_bars, record_http_sleeps, stored_bars, utc
+from tests.helpers import ProviderFetch, add_instrument, assert_same_bars, stored_bars, utc
 
 end_to_end = pytest.mark.django_db(transaction=True)
 
@@ -48,12 +48,10 @@ PASSPHRASE = "pass-phrase-9f8e7d"
 
 
 @pytest.fixture(autouse=True)
-def local_exchange(settings, httpserver):
-    """The operator points ccxt's Coinbase Exchange at the local server; retries are fast."""
+def local_exchange(fast_http, sleeps, httpserver):
+    """The operator points ccxt's Coinbase Exchange at the local server; retries are fast and never sleep."""
+    settings = fast_http
     setattr(settings, URL_SETTING, httpserver.url_for(""))
-    settings.PROVIDER_HTTP_CONNECT_TIMEOUT = 2
-    settings.PROVIDER_HTTP_READ_TIMEOUT = 2
-    settings.PROVIDER_HTTP_BACKOFF_BASE = 0.01
     settings.PROVIDER_HTTP_MAX_RETRIES = 4
     settings.PROVIDER_ALLOWED_HOSTS = []
     # ccxt's own limiter sleeps rateLimit ms between requests; it has its own test below.
@@ -62,12 +60,6 @@ def local_exchange(settings, httpserver):
     reset_venues()
     yield settings
     reset_venues()
-
-
-@pytest.fixture(autouse=True)
-def sleeps(monkeypatch):
-    """Every retry wait the provider asks for, in seconds (nothing really sleeps)."""
-    return record_http_sleeps(monkeypatch)
 
 
 # --- a Coinbase Exchange ------------------------------------------------------------------------
@@ -155,20 +147,9 @@ def candle_requests(httpserver) -> int:
     return sum(1 for request, _ in httpserver.log if CANDLES.match(request.path))
 
 
-def fetch(symbol="BTC-USD", timeframe="1h", start=START, end=END, **options) -> list[pd.DataFrame]:
-    options.setdefault("exchange", EXCHANGE)
-    request = FetchRequest(symbol, timeframe, start, end, calendar="24/7", asset_class="crypto", options=options)
-    return list(get_provider("ccxt").fetch(request))
-
-
-def fetched(**kwargs) -> pd.DataFrame:
-    return pd.concat(fetch(**kwargs), ignore_index=True)
-
-
-def fetch_error(**kwargs) -> ProviderError:
-    with pytest.raises(ProviderError) as caught:
-        fetch(**kwargs)
-    return caught.value
+_ccxt = ProviderFetch("ccxt", symbol="BTC-USD", timeframe="1h", start=START, end=END, calendar="24/7",
+                      asset_class="crypto", exchange=EXCHANGE)
+fetch, fetched, fetch_error = _ccxt.fetch, _ccxt.fetched, _ccxt.fetch_error
 
 
 def instrument(symbol="BTC-USD", **options):

@@ -7,7 +7,6 @@ import json
 import logging
 import socket
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -21,40 +20,17 @@ from integrity.providers.http import (
     HttpConfig,
     RateLimiter,
     parse_retry_after,
-    reset_rate_limiters,
     resolve_base_url,
 )
-from tests.helpers import record_http_sleeps
+from tests.helpers import drain
 
-
-@pytest.fixture(autouse=True)
-def fast_http(settings):
-    settings.PROVIDER_HTTP_CONNECT_TIMEOUT = 2
-    settings.PROVIDER_HTTP_READ_TIMEOUT = 2
-    settings.PROVIDER_HTTP_BACKOFF_BASE = 0.01
-    reset_rate_limiters()
-    yield settings
-    reset_rate_limiters()
-
-
-@pytest.fixture(autouse=True)
-def sleeps(monkeypatch):
-    """Every sleep the HTTP client asks for, in seconds (nothing really sleeps)."""
-    return record_http_sleeps(monkeypatch)
+pytestmark = pytest.mark.usefixtures("fast_http", "sleeps")
 
 
 def make_client(httpserver, **overrides) -> HttpClient:
     config = dataclasses.replace(HttpConfig.from_settings("test"), **overrides)
     return HttpClient("test", httpserver.url_for(""), config)
 
-
-
-def drain(httpserver, requests: int) -> None:
-    """Wait until the server has answered ``requests`` requests: a request the client gave up on
-    (timeout) is still queued at the single-threaded server and must not leak into the next test."""
-    deadline = time.monotonic() + 5
-    while len(httpserver.log) < requests and time.monotonic() < deadline:
-        time.sleep(0.01)
 
 class TestSuccess:
     def test_it_returns_the_decoded_json_and_sends_the_user_agent(self, httpserver):

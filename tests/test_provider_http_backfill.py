@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 import pandas as pd
@@ -22,10 +21,10 @@ from werkzeug import Request, Response
 
 from integrity.backfill import run_backfill
 from integrity.models import AnomalyType, BackfillState, DataAnomaly, SymbolFailureTracking
-from integrity.providers.http import HttpClient, reset_rate_limiters
+from integrity.providers.http import HttpClient
 from tests import test_provider_alpaca as ta
 from tests import test_provider_binance as tb
-from tests.helpers import add_instrument, assert_same_bars, record_http_sleeps, stored_bars, utc
+from tests.helpers import add_instrument, assert_same_bars, drain, stored_bars, utc
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,28 +33,12 @@ BATCH = 5  # bars per committed batch: a failing run has committed batches behin
 
 
 @pytest.fixture(autouse=True)
-def fast_http(settings, monkeypatch, httpserver):
+def local_providers(fast_http, alpaca_keys, sleeps, httpserver):
     # The operator points both providers at the local server; the instruments' base_url names it too.
-    settings.BINANCE_BASE_URL = settings.ALPACA_DATA_BASE_URL = httpserver.url_for("")
-    settings.PROVIDER_HTTP_CONNECT_TIMEOUT = 2
-    settings.PROVIDER_HTTP_READ_TIMEOUT = 2
-    settings.PROVIDER_HTTP_BACKOFF_BASE = 0.01
-    settings.PROVIDER_HTTP_MAX_RETRIES = 2
-    settings.BINANCE_MAX_REQUESTS_PER_SECOND = 0
-    settings.ALPACA_MAX_REQUESTS_PER_SECOND = 0
-    settings.ALPACA_API_KEY_ID = ta.KEY_ID
-    settings.ALPACA_API_SECRET_KEY = ta.SECRET
-    monkeypatch.delenv("ALPACA_API_KEY_ID", raising=False)
-    monkeypatch.delenv("ALPACA_API_SECRET_KEY", raising=False)
-    reset_rate_limiters()
-    yield settings
-    reset_rate_limiters()
-
-
-@pytest.fixture(autouse=True)
-def sleeps(monkeypatch):
-    """Every sleep the HTTP client asks for, in seconds (nothing really sleeps)."""
-    return record_http_sleeps(monkeypatch)
+    fast_http.BINANCE_BASE_URL = fast_http.ALPACA_DATA_BASE_URL = httpserver.url_for("")
+    fast_http.PROVIDER_HTTP_MAX_RETRIES = 2
+    fast_http.BINANCE_MAX_REQUESTS_PER_SECOND = 0
+    fast_http.ALPACA_MAX_REQUESTS_PER_SECOND = 0
 
 
 # --- the two sources, behind one face ------------------------------------------------------------
@@ -199,14 +182,6 @@ def resume_and_finish(httpserver, source) -> None:
     assert_completed(state, source, stored=len(source.expected()) - PAGE)
     assert state.retry_count == 1 and result.resumed_from is not None
     assert_same_bars(stored_bars(source.symbol, "1h"), source.expected())
-
-
-def drain(httpserver, requests: int) -> None:
-    """Wait until the single-threaded server has answered ``requests`` requests: one the client
-    gave up on (timeout) is still queued there and must not leak into the next test."""
-    deadline = time.monotonic() + 5
-    while len(httpserver.log) < requests and time.monotonic() < deadline:
-        time.sleep(0.01)
 
 
 # --- the scenarios -------------------------------------------------------------------------------
