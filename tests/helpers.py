@@ -9,8 +9,11 @@ from io import StringIO
 
 import pandas as pd
 import pytest
+from django.contrib.auth.models import Permission, User
 from django.core.management import CommandError, call_command
 from django.urls import reverse
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 from integrity.models import Candle, Instrument
 from integrity.providers import FetchRequest, ProviderError, get_provider
@@ -132,6 +135,24 @@ class ProviderFetch:
         with pytest.raises(ProviderError) as caught:
             self.fetch(*server, **kwargs)
         return caught.value
+
+
+def user_with(*codenames: str, name: str = "u") -> User:
+    """A user holding exactly the ``integrity`` permissions named (no password: no slow hashing)."""
+    user = User.objects.create_user(name)
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames, content_type__app_label="integrity"))
+    return User.objects.get(pk=user.pk)  # fresh permission cache
+
+
+def client_for(user: User | None, token: bool = False) -> APIClient:
+    """An API client: anonymous, authenticated as ``user``, or sending ``user``'s token."""
+    client = APIClient()
+    if user is not None:
+        if token:
+            client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+        else:
+            client.force_authenticate(user)
+    return client
 
 
 def post_instrument(client, **overrides):

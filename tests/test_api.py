@@ -5,12 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_q.models import OrmQ
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from integrity.backfill import create_backfill_state, run_backfill_execution
@@ -23,25 +21,9 @@ from integrity.models import (
     SeriesStats,
     SymbolFailureTracking,
 )
-from tests.helpers import add_instrument, utc
+from tests.helpers import add_instrument, client_for, user_with, utc
 
 pytestmark = pytest.mark.django_db
-
-
-def user_with(*codenames: str, name: str = "u") -> User:
-    user = User.objects.create_user(name)  # no password: no slow hashing in tests
-    user.user_permissions.set(Permission.objects.filter(codename__in=codenames, content_type__app_label="integrity"))
-    return User.objects.get(pk=user.pk)  # fresh permission cache
-
-
-def client_for(user: User | None, token: bool = False) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        if token:
-            client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-        else:
-            client.force_authenticate(user)
-    return client
 
 
 def anomaly(**kwargs) -> DataAnomaly:

@@ -16,7 +16,7 @@ from django.utils import timezone
 from integrity.backfill import create_backfill_state
 from integrity.calendars import expected_bars
 from integrity.models import BackfillState, Candle, DataAnomaly, Instrument
-from tests.helpers import add_instrument, utc
+from tests.helpers import add_instrument, utc, worker_database_url
 from tests.helpers import run_backfill_command as run
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -403,11 +403,10 @@ class TestAFailedCsvLoadRegistersNothing:
         import sys
         from pathlib import Path
 
-        from tests.test_health_command_process import this_database_url
 
         path = tmp_path / "AAPL.csv"
         path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
-        env = {**os.environ, "DATABASE_URL": this_database_url(), "DJANGO_SETTINGS_MODULE": "marketdata_site.settings"}
+        env = {**os.environ, "DATABASE_URL": worker_database_url(), "DJANGO_SETTINGS_MODULE": "marketdata_site.settings"}
         done = subprocess.run([sys.executable, "manage.py", "backfill", *CSV_ARGS, "--file", str(path)],
                               cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
                               timeout=120)

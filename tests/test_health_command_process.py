@@ -10,21 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
-from django.db import connection
 
 from integrity.models import DataAnomaly, HealthCheckRun
+from tests.helpers import worker_database_url
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def this_database_url() -> str:
-    """The test database, for a child process (the rows a test commits are visible to it)."""
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{connection.settings_dict['NAME']}"
-    db = django_settings.DATABASES["default"]
-    return (f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/"
-            f"{connection.settings_dict['NAME']}")
 
 
 @pytest.mark.slow  # starts a Django process
@@ -33,7 +23,7 @@ class TestHealthCheckProcess:
     def test_a_critical_run_exits_2_with_only_json_on_stdout(self):
         DataAnomaly.objects.create(symbol="BTC-USD", timeframe="1h", anomaly_type="gap", severity="critical",
                                    description="3 bars missing", fingerprint="process-test")
-        env = {**os.environ, "DATABASE_URL": this_database_url(), "DJANGO_SETTINGS_MODULE": "marketdata_site.settings",
+        env = {**os.environ, "DATABASE_URL": worker_database_url(), "DJANGO_SETTINGS_MODULE": "marketdata_site.settings",
                "LOG_LEVEL": "INFO", "ALERT_EMAIL_RECIPIENTS": "", "ALERT_WEBHOOK_URL": ""}
         done = subprocess.run([sys.executable, "manage.py", "health_check", "--format", "json"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=120)

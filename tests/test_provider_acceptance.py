@@ -18,9 +18,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
-from django.contrib.auth.models import Permission, User
 from django.core.management import CommandError, call_command
-from django.db import connection
 from django.utils.html import escape
 from rest_framework.test import APIClient
 
@@ -28,7 +26,7 @@ from integrity.backfill import run_backfill
 from integrity.models import BackfillState, Candle, Instrument
 from integrity.providers.http import HttpClient, reset_rate_limiters
 from tests import test_provider_binance as tb
-from tests.helpers import assert_same_bars, stored_bars
+from tests.helpers import assert_same_bars, client_for, stored_bars, user_with, worker_database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,28 +43,15 @@ def fast_http(settings, monkeypatch):
     reset_rate_limiters()
 
 
-def database_url() -> str:
-    """The test database, as a DATABASE_URL another process can open."""
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
 def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "marketdata_site.settings",
-                   "DATABASE_URL": database_url(), **env}
+                   "DATABASE_URL": worker_database_url(), **env}
     return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=environment, capture_output=True,
                           text=True, timeout=120)
 
 
 def api_client(*codenames: str) -> APIClient:
-    user = User.objects.create_user("editor")
-    user.user_permissions.set(Permission.objects.filter(codename__in=codenames, content_type__app_label="integrity"))
-    client = APIClient()
-    client.force_authenticate(User.objects.get(pk=user.pk))
-    return client
+    return client_for(user_with(*codenames, name="editor"))
 
 
 class TestTheAcceptanceCommand:

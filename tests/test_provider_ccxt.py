@@ -492,7 +492,7 @@ class TestTheApi:
 
     @pytest.fixture
     def client(self):
-        from tests.test_api import client_for, user_with
+        from tests.helpers import client_for, user_with
 
         return client_for(user_with("view_instrument", "add_instrument", "change_instrument"))
 

@@ -94,7 +94,7 @@ class TestTheRules:
 class TestTheApi:
     @pytest.fixture
     def client(self):
-        from tests.test_api import client_for, user_with
+        from tests.helpers import client_for, user_with
 
         add_instrument()
         return client_for(user_with("view_backfillstate", "change_backfillstate"))
