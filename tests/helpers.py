@@ -3,6 +3,7 @@ command, fetching from a provider against the local HTTP server."""
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime
 from io import StringIO
@@ -14,6 +15,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+from werkzeug import Response
 
 from integrity.models import Candle, Instrument
 from integrity.providers import FetchRequest, ProviderError, get_provider
@@ -107,6 +109,23 @@ def drain(httpserver, requests: int) -> None:
     deadline = time.monotonic() + 5
     while len(httpserver.log) < requests and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+class Hang:
+    """A local-server handler that holds every request (at most 5 s) so that the client's read timeout
+    fires, then answers ``body``. ``release`` lets the held requests go and waits until the server has
+    answered ``requests`` of them (see ``drain``)."""
+
+    def __init__(self, body: str = "[]"):
+        self.body, self.released = body, threading.Event()
+
+    def __call__(self, request) -> Response:
+        self.released.wait(5)
+        return Response(self.body, content_type="application/json")
+
+    def release(self, httpserver, requests: int) -> None:
+        self.released.set()
+        drain(httpserver, requests)
 
 
 class ProviderFetch:

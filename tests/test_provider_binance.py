@@ -21,10 +21,10 @@ from integrity.providers.binance import binance_symbol, parse_klines, validate_o
 from integrity.providers.http import HttpClient
 from integrity.timeframes import timeframe_seconds
 from tests.helpers import (
+    Hang,
     ProviderFetch,
     add_instrument,
     assert_same_bars,
-    drain,
     run_backfill_command,
     stored_bars,
     utc,
@@ -292,18 +292,12 @@ class TestServerErrors:
     def test_timeouts_on_every_attempt_fail_with_a_clear_error(self, httpserver, settings):
         settings.PROVIDER_HTTP_READ_TIMEOUT = 0.2
         settings.PROVIDER_HTTP_MAX_RETRIES = 1
-        released = threading.Event()
-
-        def hang(request):
-            released.wait(5)
-            return Response("[]", content_type="application/json")
-
+        hang = Hang()
         httpserver.expect_request(KLINES).respond_with_handler(hang)
         try:
             error = fetch_error(httpserver)
         finally:
-            released.set()
-            drain(httpserver, 2)
+            hang.release(httpserver, 2)
         assert "read timeout (0.2s); giving up after 2 attempt(s)" in str(error)
         assert error.path == KLINES and error.status is None
 

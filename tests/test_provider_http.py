@@ -22,7 +22,7 @@ from integrity.providers.http import (
     parse_retry_after,
     resolve_base_url,
 )
-from tests.helpers import drain
+from tests.helpers import Hang
 
 pytestmark = pytest.mark.usefixtures("fast_http", "sleeps")
 
@@ -139,20 +139,14 @@ class TestTimeouts:
         assert len(calls) == 2
 
     def test_a_timeout_on_every_attempt_fails_with_a_clear_error(self, httpserver):
-        released = threading.Event()
-
-        def handler(request):
-            released.wait(5)
-            return Response("{}", content_type="application/json")
-
-        httpserver.expect_request("/slow").respond_with_handler(handler)
+        hang = Hang("{}")
+        httpserver.expect_request("/slow").respond_with_handler(hang)
         try:
             with make_client(httpserver, read_timeout=0.2, max_retries=1) as client, \
                     pytest.raises(ProviderError) as caught:
                 client.get("/slow")
         finally:
-            released.set()
-            drain(httpserver, 2)
+            hang.release(httpserver, 2)
         message = str(caught.value)
         assert "read timeout (0.2s); giving up after 2 attempt(s)" in message
         assert "path=/slow" in message and caught.value.status is None

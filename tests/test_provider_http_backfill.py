@@ -24,7 +24,7 @@ from integrity.models import AnomalyType, BackfillState, DataAnomaly, SymbolFail
 from integrity.providers.http import HttpClient
 from tests import test_provider_alpaca as ta
 from tests import test_provider_binance as tb
-from tests.helpers import add_instrument, assert_same_bars, drain, stored_bars, utc
+from tests.helpers import Hang, add_instrument, assert_same_bars, stored_bars, utc
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -278,19 +278,13 @@ class TestTimeouts:
     def test_timeouts_on_every_attempt_fail_the_run_with_a_clear_error(self, httpserver, source, settings):
         settings.PROVIDER_HTTP_READ_TIMEOUT = 0.2
         settings.PROVIDER_HTTP_MAX_RETRIES = 1
-        released = threading.Event()
-
-        def hang(request):
-            released.wait(5)
-            return Response("[]", content_type="application/json")
-
+        hang = Hang()
         serve(httpserver, source, hang)
         source.instrument(httpserver)
         try:
             result, state = backfill(source)
         finally:
-            released.set()
-            drain(httpserver, 2)
+            hang.release(httpserver, 2)
         assert result.status == "failed"
         message = assert_failed(state, source, "read timeout (0.2s); giving up after 2 attempt(s)")
         assert "status=" not in message  # no reply, so no status to report
