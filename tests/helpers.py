@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from io import StringIO
 
 import pandas as pd
@@ -13,11 +13,22 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.core.management import CommandError, call_command
 from django.urls import reverse
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from werkzeug import Response
 
-from integrity.models import Candle, Instrument
+from integrity.backfill import create_backfill_state
+from integrity.models import (
+    BackfillState,
+    Candle,
+    DataAnomaly,
+    DuplicateRecordLog,
+    HealthCheckRun,
+    Instrument,
+    SeriesStats,
+    SymbolFailureTracking,
+)
 from integrity.providers import FetchRequest, ProviderError, get_provider
 
 # The Alpaca keys the local Alpaca server accepts (tests.conftest's ``alpaca_keys`` configures them).
@@ -154,6 +165,41 @@ class ProviderFetch:
         with pytest.raises(ProviderError) as caught:
             self.fetch(*server, **kwargs)
         return caught.value
+
+
+def make_anomaly(**kwargs) -> DataAnomaly:
+    """A gap anomaly on BTC-USD 1h, open, with a fingerprint of its own; ``kwargs`` change any field."""
+    values = {"symbol": "BTC-USD", "timeframe": "1h", "anomaly_type": "gap", "severity": "high",
+              "description": "gap", "affected_rows": 3, "fingerprint": f"fp{DataAnomaly.objects.count()}"}
+    values.update(kwargs)
+    return DataAnomaly.objects.create(**values)
+
+
+def n(model) -> int:
+    return model.objects.count()
+
+
+# One new row of each model per call (unique values where the model needs them).
+FACTORIES = {
+    "instrument": lambda: add_instrument(f"I{n(Instrument)}"),
+    "candle": lambda: Candle.objects.create(symbol="BTC-USD", timeframe="1h", ts=utc(2024, 1, 1) + timedelta(
+        hours=n(Candle)), open=1, high=2, low=0.5, close=1.5, volume=10, source="test"),
+    "backfillstate": lambda: create_backfill_state(f"S{n(BackfillState)}", "1h", "crypto"),
+    "dataanomaly": lambda: make_anomaly(),
+    "duplicaterecordlog": lambda: DuplicateRecordLog.objects.create(
+        symbol=f"S{n(DuplicateRecordLog)}", timeframe="1h", candle_time=utc(2024, 1, 1), duplicate_count=2,
+        duplicate_ids=[1, 2]),
+    "symbolfailuretracking": lambda: SymbolFailureTracking.objects.create(
+        symbol=f"S{n(SymbolFailureTracking)}", consecutive_failures=1, last_failure_at=timezone.now()),
+    "healthcheckrun": lambda: HealthCheckRun.objects.create(status="healthy", results={"stale_series": {}}),
+    "seriesstats": lambda: SeriesStats.objects.create(symbol=f"S{n(SeriesStats)}", timeframe="1h", bar_count=1,
+                                                      last_scan_at=timezone.now()),
+}
+
+
+def changelist(model: str) -> str:
+    """The admin list of an ``integrity`` model (``model`` as in the URL name: "dataanomaly")."""
+    return reverse(f"admin:integrity_{model}_changelist")
 
 
 def user_with(*codenames: str, name: str = "u") -> User:

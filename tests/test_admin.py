@@ -21,49 +21,15 @@ from integrity.models import (
     BackfillState,
     Candle,
     DataAnomaly,
-    DuplicateRecordLog,
     HealthCheckRun,
     Instrument,
     SeriesStats,
     SymbolFailureTracking,
 )
 from integrity.quality.anomalies import detect_data_anomalies
-from tests.helpers import add_instrument, post_instrument, utc
+from tests.helpers import FACTORIES, add_instrument, changelist, make_anomaly, post_instrument, utc
 
 pytestmark = pytest.mark.django_db
-
-
-def make_anomaly(**kwargs):
-    values = {"symbol": "BTC-USD", "timeframe": "1h", "anomaly_type": "gap", "severity": "high",
-              "description": "gap", "affected_rows": 3, "fingerprint": f"fp{DataAnomaly.objects.count()}"}
-    values.update(kwargs)
-    return DataAnomaly.objects.create(**values)
-
-
-def n(model) -> int:
-    return model.objects.count()
-
-
-# One new row of each model per call (unique values where the model needs them).
-FACTORIES = {
-    "instrument": lambda: add_instrument(f"I{n(Instrument)}"),
-    "candle": lambda: Candle.objects.create(symbol="BTC-USD", timeframe="1h", ts=utc(2024, 1, 1) + timedelta(
-        hours=n(Candle)), open=1, high=2, low=0.5, close=1.5, volume=10, source="test"),
-    "backfillstate": lambda: create_backfill_state(f"S{n(BackfillState)}", "1h", "crypto"),
-    "dataanomaly": lambda: make_anomaly(),
-    "duplicaterecordlog": lambda: DuplicateRecordLog.objects.create(
-        symbol=f"S{n(DuplicateRecordLog)}", timeframe="1h", candle_time=utc(2024, 1, 1), duplicate_count=2,
-        duplicate_ids=[1, 2]),
-    "symbolfailuretracking": lambda: SymbolFailureTracking.objects.create(
-        symbol=f"S{n(SymbolFailureTracking)}", consecutive_failures=1, last_failure_at=timezone.now()),
-    "healthcheckrun": lambda: HealthCheckRun.objects.create(status="healthy", results={"stale_series": {}}),
-    "seriesstats": lambda: SeriesStats.objects.create(symbol=f"S{n(SeriesStats)}", timeframe="1h", bar_count=1,
-                                                      last_scan_at=timezone.now()),
-}
-
-
-def changelist(model: str) -> str:
-    return reverse(f"admin:integrity_{model}_changelist")
 
 
 def act(client, model, action, ids, query=""):

@@ -19,8 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from integrity.models import DataAnomaly, Instrument
-from tests.helpers import post_instrument, utc
-from tests.test_admin import FACTORIES, changelist, make_anomaly
+from tests.helpers import FACTORIES, changelist, make_anomaly, post_instrument, utc
 
 pytestmark = pytest.mark.django_db
 

@@ -15,7 +15,7 @@ from django.db import connection
 from integrity.models import DataAnomaly
 from integrity.quality import review
 from integrity.quality.review import ReviewOutcome, review_anomalies
-from tests.test_admin import make_anomaly
+from tests.helpers import make_anomaly
 
 
 @pytest.mark.django_db

@@ -21,22 +21,15 @@ from integrity.models import (
     SeriesStats,
     SymbolFailureTracking,
 )
-from tests.helpers import add_instrument, client_for, user_with, utc
+from tests.helpers import add_instrument, client_for, make_anomaly, user_with, utc
 
 pytestmark = pytest.mark.django_db
-
-
-def anomaly(**kwargs) -> DataAnomaly:
-    values = {"symbol": "BTC-USD", "timeframe": "1h", "anomaly_type": "gap", "severity": "high",
-              "description": "5 missing bars", "affected_rows": 5, "fingerprint": f"fp-{DataAnomaly.objects.count()}"}
-    values.update(kwargs)
-    return DataAnomaly.objects.create(**values)
 
 
 @pytest.fixture
 def seeded():
     add_instrument()
-    anomaly()
+    make_anomaly()
     DuplicateRecordLog.objects.create(symbol="BTC-USD", timeframe="1h", candle_time=utc(2024, 1, 1),
                                       duplicate_count=2, duplicate_ids=[5], kept_id=6)
     SymbolFailureTracking.objects.create(symbol="BTC-USD", consecutive_failures=2)
@@ -221,9 +214,9 @@ class TestBackfillRequests:
 
 class TestAnomalyEndpoints:
     def test_filters_combine(self, editor_client):
-        anomaly(severity="high")
-        anomaly(severity="low")
-        anomaly(severity="high", resolution_status="resolved")
+        make_anomaly(severity="high")
+        make_anomaly(severity="low")
+        make_anomaly(severity="high", resolution_status="resolved")
         rows = editor_client.get("/api/v1/anomalies/?severity=high&resolution_status=open").json()["results"]
         assert len(rows) == 1 and rows[0]["severity"] == "high"
 
@@ -237,9 +230,9 @@ class TestAnomalyEndpoints:
         ("detected_before=2024-06-01T00:00:00Z", "detected_at", utc(2024, 5, 1)),
     ])
     def test_each_filter_narrows_the_list(self, editor_client, query, field, value):
-        anomaly(detected_at=utc(2024, 5, 1))
-        anomaly(detected_at=utc(2024, 7, 1))
-        wanted = anomaly(detected_at=utc(2024, 6, 15))
+        make_anomaly(detected_at=utc(2024, 5, 1))
+        make_anomaly(detected_at=utc(2024, 7, 1))
+        wanted = make_anomaly(detected_at=utc(2024, 6, 15))
         DataAnomaly.objects.filter(pk=wanted.pk).update(**{field: value})
         if field == "detected_at":
             DataAnomaly.objects.exclude(pk=wanted.pk).update(detected_at=utc(2024, 6, 1) + (
@@ -260,7 +253,7 @@ class TestAnomalyEndpoints:
 
     def test_a_date_filter_with_an_offset_postgresql_refuses_is_read_as_utc(self, editor_client):
         # Found by schemathesis: Python parses +20:33, PostgreSQL rejects it (offsets end at ±15:59).
-        anomaly(detected_at=utc(2024, 1, 1, 12))
+        make_anomaly(detected_at=utc(2024, 1, 1, 12))
         response = editor_client.get("/api/v1/anomalies/", {"detected_after": "2024-01-02T08:00:00+20:33"})
         assert response.status_code == 200 and len(response.json()["results"]) == 1  # 11:27 UTC on Jan 1
 
@@ -271,12 +264,12 @@ class TestAnomalyEndpoints:
         assert response.status_code == 400 and "out of the supported range" in str(response.json()[param])
 
     def test_the_detail_shows_details_and_review_fields(self, editor_client):
-        pk = anomaly(details={"missing": 5}).pk
+        pk = make_anomaly(details={"missing": 5}).pk
         body = editor_client.get(f"/api/v1/anomalies/{pk}/").json()
         assert body["details"] == {"missing": 5} and body["acknowledged_by"] == "" and body["fingerprint"]
 
     def test_acknowledge_then_resolve_records_the_reviewer_and_when(self, editor_client):
-        pk = anomaly().pk
+        pk = make_anomaly().pk
         acked = editor_client.post(f"/api/v1/anomalies/{pk}/acknowledge/", {"note": "outage"}, format="json").json()
         assert acked["resolution_status"] == "acknowledged" and acked["acknowledged_at"]
         body = editor_client.post(f"/api/v1/anomalies/{pk}/resolve/", {}, format="json").json()
@@ -287,12 +280,12 @@ class TestAnomalyEndpoints:
     @pytest.mark.parametrize("status,action", [("resolved", "acknowledge"), ("resolved", "resolve"),
                                                ("acknowledged", "acknowledge")])
     def test_a_transition_the_lifecycle_forbids_is_409(self, editor_client, status, action):
-        pk = anomaly(resolution_status=status).pk
+        pk = make_anomaly(resolution_status=status).pk
         response = editor_client.post(f"/api/v1/anomalies/{pk}/{action}/", {}, format="json")
         assert response.status_code == 409 and f"is {status}" in response.json()["detail"]
 
     def test_a_review_note_that_is_not_text_is_400(self, editor_client):
-        pk = anomaly().pk
+        pk = make_anomaly().pk
         response = editor_client.post(f"/api/v1/anomalies/{pk}/acknowledge/", {"note": ["x"]}, format="json")
         assert response.status_code == 400 and "note" in response.json()
         assert DataAnomaly.objects.get(pk=pk).resolution_status == "open"
@@ -300,7 +293,7 @@ class TestAnomalyEndpoints:
     def test_pages_are_keyset_paginated(self, editor_client):
         now = timezone.now()
         for i in range(5):
-            anomaly(detected_at=now - timedelta(minutes=i))
+            make_anomaly(detected_at=now - timedelta(minutes=i))
         first = editor_client.get("/api/v1/anomalies/?page_size=2").json()
         second = editor_client.get(first["next"]).json()
         assert [r["id"] for r in first["results"] + second["results"]] == list(
@@ -428,8 +421,8 @@ class TestHealthEndpoint:
     def test_it_returns_the_latest_run_and_a_live_summary(self):
         HealthCheckRun.objects.create(status="healthy", started_at=timezone.now() - timedelta(hours=6))
         HealthCheckRun.objects.create(status="warning")
-        anomaly(severity="critical")
-        anomaly(severity="low", resolution_status="acknowledged")
+        make_anomaly(severity="critical")
+        make_anomaly(severity="low", resolution_status="acknowledged")
         create_backfill_state("A", "1h", "crypto")
         SymbolFailureTracking.objects.create(symbol="B", consecutive_failures=2)
         body = client_for(user_with("view_healthcheckrun")).get("/api/v1/health/").json()
@@ -448,14 +441,14 @@ class TestHealthEndpoint:
 # A new row for each list endpoint's table.
 ROW_FACTORIES = {
     "backfills": lambda: create_backfill_state(f"S{BackfillState.objects.count()}", "1h", "crypto"),
-    "anomalies": lambda: anomaly(),
+    "anomalies": lambda: make_anomaly(),
     "duplicates": lambda: DuplicateRecordLog.objects.create(symbol="A", timeframe="1h", candle_time=utc(2024, 1, 1),
                                                             duplicate_count=2, duplicate_ids=[1, 2]),
     "symbol-failures": lambda: SymbolFailureTracking.objects.create(
         symbol=f"S{SymbolFailureTracking.objects.count()}", consecutive_failures=1),
     "instruments": lambda: add_instrument(f"I{Instrument.objects.count()}"),
     "series": lambda: SeriesStats.objects.create(symbol=f"S{SeriesStats.objects.count()}", timeframe="1h"),
-    "health": lambda: (HealthCheckRun.objects.create(status="healthy"), anomaly(), anomaly(severity="low")),
+    "health": lambda: (HealthCheckRun.objects.create(status="healthy"), make_anomaly(), make_anomaly(severity="low")),
 }
 
 
