@@ -18,17 +18,9 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from werkzeug import Response
 
+from integrity import models
 from integrity.backfill import create_backfill_state
-from integrity.models import (
-    BackfillState,
-    Candle,
-    DataAnomaly,
-    DuplicateRecordLog,
-    HealthCheckRun,
-    Instrument,
-    SeriesStats,
-    SymbolFailureTracking,
-)
+from integrity.models import Candle, DataAnomaly, Instrument
 from integrity.providers import FetchRequest, ProviderError, get_provider
 
 # The Alpaca keys the local Alpaca server accepts (tests.conftest's ``alpaca_keys`` configures them).
@@ -184,16 +176,16 @@ FACTORIES = {
     "instrument": lambda: add_instrument(f"I{n(Instrument)}"),
     "candle": lambda: Candle.objects.create(symbol="BTC-USD", timeframe="1h", ts=utc(2024, 1, 1) + timedelta(
         hours=n(Candle)), open=1, high=2, low=0.5, close=1.5, volume=10, source="test"),
-    "backfillstate": lambda: create_backfill_state(f"S{n(BackfillState)}", "1h", "crypto"),
+    "backfillstate": lambda: create_backfill_state(f"S{n(models.BackfillState)}", "1h", "crypto"),
     "dataanomaly": lambda: make_anomaly(),
-    "duplicaterecordlog": lambda: DuplicateRecordLog.objects.create(
-        symbol=f"S{n(DuplicateRecordLog)}", timeframe="1h", candle_time=utc(2024, 1, 1), duplicate_count=2,
-        duplicate_ids=[1, 2]),
-    "symbolfailuretracking": lambda: SymbolFailureTracking.objects.create(
-        symbol=f"S{n(SymbolFailureTracking)}", consecutive_failures=1, last_failure_at=timezone.now()),
-    "healthcheckrun": lambda: HealthCheckRun.objects.create(status="healthy", results={"stale_series": {}}),
-    "seriesstats": lambda: SeriesStats.objects.create(symbol=f"S{n(SeriesStats)}", timeframe="1h", bar_count=1,
-                                                      last_scan_at=timezone.now()),
+    "duplicaterecordlog": lambda: models.DuplicateRecordLog.objects.create(
+        symbol=f"S{n(models.DuplicateRecordLog)}", timeframe="1h", candle_time=utc(2024, 1, 1),
+        duplicate_count=2, duplicate_ids=[1, 2]),
+    "symbolfailuretracking": lambda: models.SymbolFailureTracking.objects.create(
+        symbol=f"S{n(models.SymbolFailureTracking)}", consecutive_failures=1, last_failure_at=timezone.now()),
+    "healthcheckrun": lambda: models.HealthCheckRun.objects.create(status="healthy", results={"stale_series": {}}),
+    "seriesstats": lambda: models.SeriesStats.objects.create(
+        symbol=f"S{n(models.SeriesStats)}", timeframe="1h", bar_count=1, last_scan_at=timezone.now()),
 }
 
 
