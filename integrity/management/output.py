@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime
+
+from django.core.management.base import CommandError
 
 from integrity.backfill import BackfillResult
+
+
+def parse_when(value: str | None, label: str) -> datetime | None:
+    """An option's ISO date or date-time (naive: UTC); a usage error (exit 2) naming ``label`` otherwise."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CommandError(f"{label} {value!r} is not an ISO date or date-time (e.g. 2024-01-31 or "
+                           "2024-01-31T14:30:00Z)", returncode=2) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def keep_stdout_for_json(options) -> None:

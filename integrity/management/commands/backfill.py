@@ -11,14 +11,13 @@ import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from datetime import UTC, datetime
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from integrity.backfill import BackfillError, BackfillResult, run_backfill
 from integrity.calendars import calendar_for_asset_class, validate_calendar_code
-from integrity.management.output import backfill_table, keep_stdout_for_json
+from integrity.management.output import backfill_table, keep_stdout_for_json, parse_when
 from integrity.models import AssetClass, Instrument, Timeframe
 from integrity.providers import PROVIDER_NAMES, FetchRequest, ProviderConfigError, ProviderError, get_provider
 from integrity.providers.csv import (
@@ -31,18 +30,6 @@ from integrity.providers.csv import (
 from integrity.ranges import RangeError, check_backfill_range
 from integrity.series import InstrumentRuleError, active_instruments, check_symbol, series_of
 from integrity.timeframes import EPOCH, BarAlignment, timeframe_delta
-
-
-def parse_when(value: str | None, label: str) -> datetime | None:
-    """ISO date or date-time; naive values are UTC."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise CommandError(f"{label} {value!r} is not an ISO date or date-time (e.g. 2024-01-31 or "
-                           "2024-01-31T14:30:00Z)", returncode=2) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class Command(BaseCommand):

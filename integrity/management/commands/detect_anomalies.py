@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from django.core.management.base import BaseCommand, CommandError
 
-from integrity.management.output import keep_stdout_for_json
+from integrity.management.output import keep_stdout_for_json, parse_when
 from integrity.models import Timeframe
 from integrity.quality.anomalies import detect_data_anomalies
 
@@ -34,14 +34,9 @@ class Command(BaseCommand):
 
     @staticmethod
     def as_of(value: str | None) -> datetime | None:
-        if not value:
+        parsed = parse_when(value, "--as-of")
+        if parsed is None:
             return None
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise CommandError(f"--as-of {value!r} is not an ISO date or date-time "
-                               "(e.g. 2024-01-31T21:00:00Z)", returncode=2) from None
-        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
         if parsed > datetime.now(UTC):
             raise CommandError(f"--as-of {value!r} is in the future", returncode=2)
         return parsed.astimezone(UTC)
