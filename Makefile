@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: demo test lint check-migrations bench clean install
+.PHONY: demo test test-fast lint check-migrations bench clean install
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: install
 ## Set up and run the whole test suite (DATABASE_URL selects the database; SQLite by default).
 test: install
 	$(BIN)/pytest
+
+## The suite without the tests marked slow (real processes, browsers, sleeps): a quick loop while editing.
+test-fast: install
+	$(BIN)/pytest -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

@@ -168,7 +168,9 @@ class TestReviewLifecycle:
 class TestCommands:
     def test_detect_anomalies_exits_0_when_nothing_high_is_found(self):
         load()
-        call_command("detect_anomalies", "--types", "gap", stdout=StringIO())  # no CommandError
+        out = StringIO()
+        call_command("detect_anomalies", "--types", "gap", stdout=out)  # no CommandError: exit 0
+        assert "0 finding(s) recorded" in out.getvalue()
 
     def test_detect_anomalies_exits_1_on_a_high_severity_finding(self):
         load(gaps=[[utc(2024, 1, 3).isoformat(), utc(2024, 1, 5).isoformat()]])

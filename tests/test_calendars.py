@@ -47,8 +47,9 @@ class TestCalendarCodes:
             validate_calendar_code("NOPE")
 
     def test_it_accepts_a_valid_code(self):
-        validate_calendar_code("XNYS")
-        validate_calendar_code("24/5")
+        assert validate_calendar_code("XNYS") is None  # no ValueError
+        assert validate_calendar_code("24/5") is None
+        assert is_known_calendar("XNYS") and is_known_calendar("24/5")
 
     def test_it_refuses_an_invalid_code_when_asked_for_bars(self):
         with pytest.raises(ValueError, match="unknown calendar"):
