@@ -16,6 +16,7 @@ from django.core.management.base import CommandError
 from integrity.calendars import expected_bars
 from integrity.models import BackfillState, Candle, Instrument
 from integrity.providers import csv as csv_module
+from integrity.providers import csv_time
 from integrity.providers.base import FetchRequest, ProviderConfigError, ProviderError
 from integrity.providers.csv import CsvProvider, parse_date_format
 from tests.helpers import run_backfill_command as run
@@ -65,7 +66,7 @@ class TestOrderDecidedByTheFile:
             "dates read month-first (line 3: 01/13/2024)"
 
     def test_the_deciding_row_may_be_anywhere_in_the_file(self, tmp_path, monkeypatch):
-        monkeypatch.setattr(csv_module, "_DETECT_CHUNK", 2)  # the evidence is in the last chunk read
+        monkeypatch.setattr(csv_time, "_DETECT_CHUNK", 2)  # the evidence is in the last chunk read
         monkeypatch.setattr(csv_module, "_MIN_SCAN_CHUNK", 2)
         stamps = [f"{d:02d}.01.2024 10:00:00.000" for d in range(1, 13)] + ["13.01.2024 10:00:00.000"]
         path = write(tmp_path, stamps)
