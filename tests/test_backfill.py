@@ -278,7 +278,7 @@ class TestRangeLogic:
 
 class TestHeartbeat:
     def test_a_run_heartbeats_between_pages_while_its_batch_is_still_filling(self, monkeypatch):
-        from integrity import backfill as service
+        from integrity.backfill import run as service
 
         monkeypatch.setattr(service, "HEARTBEAT_EVERY_SECONDS", 0.0)
         add_instrument(page_size=20)

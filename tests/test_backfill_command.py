@@ -164,7 +164,7 @@ class TestCommandOutput:
         assert [(r["symbol"], r["inserted"]) for r in json.loads(out)] == [("A", 24), ("B", 24)]
 
     def test_concurrency_runs_series_in_parallel_each_on_its_own_connection(self, monkeypatch):
-        from integrity import backfill as service
+        from integrity.backfill import run as service
 
         for symbol in "AB":
             add_instrument(symbol)

@@ -21,8 +21,8 @@ import pytest
 from django.db import OperationalError, connection, connections
 from django.utils import timezone
 
-from integrity import backfill as service
-from integrity.backfill import create_backfill_state, reap_dead_backfills, run_backfill
+from integrity.backfill import create_backfill_state, finish, reap_dead_backfills, run_backfill
+from integrity.backfill import run as service
 from integrity.models import (
     BackfillState,
     BackfillStatus,
@@ -121,7 +121,7 @@ def failing_n_times(monkeypatch, owner, name: str, times: int, *, land_first: bo
 def sleeps(monkeypatch) -> list[float]:
     """The backoff the finishing writes ask for, recorded instead of slept."""
     asked: list[float] = []
-    monkeypatch.setattr(service, "_sleep", asked.append)
+    monkeypatch.setattr(finish, "_sleep", asked.append)
     return asked
 
 
@@ -253,7 +253,7 @@ class TestFinishingWritesRetry:
 
     def test_failure_tracking_is_retried_too(self, monkeypatch, sleeps):
         add_instrument(fail_after_pages=0)
-        calls = failing_n_times(monkeypatch, service, "track_symbol_failure", times=2)
+        calls = failing_n_times(monkeypatch, finish, "track_symbol_failure", times=2)
         run_backfill("BTC-USD", "1h", start=START, end=END)
         assert len(calls) == 3
         assert SymbolFailureTracking.objects.get(symbol="BTC-USD").consecutive_failures == 1
