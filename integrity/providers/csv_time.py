@@ -18,6 +18,13 @@ import numpy as np
 import pandas as pd
 
 from integrity.providers.base import ProviderConfigError
+from integrity.providers.csv_fixed_width import (
+    NUMERIC_DATE,
+    date_fields,
+    fixed_layout,
+    padded_dates,
+    parse_fixed,
+)
 
 # ``date_format`` values that name a layout, and those that only say the order of day and month.
 DATE_LAYOUTS = {"dukascopy": "%d.%m.%Y %H:%M:%S.%f"}
@@ -35,9 +42,6 @@ _ORDER_WORDS = {"dmy": "day-first", "mdy": "month-first"}
 # Epoch magnitude thresholds: at or above each, the number is in the next finer unit.
 _EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (float("inf"), "ns"))
 _TS_DTYPE = "datetime64[ns, UTC]"
-# A numeric date whose first two fields are the day and the month in some order: 13/01/2024,
-# 01.13.2024 09:30, 1-2-2024T09:30. Groups: first, second, year, the rest (a time of day).
-_NUMERIC_DATE = r"^\s*(\d{1,2})[./-](\d{1,2})[./-](\d{4})((?:[T\s].*)?)$"
 _NUMERIC_DATE_SHORT_YEAR = r"^\s*\d{1,2}([./-])\d{1,2}\1\d{2}(?:[T\s].*)?$"
 _NUMERIC_DATE_PREFIX = r"\s*\d{1,2}[./-]\d{1,2}[./-]\d{2}"
 _DETECT_CHUNK = 200_000
@@ -150,7 +154,7 @@ class TimestampParser:
     def _numeric_dates_to_iso(self, text: pd.Series, offset: int) -> pd.Series:
         """Numeric dates rewritten as ISO (``13/01/2024 09:30`` → ``2024-01-13 09:30``) in the
         file's day/month order; other values unchanged."""
-        padded = _padded_dates(text)
+        padded = padded_dates(text)
         if padded is not None:
             # The usual machine export (zero-padded, DD.MM.YYYY…): rearranged as bytes, ~10x faster.
             rows, chars = padded
@@ -176,7 +180,7 @@ class TimestampParser:
             raise self._error(
                 f"timestamp {_cell_text(text.iloc[row])!r} at line {offset + row + 2} has a two-digit year: "
                 f"pass a date_format (--date-format) that says how to read it, e.g. '%d/%m/%y %H:%M'")
-        parts = text[candidates].str.extract(_NUMERIC_DATE)
+        parts = text[candidates].str.extract(NUMERIC_DATE)
         found = parts[0].notna()
         if not found.any():
             return text
@@ -203,7 +207,7 @@ class TimestampParser:
         ambiguous_rows = 0
         for offset, chunk in self._chunks([0], _DETECT_CHUNK, dtype=str):
             text = chunk.iloc[:, 0].reset_index(drop=True)
-            found, first, second = _date_fields(text)
+            found, first, second = date_fields(text)
             if not found.any():
                 continue
             with np.errstate(invalid="ignore"):
@@ -245,8 +249,8 @@ class TimestampParser:
         """Every value in the explicit strftime layout of ``date_format``."""
         layout = self.date_format
         text = raw.astype("str").where(raw.notna())
-        fixed = _fixed_layout(layout.layout)
-        parsed = _parse_fixed(text, *fixed) if fixed else None
+        fixed = fixed_layout(layout.layout)
+        parsed = parse_fixed(text, *fixed) if fixed else None
         rest = text.notna() if parsed is None else (parsed.isna() & text.notna())
         if parsed is None or rest.any():  # no fast path, or values it refused (padding spaces, …)
             try:
@@ -399,141 +403,6 @@ class TimestampParser:
                 f"{offset + int(row) + 2}"
             )
         return local.dt.tz_convert("UTC").astype(_TS_DTYPE)
-
-
-def _ascii_matrix(text: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
-    """(positions of the present values, their bytes as a zero-padded uint8 matrix), or None when
-    there is no value or a value is not ASCII. Lets fixed-width dates be read with array operations
-    instead of per-value string calls (about ten times faster)."""
-    present = np.flatnonzero(text.notna().to_numpy())
-    if not len(present):
-        return None
-    try:
-        raw = text.to_numpy(dtype=object)[present].astype("S")
-    except (UnicodeEncodeError, ValueError, TypeError):
-        return None
-    width = max(raw.dtype.itemsize, 1)
-    return present, raw.view(np.uint8).reshape(len(raw), width)
-
-
-def _is_digit(chars: np.ndarray) -> np.ndarray:
-    return (chars >= ord("0")) & (chars <= ord("9"))
-
-
-def _padded_dates(text: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
-    """Rows that start with a zero-padded numeric date (``13.01.2024``, ``01/13/2024``) followed by
-    the end of the value, a space or ``T``: (their positions, their bytes). None when there are none."""
-    found = _ascii_matrix(text)
-    if found is None or found[1].shape[1] < 10:
-        return None
-    present, chars = found
-    ok = _is_digit(chars[:, [0, 1, 3, 4, 6, 7, 8, 9]]).all(axis=1)
-    ok &= np.isin(chars[:, 2], np.frombuffer(b"./-", dtype=np.uint8)) & (chars[:, 5] == chars[:, 2])
-    if chars.shape[1] > 10:
-        ok &= np.isin(chars[:, 10], np.frombuffer(b"\x00 T", dtype=np.uint8))
-    if not ok.any():
-        return None
-    return present[ok], chars[ok]
-
-
-def _date_fields(text: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(is a numeric date, first field, second field) per value, for the day/month decision."""
-    found = np.zeros(len(text), dtype=bool)
-    first = np.full(len(text), np.nan)
-    second = np.full(len(text), np.nan)
-    padded = _padded_dates(text)
-    if padded is not None:
-        rows, chars = padded
-        digits = chars.astype(np.int64) - ord("0")
-        found[rows] = True
-        first[rows] = digits[:, 0] * 10 + digits[:, 1]
-        second[rows] = digits[:, 3] * 10 + digits[:, 4]
-    rest = ~found & text.notna().to_numpy()
-    if rest.any():
-        parts = text[rest].str.extract(_NUMERIC_DATE)
-        hit = parts[0].notna().to_numpy()
-        rows = np.flatnonzero(rest)[hit]
-        found[rows] = True
-        first[rows] = pd.to_numeric(parts[0][hit]).to_numpy()
-        second[rows] = pd.to_numeric(parts[1][hit]).to_numpy()
-    return found, first, second
-
-
-_FIXED_FIELDS = {"Y": 4, "m": 2, "d": 2, "H": 2, "M": 2, "S": 2}
-
-
-def _fixed_layout(layout: str) -> tuple[list[tuple[str, str, int]], int, bool] | None:
-    """A strftime layout made only of zero-padded numeric fields and literals (``%d.%m.%Y
-    %H:%M:%S.%f``): its parts as (``field``/``literal``, directive or character, position), its
-    width before a trailing ``%f``, and whether it ends with one. None for anything of variable
-    width or with names (``%b``, ``%y``, ``%p``, ``%z`` …): pandas reads those."""
-    parts: list[tuple[str, str, int]] = []
-    position, i, fraction = 0, 0, False
-    while i < len(layout):
-        if layout[i] == "%":
-            code = layout[i + 1:i + 2]
-            if code in _FIXED_FIELDS:
-                parts.append(("field", code, position))
-                position += _FIXED_FIELDS[code]
-            elif code == "f" and i + 2 == len(layout):
-                fraction = True
-            elif code == "%":
-                parts.append(("literal", "%", position))
-                position += 1
-            else:
-                return None
-            i += 2
-        elif layout[i].isascii():
-            parts.append(("literal", layout[i], position))
-            position += 1
-            i += 1
-        else:
-            return None
-    return parts, position, fraction
-
-
-def _parse_fixed(text: pd.Series, parts: list[tuple[str, str, int]], width: int,
-                 fraction: bool) -> pd.Series | None:
-    """Naive datetimes of the values that match a fixed layout exactly (NaT for the others), or
-    None when the values are not ASCII text. Each value is checked byte by byte against the layout,
-    rewritten as ISO 8601 and parsed by the fast ISO parser (which also refuses a 13th month)."""
-    found = _ascii_matrix(text)
-    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns]")
-    if found is None:
-        return None if text.notna().any() else out
-    present, chars = found
-    if chars.shape[1] < width + (1 if fraction else 0):
-        return out  # every value is too short
-    lengths = (chars != 0).sum(axis=1)
-    if fraction:
-        digits = chars[:, width:]
-        ok = (lengths > width) & (lengths <= width + 9) & _is_digit(chars[:, width])
-        ok &= (_is_digit(digits) | (digits == 0)).all(axis=1)
-    else:
-        ok = lengths == width
-    fields: dict[str, np.ndarray] = {}
-    for kind, value, position in parts:
-        if kind == "literal":
-            ok &= chars[:, position] == ord(value)
-        else:
-            span = chars[:, position:position + _FIXED_FIELDS[value]]
-            ok &= _is_digit(span).all(axis=1)
-            fields[value] = span
-    if not ok.any():
-        return out
-    zeros = np.full((len(chars), 2), ord("0"), dtype=np.uint8)
-    pieces = [fields["Y"], np.full((len(chars), 1), ord("-"), np.uint8), fields["m"],
-              np.full((len(chars), 1), ord("-"), np.uint8), fields["d"]]
-    if {"H", "M", "S"} & set(fields) or fraction:
-        pieces += [np.full((len(chars), 1), ord(" "), np.uint8), fields.get("H", zeros),
-                   np.full((len(chars), 1), ord(":"), np.uint8), fields.get("M", zeros),
-                   np.full((len(chars), 1), ord(":"), np.uint8), fields.get("S", zeros)]
-    if fraction:
-        pieces += [np.full((len(chars), 1), ord("."), np.uint8), chars[:, width:]]
-    iso = np.ascontiguousarray(np.hstack(pieces)[ok])
-    strings = pd.Series(iso.view(f"S{iso.shape[1]}").ravel().astype("U"), index=text.index[present[ok]])
-    out[strings.index] = pd.to_datetime(strings, format="ISO8601", errors="coerce").dt.as_unit("ns")
-    return out
 
 
 def _cell_text(value) -> str:
