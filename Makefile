@@ -21,13 +21,17 @@ demo: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py demo
 
+# pytest-xdist workers (one per core by default); a test file stays on one worker (--dist loadfile).
+# Each worker gets its own database: test_<name>_gw0, … on PostgreSQL, its own file on SQLite.
+JOBS ?= auto
+
 ## Set up and run the whole test suite (DATABASE_URL selects the database; SQLite by default).
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(JOBS) --dist loadfile
 
 ## The suite without the tests marked slow (real processes, browsers, sleeps): a quick loop while editing.
 test-fast: install
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -n $(JOBS) --dist loadfile -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

@@ -7,6 +7,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from io import StringIO
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -22,6 +23,9 @@ from integrity import models
 from integrity.backfill import create_backfill_state
 from integrity.models import Candle, DataAnomaly, Instrument
 from integrity.providers import FetchRequest, ProviderError, get_provider
+
+# The checkout's root: where manage.py is, the working directory of every child process a test starts.
+ROOT = Path(__file__).resolve().parent.parent
 
 # The Alpaca keys the local Alpaca server accepts (tests.conftest's ``alpaca_keys`` configures them).
 ALPACA_KEY_ID, ALPACA_SECRET = "PKTESTKEYID0123456789", "sEcReT-0123456789-abcdefghijklmnopqrstuv"

@@ -22,7 +22,6 @@ import socket
 import subprocess
 import sys
 from io import StringIO
-from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
@@ -43,10 +42,9 @@ from integrity.providers import (
 )
 from integrity.providers.base import excerpt, redact
 from integrity.providers.http import KEYS_RULE, HttpClient, HttpConfig, reset_rate_limiters, resolve_base_url
-from tests.helpers import add_instrument, record_http_sleeps, utc
-from tests.test_provider_acceptance import admin_form, api_client
+from tests.helpers import ROOT, add_instrument, record_http_sleeps, utc
+from tests.providers.test_provider_acceptance import admin_form, api_client
 
-ROOT = Path(__file__).resolve().parent.parent
 INSTRUMENTS = "/api/v1/instruments/"
 ADMIN_ADD = "/admin/integrity/instrument/add/"
 START, END = utc(2024, 1, 2), utc(2024, 1, 6)

@@ -39,11 +39,10 @@ from integrity.shutdown import (
     request_stop,
 )
 from integrity.tasks import EXECUTION_TASK, backfill_series_task
-from tests.helpers import add_instrument, assert_same_bars, stored_bars, utc, worker_database_url
+from tests.helpers import ROOT, add_instrument, assert_same_bars, stored_bars, utc, worker_database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ROOT = Path(__file__).resolve().parent.parent
 START, END = utc(2024, 1, 1), utc(2024, 3, 1)  # 1440 hourly bars on a 24/7 calendar
 ALL_BARS = 1440
 

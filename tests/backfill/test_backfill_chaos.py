@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.db import connections
@@ -24,11 +23,10 @@ from django.utils import timezone
 from integrity.backfill import reap_dead_backfills, run_backfill
 from integrity.models import BackfillState, BackfillStatus, Candle
 from integrity.providers.synthetic import synthetic_bars
-from tests.helpers import add_instrument, assert_same_bars, stored_bars, utc, worker_database_url
+from tests.helpers import ROOT, add_instrument, assert_same_bars, stored_bars, utc, worker_database_url
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres_only, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class TestConcurrentRequests:

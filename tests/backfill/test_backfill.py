@@ -256,7 +256,7 @@ class TestRangeLogic:
         assert Candle.objects.order_by("-ts").first().ts == utc(2024, 3, 1, 11)
 
     def test_an_explicit_end_at_the_bar_in_progress_is_capped_at_the_last_completed_bar(self):
-        add_instrument()  # (a later end is refused: integrity.ranges, tests/test_ranges.py)
+        add_instrument()  # (a later end is refused: integrity.ranges, tests/backfill/test_ranges.py)
         result = run_backfill("BTC-USD", "1h", start=utc(2024, 3, 1), end=utc(2024, 3, 1, 13), now=self.NOW)
         assert result.range_end == utc(2024, 3, 1, 12).isoformat()
         assert result.inserted == 12

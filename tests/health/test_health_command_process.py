@@ -7,14 +7,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from integrity.models import DataAnomaly, HealthCheckRun
-from tests.helpers import worker_database_url
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, worker_database_url
 
 
 @pytest.mark.slow  # starts a Django process

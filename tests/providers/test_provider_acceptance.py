@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 from io import StringIO
-from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
@@ -25,12 +24,11 @@ from rest_framework.test import APIClient
 from integrity.backfill import run_backfill
 from integrity.models import BackfillState, Candle, Instrument
 from integrity.providers.http import HttpClient, reset_rate_limiters
-from tests import test_provider_binance as tb
-from tests.helpers import assert_same_bars, client_for, stored_bars, user_with, worker_database_url
+from tests.providers import test_provider_binance as tb
+from tests.helpers import ROOT, assert_same_bars, client_for, stored_bars, user_with, worker_database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ROOT = Path(__file__).resolve().parent.parent
 INSTRUMENTS = "/api/v1/instruments/"
 
 

@@ -16,7 +16,7 @@ from django.utils import timezone
 from integrity.backfill import create_backfill_state
 from integrity.calendars import expected_bars
 from integrity.models import BackfillState, Candle, DataAnomaly, Instrument
-from tests.helpers import add_instrument, utc, worker_database_url
+from tests.helpers import ROOT, add_instrument, utc, worker_database_url
 from tests.helpers import run_backfill_command as run
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -401,14 +401,13 @@ class TestAFailedCsvLoadRegistersNothing:
         import os
         import subprocess
         import sys
-        from pathlib import Path
 
 
         path = tmp_path / "AAPL.csv"
         path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
         env = {**os.environ, "DATABASE_URL": worker_database_url(), "DJANGO_SETTINGS_MODULE": "marketdata_site.settings"}
         done = subprocess.run([sys.executable, "manage.py", "backfill", *CSV_ARGS, "--file", str(path)],
-                              cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
+                              cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 1, done.stderr[-2000:]
         assert "the file cannot be loaded (nothing was registered or claimed)" in done.stderr

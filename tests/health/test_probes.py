@@ -7,12 +7,11 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from django.db import connection
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 # A fresh Django process, configured only by the environment, asks its own /healthz once.
 PROBE = """

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from croniter import croniter
@@ -33,9 +32,8 @@ from integrity.tasks import (
     enrichment_task,
     health_task,
 )
-from tests.helpers import add_instrument, utc
+from tests.helpers import ROOT, add_instrument, utc
 
-ROOT = Path(__file__).resolve().parent.parent
 NOW = utc(2024, 6, 5, 12, 0)
 EXPECTED = {
     "integrity.enrichment": ("integrity.tasks.enrichment_task", "30 1 * * *"),

@@ -8,7 +8,7 @@ A quarter of the generated strings are text PostgreSQL cannot store (a fuzzing d
 text rarely contains a NUL, and SQLite stores it happily, so only chance would otherwise send one to
 a PostgreSQL query (a ``DataError``, a 500). Schemathesis keeps control characters out of URL paths
 and rarely builds a valid body around a NUL in an untyped object (``provider_options``): those
-cases are pinned in ``tests/test_api_hardening.py``.
+cases are pinned in ``tests/review/test_api_hardening.py``.
 """
 
 from __future__ import annotations
