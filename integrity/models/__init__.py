@@ -1,0 +1,43 @@
+"""The integrity data model: one module per table family, every model importable from here.
+
+The four seed tables keep their exact names and columns (``backfill_state_persistent``,
+``data_anomalies``, ``duplicate_records_log``, ``symbol_failure_tracking``); what we add is added,
+never renamed. Enumerations are ``TextChoices`` with a database CHECK constraint, and invariants the
+database can enforce (one active backfill per series, status values) are enforced there.
+
+- ``instruments``: the watchlist, the candles, per-series statistics
+- ``backfill``: backfill executions and their lifecycle, per-symbol failure streaks
+- ``anomalies``: findings and their review lifecycle
+- ``logs``: the duplicate cleanup audit log, health job runs
+- ``base``: what they share (the choices CHECK, asset classes, InvalidTransition)
+"""
+
+from ..timeframes import Timeframe
+from .anomalies import AnomalyType, DataAnomaly, ResolutionStatus, Severity
+from .backfill import ACTIVE_STATUSES, TERMINAL_STATUSES, BackfillState, BackfillStatus, SymbolFailureTracking
+from .base import AssetClass, InvalidTransition
+from .instruments import Candle, Instrument, SeriesStats
+from .logs import BigIntegerArrayField, DuplicateKeptBy, DuplicateRecordLog, HealthCheckRun, HealthStatus
+
+__all__ = [
+    "AssetClass",
+    "Timeframe",
+    "Instrument",
+    "Candle",
+    "BackfillStatus",
+    "BackfillState",
+    "InvalidTransition",
+    "Severity",
+    "AnomalyType",
+    "ResolutionStatus",
+    "DataAnomaly",
+    "DuplicateKeptBy",
+    "DuplicateRecordLog",
+    "SymbolFailureTracking",
+    "HealthStatus",
+    "HealthCheckRun",
+    "SeriesStats",
+    "ACTIVE_STATUSES",
+    "TERMINAL_STATUSES",
+    "BigIntegerArrayField",
+]
