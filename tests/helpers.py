@@ -99,6 +99,31 @@ def worker_database_url() -> str:
     return f"postgres://{user}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
+def on_each_page(monkeypatch, callback) -> None:
+    """Wrap every provider the backfill service gets: ``callback(i)`` runs as page ``i`` (from 0) is handed over."""
+    from integrity.backfill import run as service
+
+    real_get_provider = service.get_provider
+
+    class Watched:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def fetch(self, request):
+            for i, page in enumerate(self.inner.fetch(request)):
+                callback(i)
+                yield page
+
+    monkeypatch.setattr(service, "get_provider", lambda name: Watched(real_get_provider(name)))
+
+
+def refused_backfill(*args, match: str | None = None) -> CommandError:
+    """``manage.py backfill ARGS`` that must be refused: its CommandError (message searched for ``match``)."""
+    with pytest.raises(CommandError, match=match) as error:
+        call_command("backfill", *args, stdout=StringIO(), stderr=StringIO())
+    return error.value
+
+
 def run_backfill_command(*args) -> tuple[int, str, str]:
     """``manage.py backfill ARGS`` in this process: (return code, stdout, stderr)."""
     out, err = StringIO(), StringIO()

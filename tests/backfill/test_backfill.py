@@ -30,7 +30,7 @@ from integrity.models import (
     SymbolFailureTracking,
 )
 from integrity.providers.synthetic import synthetic_bars
-from tests.helpers import add_instrument, assert_same_bars, stored_bars, utc
+from tests.helpers import add_instrument, assert_same_bars, on_each_page, stored_bars, utc
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -284,21 +284,14 @@ class TestHeartbeat:
         add_instrument(page_size=20)
         long_ago = utc(2000, 1, 1)
         seen = []
-        real_get_provider = service.get_provider
 
-        class Watched:
-            def __init__(self, inner):
-                self.inner = inner
+        def hand_over(i):
+            state = BackfillState.objects.get(symbol="BTC-USD")
+            if i:
+                seen.append(state.heartbeat_at)
+            BackfillState.objects.filter(pk=state.pk).update(heartbeat_at=long_ago)
 
-            def fetch(self, request):
-                for i, page in enumerate(self.inner.fetch(request)):
-                    state = BackfillState.objects.get(symbol="BTC-USD")
-                    if i:
-                        seen.append(state.heartbeat_at)
-                    BackfillState.objects.filter(pk=state.pk).update(heartbeat_at=long_ago)
-                    yield page
-
-        monkeypatch.setattr(service, "get_provider", lambda name: Watched(real_get_provider(name)))
+        on_each_page(monkeypatch, hand_over)
         result = backfill(batch_size=10_000)  # one batch at the end: only heartbeats keep it alive
         assert result.status == "completed"
         assert len(seen) == 11 and all(ts > long_ago for ts in seen)

@@ -9,14 +9,13 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
-from django.core.management.base import CommandError
 from django.db import connections
 from django.utils import timezone
 
 from integrity.backfill import create_backfill_state
 from integrity.calendars import expected_bars
 from integrity.models import BackfillState, Candle, DataAnomaly, Instrument
-from tests.helpers import ROOT, add_instrument, utc, worker_database_url
+from tests.helpers import ROOT, add_instrument, on_each_page, refused_backfill, utc, worker_database_url
 from tests.helpers import run_backfill_command as run
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -117,18 +116,14 @@ class TestCsvBackfill:
         assert set(Candle.objects.values_list("source", flat=True)) == {"csv"}
 
     def test_a_missing_file_is_exit_code_2_and_registers_nothing(self, tmp_path):
-        with pytest.raises(CommandError, match="nope.csv.*no such file") as error:
-            call_command("backfill", *CSV_ARGS, "--file", str(tmp_path / "nope.csv"), stdout=StringIO(),
-                         stderr=StringIO())
-        assert error.value.returncode == 2
+        error = refused_backfill(*CSV_ARGS, "--file", str(tmp_path / "nope.csv"), match="nope.csv.*no such file")
+        assert error.returncode == 2
         assert not Instrument.objects.exists() and not BackfillState.objects.exists()
 
     def test_a_file_for_several_symbols_is_refused(self, daily_csv):
         path, _ = daily_csv
-        with pytest.raises(CommandError, match="one symbol") as error:
-            call_command("backfill", "--symbols", "AAPL,MSFT", "--asset-class", "equity", "--file", str(path),
-                         stdout=StringIO(), stderr=StringIO())
-        assert error.value.returncode == 2
+        error = refused_backfill("--symbols", "AAPL,MSFT", "--asset-class", "equity", "--file", str(path), match="one symbol")
+        assert error.returncode == 2
         assert not Instrument.objects.exists()
 
     def test_a_file_removed_after_registration_fails_the_run_with_exit_code_1(self, daily_csv):
@@ -164,24 +159,18 @@ class TestCommandOutput:
         assert [(r["symbol"], r["inserted"]) for r in json.loads(out)] == [("A", 24), ("B", 24)]
 
     def test_concurrency_runs_series_in_parallel_each_on_its_own_connection(self, monkeypatch):
-        from integrity.backfill import run as service
 
         for symbol in "AB":
             add_instrument(symbol)
         both_fetching = threading.Barrier(2, timeout=20)  # only passes if the two runs overlap
         seen = []
-        real_get_provider = service.get_provider
 
-        class Rendezvous:
-            def __init__(self, inner):
-                self.inner = inner
-
-            def fetch(self, request):
+        def first_page(i):
+            if i == 0:
                 seen.append(connections["default"])  # Django's per-thread connection
                 both_fetching.wait()
-                yield from self.inner.fetch(request)
 
-        monkeypatch.setattr(service, "get_provider", lambda name: Rendezvous(real_get_provider(name)))
+        on_each_page(monkeypatch, first_page)
         code, out, _ = run("--all", "--start", "2024-01-01", "--end", "2024-01-02", "--concurrency", "2",
                            "--format", "json")
         assert code == 0, out
@@ -256,40 +245,32 @@ class TestCommandOutput:
 
 class TestCommandArguments:
     def test_an_unknown_symbol_without_asset_class_is_exit_code_2(self):
-        with pytest.raises(CommandError, match="unknown instrument") as error:
-            call_command("backfill", "--symbols", "NOPE", stdout=StringIO(), stderr=StringIO())
-        assert error.value.returncode == 2
+        error = refused_backfill("--symbols", "NOPE", match="unknown instrument")
+        assert error.returncode == 2
 
     def test_an_unknown_calendar_is_exit_code_2(self):
-        with pytest.raises(CommandError) as error:
-            call_command("backfill", "--symbols", "X", "--asset-class", "equity", "--calendar", "MOON",
-                         stdout=StringIO(), stderr=StringIO())
-        assert error.value.returncode == 2
+        error = refused_backfill("--symbols", "X", "--asset-class", "equity", "--calendar", "MOON")
+        assert error.returncode == 2
         assert not Instrument.objects.exists()
 
     def test_a_malformed_date_is_exit_code_2(self):
         add_instrument("A")
-        with pytest.raises(CommandError, match="not an ISO date") as error:
-            call_command("backfill", "--symbols", "A", "--start", "yesterday", stdout=StringIO(), stderr=StringIO())
-        assert error.value.returncode == 2
+        error = refused_backfill("--symbols", "A", "--start", "yesterday", match="not an ISO date")
+        assert error.returncode == 2
 
     def test_a_malformed_date_registers_no_instrument(self):
-        with pytest.raises(CommandError, match="not an ISO date"):
-            call_command("backfill", "--symbols", "NEW", "--asset-class", "crypto", "--end", "soon",
-                         stdout=StringIO(), stderr=StringIO())
+        refused_backfill("--symbols", "NEW", "--asset-class", "crypto", "--end", "soon", match="not an ISO date")
         assert not Instrument.objects.exists()
 
     @pytest.mark.parametrize("flag", ["--concurrency", "--batch-size"])
     def test_a_non_positive_count_is_exit_code_2(self, flag):
         add_instrument("A")
-        with pytest.raises(CommandError, match="at least 1") as error:
-            call_command("backfill", "--symbols", "A", flag, "0", stdout=StringIO(), stderr=StringIO())
-        assert error.value.returncode == 2
+        error = refused_backfill("--symbols", "A", flag, "0", match="at least 1")
+        assert error.returncode == 2
 
     def test_no_series_named_is_exit_code_2(self):
-        with pytest.raises(CommandError, match="--symbols A,B or --all") as error:
-            call_command("backfill", stdout=StringIO(), stderr=StringIO())
-        assert error.value.returncode == 2
+        error = refused_backfill(match="--symbols A,B or --all")
+        assert error.returncode == 2
 
 
 class TestReapCommand:
@@ -308,11 +289,6 @@ class TestReapCommand:
 class TestAFailedCsvLoadRegistersNothing:
     """The file and every option are checked before an instrument is registered or a series claimed."""
 
-    def refused(self, *args) -> CommandError:
-        with pytest.raises(CommandError) as error:
-            call_command("backfill", *args, stdout=StringIO(), stderr=StringIO())
-        return error.value
-
     def assert_nothing_registered(self):
         assert not Instrument.objects.exists()
         assert not BackfillState.objects.exists()
@@ -320,50 +296,37 @@ class TestAFailedCsvLoadRegistersNothing:
 
     def test_an_unknown_time_zone_is_a_usage_error(self, daily_csv):
         path, _ = daily_csv
-        error = self.refused(*CSV_ARGS, "--file", str(path), "--tz", "Mars/Olympus")
+        error = refused_backfill(*CSV_ARGS, "--file", str(path), "--tz", "Mars/Olympus")
         assert error.returncode == 2 and "--tz" in str(error) and "unknown time zone 'Mars/Olympus'" in str(error)
         self.assert_nothing_registered()
 
     def test_a_binary_file_is_exit_1(self, tmp_path):
         path = tmp_path / "AAPL.csv"
         path.write_bytes(b"PK\x03\x04\x14\x00\x06\x00" + bytes(range(256)) * 4)  # a zip (an .xlsx) renamed
-        error = self.refused(*CSV_ARGS, "--file", str(path))
+        error = refused_backfill(*CSV_ARGS, "--file", str(path))
         assert error.returncode == 1
         assert "nothing was registered or claimed" in str(error) and "a binary file, not CSV text" in str(error)
         self.assert_nothing_registered()
 
-    def test_a_file_that_is_not_utf8_text_is_exit_1(self, tmp_path):
+    @pytest.mark.parametrize("content, words", [
+        pytest.param("Date,Open,High,Low,Close,Volume,Börse\n2023-01-03,1,2,0.5,1.5,10,x\n".encode("latin-1"),
+                     "not a UTF-8 text file", id="not-utf8-text"),
+        pytest.param(b"Date,Price\n2023-01-03,1.5\n",
+                     "missing required column(s) open, high, low, close, volume", id="wrong-columns"),
+        pytest.param(b"", "CSV file is empty", id="empty"),
+        pytest.param(b"Date,Open,High,Low,Close,Volume\n", "a header but no bars", id="header-without-bars"),
+    ])
+    def test_an_unreadable_file_is_exit_1_saying_why(self, tmp_path, content, words):
         path = tmp_path / "AAPL.csv"
-        path.write_bytes("Date,Open,High,Low,Close,Volume,Börse\n2023-01-03,1,2,0.5,1.5,10,x\n".encode("latin-1"))
-        error = self.refused(*CSV_ARGS, "--file", str(path))
-        assert error.returncode == 1 and "not a UTF-8 text file" in str(error)
-        self.assert_nothing_registered()
-
-    def test_wrong_columns_are_exit_1(self, tmp_path):
-        path = tmp_path / "AAPL.csv"
-        path.write_text("Date,Price\n2023-01-03,1.5\n")
-        error = self.refused(*CSV_ARGS, "--file", str(path))
-        assert error.returncode == 1 and "missing required column(s) open, high, low, close, volume" in str(error)
-        self.assert_nothing_registered()
-
-    def test_an_empty_file_is_exit_1(self, tmp_path):
-        path = tmp_path / "AAPL.csv"
-        path.write_text("")
-        error = self.refused(*CSV_ARGS, "--file", str(path))
-        assert error.returncode == 1 and "CSV file is empty" in str(error)
-        self.assert_nothing_registered()
-
-    def test_a_header_without_bars_is_exit_1(self, tmp_path):
-        path = tmp_path / "AAPL.csv"
-        path.write_text("Date,Open,High,Low,Close,Volume\n")
-        error = self.refused(*CSV_ARGS, "--file", str(path))
-        assert error.returncode == 1 and "a header but no bars" in str(error)
+        path.write_bytes(content)
+        error = refused_backfill(*CSV_ARGS, "--file", str(path))
+        assert error.returncode == 1 and words in str(error)
         self.assert_nothing_registered()
 
     def test_an_unparseable_timestamp_anywhere_in_the_file_is_exit_1_naming_the_line(self, tmp_path):
         path, sessions = write_daily_csv(tmp_path / "AAPL.csv", utc(2023, 1, 1), utc(2024, 1, 1),
                                          extra_lines=["yesterday,1,2,0.5,1.5,1.5,100"])
-        error = self.refused(*CSV_ARGS, "--file", str(path))
+        error = refused_backfill(*CSV_ARGS, "--file", str(path))
         assert error.returncode == 1 and f"unparseable timestamp 'yesterday' at line {sessions + 2}" in str(error)
         self.assert_nothing_registered()
 
@@ -371,7 +334,7 @@ class TestAFailedCsvLoadRegistersNothing:
         # The run would only read 2023; the file is checked whole, as the nightly run reads it.
         path, _ = write_daily_csv(tmp_path / "AAPL.csv", utc(2023, 1, 1), utc(2024, 1, 1),
                                   extra_lines=["2025-02-30,1,2,0.5,1.5,1.5,100"])
-        assert self.refused(*CSV_ARGS, "--file", str(path)).returncode == 1
+        assert refused_backfill(*CSV_ARGS, "--file", str(path)).returncode == 1
         self.assert_nothing_registered()
 
     def test_a_registered_instrument_is_left_as_it_was(self, daily_csv, tmp_path):
@@ -381,12 +344,12 @@ class TestAFailedCsvLoadRegistersNothing:
         executions = list(BackfillState.objects.values_list("execution_id", "status"))
         bad = tmp_path / "bad.csv"
         bad.write_text("Date,Open\n2024-01-02,1\n")
-        assert self.refused(*CSV_ARGS, "--file", str(bad)).returncode == 1
+        assert refused_backfill(*CSV_ARGS, "--file", str(bad)).returncode == 1
         assert Instrument.objects.values().get() == before
         assert list(BackfillState.objects.values_list("execution_id", "status")) == executions
 
     def test_a_new_csv_instrument_needs_a_file(self):
-        error = self.refused("--provider", "csv", "--symbol", "AAPL", "--asset-class", "equity")
+        error = refused_backfill("--provider", "csv", "--symbol", "AAPL", "--asset-class", "equity")
         assert error.returncode == 2 and "needs --file" in str(error)
         self.assert_nothing_registered()
 

@@ -39,7 +39,15 @@ from integrity.shutdown import (
     request_stop,
 )
 from integrity.tasks import EXECUTION_TASK, backfill_series_task
-from tests.helpers import ROOT, add_instrument, assert_same_bars, stored_bars, utc, worker_database_url
+from tests.helpers import (
+    ROOT,
+    add_instrument,
+    assert_same_bars,
+    on_each_page,
+    stored_bars,
+    utc,
+    worker_database_url,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -82,19 +90,11 @@ def worker_env(**extra) -> dict[str, str]:
 
 def stop_pages(monkeypatch, after_pages: int, stop=lambda: request_stop("test")) -> None:
     """The provider's pages, with ``stop()`` called as page number ``after_pages`` is handed over."""
-    real_get_provider = service.get_provider
+    def hand_over(i):
+        if i + 1 == after_pages:
+            stop()  # while this page is on its way: the run stops after taking it
 
-    class Stopping:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def fetch(self, request):
-            for i, page in enumerate(self.inner.fetch(request), start=1):
-                if i == after_pages:
-                    stop()  # while this page is on its way: the run stops after taking it
-                yield page
-
-    monkeypatch.setattr(service, "get_provider", lambda name: Stopping(real_get_provider(name)))
+    on_each_page(monkeypatch, hand_over)
 
 
 def failing_n_times(monkeypatch, owner, name: str, times: int, *, land_first: bool = False) -> list[int]:

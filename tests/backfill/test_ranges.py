@@ -4,14 +4,11 @@ incremental anomaly scan survives any range already stored."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from io import StringIO
 
 import pytest
 from django.contrib.admin.sites import AdminSite
 from django.contrib.auth.models import User
 from django.contrib.messages.storage.fallback import FallbackStorage
-from django.core.management import call_command
-from django.core.management.base import CommandError
 from django.test import RequestFactory
 from django.utils import timezone
 
@@ -21,7 +18,7 @@ from integrity.models import BackfillState, BackfillStatus, Candle, Instrument
 from integrity.quality.anomalies import detect_data_anomalies
 from integrity.ranges import RangeError, check_backfill_range
 from integrity.tasks import request_backfill
-from tests.helpers import add_instrument, utc
+from tests.helpers import add_instrument, refused_backfill, utc
 
 NOW = utc(2024, 3, 1, 12, 30)
 
@@ -179,23 +176,18 @@ class TestTheCommand:
     ])
     def test_a_range_out_of_bounds_is_exit_code_2_with_the_reason(self, args, words):
         add_instrument()
-        with pytest.raises(CommandError, match=words) as error:
-            call_command("backfill", "--symbols", "BTC-USD", *args, stdout=StringIO(), stderr=StringIO())
-        assert error.value.returncode == 2
+        error = refused_backfill("--symbols", "BTC-USD", *args, match=words)
+        assert error.returncode == 2
         assert not BackfillState.objects.exists()
 
     def test_the_limit_applies_to_the_instruments_own_timeframes(self, settings):
         settings.BACKFILL_MAX_BARS = {**settings.BACKFILL_MAX_BARS, "1m": 1000}
         add_instrument(timeframes=("1h", "1m"))
-        with pytest.raises(CommandError, match="1m bars") as error:
-            call_command("backfill", "--symbols", "BTC-USD", "--start", "2024-01-01", "--end", "2024-01-02",
-                         stdout=StringIO(), stderr=StringIO())
-        assert error.value.returncode == 2
+        error = refused_backfill("--symbols", "BTC-USD", "--start", "2024-01-01", "--end", "2024-01-02", match="1m bars")
+        assert error.returncode == 2
 
     def test_a_new_instrument_is_not_registered_when_the_range_is_refused(self):
-        with pytest.raises(CommandError, match="before 1970"):
-            call_command("backfill", "--symbols", "NEW", "--asset-class", "crypto", "--start", "1900-01-01",
-                         stdout=StringIO(), stderr=StringIO())
+        refused_backfill("--symbols", "NEW", "--asset-class", "crypto", "--start", "1900-01-01", match="before 1970")
         assert not Instrument.objects.exists()
 
 
