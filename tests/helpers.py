@@ -3,6 +3,11 @@ command, fetching from a provider against the local HTTP server."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -97,6 +102,24 @@ def worker_database_url() -> str:
         return f"sqlite:///{db['NAME']}"
     user = quote(db["USER"] or "") + (f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else "")
     return f"postgres://{user}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def django_script_report(script: str, tag: str, **env) -> dict:
+    """Run ``script`` in a fresh Python process with the project's settings and ``env`` on top of this
+    environment; return the JSON it printed on its last line starting with ``TAG ``."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "marketdata_site.settings", **env}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(f"{tag} ")]
+    assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-2000:]
+    return json.loads(lines[-1][len(tag) + 1:])
+
+
+def unused_port() -> int:
+    """A local TCP port nothing listens on (the socket that found it is closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def on_each_page(monkeypatch, callback) -> None:

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 from django.db import connection
 
-from tests.helpers import ROOT
+from tests.helpers import django_script_report, unused_port
 
 # A fresh Django process, configured only by the environment, asks its own /healthz once.
 PROBE = """
@@ -25,19 +21,8 @@ print("PROBE " + json.dumps({"status": response.status_code, "body": response.co
 
 
 def probe_with(database_url: str) -> dict:
-    env = {**os.environ, "DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": "marketdata_site.settings",
-           "DEBUG": "False", "SECRET_KEY": "probe-test-secret-key-not-the-default", "LOG_LEVEL": "CRITICAL"}
-    done = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE ")]
-    assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-2000:]
-    return json.loads(lines[-1][len("PROBE "):])
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # nothing listens there once the socket is closed
+    return django_script_report(PROBE, "PROBE", DATABASE_URL=database_url, DEBUG="False",
+                                SECRET_KEY="probe-test-secret-key-not-the-default", LOG_LEVEL="CRITICAL")
 
 
 @pytest.mark.django_db
@@ -67,7 +52,7 @@ class TestHealthzInAFreshProcess:
         assert (result["status"], json.loads(result["body"])) == (200, {"status": "ok"})
 
     def test_it_answers_503_when_postgresql_refuses_the_connection(self):
-        port = closed_port()
+        port = unused_port()
         result = probe_with(f"postgres://postgres@127.0.0.1:{port}/nowhere")
         assert result["status"] == 503
         assert result["content_type"] == "application/json"

@@ -7,18 +7,14 @@ test on a free loopback port (skipped where redis-server is not installed).
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import django_script_report, unused_port
 
 # Which broker a process would use, and a task queued through it.
 QUEUE_ONE = """
@@ -37,19 +33,8 @@ print("BROKER " + json.dumps(report))
 
 
 def broker_report(redis_url: str, tmp_path: Path) -> dict:
-    env = {**os.environ, "REDIS_URL": redis_url, "DJANGO_SETTINGS_MODULE": "marketdata_site.settings",
-           "DATABASE_URL": f"sqlite:///{tmp_path / 'unused.sqlite3'}", "LOG_LEVEL": "WARNING"}
-    done = subprocess.run([sys.executable, "-c", QUEUE_ONE], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("BROKER ")]
-    assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-2000:]
-    return json.loads(lines[-1][len("BROKER "):])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return django_script_report(QUEUE_ONE, "BROKER", REDIS_URL=redis_url, LOG_LEVEL="WARNING",
+                                DATABASE_URL=f"sqlite:///{tmp_path / 'unused.sqlite3'}")
 
 
 @pytest.fixture
@@ -59,7 +44,7 @@ def redis_server(tmp_path):
         pytest.skip("redis-server is not installed")
     import redis
 
-    port = free_port()
+    port = unused_port()
     process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                 "--appendonly", "no", "--dir", str(tmp_path)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
