@@ -16,6 +16,7 @@ from ..conf import conf
 from ..models import BackfillState, BackfillStatus, InvalidTransition
 from ..providers import Provider, get_provider
 from ..shutdown import stop_on_sigterm, stop_requested
+from ..timeframes import iso
 from ..validation import ValidationSummary, validate_bars
 from ..writer import WriteResult, write_bars
 from .finish import _record_outcome
@@ -25,7 +26,6 @@ from .state import (
     BackfillResult,
     BackfillStopped,
     StrictValidationError,
-    _iso,
     _latest_finished,
     create_backfill_state,
     update_backfill_state,
@@ -213,7 +213,7 @@ def run_backfill(
             range_start, range_end, resumed_from = plan_range(spec, start=start, end=end, now=now,
                                                               previous=previous, provider=provider_impl)
             details = dict(state.details or {})
-            details.update({"calendar": spec.calendar, "batch_size": batch_size, "requested_start": _iso(start),
+            details.update({"calendar": spec.calendar, "batch_size": batch_size, "requested_start": iso(start),
                             "bar_alignment": spec.alignment})
             if spec.provider_options.get("timestamp_label") == "close":
                 # Recorded: the stored open times were moved back from the file's close stamps.
@@ -226,8 +226,8 @@ def run_backfill(
                 changes["checkpoint_ts"] = state.checkpoint_ts = resumed_from
             BackfillState.objects.filter(pk=state.pk).update(details=details, **changes)
             state.range_start, state.range_end = range_start, range_end  # progress callbacks read them
-            result.range_start, result.range_end = _iso(range_start), _iso(range_end)
-            result.resumed_from = _iso(resumed_from)
+            result.range_start, result.range_end = iso(range_start), iso(range_end)
+            result.resumed_from = iso(resumed_from)
             run = _Run(state, spec, provider_impl, start=range_start, end=range_end, strict=strict,
                        batch_size=batch_size, now=now, progress=progress)
             if range_start < range_end:
