@@ -25,7 +25,7 @@ from .models import Candle, Instrument, SeriesStats
 from .quality.sql import chunks
 from .timeframes import Timeframe, aware
 
-IN_CHUNK = 500
+IN_CHUNK = 500  # symbols or ids per IN (...) list
 
 
 # --- instrument rules ----------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from typing import Any
 from .. import series as series_module
 from ..calendars import last_completed_bar
 from ..conf import conf
-from ..series import NewestBar
 from ..timeframes import iso
 
 
@@ -39,7 +38,7 @@ def is_stale(last_bar: datetime | None, expected_bar: datetime | None, threshold
 
 
 @dataclass
-class SeriesFreshness(NewestBar):
+class SeriesFreshness(series_module.NewestBar):
     """A series' newest bar judged against its calendar's newest completed bar."""
 
     expected_bar: datetime | None = None
