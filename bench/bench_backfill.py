@@ -284,34 +284,18 @@ def memory(args, report: dict) -> None:
 # --- the child processes --------------------------------------------------------------------------
 
 
-def _import_app() -> None:
-    """What every backfill process has loaded before it starts (the same in both children)."""
-    from django.db import connection
-
-    import integrity.backfill  # noqa: F401
-    import integrity.providers.synthetic  # noqa: F401
-
-    connection.ensure_connection()
-
-
 def child(args) -> int:
-    payload: dict = {"kind": args.child}
-    try:
+    def work(payload: dict) -> None:
         common.prepare(args.database_url, allow_any_database=args.allow_any_database, migrate=False)
-        _import_app()
+        common.import_backfill_app()  # the same in both children
         if args.child == "memory":
             payload["rss_before_mb"] = common.current_rss_mb()
             seconds, result = run_backfill_once(args.memory_bars, args.batch_size)
             payload.update(seconds=seconds, inserted=result.inserted)
         payload["peak_rss_mb"] = common.peak_rss_mb()
         payload["ru_maxrss_mb"] = round(common.ru_maxrss_mb(), 1)  # see common.ru_maxrss_mb's caveat
-    except Exception as exc:  # noqa: BLE001 — reported to the parent, which fails the benchmark
-        traceback.print_exc()
-        payload["error"] = f"{exc.__class__.__name__}: {exc}"
-        common.emit_result(payload)
-        return 1
-    common.emit_result(payload)
-    return 0
+
+    return common.run_child({"kind": args.child}, work)
 
 
 # --- main -------------------------------------------------------------------------------------------

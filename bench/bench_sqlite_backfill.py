@@ -44,7 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from datetime import UTC, datetime, timedelta
 
 import common
@@ -129,8 +128,7 @@ def normalised_fingerprint() -> list:
 
 
 def child(args) -> int:
-    payload: dict = {"kind": args.child}
-    try:
+    def work(payload: dict) -> None:
         if args.child == "postgresql":
             common.prepare(args.database_url, allow_any_database=args.allow_any_database, migrate=False)
             common.truncate(reset_statistics=True)
@@ -140,26 +138,15 @@ def child(args) -> int:
 
             common.setup_django(args.sqlite_url, vendor="sqlite")
             call_command("migrate", interactive=False, verbosity=0)
-        from django.db import connection
-
-        import integrity.backfill  # noqa: F401
-        import integrity.providers.synthetic  # noqa: F401
-
-        connection.ensure_connection()
+        common.import_backfill_app()
         register_instrument()
         for phase in PHASES:
             payload[phase] = timed_run(args.bars, args.batch_size, phase)
         payload["fingerprint"] = normalised_fingerprint()
         if payload["fingerprint"][0] != args.bars:
             raise BenchFailure(f"the table holds {payload['fingerprint'][0]} bars of the series, expected {args.bars}")
-    except Exception as exc:  # noqa: BLE001 — reported to the parent, which fails the benchmark
-        if not isinstance(exc, BenchFailure):
-            traceback.print_exc()
-        payload["error"] = f"{exc.__class__.__name__}: {exc}"
-        common.emit_result(payload)
-        return 1
-    common.emit_result(payload)
-    return 0
+
+    return common.run_child({"kind": args.child}, work, quiet=(BenchFailure,))
 
 
 # --- the parent ---------------------------------------------------------------------------------------

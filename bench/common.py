@@ -314,6 +314,32 @@ def emit_result(payload: dict) -> None:
     print(RESULT_MARKER + json.dumps(payload), flush=True)
 
 
+def run_child(payload: dict, work: Callable[[dict], None], *, quiet: tuple[type[BaseException], ...] = ()) -> int:
+    """Run a child process's ``work`` (it fills ``payload``), then hand ``payload`` back with
+    ``emit_result``, with an ``error`` entry when the work raised (its traceback printed unless the
+    exception is one of ``quiet``). The child's exit code: 0, or 1 when it failed."""
+    try:
+        work(payload)
+    except Exception as exc:  # noqa: BLE001 — reported to the parent, which fails the benchmark
+        if not isinstance(exc, quiet):
+            traceback.print_exc()
+        payload["error"] = f"{exc.__class__.__name__}: {exc}"
+        emit_result(payload)
+        return 1
+    emit_result(payload)
+    return 0
+
+
+def import_backfill_app() -> None:
+    """What every backfill child process loads (and connects) before it starts measuring."""
+    from django.db import connection
+
+    import integrity.backfill  # noqa: F401
+    import integrity.providers.synthetic  # noqa: F401
+
+    connection.ensure_connection()
+
+
 def parse_result(stdout: str) -> dict | None:
     for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_MARKER):

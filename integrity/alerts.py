@@ -26,13 +26,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
 
 from .conf import conf
+from .timeframes import iso
 
 logger = logging.getLogger("integrity.alerts")
 
@@ -53,10 +53,6 @@ class Alert:
     @property
     def text(self) -> str:
         return f"[{self.severity.upper()}] {self.subject}\n{self.message}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "subject": self.subject, "message": self.message,
-                "severity": self.severity, "context": self.context}
 
 
 # --- channels ----------------------------------------------------------------------------------
@@ -161,10 +157,6 @@ def recovery_notices_enabled() -> bool:
 # --- composition: every alert the app raises -----------------------------------------------------
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
 def _more(total: int) -> list[str]:
     return [f"… and {total - MAX_IN_ALERT_TEXT} more"] if total > MAX_IN_ALERT_TEXT else []
 
@@ -214,7 +206,7 @@ def series_fresh_alert(recovered: Sequence[Any], max_listed: int) -> Alert:
     return Alert(
         kind="series_fresh",
         subject=f"{len(recovered)} series fresh again: {_first_names(recovered)}",
-        message="\n".join(f"- {s.symbol} {s.timeframe}: last bar {_iso(s.last_bar)}"
+        message="\n".join(f"- {s.symbol} {s.timeframe}: last bar {iso(s.last_bar)}"
                           for s in recovered[:MAX_IN_ALERT_TEXT]),
         severity="low",
         context={"series": [s.as_dict() for s in recovered[:max_listed]], "count": len(recovered)},
@@ -235,7 +227,7 @@ def critical_anomalies_alert(anomalies: Sequence[Any], max_listed: int) -> Alert
         severity="critical",
         context={"anomalies": [{"id": a.pk, "symbol": a.symbol, "timeframe": a.timeframe,
                                 "anomaly_type": a.anomaly_type, "description": a.description,
-                                "period_start": _iso(a.period_start), "period_end": _iso(a.period_end)}
+                                "period_start": iso(a.period_start), "period_end": iso(a.period_end)}
                                for a in anomalies[:max_listed]],
                  "count": len(anomalies)},
     )

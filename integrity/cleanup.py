@@ -66,11 +66,11 @@ from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from integrity.models import DuplicateKeptBy, DuplicateRecordLog
 from integrity.quality.anomalies import resolve_cleaned_duplicates
 from integrity.quality.sql import invalid_ohlc_sql
+from integrity.timeframes import aware
 
 logger = logging.getLogger(__name__)
 
@@ -372,7 +372,7 @@ def _run_batch(cursor, sql: _Sql, run_id: uuid.UUID, low: int, high: int, dry_ru
 def _group(symbol, timeframe, ts, n, kept_id, deleted, kept_invalid) -> tuple[datetime, dict[str, Any]]:
     """A plan row (symbol, timeframe, ts, rows in group, kept id, "id,id,…", kept row invalid 0/1)
     → (ts, group dict)."""
-    ts = _aware(ts)
+    ts = aware(ts).astimezone(UTC)
     kept_by = DuplicateKeptBy.NEWEST_NONE_VALID if kept_invalid else DuplicateKeptBy.NEWEST_VALID
     return ts, {
         "symbol": symbol,
@@ -400,12 +400,6 @@ def _insert_logs(cursor, sql: _Sql, run_id: uuid.UUID, planned: list[tuple[datet
     cursor.execute(sql.insert_log, [run, stamp, stamp, document])
 
 
-def _aware(value) -> datetime:
-    if isinstance(value, str):
-        value = parse_datetime(value)
-    if timezone.is_naive(value):
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def _resolve_anomalies(symbol: str | None, timeframe: str | None) -> int | None:

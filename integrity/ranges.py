@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import importlib
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 
 from django.utils import timezone
 
 from .conf import conf
-from .timeframes import EPOCH, floor_to_timeframe, timeframe_delta
+from .timeframes import EPOCH, aware, floor_to_timeframe, iso, timeframe_delta
 
 EARLIEST_START = EPOCH
 
@@ -56,14 +56,6 @@ def provider_earliest(provider: str | None) -> datetime | None:
     return getattr(module, "EARLIEST_BAR", None)
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat()
-
-
 def check_backfill_range(timeframe: str | None, start: datetime | None, end: datetime | None, *,
                          provider: str | None = None, now: datetime | None = None) -> None:
     """Raise ``RangeError`` naming the rule when ``[start, end)`` may not be requested.
@@ -71,8 +63,8 @@ def check_backfill_range(timeframe: str | None, start: datetime | None, end: dat
     ``timeframe`` None (not known yet) skips the rules that need a bar length.
     """
     now = now or timezone.now()
-    start = None if start is None else _aware(start)
-    end = None if end is None else _aware(end)
+    start = None if start is None else aware(start)
+    end = None if end is None else aware(end)
     earliest, whose = EARLIEST_START, "the earliest start a backfill may ask for"
     provider_first = provider_earliest(provider)
     if provider_first is not None and provider_first > earliest:
@@ -83,21 +75,21 @@ def check_backfill_range(timeframe: str | None, start: datetime | None, end: dat
 
     if start is not None:
         if start < earliest:
-            raise RangeError(f"start {_iso(start)} is before {_iso(earliest)}, {whose}",
+            raise RangeError(f"start {iso(start)} is before {iso(earliest)}, {whose}",
                              field="start", rule="before_earliest")
         if start > now:
-            raise RangeError(f"start {_iso(start)} is in the future (now is {_iso(now)})",
+            raise RangeError(f"start {iso(start)} is in the future (now is {iso(now)})",
                              field="start", rule="in_future")
     if end is not None:
         if end <= earliest:
-            raise RangeError(f"end {_iso(end)} is not after {_iso(earliest)}, {whose}",
+            raise RangeError(f"end {iso(end)} is not after {iso(earliest)}, {whose}",
                              field="end", rule="before_earliest")
         if end > latest_end:
-            bound = f"the end of the {timeframe} bar in progress, {_iso(latest_end)}" if step else _iso(now)
-            raise RangeError(f"end {_iso(end)} is in the future: at most {bound}",
+            bound = f"the end of the {timeframe} bar in progress, {iso(latest_end)}" if step else iso(now)
+            raise RangeError(f"end {iso(end)} is in the future: at most {bound}",
                              field="end", rule="in_future")
     if start is not None and end is not None and start >= end:
-        raise RangeError(f"empty range: end {_iso(end)} must be after start {_iso(start)}", field="end",
+        raise RangeError(f"empty range: end {iso(end)} must be after start {iso(start)}", field="end",
                          rule="empty_range")
     if start is not None and step is not None:
         span_end = end if end is not None else latest_end
@@ -105,7 +97,7 @@ def check_backfill_range(timeframe: str | None, start: datetime | None, end: dat
         limit = max_bars(timeframe)
         if bars > limit:
             raise RangeError(
-                f"the range {_iso(start)} to {_iso(span_end)} spans {bars:,} {timeframe} bars, more than one "
+                f"the range {iso(start)} to {iso(span_end)} spans {bars:,} {timeframe} bars, more than one "
                 f"backfill may ask for ({limit:,}, setting BACKFILL_MAX_BARS_{timeframe.upper()}): request a "
                 f"shorter range, or several",
                 field=None, rule="too_many_bars")

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from django.db import connection
 from django.db.models import Max
-from django.utils.dateparse import parse_datetime
 
 from .models import Candle, Instrument, SeriesStats
-from .timeframes import Timeframe
+from .quality.sql import chunks
+from .timeframes import Timeframe, aware
 
-_CHUNK = 500
+IN_CHUNK = 500  # symbols or ids per IN (...) list
 
 
 # --- instrument rules ----------------------------------------------------------------------------
@@ -123,22 +123,6 @@ class NewestBar:
     stale_alert_sent_at: datetime | None = None
 
 
-def aware(value) -> datetime | None:
-    """A datetime from a raw query: psycopg gives aware datetimes, SQLite gives text (UTC)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = parse_datetime(value)
-    if value is not None and value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value
-
-
-def chunks(items: list, size: int = _CHUNK) -> Iterable[list]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
 _NEWEST_BARS_SQL = {
     # One statement for the whole watchlist. The correlated max(ts) is answered from the
     # (symbol, timeframe, ts) index with one backward probe per series (PostgreSQL's and SQLite's
@@ -196,7 +180,7 @@ def newest_bars_orm() -> list[NewestBar]:
     symbols = sorted({s.symbol for s in watched})
     last = {}
     stats = {}
-    for chunk in chunks(symbols):
+    for chunk in chunks(symbols, IN_CHUNK):
         for row in (Candle.objects.filter(symbol__in=chunk).values("symbol", "timeframe")
                     .annotate(last=Max("ts")).order_by()):
             last[(row["symbol"], row["timeframe"])] = row["last"]

@@ -1,4 +1,6 @@
-"""The bar sizes the system maintains, and arithmetic on bar open times.
+"""The bar sizes the system maintains, arithmetic on bar open times, and the one owner of time
+conversion and formatting: aware UTC datetimes, int64 nanoseconds since the epoch, pandas
+timestamps, and the ISO text messages and JSON details use.
 
 A bar's ``ts`` is its open time in UTC. Intraday bars are aligned to multiples of their length
 since the Unix epoch (a 1h bar opens at hh:00, a 4h bar at 00/04/08/... UTC); a daily bar is
@@ -9,7 +11,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
+import pandas as pd
 from django.db import models
+from django.utils.dateparse import parse_datetime
 
 
 class BarAlignment(models.TextChoices):
@@ -70,10 +75,44 @@ def floor_to_timeframe(ts: datetime, timeframe: str) -> datetime:
 
 # --- times as int64 nanoseconds since the epoch, and how they are written in messages ----------
 
+NS_PER_SECOND = 1_000_000_000
+NS_PER_HOUR = 3_600 * NS_PER_SECOND
+NS_PER_DAY = 86_400 * NS_PER_SECOND
+
+
+def aware(value) -> datetime | None:
+    """An aware datetime: naive values (and SQLite's text, parsed) are taken as UTC; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value
+
+
+def utc_timestamp(value) -> pd.Timestamp:
+    """A datetime-like as a UTC pandas Timestamp in ns; naive values are taken as UTC."""
+    stamp = pd.Timestamp(value)
+    stamp = stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
+    return stamp.as_unit("ns")
+
+
+def to_ns(value) -> int:
+    """A datetime-like as int64 ns since the epoch (UTC); naive values are taken as UTC."""
+    if pd.Timestamp(value) is pd.NaT:
+        raise ValueError("a time is required, got NaT/None")
+    return int(utc_timestamp(value).value)
+
 
 def ns_to_datetime(value: int) -> datetime:
     """An int ns time as an aware UTC datetime (stored times have microsecond resolution)."""
     return EPOCH + timedelta(microseconds=int(value) // 1000)
+
+
+def ns_index(values: np.ndarray) -> pd.DatetimeIndex:
+    """Int64 ns times as a UTC DatetimeIndex."""
+    return pd.DatetimeIndex(np.asarray(values, dtype="int64").view("M8[ns]")).tz_localize(UTC)
 
 
 def iso(value: datetime | int | None) -> str | None:

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from integrity.providers.base import BAR_COLUMNS, PRICE_COLUMNS, empty_bar_frame
-from integrity.timeframes import BarAlignment, timeframe_seconds
+from integrity.timeframes import NS_PER_SECOND, BarAlignment, timeframe_seconds, utc_timestamp
 
 DEFAULT_EXAMPLE_LIMIT = 10
 
@@ -118,7 +118,6 @@ def ohlc_sql_predicate(vendor: str) -> str:
     holds = " AND ".join(rule.holds_sql.format(**flavour) for rule in OHLC_RULES)
     return f"({holds}) {flavour['false']}"
 
-_NS_PER_SECOND = 1_000_000_000
 _TS_DTYPE = "datetime64[ns, UTC]"
 
 
@@ -189,12 +188,6 @@ def _coerce_bar_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(data, columns=BAR_COLUMNS).reset_index(drop=True)
 
 
-def _utc_timestamp(value: datetime) -> pd.Timestamp:
-    """A naive datetime is taken to be UTC, an aware one is converted."""
-    stamp = pd.Timestamp(value)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-
-
 def _empty_invalid_frame() -> pd.DataFrame:
     frame = empty_bar_frame()
     frame["reasons"] = pd.Series(dtype="str")
@@ -204,14 +197,14 @@ def _empty_invalid_frame() -> pd.DataFrame:
 def validate_bars(frame: pd.DataFrame, timeframe: str, now: datetime | None = None,
                   alignment: str = BarAlignment.CLOCK) -> ValidationResult:
     """Split ``frame`` into valid bars and rejected bars with their reason codes."""
-    step_ns = timeframe_seconds(timeframe) * _NS_PER_SECOND  # also rejects an unknown timeframe
+    step_ns = timeframe_seconds(timeframe) * NS_PER_SECOND  # also rejects an unknown timeframe
     if alignment == BarAlignment.SESSION and timeframe != "1d":
-        step_ns = 60 * _NS_PER_SECOND
+        step_ns = 60 * NS_PER_SECOND
     bars = _coerce_bar_frame(frame)
     if bars.empty:
         return ValidationResult(valid=empty_bar_frame(), invalid=_empty_invalid_frame())
 
-    now_ns = _utc_timestamp(now if now is not None else datetime.now(UTC)).as_unit("ns").value
+    now_ns = utc_timestamp(now if now is not None else datetime.now(UTC)).value
 
     ts_ns = bars["ts"].array.asi8  # int64 ns since the epoch; NaT is the int64 minimum
     prices = bars[PRICE_COLUMNS].to_numpy(dtype="float64")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from django.db.models import Max
 
@@ -29,16 +29,22 @@ class SeriesSpec:
     alignment: str = BarAlignment.CLOCK  # where intraday bars start (the instrument's bar_alignment)
 
 
-def resolve_series(
-    symbol: str,
-    timeframe: str,
-    *,
-    provider: str | None = None,
-    provider_options: dict[str, Any] | None = None,
-    asset_class: str | None = None,
-    calendar: str | None = None,
-) -> SeriesSpec:
+class SeriesOverrides(TypedDict, total=False):
+    """Explicit arguments that override a series' watchlist entry (None: the entry's value)."""
+
+    provider: str | None
+    provider_options: dict[str, Any] | None
+    asset_class: str | None
+    calendar: str | None
+
+
+def resolve_series(symbol: str, timeframe: str, **overrides: Unpack[SeriesOverrides]) -> SeriesSpec:
     """What we know about a series: the watchlist entry, overridden by explicit arguments."""
+    unknown = sorted(overrides.keys() - SeriesOverrides.__annotations__.keys())
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments: {', '.join(unknown)}")
+    provider, provider_options = overrides.get("provider"), overrides.get("provider_options")
+    asset_class, calendar = overrides.get("asset_class"), overrides.get("calendar")
     instrument = Instrument.objects.filter(symbol=symbol).first()
     if instrument is None and asset_class is None:
         raise BackfillError(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Unpack
 
 import pandas as pd
 from django.db import transaction
@@ -16,16 +16,16 @@ from ..conf import conf
 from ..models import BackfillState, BackfillStatus, InvalidTransition
 from ..providers import Provider, get_provider
 from ..shutdown import stop_on_sigterm, stop_requested
+from ..timeframes import iso
 from ..validation import ValidationSummary, validate_bars
 from ..writer import WriteResult, write_bars
 from .finish import _record_outcome
-from .plan import SeriesSpec, _fetch_request, check_range, plan_range, resolve_series
+from .plan import SeriesOverrides, SeriesSpec, _fetch_request, check_range, plan_range, resolve_series
 from .state import (
     BackfillRefused,
     BackfillResult,
     BackfillStopped,
     StrictValidationError,
-    _iso,
     _latest_finished,
     create_backfill_state,
     update_backfill_state,
@@ -146,10 +146,6 @@ def run_backfill(
     symbol: str,
     timeframe: str,
     *,
-    provider: str | None = None,
-    provider_options: dict[str, Any] | None = None,
-    asset_class: str | None = None,
-    calendar: str | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
     strict: bool = False,
@@ -158,8 +154,12 @@ def run_backfill(
     execution_id=None,
     requested_by: str = "",
     progress: Callable[[BackfillState, WriteResult], None] | None = None,
+    **overrides: Unpack[SeriesOverrides],
 ) -> BackfillResult:
     """Drive one series through pending → in_progress → completed|failed.
+
+    ``overrides`` (provider, provider_options, asset_class, calendar) override the watchlist entry
+    (``resolve_series``).
 
     With ``execution_id``, runs that already-claimed pending execution (API/queue path); otherwise
     claims the series first. Never raises for a failed or refused run: the result says what happened.
@@ -172,12 +172,11 @@ def run_backfill(
     if execution_id is not None:
         state = BackfillState.objects.get(execution_id=execution_id)
         symbol, timeframe = state.symbol, state.timeframe
-        asset_class = asset_class or state.asset_class
-        provider = provider or state.provider or None
+        overrides["asset_class"] = overrides.get("asset_class") or state.asset_class
+        overrides["provider"] = overrides.get("provider") or state.provider or None
         start = start or state.range_start
         end = end or state.range_end
-    spec = resolve_series(symbol, timeframe, provider=provider, provider_options=provider_options,
-                          asset_class=asset_class, calendar=calendar)
+    spec = resolve_series(symbol, timeframe, **overrides)
     if execution_id is None:
         check_range(spec, start, end, now=now)  # before anything is claimed
     # SIGTERM from here on asks the run to stop between pages (see integrity.shutdown).
@@ -213,7 +212,7 @@ def run_backfill(
             range_start, range_end, resumed_from = plan_range(spec, start=start, end=end, now=now,
                                                               previous=previous, provider=provider_impl)
             details = dict(state.details or {})
-            details.update({"calendar": spec.calendar, "batch_size": batch_size, "requested_start": _iso(start),
+            details.update({"calendar": spec.calendar, "batch_size": batch_size, "requested_start": iso(start),
                             "bar_alignment": spec.alignment})
             if spec.provider_options.get("timestamp_label") == "close":
                 # Recorded: the stored open times were moved back from the file's close stamps.
@@ -226,8 +225,8 @@ def run_backfill(
                 changes["checkpoint_ts"] = state.checkpoint_ts = resumed_from
             BackfillState.objects.filter(pk=state.pk).update(details=details, **changes)
             state.range_start, state.range_end = range_start, range_end  # progress callbacks read them
-            result.range_start, result.range_end = _iso(range_start), _iso(range_end)
-            result.resumed_from = _iso(resumed_from)
+            result.range_start, result.range_end = iso(range_start), iso(range_end)
+            result.resumed_from = iso(resumed_from)
             run = _Run(state, spec, provider_impl, start=range_start, end=range_end, strict=strict,
                        batch_size=batch_size, now=now, progress=progress)
             if range_start < range_end:

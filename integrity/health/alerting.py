@@ -29,7 +29,8 @@ from ..alerts import (
 )
 from ..conf import conf
 from ..models import DataAnomaly, ResolutionStatus, SeriesStats, Severity, SymbolFailureTracking
-from ..series import chunks
+from ..quality.sql import chunks
+from ..series import IN_CHUNK
 from .staleness import SeriesFreshness, stale_hours
 
 # Lists in the stored results and in an alert's context are cut at this length (counts are complete).
@@ -51,7 +52,7 @@ def _claim(model, ids: list[int], field: str, value) -> list[int]:
     """
     won: list[int] = []
     lookup = {f"{field}__isnull": value is not None}
-    for chunk in chunks(ids):
+    for chunk in chunks(ids, IN_CHUNK):
         with transaction.atomic():
             mine = list(model.objects.select_for_update().filter(pk__in=chunk, **lookup)
                         .values_list("pk", flat=True))
@@ -71,7 +72,7 @@ def _ensure_stats_rows(items: list[SeriesFreshness]) -> None:
         ignore_conflicts=True, batch_size=500,
     )
     by_key = {(s.symbol, s.timeframe): s for s in missing}
-    for chunk in chunks(sorted({s.symbol for s in missing})):
+    for chunk in chunks(sorted({s.symbol for s in missing}), IN_CHUNK):
         for pk, symbol, tf, alerted in SeriesStats.objects.filter(symbol__in=chunk).values_list(
                 "id", "symbol", "timeframe", "stale_alert_sent_at"):
             item = by_key.get((symbol, tf))

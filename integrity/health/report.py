@@ -14,10 +14,6 @@ from ..models import HealthStatus, Severity
 SEVERITIES = [s.value for s in Severity]
 
 
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
 @dataclass
 class AnomalyTotals:
     """Open anomalies (not acknowledged, not resolved): in all, by severity, by type."""

@@ -16,7 +16,7 @@ from typing import Any
 from .. import series as series_module
 from ..calendars import last_completed_bar
 from ..conf import conf
-from .report import iso
+from ..timeframes import iso
 
 
 def stale_hours() -> float:
@@ -38,17 +38,12 @@ def is_stale(last_bar: datetime | None, expected_bar: datetime | None, threshold
 
 
 @dataclass
-class SeriesFreshness:
-    symbol: str
-    timeframe: str
-    calendar: str
-    last_bar: datetime | None
-    stats_id: int | None = None
-    stale_alert_sent_at: datetime | None = None
+class SeriesFreshness(series_module.NewestBar):
+    """A series' newest bar judged against its calendar's newest completed bar."""
+
     expected_bar: datetime | None = None
     hours_behind: float | None = None
     stale: bool = False
-    alignment: str = "clock"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -84,8 +79,7 @@ def assess_staleness(now: datetime, errors: list | None = None) -> list[SeriesFr
                     errors.append({"check": "staleness",
                                    "error": f"calendar {bar.calendar!r} {bar.timeframe}: {exc}"})
                 continue
-        item = SeriesFreshness(bar.symbol, bar.timeframe, bar.calendar, bar.last_bar, bar.stats_id,
-                               bar.stale_alert_sent_at, expected[key], alignment=bar.bar_alignment)
+        item = SeriesFreshness(**vars(bar), expected_bar=expected[key])
         if item.last_bar is not None and item.expected_bar is not None:
             item.hours_behind = hours_behind(item.last_bar, item.expected_bar)
         item.stale = is_stale(item.last_bar, item.expected_bar, threshold)

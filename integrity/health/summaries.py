@@ -9,7 +9,8 @@ from django.db.models import Count
 
 from ..conf import conf
 from ..models import BackfillState, BackfillStatus, DataAnomaly, ResolutionStatus, SymbolFailureTracking
-from .report import AnomalyTotals, iso
+from ..timeframes import iso
+from .report import AnomalyTotals
 
 
 def open_anomaly_totals() -> AnomalyTotals:

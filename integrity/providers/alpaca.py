@@ -76,7 +76,7 @@ import pandas as pd
 from integrity.conf import conf
 
 from ..calendars import CRYPTO_CALENDAR, is_expected_bar
-from ..timeframes import timeframe_seconds
+from ..timeframes import NS_PER_SECOND, timeframe_seconds
 from .base import (
     FetchRequest,
     ProviderConfigError,
@@ -348,7 +348,7 @@ class AlpacaProvider:
                 frame = frame.sort_values("ts", kind="stable").reset_index(drop=True)
             return frame
         if filter_sessions:
-            step = timeframe_seconds(request.timeframe) * 1_000_000_000
+            step = timeframe_seconds(request.timeframe) * NS_PER_SECOND
             aligned = (frame["ts"].array.asi8 % step) == 0
             expected = is_expected_bar(request.calendar, request.timeframe, frame["ts"])
             frame = frame[expected | ~aligned].reset_index(drop=True)

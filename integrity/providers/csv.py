@@ -82,6 +82,7 @@ from integrity.providers.base import (
     empty_bar_frame,
 )
 from integrity.providers.csv_time import DateFormat, TimestampParser, parse_date_format
+from integrity.timeframes import utc_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ class CsvProvider:
     def fetch(self, request: FetchRequest) -> Iterator[pd.DataFrame]:
         page_size = self._page_size(request)
         reader = self._reader(request)
-        start, end = _utc(request.start), _utc(request.end)
+        start, end = utc_timestamp(request.start), utc_timestamp(request.end)
 
         scan = reader.scan(start, end, page_size)
         if reader.note:
@@ -443,12 +444,6 @@ class _CsvReader(TimestampParser):
                 cells = pd.to_numeric(cells, errors="coerce").astype("float64")
             data[name] = cells
         return pd.DataFrame(data, columns=BAR_COLUMNS)
-
-
-def _utc(value: datetime) -> pd.Timestamp:
-    stamp = pd.Timestamp(value)
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return stamp.as_unit("ns")
 
 
 def _pages(chunks: Iterator[pd.DataFrame], page_size: int) -> Iterator[pd.DataFrame]:

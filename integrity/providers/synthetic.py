@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..calendars import NS_PER_SECOND, expected_ns, to_ns, validate_calendar_code
-from ..timeframes import timeframe_seconds
+from ..calendars import expected_ns, validate_calendar_code
+from ..timeframes import NS_PER_SECOND, timeframe_seconds, to_ns
 from .base import BAR_COLUMNS, FetchRequest, ProviderConfigError, ProviderError, empty_bar_frame
 
 SPIKE_FACTOR = 1.5

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from ..calendars import count_expected_bars
 from ..models import Candle, Instrument, SeriesStats
-from ..timeframes import timeframe_delta
+from ..timeframes import iso, timeframe_delta
 from .sql import robust_volatilities
 
 VOLATILITY_SAMPLE_BARS = 5000
@@ -39,8 +39,8 @@ class SeriesEnrichment:
         return {
             "symbol": self.symbol,
             "timeframe": self.timeframe,
-            "first_ts": self.first_ts.isoformat() if self.first_ts else None,
-            "last_ts": self.last_ts.isoformat() if self.last_ts else None,
+            "first_ts": iso(self.first_ts),
+            "last_ts": iso(self.last_ts),
             "bar_count": self.bar_count,
             "expected_bars": self.expected_bars,
             "coverage_pct": self.coverage_pct,

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..timeframes import iso
+
 
 def fingerprint(anomaly_type: str, symbol: str, timeframe: str, key: str = "",
                 execution_id: object | None = None) -> str:
@@ -64,8 +66,8 @@ class Finding:
             "timeframe": self.timeframe,
             "anomaly_type": self.anomaly_type,
             "severity": self.severity,
-            "period_start": self.period_start.isoformat() if self.period_start else None,
-            "period_end": self.period_end.isoformat() if self.period_end else None,
+            "period_start": iso(self.period_start),
+            "period_end": iso(self.period_end),
             "affected_rows": self.affected_rows,
             "description": self.description,
             "fingerprint": self.fingerprint,

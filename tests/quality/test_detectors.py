@@ -14,8 +14,7 @@ import pandas as pd
 import pytest
 from django.db import connection
 
-from integrity import calendars
-from integrity.calendars import expected_bars
+from integrity.calendars import counting, expected_bars
 from integrity.models import Candle, Instrument, SeriesStats
 from integrity.providers.synthetic import synthetic_bars
 from integrity.quality import sql
@@ -621,7 +620,7 @@ class TestRegistry:
         assert [f.symbol for f in found] == ["BTC-USD", "ETH-USD", "SOL-USD"]
 
     def test_it_counts_long_spans_without_materialising_them(self, monkeypatch):
-        monkeypatch.setattr(calendars, "DENSE_LIMIT", 5)  # force the interval-by-interval path
+        monkeypatch.setattr(counting, "DENSE_LIMIT", 5)  # force the interval-by-interval path
         store(drop(bars("AAPL", "1h", "equity", utc(2024, 3, 4), utc(2024, 3, 16)), utc(2024, 3, 8, 19),
                    utc(2024, 3, 11, 15)), "AAPL")
         [gap] = run_detectors([ctx("AAPL", "1h", "equity")], ["gap"])

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ... import calendars
-from ...calendars import CRYPTO_CALENDAR, expected_ns, expected_stats, is_expected_bar
+from ...calendars import CRYPTO_CALENDAR, counting, expected_ns, expected_stats, is_expected_bar
 from ...models import Severity
-from ...timeframes import bar_span, iso, ns_to_datetime
+from ...timeframes import NS_PER_DAY, NS_PER_SECOND, bar_span, iso, ns_to_datetime
 from .. import sql, window
 from ..findings import Finding
-from .scan import NS_PER_DAY, NS_PER_SECOND, OFF_CALENDAR, TABLE, Scan, Series, plural
+from .scan import OFF_CALENDAR, TABLE, Scan, Series, plural
 
 
 @dataclass
@@ -70,7 +69,7 @@ def _off_calendar_ranges(s: Series, gaps: Sequence[tuple[window.WindowRow, int, 
     """
     first, last, step = int(s.first_ts), int(s.last_ts), s.step_ns
     window = [(first, last + 1)]
-    if first < 0 or (last - first) // step > calendars.DENSE_LIMIT:
+    if first < 0 or (last - first) // step > counting.DENSE_LIMIT:
         return window  # pre-1970 (bucket arithmetic) or too long to materialise: check it all
     width = _bucket_ns(s)
     expected = expected_ns(s.calendar, s.timeframe, first, last + 1, s.alignment)

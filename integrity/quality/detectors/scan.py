@@ -23,7 +23,7 @@ import numpy as np
 
 from ...calendars import bars_per_day, expected_stats, is_known_calendar, session_anchored
 from ...models import AnomalyType, Candle, Severity
-from ...timeframes import TIMEFRAME_DELTAS, ns_to_datetime
+from ...timeframes import NS_PER_SECOND, TIMEFRAME_DELTAS, ns_to_datetime
 from .. import sql, window
 from ..findings import Finding, SeriesContext
 from ..thresholds import base_thresholds
@@ -31,9 +31,6 @@ from ..thresholds import base_thresholds
 logger = logging.getLogger(__name__)
 
 TABLE = Candle._meta.db_table
-NS_PER_SECOND = 1_000_000_000
-NS_PER_HOUR = 3600 * NS_PER_SECOND
-NS_PER_DAY = 24 * NS_PER_HOUR
 
 GAP = AnomalyType.GAP.value
 OFF_CALENDAR = AnomalyType.OFF_CALENDAR.value

@@ -12,10 +12,10 @@ import numpy as np
 
 from ...calendars import expected_stats, last_completed_bar
 from ...models import Severity
-from ...timeframes import bar_label, iso
+from ...timeframes import NS_PER_HOUR, bar_label, iso
 from .. import sql
 from ..findings import Finding
-from .scan import NS_PER_HOUR, STALE, Scan, Series, missing_severity, plural
+from .scan import STALE, Scan, Series, missing_severity, plural
 
 
 def findings(scan: Scan) -> list[Finding]:
