@@ -28,8 +28,6 @@ from ..api.parsers import MAX_JSON_DEPTH, check_storable, unstorable_reason
 from ..backfill import BackfillError, BackfillRefused
 from ..tasks import request_backfill
 
-# --- every screen: a bad URL or value is a 400 page or a field error, never a 500 ---------------
-
 
 class BadListQuery(BadRequest):
     """A list URL that no link of the list makes: answered with a 400 page naming what was wrong."""
