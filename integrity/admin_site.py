@@ -1,7 +1,7 @@
 """The admin site: Django's own, with the project's titles and the integrity dashboard.
 
 ``IntegrityAdminConfig`` (``integrity.apps``) makes it the default site, so ``admin.site`` — which
-every ``@admin.register`` in ``integrity.admin``, ``django.contrib.auth`` and ``django_q`` uses and
+every ``@admin.register`` in the ``integrity.admin`` package, ``django.contrib.auth`` and ``django_q`` uses and
 ``marketdata_site/urls.py`` mounts — is an ``IntegrityAdminSite``. This module must not import
 ``integrity.admin``: the site is built while the admin modules are being discovered.
 """

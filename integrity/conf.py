@@ -11,7 +11,8 @@ Usage (the API is stable; other modules rely on it)::
     conf.default("X")               # the declared default (settings.py reads the environment with it)
     conf.credential("X")            # a secret: the setting, else the environment variable of that name
     conf.lookup("X", default)       # a setting whose name is built at run time (CCXT_<EXCHANGE>_API_URL)
-    SETTINGS["X"].doc               # the one-line meaning (docs are generated / checked from these)
+    SETTINGS["X"].doc               # the meaning: docs/configuration.md's tables are generated from
+                                    # SETTINGS and GROUPS (python manage.py settings_doc)
 
 A setting that is absent from ``django.conf.settings``, ``None`` or a blank string takes its default. A value of the wrong type is a ``SettingError`` naming the setting and
 the rule. ``marketdata_site/settings.py`` reads each one from the environment variable of the same
@@ -77,8 +78,10 @@ class Setting:
     name: str
     default: Any
     coerce: Callable[[str, Any], Any]
-    doc: str
-    group: str
+    doc: str  # the meaning, as docs/configuration.md shows it (generated: manage.py settings_doc)
+    group: str  # a key of GROUPS: the section of docs/configuration.md
+    shown_default: str | None = None  # the default as the docs show it, when not the value itself
+    variable: str | None = None  # how the docs name it, when the environment spells it otherwise
 
     def value(self, raw: Any) -> Any:
         return self.coerce(self.name, raw)
@@ -97,123 +100,173 @@ class _PerTimeframe:
         return {**self.default, **{tf: _int(f"{name}[{tf!r}]", v) for tf, v in value.items()}}
 
 
+# The sections of docs/configuration.md the app's settings are listed in: title, then a line of prose.
+GROUPS: dict[str, tuple[str, str]] = {
+    "api": ("API", ""),
+    "backfill": ("Backfill", ""),
+    "quality": ("Data quality", ""),
+    "health": ("Health monitoring, alerts and schedules",
+               "The email channel sends through Django's mail backend (`EMAIL_*`, above)."),
+    "providers": ("Market-data providers",
+                  "Read when a provider runs; see [providers.md](providers.md) for how the providers use them."),
+}
 SETTINGS: dict[str, Setting] = {}
+_COERCE_BY_TYPE = {bool: _bool, int: _int, float: _float, str: _str, list: _list, dict: _as_is}
 
 
-def _declare(group: str, name: str, default: Any, coerce: Callable[[str, Any], Any], doc: str) -> None:
-    SETTINGS[name] = Setting(name, default, coerce, doc, group)
+def _declare(group: str, declarations: list[tuple]) -> None:
+    """Settings of one group: ``(name, default, meaning)``, optionally followed by keyword overrides
+    (``shown_default``, ``variable``); the type (and coercion) is the default's."""
+    for name, default, doc, *overrides in declarations:
+        coerce = _COERCE_BY_TYPE[type(default)]
+        SETTINGS[name] = Setting(name, default, coerce, doc, group, **(overrides[0] if overrides else {}))
 
 
-def _per_timeframe(group: str, name: str, default: Mapping[str, int], doc: str) -> None:
-    _declare(group, name, dict(default), _PerTimeframe(default), doc)
+def _per_timeframe(group: str, name: str, default: Mapping[str, int], unit: str, doc: str,
+                   general: bool = False) -> None:
+    """A mapping timeframe -> integer; the environment sets it per timeframe (``NAME_1M`` … ``NAME_1D``)
+    and, with ``general``, for every timeframe at once (``NAME``)."""
+    each = ", ".join(f"`{name}_{tf.upper()}`" for tf in TIMEFRAMES)
+    variable = (f"`{name}` (settings: a mapping timeframe → {unit}; environment: "
+                + (f"`{name}` for all, " if general else "") + f"{each})")
+    values = set(default.values())
+    shown = str(values.pop()) if len(values) == 1 else ", ".join(str(default[tf]) for tf in TIMEFRAMES)
+    SETTINGS[name] = Setting(name, dict(default), _PerTimeframe(default), doc, group, shown, variable)
 
 
-# --- backfill -------------------------------------------------------------------------------------
-_declare("backfill", "BACKFILL_BATCH_SIZE", 10_000, _int, "Bars written per database batch by a backfill.")
-_declare("backfill", "BACKFILL_HEARTBEAT_TIMEOUT_SECONDS", 300, _int,
-         "An in_progress execution whose heartbeat is older than this many seconds is considered dead and reaped.")
-_declare("backfill", "BACKFILL_PENDING_TIMEOUT_SECONDS", 3600, _int,
-         "A pending execution no worker picked up within this many seconds is failed by the reaper.")
-_declare("backfill", "BACKFILL_OVERLAP_BARS", 3, _int,
-         "Incremental runs restart this many bars before the last stored bar, to pick up revisions.")
-_per_timeframe("backfill", "BACKFILL_LOOKBACK_DAYS",
-               {"1m": 7, "5m": 30, "15m": 60, "1h": 180, "4h": 365, "1d": 3650},
-               "How far back (days) a series with no stored bars starts, per timeframe "
-               "(environment: BACKFILL_LOOKBACK_DAYS_1M … _1D).")
-_per_timeframe("backfill", "BACKFILL_MAX_BARS", dict.fromkeys(TIMEFRAMES, 5_000_000),
-               "The most bars one explicit backfill request may ask for, per timeframe; a larger range is "
-               "refused naming the setting (environment: BACKFILL_MAX_BARS for all, BACKFILL_MAX_BARS_1M … _1D).")
-_declare("backfill", "BACKFILL_FINISH_RETRIES", 5, _int,
-         "Retries of the writes that record how a run ended (survives a database outage).")
-_declare("backfill", "BACKFILL_FINISH_BACKOFF", 0.5, _float,
-         "Seconds before the first of those retries, doubled each time (at most 30 s between tries).")
-_declare("backfill", "FAILURE_ALERT_THRESHOLD", 3, _int,
-         "Consecutive failures of a symbol at which an alert is raised (once, re-armed after a success).")
+_declare("api", [
+    ("API_THROTTLE_ANON", "60/min",
+     "API requests without credentials per client address (`N/s`, `N/min`, `N/hour`, `N/day`, or `off`); "
+     "over it: 429 with `Retry-After`."),
+    ("API_THROTTLE_FAILED_AUTH", "10/min",
+     "refused API credentials (a wrong token, an `Authorization` no enabled scheme accepts) per client "
+     "address; over it the address gets 429 on every API request, right credentials included, until the "
+     "window passes."),
+    ("API_NUM_PROXIES", 0,
+     "proxies in front that append to `X-Forwarded-For`; the client address for throttling is the entry "
+     "that many from the end. `0`: `REMOTE_ADDR`, and a client-sent `X-Forwarded-For` is ignored."),
+    ("METRICS_TOKEN", "",
+     "when set, `/metrics` requires `Authorization: Bearer <token>`; when empty, only loopback clients are "
+     "served."),
+])
 
-# --- data quality ---------------------------------------------------------------------------------
-_declare("quality", "STALE_THRESHOLD_HOURS", 24.0, _float,
-         "The stale detector's default threshold (hours behind the calendar's newest complete bar).")
-_declare("quality", "OUTLIER_MOVE_THRESHOLD", 0.20, _float,
-         "The outlier detector's default relative move (0.20 = 20 %).")
-_declare("quality", "QUALITY_THRESHOLDS", {}, _as_is,
-         'Detector threshold overrides: {"default": {...}, "equity"|"crypto"|"forex": {...}} '
-         "(keys of integrity.quality.thresholds.DEFAULT_THRESHOLDS); instrument overrides win.")
-_declare("quality", "DETECTION_OVERLAP_BARS", 50, _int,
-         "An incremental detection pass re-reads this many bars before the changed ones (and before "
-         "each unresolved anomaly).")
-_declare("quality", "DETECTION_WATERMARK_SLACK", 50_000, _int,
-         "Ids an unchanged series' detection watermark may lag the scan's before it is moved up to it "
-         "(bounds the rows the change-detection statement reads).")
-_declare("quality", "DETECTION_PARALLEL_WORKERS", min(4, os.cpu_count() or 1), _int,
-         "Connections a big detection sweep (PostgreSQL, outside a transaction) splits its window pass over.")
-_declare("quality", "DETECTION_PARALLEL_MIN_ROWS", 500_000, _int,
-         "Passes over fewer rows than this use one connection.")
+_declare("backfill", [
+    ("BACKFILL_BATCH_SIZE", 10_000, "bars per committed batch (memory is bounded by this, not by the range)."),
+    ("BACKFILL_HEARTBEAT_TIMEOUT_SECONDS", 300,
+     "an in_progress execution without heartbeat this long is reaped as failed."),
+    ("BACKFILL_PENDING_TIMEOUT_SECONDS", 3600,
+     "a pending execution no worker picked up this long is reaped as failed."),
+    ("BACKFILL_FINISH_RETRIES", 5,
+     "a database outage while a run records how it ended: retries of those writes, so the execution keeps "
+     "the real error instead of waiting for the reaper."),
+    ("BACKFILL_FINISH_BACKOFF", 0.5,
+     "seconds before the first of those retries, doubled each time (at most 30 s between tries)."),
+    ("BACKFILL_OVERLAP_BARS", 3,
+     "incremental runs restart this many bars before the last stored bar, to pick up revisions."),
+])
+_per_timeframe("backfill", "BACKFILL_LOOKBACK_DAYS", {"1m": 7, "5m": 30, "15m": 60, "1h": 180, "4h": 365, "1d": 3650},
+               "days", "days back a series with no bars starts, per timeframe (remote providers; a CSV file "
+               "starts at its first bar).")
+_per_timeframe("backfill", "BACKFILL_MAX_BARS", dict.fromkeys(TIMEFRAMES, 5_000_000), "bars",
+               "the most bars, `(end − start) ÷ bar length`, one explicit backfill request may ask for (API, "
+               "admin, CLI); a larger range is refused naming the setting; the per-timeframe variable overrides "
+               "the general one. 5,000,000 is ~9.5 years of 24/7 1m bars.", general=True)
+_declare("backfill", [
+    ("CSV_DATA_DIRS", [],
+     "comma-separated absolute folders whose files a csv instrument edited through the API or the admin may "
+     "name (`provider_options.file` / `directory`); anything else, `..` tricks and symlinks out included, is "
+     "refused with a 400 or a form error. Empty: only `manage.py backfill --file` (an operator with a shell) "
+     "can point an instrument at a file."),
+])
 
-# --- providers ------------------------------------------------------------------------------------
-_declare("providers", "PROVIDER_HTTP_CONNECT_TIMEOUT", 5.0, _float, "HTTP providers: connect timeout (s).")
-_declare("providers", "PROVIDER_HTTP_READ_TIMEOUT", 30.0, _float, "HTTP providers: read timeout (s).")
-_declare("providers", "PROVIDER_HTTP_MAX_RETRIES", 4, _int,
-         "HTTP providers: retries of a request on a network error, 429 or 5xx.")
-_declare("providers", "PROVIDER_HTTP_BACKOFF_BASE", 0.5, _float,
-         "HTTP providers: seconds before the first retry, doubled each time (with jitter).")
-_declare("providers", "PROVIDER_HTTP_BACKOFF_MAX", 30.0, _float, "HTTP providers: the longest backoff (s).")
-_declare("providers", "PROVIDER_HTTP_RETRY_AFTER_MAX", 60.0, _float,
-         "HTTP providers: the longest Retry-After honoured (s); a longer one fails the request.")
-_declare("providers", "PROVIDER_ALLOWED_HOSTS", [], _list,
-         "Hosts (optionally host:port) an instrument's base_url option may point at besides the host of the "
-         "provider's own *_BASE_URL setting; empty: endpoints come from the settings only.")
-_declare("providers", "CSV_DATA_DIRS", [], _list,
-         "Folders whose CSV files an instrument edited through the API or the admin may name; the command "
-         "line may load any file.")
-_declare("providers", "BINANCE_BASE_URL", "https://api.binance.com", _str, "Binance REST endpoint.")
-_declare("providers", "BINANCE_MAX_REQUESTS_PER_SECOND", 10.0, _float,
-         "Binance: client-side request rate limit.")
-_declare("providers", "BINANCE_WEIGHT_LIMIT", 6000, _int, "Binance: request weight allowed per minute.")
-_declare("providers", "BINANCE_WEIGHT_THRESHOLD", 0.8, _float,
-         "Binance: share of the weight limit at which requests wait for the next minute.")
-_declare("providers", "ALPACA_DATA_BASE_URL", "https://data.alpaca.markets", _str, "Alpaca market-data endpoint.")
-_declare("providers", "ALPACA_API_KEY_ID", "", _str, "Alpaca key id (secret; never logged).")
-_declare("providers", "ALPACA_API_SECRET_KEY", "", _str, "Alpaca secret key (secret; never logged).")
-_declare("providers", "ALPACA_MAX_REQUESTS_PER_SECOND", 3.0, _float, "Alpaca: client-side request rate limit.")
-_declare("providers", "ALPACA_FEED", "iex", _str, "Alpaca: the default feed (iex, sip, …) unless an option names one.")
-_declare("providers", "ALPACA_ADJUSTMENT", "raw", _str,
-         "Alpaca: the default corporate-action adjustment (raw, split, …) unless an option names one.")
-_declare("providers", "CCXT_DEFAULT_EXCHANGE", "", _str,
-         "ccxt: the exchange id of an instrument without the exchange option.")
-_declare("providers", "CCXT_MARKETS_TTL_SECONDS", 3600.0, _float,
-         "ccxt: an exchange's market list is reloaded after this many seconds.")
-_declare("providers", "CCXT_ENABLE_RATE_LIMIT", True, _bool,
-         "ccxt: its own rate limiter; off only for tests or a private gateway. (Per exchange, not declared "
-         "here: CCXT_<EXCHANGE>_API_URL and the keys CCXT_<EXCHANGE>_API_KEY/_SECRET/_PASSWORD/_UID.)")
+_declare("quality", [
+    ("STALE_THRESHOLD_HOURS", 24.0,
+     "default threshold of the `stale` anomaly detector (hours behind the calendar's newest complete bar); "
+     "the health job's own staleness uses `HEALTH_STALE_HOURS`."),
+    ("OUTLIER_MOVE_THRESHOLD", 0.20, "default close-to-close move that is an outlier (0.20 = 20 %)."),
+    ("QUALITY_THRESHOLDS", {},
+     'detector threshold overrides: `{"default": {...}, "equity"\\|"crypto"\\|"forex": {...}}` (keys of '
+     "`integrity.quality.thresholds.DEFAULT_THRESHOLDS`); an instrument's own thresholds win over both. "
+     "Not read from the environment: set it in the settings module."),
+    ("DETECTION_OVERLAP_BARS", 50,
+     "an incremental detection pass re-reads this many bars before the changed ones (and before each "
+     "unresolved anomaly)."),
+    ("DETECTION_WATERMARK_SLACK", 50_000,
+     "candle ids an unchanged series' detection watermark may lag the scan's before it is moved up to it "
+     "(bounds the rows the change-detection statement reads)."),
+    ("DETECTION_PARALLEL_WORKERS", min(4, os.cpu_count() or 1),
+     "PostgreSQL connections a big detection sweep splits its window pass over (by series; only outside a "
+     "transaction). `1` turns it off.", {"shown_default": "number of cores, at most 4"}),
+    ("DETECTION_PARALLEL_MIN_ROWS", 500_000,
+     "a window pass expected to read fewer rows uses one connection (a full scan always counts as big)."),
+])
 
-# --- health, alerts, schedules, metrics -----------------------------------------------------------
-_declare("health", "HEALTH_STALE_HOURS", 6.0, _float,
-         "A series is stale when its last bar is more than this many hours behind the newest bar its "
-         "calendar expects to be complete.")
-_declare("health", "ALERT_EMAIL_RECIPIENTS", [], _list,
-         "Email alert channel: on when set (comma list); sent via Django's mail backend (EMAIL_*).")
-_declare("health", "ALERT_WEBHOOK_URL", "", _str,
-         "Webhook alert channel: on when set; JSON POST with a Slack-compatible text.")
-_declare("health", "ALERT_WEBHOOK_TIMEOUT", 5.0, _float, "Webhook: timeout (s).")
-_declare("health", "ALERT_WEBHOOK_RETRIES", 2, _int, "Webhook: extra attempts on connection errors, 429 or 5xx.")
-_declare("health", "ALERT_WEBHOOK_BACKOFF", 0.5, _float, "Webhook: seconds before a retry, doubled each time.")
-_declare("health", "ALERT_RECOVERY_NOTICES", False, _bool,
-         "Send a notice when a symbol that had alerted succeeds again.")
-_declare("health", "SCHEDULE_ENRICHMENT_CRON", "30 1 * * *", _str,
-         "UTC cron of the enrichment task (series statistics), written by setup_schedules.")
-_declare("health", "SCHEDULE_BACKFILL_CRON", "0 2 * * *", _str,
-         "UTC cron of the incremental backfill of every active series, written by setup_schedules.")
-_declare("health", "SCHEDULE_HEALTH_CRON", "0 0,6,12,18 * * *", _str,
-         "UTC cron of the health job (staleness, failures, anomalies, alerts), written by setup_schedules.")
-_declare("health", "METRICS_TOKEN", "", _str, "/metrics: bearer token required when set; unset: loopback clients only.")
+_declare("health", [
+    ("HEALTH_STALE_HOURS", 6.0,
+     "health job: a series is stale when its last bar is more than this many hours behind the newest bar "
+     "its calendar expects to be complete (or it has no bar at all)."),
+    ("FAILURE_ALERT_THRESHOLD", 3,
+     "consecutive failures of a symbol that raise an alert (once, re-armed after a success)."),
+    ("ALERT_RECOVERY_NOTICES", False,
+     "send a low-severity notice when an alerted symbol succeeds again and when a series that alerted as "
+     "stale is fresh again."),
+    ("ALERT_EMAIL_RECIPIENTS", [], "comma-separated addresses; when set, every alert is also emailed."),
+    ("ALERT_WEBHOOK_URL", "",
+     "when set, every alert is also POSTed there as JSON with a Slack-compatible `text`."),
+    ("ALERT_WEBHOOK_TIMEOUT", 5.0, "seconds per webhook attempt."),
+    ("ALERT_WEBHOOK_RETRIES", 2,
+     "extra attempts after a connection error/timeout, 429 or 5xx (other 4xx are not retried)."),
+    ("ALERT_WEBHOOK_BACKOFF", 0.5, "seconds before the first retry, doubled for each further one."),
+    ("SCHEDULE_ENRICHMENT_CRON", "30 1 * * *",
+     "enrichment schedule (UTC, five-field cron), written by `setup_schedules`."),
+    ("SCHEDULE_BACKFILL_CRON", "0 2 * * *", "daily incremental backfill schedule (UTC)."),
+    ("SCHEDULE_HEALTH_CRON", "0 0,6,12,18 * * *", "health-monitoring schedule (UTC)."),
+])
 
-# --- API ------------------------------------------------------------------------------------------
-_declare("api", "API_THROTTLE_ANON", "60/min", _str,
-         "Requests without credentials per client address (N/s, N/min, N/hour, N/day, or off).")
-_declare("api", "API_THROTTLE_FAILED_AUTH", "10/min", _str,
-         "Failed authentications per client address before it is blocked for the rest of the window.")
-_declare("api", "API_NUM_PROXIES", 0, _int,
-         "Proxies in front of the app that append the client address to X-Forwarded-For; 0: REMOTE_ADDR.")
+_declare("providers", [
+    ("PROVIDER_HTTP_CONNECT_TIMEOUT", 5.0, "seconds to open a connection."),
+    ("PROVIDER_HTTP_READ_TIMEOUT", 30.0,
+     "seconds to wait for each read of a reply (also write and pool waits)."),
+    ("PROVIDER_HTTP_MAX_RETRIES", 4,
+     "retries after the first attempt, on timeouts, connection errors, 429 and 5xx (`0`: no retry)."),
+    ("PROVIDER_HTTP_BACKOFF_BASE", 0.5,
+     "seconds; the n-th retry without `Retry-After` waits between ½ and 1 × base × 2ⁿ."),
+    ("PROVIDER_HTTP_BACKOFF_MAX", 30.0, "seconds; cap of one backoff wait."),
+    ("PROVIDER_HTTP_RETRY_AFTER_MAX", 60.0,
+     "seconds; a `Retry-After` longer than this fails the fetch at once instead of holding the worker (the "
+     "next run resumes from its checkpoint)."),
+    ("PROVIDER_ALLOWED_HOSTS", [],
+     "comma-separated hosts (`host` or `host:port`) an instrument's `provider_options.base_url` may point "
+     "at besides the host and port of the provider's own base-URL setting. Empty: endpoints come from the "
+     "settings only. Security: API keys are sent only over https, except to a loopback host (127.0.0.0/8, "
+     "::1, localhost), whichever setting or option names the URL."),
+    ("BINANCE_BASE_URL", "https://api.binance.com",
+     "Binance API root (e.g. `https://api1.binance.com`, `https://data-api.binance.vision`, a proxy; tests "
+     "point it at a local server)."),
+    ("BINANCE_MAX_REQUESTS_PER_SECOND", 10.0, "client-side pace of Binance requests per process (`0`: off)."),
+    ("BINANCE_WEIGHT_LIMIT", 6000,
+     "request weight Binance allows per IP per minute (it was `1200` before 2023)."),
+    ("BINANCE_WEIGHT_THRESHOLD", 0.8,
+     "fraction of the weight limit at which the fetch waits for the next minute."),
+    ("ALPACA_DATA_BASE_URL", "https://data.alpaca.markets", "Alpaca market-data API root."),
+    ("ALPACA_API_KEY_ID", "",
+     "Alpaca key id, required by `alpaca` (never logged; missing → a clear error before any request)."),
+    ("ALPACA_API_SECRET_KEY", "",
+     "Alpaca secret key, required by `alpaca` (never logged; missing → a clear error before any request)."),
+    ("ALPACA_MAX_REQUESTS_PER_SECOND", 3.0,
+     "client-side pace of Alpaca requests per process (`0`: off); the free plan allows 200 a minute."),
+    ("ALPACA_FEED", "iex",
+     "default `feed` unless an option names one (`iex` works on the free plan; `sip` needs a subscription)."),
+    ("ALPACA_ADJUSTMENT", "raw",
+     "default `adjustment` unless an option names one (`raw`, `split`, `dividend`, `all`)."),
+    ("CCXT_DEFAULT_EXCHANGE", "", "`ccxt`: the exchange of an instrument without the `exchange` option."),
+    ("CCXT_MARKETS_TTL_SECONDS", 3600.0,
+     "`ccxt`: the exchange's market list (one or two requests, a few MB at Binance) is loaded once per "
+     "process and reloaded after this long."),
+    ("CCXT_ENABLE_RATE_LIMIT", True,
+     "`ccxt`: its own rate limiter; switch off only in tests or behind a gateway that limits for you. "
+     "(The per-exchange `CCXT_<EXCHANGE>_*` settings are listed below.)"),
+])
 
 
 class Conf:

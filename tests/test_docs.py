@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from integrity.conf import SETTINGS
+from integrity.settings_doc import COMMAND, committed_tables, render_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -141,6 +142,19 @@ def test_each_setting_has_one_row_in_configuration_md():
     first_cells = [row.split(" | ")[0] for row in rows]
     counts = {name: sum(mentioned(name, cell) for cell in first_cells) for name in declared_settings()}
     assert {name: n for name, n in counts.items() if n > 1} == {}
+
+
+def test_the_settings_tables_are_the_ones_generated_from_integrity_conf():
+    committed = committed_tables(CONFIGURATION.read_text(encoding="utf-8"))
+    assert committed == render_tables(), (
+        f"docs/configuration.md's settings tables differ from integrity.conf.SETTINGS: run `{COMMAND}` "
+        "to regenerate them (edit a setting's default or meaning in integrity/conf.py, not in the docs)"
+    )
+
+
+def test_the_generated_tables_name_every_setting_of_integrity_conf():
+    generated = render_tables()
+    assert [name for name in SETTINGS if not mentioned(name, generated)] == []
 
 
 def test_run_all_prints_the_last_measured_table_from_the_benchmarks_json(tmp_path):

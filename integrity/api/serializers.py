@@ -25,7 +25,18 @@ from ..timeframes import BarAlignment
 from .validators import validate_provider_options
 
 
-class BackfillStateSerializer(serializers.ModelSerializer):
+class ReadOnlyModelSerializer(serializers.ModelSerializer):
+    """A row as the API shows it: every field in ``Meta.fields`` is read-only (only the services write
+    these tables; the API's writes go through their own serializers and actions)."""
+
+    def get_extra_kwargs(self):
+        extra = super().get_extra_kwargs()
+        for name in self.Meta.fields:
+            extra[name] = {**extra.get(name, {}), "read_only": True}
+        return extra
+
+
+class BackfillStateSerializer(ReadOnlyModelSerializer):
     class Meta:
         model = BackfillState
         fields = [
@@ -34,7 +45,6 @@ class BackfillStateSerializer(serializers.ModelSerializer):
             "range_start", "range_end", "heartbeat_at", "checkpoint_ts", "worker", "requested_by", "details",
             "created_at", "updated_at",
         ]
-        read_only_fields = fields
 
 
 class BackfillRequestSerializer(serializers.Serializer):
@@ -61,7 +71,7 @@ class BackfillRequestSerializer(serializers.Serializer):
         return attrs
 
 
-class DataAnomalySerializer(serializers.ModelSerializer):
+class DataAnomalySerializer(ReadOnlyModelSerializer):
     class Meta:
         model = DataAnomaly
         fields = [
@@ -70,39 +80,35 @@ class DataAnomalySerializer(serializers.ModelSerializer):
             "details", "execution_id", "acknowledged_by", "acknowledged_at", "resolved_by", "resolved_at",
             "resolution_note", "created_at", "updated_at",
         ]
-        read_only_fields = fields
 
 
-class DataAnomalyListSerializer(serializers.ModelSerializer):
+class DataAnomalyListSerializer(ReadOnlyModelSerializer):
     """The list's compact row (details, fingerprint and review fields are on the detail)."""
 
     class Meta:
         model = DataAnomaly
         fields = ["id", "symbol", "timeframe", "anomaly_type", "severity", "resolution_status", "period_start",
                   "period_end", "affected_rows", "detected_at", "description"]
-        read_only_fields = fields
 
 
 class ReviewSerializer(serializers.Serializer):
     note = serializers.CharField(required=False, allow_blank=True, max_length=2000)
 
 
-class DuplicateRecordLogSerializer(serializers.ModelSerializer):
+class DuplicateRecordLogSerializer(ReadOnlyModelSerializer):
     duplicate_ids = serializers.ListField(child=serializers.IntegerField(), read_only=True)
 
     class Meta:
         model = DuplicateRecordLog
         fields = ["id", "symbol", "timeframe", "candle_time", "duplicate_count", "duplicate_ids", "kept_id",
                   "kept_by", "run_id", "cleaned_at", "created_at"]
-        read_only_fields = fields
 
 
-class SymbolFailureSerializer(serializers.ModelSerializer):
+class SymbolFailureSerializer(ReadOnlyModelSerializer):
     class Meta:
         model = SymbolFailureTracking
         fields = ["symbol", "consecutive_failures", "last_failure_at", "last_success_at", "alert_sent",
                   "alert_sent_at", "last_error", "created_at", "updated_at"]
-        read_only_fields = fields
 
 
 def _instrument_rule(check, value):
@@ -164,16 +170,14 @@ class InstrumentSerializer(serializers.ModelSerializer):
         return _instrument_rule(check_timeframes, value)
 
 
-class SeriesStatsSerializer(serializers.ModelSerializer):
+class SeriesStatsSerializer(ReadOnlyModelSerializer):
     class Meta:
         model = SeriesStats
         fields = ["symbol", "timeframe", "first_ts", "last_ts", "bar_count", "expected_bars", "coverage_pct",
                   "robust_volatility", "last_scan_at", "last_scanned_ts", "updated_at"]
-        read_only_fields = fields
 
 
-class HealthCheckRunSerializer(serializers.ModelSerializer):
+class HealthCheckRunSerializer(ReadOnlyModelSerializer):
     class Meta:
         model = HealthCheckRun
         fields = ["id", "started_at", "finished_at", "duration_ms", "status", "results", "errors", "alerts_sent"]
-        read_only_fields = fields

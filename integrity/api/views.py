@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
@@ -64,17 +64,22 @@ def cursor_pagination(field: str):
     return type(f"CursorBy{field.strip('-').title()}", (KeysetPagination,), {"ordering": (field, "-id")})
 
 
+class TableViewSet(viewsets.ReadOnlyModelViewSet):
+    """List and detail of one table, behind the model's view permission (actions: its change permission)."""
+
+    permission_classes = [ModelPermissions]
+
+
 def actor(request) -> str:
     return request.user.get_username() if request.user and request.user.is_authenticated else ""
 
 
-class BackfillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class BackfillViewSet(TableViewSet):
     """Backfill executions. POST requests a backfill: 202 with the execution id, or 409 naming the
     execution that already holds the series."""
 
     queryset = BackfillState.objects.all()
     serializer_class = BackfillStateSerializer
-    permission_classes = [ModelPermissions]
     filterset_class = filters.BackfillFilter
     pagination_class = cursor_pagination("-created_at")
     lookup_field = "execution_id"
@@ -107,12 +112,11 @@ class BackfillViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         return Response(BackfillStateSerializer(state).data, status=status.HTTP_202_ACCEPTED)
 
 
-class AnomalyViewSet(viewsets.ReadOnlyModelViewSet):
+class AnomalyViewSet(TableViewSet):
     """Data anomalies with their review lifecycle: open → acknowledged → resolved."""
 
     queryset = DataAnomaly.objects.all()
     serializer_class = DataAnomalySerializer
-    permission_classes = [ModelPermissions]
     filterset_class = filters.AnomalyFilter
     pagination_class = cursor_pagination("-detected_at")
 
@@ -148,22 +152,20 @@ class AnomalyViewSet(viewsets.ReadOnlyModelViewSet):
         return self._review(request, "resolve")
 
 
-class DuplicateLogViewSet(viewsets.ReadOnlyModelViewSet):
+class DuplicateLogViewSet(TableViewSet):
     """The audit log of duplicate cleanup (read-only)."""
 
     queryset = DuplicateRecordLog.objects.all()
     serializer_class = DuplicateRecordLogSerializer
-    permission_classes = [ModelPermissions]
     filterset_class = filters.DuplicateLogFilter
     pagination_class = cursor_pagination("-cleaned_at")
 
 
-class SymbolFailureViewSet(viewsets.ReadOnlyModelViewSet):
+class SymbolFailureViewSet(TableViewSet):
     """Consecutive failures per symbol; POST …/reset/ zeroes the count and re-arms the alert."""
 
     queryset = SymbolFailureTracking.objects.all().order_by("-consecutive_failures", "symbol")
     serializer_class = SymbolFailureSerializer
-    permission_classes = [ModelPermissions]
     filterset_class = filters.FailureFilter
     lookup_field = "symbol"
     lookup_value_regex = "[^/]+"
@@ -188,12 +190,11 @@ class InstrumentViewSet(viewsets.ModelViewSet):
     lookup_value_regex = "[^/]+"
 
 
-class SeriesViewSet(viewsets.ReadOnlyModelViewSet):
+class SeriesViewSet(TableViewSet):
     """Per-series coverage and statistics (from enrichment)."""
 
     queryset = SeriesStats.objects.all().order_by("symbol", "timeframe")
     serializer_class = SeriesStatsSerializer
-    permission_classes = [ModelPermissions]
     filterset_class = filters.SeriesFilter
 
 

@@ -42,6 +42,21 @@ def messages_of(response) -> list[str]:
     return [str(m) for m in response.context["messages"]]
 
 
+def anomaly_page(client, anomaly_type: str, last_day: int, **faults) -> str:
+    """The admin page of the one ``anomaly_type`` anomaly detected in BTC-USD 1h bars from 2024-01-01 to
+    2024-01-``last_day``, the synthetic provider injecting ``faults`` (gaps, spikes)."""
+    add_instrument(**faults)
+    now = utc(2024, 1, last_day, 1)
+    run_backfill("BTC-USD", "1h", start=utc(2024, 1, 1), end=utc(2024, 1, last_day), now=now)
+    detect_data_anomalies(now=now, types=[anomaly_type])
+    anomaly = DataAnomaly.objects.get(anomaly_type=anomaly_type)
+    return client.get(reverse("admin:integrity_dataanomaly_change", args=[anomaly.pk])).content.decode()
+
+
+def chart_of(html: str) -> str:
+    return re.search(r'<svg[^>]*class="anomaly-chart".*?</svg>', html, re.S).group(0)
+
+
 class TestLists:
     @pytest.mark.parametrize("model", list(FACTORIES))
     def test_every_list_renders(self, admin_client, model):
@@ -437,22 +452,12 @@ class TestDashboardAndChart:
         assert len(many) == len(few)
 
     def test_an_anomaly_page_charts_the_candles_with_the_gap_shaded(self, admin_client):
-        add_instrument(gaps=[["2024-01-03T10:00:00Z", "2024-01-03T15:00:00Z"]])
-        run_backfill("BTC-USD", "1h", start=utc(2024, 1, 1), end=utc(2024, 1, 6), now=utc(2024, 1, 6, 1))
-        detect_data_anomalies(now=utc(2024, 1, 6, 1), types=["gap"])
-        gap = DataAnomaly.objects.get(anomaly_type="gap")
-        html = admin_client.get(reverse("admin:integrity_dataanomaly_change", args=[gap.pk])).content.decode()
-        svg = re.search(r'<svg[^>]*class="anomaly-chart".*?</svg>', html, re.S).group(0)
+        svg = chart_of(anomaly_page(admin_client, "gap", 6, gaps=[["2024-01-03T10:00:00Z", "2024-01-03T15:00:00Z"]]))
         assert 'class="anomaly-period"' in svg and "<polyline" in svg
         assert 'class="anomaly-bar"' not in svg  # a gap has no bars of its own: an empty shaded band
 
     def test_an_outlier_page_highlights_the_outlier_bar(self, admin_client):
-        add_instrument(spikes=["2024-01-04T12:00:00Z"])
-        run_backfill("BTC-USD", "1h", start=utc(2024, 1, 1), end=utc(2024, 1, 6), now=utc(2024, 1, 6, 1))
-        detect_data_anomalies(now=utc(2024, 1, 6, 1), types=["outlier"])
-        outlier = DataAnomaly.objects.get(anomaly_type="outlier")
-        html = admin_client.get(reverse("admin:integrity_dataanomaly_change", args=[outlier.pk])).content.decode()
-        svg = re.search(r'<svg[^>]*class="anomaly-chart".*?</svg>', html, re.S).group(0)
+        svg = chart_of(anomaly_page(admin_client, "outlier", 6, spikes=["2024-01-04T12:00:00Z"]))
         assert svg.count('class="anomaly-bar"') == 1
         spiked = Candle.objects.get(ts=utc(2024, 1, 4, 12))
         lines = re.findall(r'<line x1="[\d.]+" y1="([\d.]+)" x2="[\d.]+" y2="([\d.]+)" stroke="(#[0-9a-f]+)"', svg)
@@ -462,11 +467,7 @@ class TestDashboardAndChart:
         assert red == highest and spiked.high == Candle.objects.order_by("-high").first().high
 
     def test_the_anomaly_page_loads_nothing_from_other_hosts(self, admin_client):
-        add_instrument(gaps=[["2024-01-03T10:00:00Z", "2024-01-03T12:00:00Z"]])
-        run_backfill("BTC-USD", "1h", start=utc(2024, 1, 1), end=utc(2024, 1, 5), now=utc(2024, 1, 5, 1))
-        detect_data_anomalies(now=utc(2024, 1, 5, 1), types=["gap"])
-        gap = DataAnomaly.objects.get(anomaly_type="gap")
-        html = admin_client.get(reverse("admin:integrity_dataanomaly_change", args=[gap.pk])).content.decode()
+        html = anomaly_page(admin_client, "gap", 5, gaps=[["2024-01-03T10:00:00Z", "2024-01-03T12:00:00Z"]])
         sources = re.findall(r'(?:src|href)="([^"]+)"', html)
         assert sources and not [s for s in sources if s.startswith(("http:", "https:", "//"))]
 

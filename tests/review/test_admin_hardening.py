@@ -215,18 +215,23 @@ class TestEveryLinkTheListMakesStillWorks:
 
 
 class TestFormsRefuseWhatTheDatabaseCannotStore:
+    # provider_options JSON: the field error it gets
+    OPTIONS_REFUSED = {
+        '{"seed\\u0000": 1}':
+            'JSON: a key in the top-level object ("seed\\u0000"): text may not contain the NUL character (\\u0000)',
+        '{"seed": "1\\u0000"}': "JSON: seed: text may not contain the NUL character",
+        '{"a": {"b": ["\\u0000"]}}': "JSON: a.b[0]: text may not contain the NUL character",
+        '{"seed": "\\ud800"}': "JSON: seed: text must be valid Unicode",
+        "[" * 100_000: "JSON nests deeper than 32 levels",
+        "[" * 40 + "]" * 40: "nests deeper than 32 levels",
+    }
+
     @pytest.mark.parametrize("field,value,message", [
         ("symbol", "ETH\x00USD", "Null characters are not allowed."),
         ("calendar", "24/7\x00", "Null characters are not allowed."),
-        ("provider_options", '{"seed\\u0000": 1}',
-         'JSON: a key in the top-level object ("seed\\u0000"): text may not contain the NUL character (\\u0000)'),
-        ("provider_options", '{"seed": "1\\u0000"}', "JSON: seed: text may not contain the NUL character"),
-        ("provider_options", '{"a": {"b": ["\\u0000"]}}', "JSON: a.b[0]: text may not contain the NUL character"),
+        *(("provider_options", value, message) for value, message in OPTIONS_REFUSED.items()),
         ("quality_thresholds", '{"stale_hours": "\\u0000"}', "JSON: stale_hours: text may not contain the NUL"),
         ("timeframes", '["1h\\u0000"]', "JSON: [0]: text may not contain the NUL character"),
-        ("provider_options", '{"seed": "\\ud800"}', "JSON: seed: text must be valid Unicode"),
-        ("provider_options", "[" * 100_000, "JSON nests deeper than 32 levels"),
-        ("provider_options", "[" * 40 + "]" * 40, "nests deeper than 32 levels"),
     ])
     def test_an_instrument_value_no_database_can_store_is_a_field_error(self, admin_client, field, value, message):
         response = post_instrument(admin_client, **{field: value})

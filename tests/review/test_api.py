@@ -11,17 +11,9 @@ from django.utils import timezone
 from django_q.models import OrmQ
 from rest_framework.test import APIClient
 
+from integrity import models
 from integrity.backfill import create_backfill_state, run_backfill_execution
-from integrity.models import (
-    BackfillState,
-    DataAnomaly,
-    DuplicateRecordLog,
-    HealthCheckRun,
-    Instrument,
-    SeriesStats,
-    SymbolFailureTracking,
-)
-from tests.helpers import add_instrument, client_for, make_anomaly, user_with, utc
+from tests.helpers import FACTORIES, add_instrument, client_for, make_anomaly, user_with, utc
 
 pytestmark = pytest.mark.django_db
 
@@ -30,11 +22,11 @@ pytestmark = pytest.mark.django_db
 def seeded():
     add_instrument()
     make_anomaly()
-    DuplicateRecordLog.objects.create(symbol="BTC-USD", timeframe="1h", candle_time=utc(2024, 1, 1),
-                                      duplicate_count=2, duplicate_ids=[5], kept_id=6)
-    SymbolFailureTracking.objects.create(symbol="BTC-USD", consecutive_failures=2)
-    SeriesStats.objects.create(symbol="BTC-USD", timeframe="1h", bar_count=10)
-    HealthCheckRun.objects.create(status="healthy")
+    models.DuplicateRecordLog.objects.create(symbol="BTC-USD", timeframe="1h", candle_time=utc(2024, 1, 1),
+                                             duplicate_count=2, duplicate_ids=[5], kept_id=6)
+    models.SymbolFailureTracking.objects.create(symbol="BTC-USD", consecutive_failures=2)
+    models.SeriesStats.objects.create(symbol="BTC-USD", timeframe="1h", bar_count=10)
+    models.HealthCheckRun.objects.create(status="healthy")
     state = create_backfill_state("BTC-USD", "1h", "crypto")
     state.mark_failed("x")
 
@@ -42,17 +34,17 @@ def seeded():
 # endpoint: (model, detail path, write request (method, path, body), the editor's status for it).
 # Read-only endpoints answer an editor's write with 405; the permission check comes first.
 ENDPOINTS = {
-    "backfills": ("backfillstate", lambda: f"backfills/{BackfillState.objects.get().execution_id}/",
+    "backfills": ("backfillstate", lambda: f"backfills/{models.BackfillState.objects.get().execution_id}/",
                   ("post", "backfills/", {"symbol": "BTC-USD", "timeframe": "1d"}), 202),
-    "anomalies": ("dataanomaly", lambda: f"anomalies/{DataAnomaly.objects.get().pk}/",
+    "anomalies": ("dataanomaly", lambda: f"anomalies/{models.DataAnomaly.objects.get().pk}/",
                   ("post", "anomalies/{anomaly}/acknowledge/", {"note": "seen"}), 200),
-    "duplicates": ("duplicaterecordlog", lambda: f"duplicates/{DuplicateRecordLog.objects.get().pk}/",
+    "duplicates": ("duplicaterecordlog", lambda: f"duplicates/{models.DuplicateRecordLog.objects.get().pk}/",
                    ("post", "duplicates/", {"symbol": "X"}), 405),
     "symbol-failures": ("symbolfailuretracking", lambda: "symbol-failures/BTC-USD/",
                         ("post", "symbol-failures/BTC-USD/reset/", {}), 200),
     "instruments": ("instrument", lambda: "instruments/BTC-USD/",
                     ("patch", "instruments/BTC-USD/", {"active": False}), 200),
-    "series": ("seriesstats", lambda: f"series/{SeriesStats.objects.get().pk}/",
+    "series": ("seriesstats", lambda: f"series/{models.SeriesStats.objects.get().pk}/",
                ("post", "series/", {"symbol": "X"}), 405),
     "health": ("healthcheckrun", None, ("post", "health/", {}), 405),
 }
@@ -85,7 +77,7 @@ class TestPermissionMatrix:
         assert listed.status_code == list_status, listed.content
         if detail is not None:
             assert client.get(f"/api/v1/{detail()}").status_code == detail_status
-        path = path.format(anomaly=DataAnomaly.objects.get().pk)
+        path = path.format(anomaly=models.DataAnomaly.objects.get().pk)
         written = getattr(client, method)(f"/api/v1/{path}", body, format="json")
         assert written.status_code == (write_status or editor_status), written.content
         if role == "anonymous":
@@ -105,7 +97,7 @@ class TestPermissionMatrix:
     def test_deleting_an_instrument_needs_the_delete_permission(self, perms, expected):
         add_instrument()
         assert client_for(user_with(*perms)).delete("/api/v1/instruments/BTC-USD/").status_code == expected
-        assert Instrument.objects.filter(symbol="BTC-USD").exists() == (expected != 204)
+        assert models.Instrument.objects.filter(symbol="BTC-USD").exists() == (expected != 204)
 
 
 class TestSessionAuthentication:
@@ -117,7 +109,7 @@ class TestSessionAuthentication:
     def test_a_session_write_needs_the_csrf_token(self, seeded):
         client = APIClient(enforce_csrf_checks=True)
         client.force_login(user_with("view_dataanomaly", "change_dataanomaly"))
-        pk = DataAnomaly.objects.get().pk
+        pk = models.DataAnomaly.objects.get().pk
         refused = client.post(f"/api/v1/anomalies/{pk}/acknowledge/", {}, format="json")
         assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]
         client.get("/admin/login/")  # sets the csrftoken cookie
@@ -145,7 +137,7 @@ class TestBackfillRequests:
                                                               "start": "2024-01-01T00:00:00Z",
                                                               "end": "2024-01-02T00:00:00Z"}, format="json")
         assert response.status_code == 202
-        state = BackfillState.objects.get(execution_id=response.json()["execution_id"])
+        state = models.BackfillState.objects.get(execution_id=response.json()["execution_id"])
         assert state.status == "pending" and state.requested_by == "api:editor"
         assert OrmQ.objects.count() == 1
 
@@ -166,7 +158,7 @@ class TestBackfillRequests:
         assert response.status_code == 409
         assert response.json()["active_execution_id"] == str(holder.execution_id)
         assert str(holder.execution_id) in response.json()["detail"]
-        assert BackfillState.objects.count() == 1
+        assert models.BackfillState.objects.count() == 1
 
     @pytest.mark.parametrize("body,field", [
         ({"symbol": "NOPE", "timeframe": "1h"}, "symbol"),
@@ -181,7 +173,7 @@ class TestBackfillRequests:
         add_instrument()
         response = editor_client.post("/api/v1/backfills/", body, format="json")
         assert response.status_code == 400 and field in response.json()
-        assert not BackfillState.objects.exists()
+        assert not models.BackfillState.objects.exists()
 
     def test_the_detail_is_found_by_execution_id(self, editor_client):
         state = create_backfill_state("A", "1h", "crypto")
@@ -205,9 +197,9 @@ class TestBackfillRequests:
         created = {"A": ("1h", utc(2024, 2, 1)), "B": ("1h", utc(2024, 3, 1)), "C": ("1d", utc(2024, 4, 1))}
         for symbol, (timeframe, _) in created.items():
             create_backfill_state(symbol, timeframe, "crypto")
-        BackfillState.objects.get(symbol="A").mark_failed("boom")
+        models.BackfillState.objects.get(symbol="A").mark_failed("boom")
         for symbol, (_, at) in created.items():
-            BackfillState.objects.filter(symbol=symbol).update(created_at=at)
+            models.BackfillState.objects.filter(symbol=symbol).update(created_at=at)
         rows = editor_client.get(f"/api/v1/backfills/?{query}").json()["results"]
         assert [r["symbol"] for r in rows] == expected
 
@@ -221,11 +213,9 @@ class TestAnomalyEndpoints:
         assert len(rows) == 1 and rows[0]["severity"] == "high"
 
     @pytest.mark.parametrize("query,field,value", [
-        ("symbol=ETH-USD", "symbol", "ETH-USD"),
-        ("timeframe=1d", "timeframe", "1d"),
-        ("anomaly_type=outlier", "anomaly_type", "outlier"),
-        ("severity=critical", "severity", "critical"),
-        ("resolution_status=acknowledged", "resolution_status", "acknowledged"),
+        *((f"{field}={value}", field, value) for field, value in {
+            "symbol": "ETH-USD", "timeframe": "1d", "anomaly_type": "outlier", "severity": "critical",
+            "resolution_status": "acknowledged"}.items()),
         ("detected_after=2024-06-01T00:00:00Z", "detected_at", utc(2024, 7, 1)),
         ("detected_before=2024-06-01T00:00:00Z", "detected_at", utc(2024, 5, 1)),
     ])
@@ -233,9 +223,9 @@ class TestAnomalyEndpoints:
         make_anomaly(detected_at=utc(2024, 5, 1))
         make_anomaly(detected_at=utc(2024, 7, 1))
         wanted = make_anomaly(detected_at=utc(2024, 6, 15))
-        DataAnomaly.objects.filter(pk=wanted.pk).update(**{field: value})
+        models.DataAnomaly.objects.filter(pk=wanted.pk).update(**{field: value})
         if field == "detected_at":
-            DataAnomaly.objects.exclude(pk=wanted.pk).update(detected_at=utc(2024, 6, 1) + (
+            models.DataAnomaly.objects.exclude(pk=wanted.pk).update(detected_at=utc(2024, 6, 1) + (
                 timedelta(days=1) if value < utc(2024, 6, 1) else -timedelta(days=1)))
         rows = editor_client.get(f"/api/v1/anomalies/?{query}").json()["results"]
         assert [r["id"] for r in rows] == [wanted.pk]
@@ -288,7 +278,7 @@ class TestAnomalyEndpoints:
         pk = make_anomaly().pk
         response = editor_client.post(f"/api/v1/anomalies/{pk}/acknowledge/", {"note": ["x"]}, format="json")
         assert response.status_code == 400 and "note" in response.json()
-        assert DataAnomaly.objects.get(pk=pk).resolution_status == "open"
+        assert models.DataAnomaly.objects.get(pk=pk).resolution_status == "open"
 
     def test_pages_are_keyset_paginated(self, editor_client):
         now = timezone.now()
@@ -297,38 +287,39 @@ class TestAnomalyEndpoints:
         first = editor_client.get("/api/v1/anomalies/?page_size=2").json()
         second = editor_client.get(first["next"]).json()
         assert [r["id"] for r in first["results"] + second["results"]] == list(
-            DataAnomaly.objects.order_by("-detected_at", "-id").values_list("id", flat=True)[:4])
+            models.DataAnomaly.objects.order_by("-detected_at", "-id").values_list("id", flat=True)[:4])
 
     def test_a_malformed_cursor_is_400(self, editor_client):
         response = editor_client.get("/api/v1/anomalies/?cursor=garbage")
         assert response.status_code == 400 and "cursor" in response.json()
 
     def test_the_page_size_is_capped(self, editor_client):
-        DataAnomaly.objects.bulk_create([DataAnomaly(symbol="A", timeframe="1h", anomaly_type="gap", severity="low",
-                                                     description="x", fingerprint=f"f{i}") for i in range(1005)])
+        models.DataAnomaly.objects.bulk_create([
+            models.DataAnomaly(symbol="A", timeframe="1h", anomaly_type="gap", severity="low", description="x",
+                               fingerprint=f"f{i}") for i in range(1005)])
         assert len(editor_client.get("/api/v1/anomalies/?page_size=5000").json()["results"]) == 1000
 
 
 class TestReadOnlyAudit:
     @pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
     def test_duplicates_cannot_be_written_even_with_every_permission(self, editor_client, method):
-        log = DuplicateRecordLog.objects.create(symbol="A", timeframe="1h", candle_time=utc(2024, 1, 1),
-                                                duplicate_count=2, duplicate_ids=[1, 2], kept_id=3)
+        log = models.DuplicateRecordLog.objects.create(symbol="A", timeframe="1h", candle_time=utc(2024, 1, 1),
+                                                       duplicate_count=2, duplicate_ids=[1, 2], kept_id=3)
         path = "/api/v1/duplicates/" if method == "post" else f"/api/v1/duplicates/{log.pk}/"
         assert getattr(editor_client, method)(path, {"symbol": "B"}, format="json").status_code == 405
-        assert DuplicateRecordLog.objects.get().symbol == "A"
+        assert models.DuplicateRecordLog.objects.get().symbol == "A"
 
     def test_duplicates_list_shows_deleted_and_kept_ids_and_filters_by_symbol(self, editor_client):
         for symbol in ("A", "B"):
-            DuplicateRecordLog.objects.create(symbol=symbol, timeframe="1h", candle_time=utc(2024, 1, 1),
-                                              duplicate_count=2, duplicate_ids=[7, 8], kept_id=9)
+            models.DuplicateRecordLog.objects.create(symbol=symbol, timeframe="1h", candle_time=utc(2024, 1, 1),
+                                                     duplicate_count=2, duplicate_ids=[7, 8], kept_id=9)
         rows = editor_client.get("/api/v1/duplicates/?symbol=B").json()["results"]
         assert [(r["symbol"], r["duplicate_ids"], r["kept_id"]) for r in rows] == [("B", [7, 8], 9)]
 
 
 class TestSymbolFailures:
     def test_reset_zeroes_the_count_and_rearms_the_alert(self):
-        SymbolFailureTracking.objects.create(symbol="BTC-USD", consecutive_failures=5, alert_sent=True)
+        models.SymbolFailureTracking.objects.create(symbol="BTC-USD", consecutive_failures=5, alert_sent=True)
         client = client_for(user_with("view_symbolfailuretracking", "change_symbolfailuretracking"))
         body = client.post("/api/v1/symbol-failures/BTC-USD/reset/").json()
         assert (body["consecutive_failures"], body["alert_sent"]) == (0, False)
@@ -338,8 +329,8 @@ class TestSymbolFailures:
         assert client.post("/api/v1/symbol-failures/NOPE/reset/").status_code == 404
 
     def test_the_list_filters_by_minimum_failures(self):
-        SymbolFailureTracking.objects.create(symbol="A", consecutive_failures=1)
-        SymbolFailureTracking.objects.create(symbol="B", consecutive_failures=4)
+        models.SymbolFailureTracking.objects.create(symbol="A", consecutive_failures=1)
+        models.SymbolFailureTracking.objects.create(symbol="B", consecutive_failures=4)
         rows = client_for(user_with("view_symbolfailuretracking")).get(
             "/api/v1/symbol-failures/?min_failures=3").json()["results"]
         assert [r["symbol"] for r in rows] == ["B"]
@@ -360,11 +351,11 @@ class TestInstrumentEndpoints:
         assert created.status_code == 201, created.content
         assert client.get("/api/v1/instruments/AAPL/").json()["provider_options"] == {"directory": "/data"}
         replaced = client.put("/api/v1/instruments/AAPL/", {**self.BODY, "timeframes": ["1d", "1h"]}, format="json")
-        assert replaced.status_code == 200 and Instrument.objects.get().timeframes == ["1d", "1h"]
+        assert replaced.status_code == 200 and models.Instrument.objects.get().timeframes == ["1d", "1h"]
         assert client.patch("/api/v1/instruments/AAPL/", {"active": False}, format="json").status_code == 200
-        assert not Instrument.objects.get().active
+        assert not models.Instrument.objects.get().active
         assert client.delete("/api/v1/instruments/AAPL/").status_code == 204
-        assert not Instrument.objects.exists()
+        assert not models.Instrument.objects.exists()
 
     @pytest.mark.parametrize("change,field,message", [
         ({"calendar": "MOON"}, "calendar", "unknown calendar"),
@@ -384,7 +375,7 @@ class TestInstrumentEndpoints:
         response = client.post("/api/v1/instruments/", {**self.BODY, **change}, format="json")
         assert response.status_code == 400, response.content
         assert message in str(response.json()[field])  # a list's item errors are keyed by index
-        assert not Instrument.objects.exists()
+        assert not models.Instrument.objects.exists()
 
     def test_a_duplicate_symbol_is_400(self, client):
         add_instrument("AAPL")
@@ -395,21 +386,22 @@ class TestInstrumentEndpoints:
         add_instrument("AAPL")
         response = client.patch("/api/v1/instruments/AAPL/", {"symbol": "AAPL2"}, format="json")
         assert response.status_code == 400 and "cannot be changed" in response.json()["symbol"][0]
-        assert Instrument.objects.get().symbol == "AAPL"
+        assert models.Instrument.objects.get().symbol == "AAPL"
 
     def test_an_invalid_update_changes_nothing(self, client):
         add_instrument("AAPL", calendar="24/7")
         response = client.patch("/api/v1/instruments/AAPL/", {"calendar": "MOON", "active": False}, format="json")
         assert response.status_code == 400
-        instrument = Instrument.objects.get()
+        instrument = models.Instrument.objects.get()
         assert (instrument.calendar, instrument.active) == ("24/7", True)
 
 
 class TestSeriesEndpoint:
     def test_it_lists_coverage_and_statistics_filtered(self):
-        SeriesStats.objects.create(symbol="A", timeframe="1h", bar_count=90, expected_bars=100, coverage_pct=90.0,
-                                   robust_volatility=0.01)
-        SeriesStats.objects.create(symbol="B", timeframe="1h", bar_count=100, expected_bars=100, coverage_pct=100.0)
+        models.SeriesStats.objects.create(symbol="A", timeframe="1h", bar_count=90, expected_bars=100,
+                                          coverage_pct=90.0, robust_volatility=0.01)
+        models.SeriesStats.objects.create(symbol="B", timeframe="1h", bar_count=100, expected_bars=100,
+                                          coverage_pct=100.0)
         client = client_for(user_with("view_seriesstats"))
         rows = client.get("/api/v1/series/?max_coverage=95").json()["results"]
         assert [(r["symbol"], r["bar_count"], r["expected_bars"], r["coverage_pct"], r["robust_volatility"])
@@ -419,12 +411,12 @@ class TestSeriesEndpoint:
 
 class TestHealthEndpoint:
     def test_it_returns_the_latest_run_and_a_live_summary(self):
-        HealthCheckRun.objects.create(status="healthy", started_at=timezone.now() - timedelta(hours=6))
-        HealthCheckRun.objects.create(status="warning")
+        models.HealthCheckRun.objects.create(status="healthy", started_at=timezone.now() - timedelta(hours=6))
+        models.HealthCheckRun.objects.create(status="warning")
         make_anomaly(severity="critical")
         make_anomaly(severity="low", resolution_status="acknowledged")
         create_backfill_state("A", "1h", "crypto")
-        SymbolFailureTracking.objects.create(symbol="B", consecutive_failures=2)
+        models.SymbolFailureTracking.objects.create(symbol="B", consecutive_failures=2)
         body = client_for(user_with("view_healthcheckrun")).get("/api/v1/health/").json()
         assert body["latest_run"]["status"] == "warning"
         live = body["live"]
@@ -438,18 +430,9 @@ class TestHealthEndpoint:
         assert body["latest_run"] is None and body["live"]["open_anomalies"] == 0
 
 
-# A new row for each list endpoint's table.
-ROW_FACTORIES = {
-    "backfills": lambda: create_backfill_state(f"S{BackfillState.objects.count()}", "1h", "crypto"),
-    "anomalies": lambda: make_anomaly(),
-    "duplicates": lambda: DuplicateRecordLog.objects.create(symbol="A", timeframe="1h", candle_time=utc(2024, 1, 1),
-                                                            duplicate_count=2, duplicate_ids=[1, 2]),
-    "symbol-failures": lambda: SymbolFailureTracking.objects.create(
-        symbol=f"S{SymbolFailureTracking.objects.count()}", consecutive_failures=1),
-    "instruments": lambda: add_instrument(f"I{Instrument.objects.count()}"),
-    "series": lambda: SeriesStats.objects.create(symbol=f"S{SeriesStats.objects.count()}", timeframe="1h"),
-    "health": lambda: (HealthCheckRun.objects.create(status="healthy"), make_anomaly(), make_anomaly(severity="low")),
-}
+# A new row for each list endpoint's table (the health view also counts open anomalies).
+ROW_FACTORIES = {endpoint: FACTORIES[model] for endpoint, (model, *_) in ENDPOINTS.items()}
+ROW_FACTORIES["health"] = lambda: (FACTORIES["healthcheckrun"](), make_anomaly(), make_anomaly(severity="low"))
 
 
 class TestQueryCounts:
@@ -500,31 +483,20 @@ class TestStrictFilters:
         return client_for(user_with(*(f"view_{m}" for m in ("instrument", "symbolfailuretracking", "backfillstate",
                                                             "dataanomaly", "duplicaterecordlog", "seriesstats"))))
 
-    @pytest.mark.parametrize("endpoint,query,param", [
-        ("instruments", "active=maybe", "active"),
-        ("instruments", "active=", "active"),
-        ("instruments", "asset_class=bonds", "asset_class"),
-        ("instruments", "asset_class=", "asset_class"),
-        ("symbol-failures", "alert_sent=banana", "alert_sent"),
-        ("symbol-failures", "alert_sent=", "alert_sent"),
-        ("symbol-failures", "min_failures=many", "min_failures"),
-        ("backfills", "created_after=", "created_after"),
-        ("backfills", "created_before=last-week", "created_before"),
-        ("backfills", "status=", "status"),
-        ("backfills", "status=failed&status=", "status"),
-        ("backfills", "status=exploded", "status"),
-        ("anomalies", "detected_after=", "detected_after"),
-        ("anomalies", "detected_before=", "detected_before"),
-        ("anomalies", "severity=", "severity"),
-        ("anomalies", "symbol=", "symbol"),
-        ("duplicates", "cleaned_after=", "cleaned_after"),
-        ("duplicates", "cleaned_before=soon", "cleaned_before"),
-        ("duplicates", "timeframe=", "timeframe"),
-        ("series", "timeframe=7m", "timeframe"),
-        ("series", "max_coverage=", "max_coverage"),
-        ("series", "max_coverage=lots", "max_coverage"),
-    ])
-    def test_an_unusable_filter_value_is_400_naming_the_parameter(self, viewer, endpoint, query, param):
+    # endpoint: queries whose (first) parameter holds a value its filter cannot use
+    UNUSABLE = {
+        "instruments": ["active=maybe", "active=", "asset_class=bonds", "asset_class="],
+        "symbol-failures": ["alert_sent=banana", "alert_sent=", "min_failures=many"],
+        "backfills": ["created_after=", "created_before=last-week", "status=", "status=failed&status=",
+                      "status=exploded"],
+        "anomalies": ["detected_after=", "detected_before=", "severity=", "symbol="],
+        "duplicates": ["cleaned_after=", "cleaned_before=soon", "timeframe="],
+        "series": ["timeframe=7m", "max_coverage=", "max_coverage=lots"],
+    }
+
+    @pytest.mark.parametrize("endpoint,query", [(e, q) for e, queries in UNUSABLE.items() for q in queries])
+    def test_an_unusable_filter_value_is_400_naming_the_parameter(self, viewer, endpoint, query):
+        param = query.partition("=")[0]
         add_instrument()
         response = viewer.get(f"/api/v1/{endpoint}/?{query}")
         assert response.status_code == 400, response.content
@@ -543,12 +515,12 @@ class TestStrictFilters:
     def test_booleans_are_true_false_1_or_0_in_any_letter_case(self, viewer, value, expected):
         add_instrument("A")
         add_instrument("B")
-        Instrument.objects.filter(symbol="B").update(active=False)
+        models.Instrument.objects.filter(symbol="B").update(active=False)
         rows = viewer.get(f"/api/v1/instruments/?active={value}").json()["results"]
         assert [r["symbol"] for r in rows] == expected
 
     def test_alert_sent_narrows_the_failures_list(self, viewer):
-        SymbolFailureTracking.objects.create(symbol="A", consecutive_failures=3, alert_sent=True)
-        SymbolFailureTracking.objects.create(symbol="B", consecutive_failures=1)
+        models.SymbolFailureTracking.objects.create(symbol="A", consecutive_failures=3, alert_sent=True)
+        models.SymbolFailureTracking.objects.create(symbol="B", consecutive_failures=1)
         rows = viewer.get("/api/v1/symbol-failures/?alert_sent=true").json()["results"]
         assert [r["symbol"] for r in rows] == ["A"]

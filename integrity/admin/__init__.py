@@ -1,0 +1,30 @@
+"""Admin screens: review lists, actions that call the service layer, anomaly charts (the site and its
+dashboard: ``integrity.admin_site``).
+
+Django's admin autodiscovery imports this package; importing its modules registers every screen:
+``base`` (what every screen shares: strict lists, storable form values, action reporting),
+``instruments`` (instruments, candles, series statistics), ``runs`` (backfill executions, failure
+tracking, health runs) and ``anomalies`` (anomaly review, the duplicate log).
+
+Audit tables (duplicate log, health runs, backfill executions) are read-only. No model has foreign
+keys, so there is nothing for ``list_select_related`` to join: every list is the page query plus the
+paginator's count and the filters' choices, whatever the number of rows (tests/test_admin.py).
+"""
+
+from .anomalies import DataAnomalyAdmin, DuplicateRecordLogAdmin
+from .base import IntegrityModelAdmin, ReadOnlyAdmin, StorableJSONField, StrictChangeList
+from .instruments import (
+    CandleAdmin,
+    CandleSourceFilter,
+    EstimatedCountPaginator,
+    InstrumentAdmin,
+    InstrumentForm,
+    SeriesStatsAdmin,
+)
+from .runs import BackfillStateAdmin, HealthCheckRunAdmin, SymbolFailureTrackingAdmin
+
+__all__ = [
+    "BackfillStateAdmin", "CandleAdmin", "CandleSourceFilter", "DataAnomalyAdmin", "DuplicateRecordLogAdmin",
+    "EstimatedCountPaginator", "HealthCheckRunAdmin", "InstrumentAdmin", "InstrumentForm", "IntegrityModelAdmin",
+    "ReadOnlyAdmin", "SeriesStatsAdmin", "StorableJSONField", "StrictChangeList", "SymbolFailureTrackingAdmin",
+]

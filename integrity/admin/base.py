@@ -1,0 +1,214 @@
+"""What every integrity admin screen shares: a bad URL or value is a 400 page or a field error, never a 500.
+
+Every screen derives from ``IntegrityModelAdmin``: a list accepts only the query string its own links
+make (``StrictChangeList``), and a form only values the database can store (``StorableJSONField``), so a
+hand-made URL or value is a 400 page or a field error that says what was wrong, never a 500
+(tests/test_admin_hardening.py). Also the actions' shared reporting and backfill requests.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import MAXYEAR, date
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.exceptions import DisallowedModelAdminLookup
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import BadRequest, ValidationError
+from django.db import models
+from django.forms.fields import InvalidJSONInput
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from rest_framework.exceptions import ParseError
+
+from ..api.parsers import MAX_JSON_DEPTH, check_storable, unstorable_reason
+from ..backfill import BackfillError, BackfillRefused
+from ..tasks import request_backfill
+
+
+class BadListQuery(BadRequest):
+    """A list URL that no link of the list makes: answered with a 400 page naming what was wrong."""
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def _refuse_unstorable_query(request) -> None:
+    """No database can store or compare a NUL (PostgreSQL refuses it: a 500 there, and only there)."""
+    for name, values in request.GET.lists():
+        for text in (name, *values):
+            reason = unstorable_reason(text)
+            if reason:
+                raise BadListQuery(f"query parameter {json.dumps(name)[:60]}: {reason}")
+
+
+def _date_hierarchy_problem(field: str, params: dict[str, list[str]]) -> str | None:
+    """Why the date hierarchy's ``year``/``month``/``day`` name no period (None when they name one).
+
+    Django turns them into ``[start, end)`` with ``datetime``: a year past C's int range is an
+    ``OverflowError`` (a 500), year 9999 has no end. Month and day without a year are not the
+    hierarchy's: nothing consumes them, so they are refused as lookups the list does not offer.
+    """
+    if f"{field}__year" not in params:
+        return None
+    given = {part: params[f"{field}__{part}"][-1] for part in ("year", "month", "day") if f"{field}__{part}" in params}
+    got = ", ".join(f"{field}__{part}={_shown(value)}" for part, value in given.items())
+    rule = f"the date hierarchy's {field}__year, __month and __day must name a date in the years 1 to {MAXYEAR - 1}"
+    if not all(value.isascii() and value.isdigit() and len(value) <= 4 for value in given.values()):
+        return f"{rule} (whole numbers); got {got}"
+    try:
+        start = date(int(given["year"]), int(given.get("month", 1)), int(given.get("day", 1)))
+    except ValueError as exc:
+        return f"{rule}; got {got}: {exc}"
+    if start.year >= MAXYEAR:
+        return f"{rule}; got {got}"
+    return None
+
+
+class StrictChangeList(ChangeList):
+    """A list that accepts only the query string its own links make.
+
+    Django applies any query parameter that names a field as a lookup, whatever the list offers
+    (``?symbol__regex=(`` is an invalid regular expression on the database: a 500). Here a parameter
+    must be one that a list filter or the date hierarchy consumes; anything left over is refused
+    (``DisallowedModelAdminLookup``, a 400). ``ModelAdmin.lookup_allowed`` cannot draw that line: it
+    is asked before the filters run, so it cannot know which parameters they take.
+    """
+
+    def get_filters(self, request):
+        given = self.get_filters_params()
+        hierarchy = set()
+        if self.date_hierarchy:
+            problem = _date_hierarchy_problem(self.date_hierarchy, given)
+            if problem:
+                raise BadListQuery(problem)
+            if f"{self.date_hierarchy}__year" in given:  # the hierarchy sets its own __gte/__lt bounds
+                hierarchy = {f"{self.date_hierarchy}__gte", f"{self.date_hierarchy}__lt"}
+        filter_specs, has_filters, remaining, may_have_duplicates, has_active_filters = super().get_filters(request)
+        unexpected = sorted(key for key in remaining if key in given and key not in hierarchy)
+        if unexpected:
+            offered = sorted({name for spec in filter_specs for name in spec.expected_parameters()})
+            if self.date_hierarchy:
+                offered += [f"{self.date_hierarchy}__{part}" for part in ("year", "month", "day")]
+            raise DisallowedModelAdminLookup(
+                f"this list cannot be filtered by {', '.join(unexpected)}: its filters take "
+                f"{', '.join(offered) or 'no parameters'}"
+                + (", and q (search)" if self.search_fields else "")
+            )
+        return filter_specs, has_filters, remaining, may_have_duplicates, has_active_filters
+
+
+def _incorrect_lookup_reason(request, exc: IncorrectLookupParameters) -> str:
+    cause = exc.args[0] if exc.args else exc.__cause__
+    if cause is None and "p" in request.GET:  # the paginator's InvalidPage carries no message
+        return f"page {_shown(request.GET['p'])} of this list does not exist"
+    if isinstance(cause, ValidationError):
+        return "a filter value is not valid: " + " ".join(cause.messages)
+    return f"a filter value is not valid: {cause}" if cause else "a filter value is not valid"
+
+
+def _json_problem(value) -> str | None:
+    try:
+        check_storable(value, what="JSON")  # the API's check: one rule for API and admin
+    except ParseError as exc:
+        return str(exc.detail)
+    return None
+
+
+class StorableJSONField(forms.JSONField):
+    """JSON the database can store, or a field error: text with a NUL or a lone surrogate anywhere
+    (PostgreSQL refuses both: a 500, on PostgreSQL only) and nesting deeper than ``MAX_JSON_DEPTH``
+    (Python's parser hits the recursion limit near 1,000 levels: a 500 on both)."""
+
+    def to_python(self, value):
+        try:
+            converted = super().to_python(value)
+        except RecursionError:
+            raise ValidationError(f"JSON nests deeper than {MAX_JSON_DEPTH} levels", code="invalid") from None
+        problem = _json_problem(converted)
+        if problem:
+            raise ValidationError(problem, code="invalid")
+        return converted
+
+    def bound_data(self, data, initial):
+        # A refused value is shown again as typed: re-encoding a lone surrogate would break the page.
+        try:
+            value = super().bound_data(data, initial)
+        except RecursionError:
+            return InvalidJSONInput(data)
+        if isinstance(value, InvalidJSONInput) or _json_problem(value) is None:
+            return value
+        return InvalidJSONInput(data)
+
+
+class IntegrityModelAdmin(admin.ModelAdmin):
+    """The base of every integrity screen (see ``integrity.admin.base``)."""
+
+    formfield_overrides = {models.JSONField: {"form_class": StorableJSONField}}
+
+    def get_changelist(self, request, **kwargs):
+        return StrictChangeList
+
+    def get_changelist_instance(self, request):
+        try:
+            return super().get_changelist_instance(request)
+        except IncorrectLookupParameters as exc:  # Django would redirect to a "database error" page
+            raise BadListQuery(_incorrect_lookup_reason(request, exc)) from exc
+
+    def changelist_view(self, request, extra_context=None):
+        try:
+            _refuse_unstorable_query(request)
+            return super().changelist_view(request, extra_context)
+        except (BadListQuery, DisallowedModelAdminLookup) as exc:
+            return self.bad_list_query(request, str(exc))
+
+    def response_action(self, request, queryset):
+        pk = self.opts.pk
+        for value in request.POST.getlist(ACTION_CHECKBOX_NAME):
+            try:
+                pk.run_validators(pk.to_python(value))
+            except ValidationError as exc:
+                raise BadListQuery(f"selected row id {_shown(value)} is not an id: {' '.join(exc.messages)}") from None
+        return super().response_action(request, queryset)
+
+    def bad_list_query(self, request, reason: str) -> TemplateResponse:
+        context = {**self.admin_site.each_context(request), "title": "Bad request", "opts": self.opts,
+                   "reason": reason.rstrip("."), "list_url": reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist")}
+        return TemplateResponse(request, "admin/integrity/bad_list_query.html", context, status=400)
+
+
+class ReadOnlyAdmin(IntegrityModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+def report_action(modeladmin, request, done: list[str], refused: list[str], verb: str) -> None:
+    if done:
+        modeladmin.message_user(request, f"{verb}: {len(done)} — {', '.join(done[:20])}", messages.SUCCESS)
+    for reason in refused[:20]:
+        modeladmin.message_user(request, reason, messages.WARNING)
+    if not done and not refused:
+        modeladmin.message_user(request, "nothing to do", messages.INFO)
+
+
+def request_backfills(modeladmin, request, series: list[tuple[str, str, object, object]]) -> None:
+    done, refused = [], []
+    for symbol, timeframe, start, end in series:
+        try:
+            state = request_backfill(symbol, timeframe, start=start, end=end,
+                                     requested_by=f"admin:{request.user.get_username()}")
+            done.append(f"{symbol} {timeframe} ({state.execution_id})")
+        except (BackfillRefused, BackfillError) as exc:
+            refused.append(f"{symbol} {timeframe} refused: {exc}")
+    report_action(modeladmin, request, done, refused, "backfills queued")
+

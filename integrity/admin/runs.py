@@ -1,0 +1,107 @@
+"""What ran: backfill executions (retry, reap), symbol failure tracking (reset), health-check runs.
+
+Executions and health runs are audit tables: read-only here, changed only through the services.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.db.models import Q
+
+from ..backfill import reap_dead_backfills
+from ..failures import reset_symbol_failures
+from ..models import ACTIVE_STATUSES, BackfillState, BackfillStatus, HealthCheckRun, SymbolFailureTracking
+from .base import IntegrityModelAdmin, ReadOnlyAdmin, report_action, request_backfills
+
+
+@admin.register(BackfillState)
+class BackfillStateAdmin(IntegrityModelAdmin):
+    list_display = (
+        "execution_id", "symbol", "timeframe", "status", "records_inserted", "records_updated",
+        "invalid_bars", "retry_count", "started_at", "completed_at", "heartbeat_at", "short_error",
+    )
+    list_filter = ("status", "timeframe", "asset_class", "provider", "created_at")
+    search_fields = ("symbol", "execution_id", "error_message")
+    date_hierarchy = "created_at"
+    readonly_fields = [f.name for f in BackfillState._meta.fields]
+    actions = ["retry_failed", "reap_dead"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # executions change only through the service (terminal states are final)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # the execution history is the audit trail of what ran, when, and why it failed
+
+    @admin.display(description="error")
+    def short_error(self, obj):
+        return (obj.error_message or "")[:80]
+
+    @admin.action(description="Retry selected failed backfills (resume from checkpoint)", permissions=["retry"])
+    def retry_failed(self, request, queryset):
+        failed = queryset.filter(status=BackfillStatus.FAILED)
+        skipped = queryset.exclude(status=BackfillStatus.FAILED).count()
+        seen, series = set(), []
+        for state in failed.order_by("-created_at"):
+            if (state.symbol, state.timeframe) not in seen:
+                seen.add((state.symbol, state.timeframe))
+                series.append((state.symbol, state.timeframe, state.range_start, state.range_end))
+        if skipped:
+            self.message_user(request, f"{skipped} selected execution(s) are not failed and were skipped",
+                              messages.WARNING)
+        request_backfills(self, request, series)
+
+    @admin.action(description="Reap dead backfills (every execution whose worker is gone, as the health job does)",
+                  permissions=["retry"])
+    def reap_dead(self, request, queryset):
+        reaped = reap_dead_backfills()
+        done = [f"{s.symbol} {s.timeframe} ({s.execution_id}): {s.error_message}" for s in reaped]
+        reaped_ids = {s.pk for s in reaped}
+        refused = [
+            f"{s.symbol} {s.timeframe} ({s.execution_id}) not reaped: it is {s.status} and its worker is alive "
+            f"(heartbeat within {settings.BACKFILL_HEARTBEAT_TIMEOUT_SECONDS}s)"
+            for s in queryset.filter(status__in=ACTIVE_STATUSES).exclude(pk__in=reaped_ids)[:20]
+        ]
+        finished = queryset.exclude(status__in=ACTIVE_STATUSES).count()
+        if finished:
+            refused.append(f"{finished} selected execution(s) are already finished: nothing to reap")
+        if not done and not refused:
+            refused.append("no dead backfills: every active execution has a live worker")
+        report_action(self, request, done, refused, "reaped")
+
+    def has_retry_permission(self, request):
+        return request.user.has_perm("integrity.change_backfillstate")
+
+
+@admin.register(SymbolFailureTracking)
+class SymbolFailureTrackingAdmin(IntegrityModelAdmin):
+    list_display = (
+        "symbol", "consecutive_failures", "last_failure_at", "last_success_at", "alert_sent", "alert_sent_at",
+    )
+    list_filter = ("alert_sent", "last_failure_at", "last_success_at")
+    search_fields = ("symbol", "last_error")
+    date_hierarchy = "last_failure_at"
+    readonly_fields = [f.name for f in SymbolFailureTracking._meta.fields]
+    actions = ["reset"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Reset failure tracking of selected symbols", permissions=["change"])
+    def reset(self, request, queryset):
+        failing = queryset.filter(Q(consecutive_failures__gt=0) | Q(alert_sent=True))
+        done = [s for s in failing.values_list("symbol", flat=True) if reset_symbol_failures(s)]
+        refused = [f"{s} not reset: it has no consecutive failures and no alert outstanding"
+                   for s in queryset.filter(consecutive_failures=0, alert_sent=False)
+                   .values_list("symbol", flat=True)[:20]]
+        report_action(self, request, done, refused, "reset")
+
+
+@admin.register(HealthCheckRun)
+class HealthCheckRunAdmin(ReadOnlyAdmin):
+    list_display = ("started_at", "status", "duration_ms", "alerts_sent", "finished_at")
+    list_filter = ("status", "started_at")
+    date_hierarchy = "started_at"
