@@ -175,7 +175,6 @@ def _reread_from(ts: datetime, overlap: timedelta) -> datetime | None:
     return since if since >= EPOCH else None
 
 
-
 def mark_scanned(contexts: list[SeriesContext], now: datetime,
                  scanned_to: dict[tuple[str, str], datetime | None] | None = None,
                  plan: ScanPlan | None = None) -> None:

@@ -186,7 +186,6 @@ def resolve_missing(contexts: list[SeriesContext], types: list[str], seen: set[s
     return resolved
 
 
-
 def resolve_cleaned_duplicates(symbol: str | None = None, timeframe: str | None = None) -> int:
     """After a duplicate cleanup: resolve duplicate anomalies of series that have none left."""
     anomalies = DataAnomaly.objects.filter(anomaly_type=AnomalyType.DUPLICATE, resolution_status__in=UNRESOLVED)
