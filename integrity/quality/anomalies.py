@@ -9,7 +9,7 @@ Incremental detection (the default, what the health job runs) costs what changed
 - Stale is judged for every series on every scan (time-dependent; one newest-bar statement for
   the watchlist, or the caller's ``newest_bars``).
 - The window detectors (gap, off_calendar, outlier, invalid_ohlc) and the duplicate check run only
-  on series that changed since their last scan (``plan_scan``): never scanned; candle rows with an
+  on series that changed since their last scan (``plan.plan_scan``): never scanned; candle rows with an
   id above the series' watermark (``series_stats.last_scanned_id``, the largest candle id when its
   last scan began) — any writer, any place in history, so a legacy loader's bars and a duplicate
   written in old history are found; or a backfill of the series in progress, or updated, at or after
