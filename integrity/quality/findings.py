@@ -1,7 +1,8 @@
 """What detectors return: findings, not yet anomaly rows.
 
-Detectors never write. ``integrity.quality.anomalies`` turns findings into ``data_anomalies`` rows,
+Detectors never write. ``integrity.quality.record`` turns findings into ``data_anomalies`` rows,
 idempotently, using the fingerprint: the same problem found again updates its open anomaly.
+``as_json`` is how the quality results (findings, detection runs, enrichment) become JSON.
 """
 
 from __future__ import annotations
