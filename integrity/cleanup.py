@@ -68,7 +68,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from integrity.models import DuplicateKeptBy, DuplicateRecordLog
-from integrity.quality.anomalies import resolve_cleaned_duplicates
+from integrity.quality.record import resolve_cleaned_duplicates
 from integrity.quality.sql import invalid_ohlc_sql
 from integrity.timeframes import aware
 
@@ -117,7 +117,7 @@ class CleanupResult:
     groups_planned: int = 0  # duplicate groups found by the first pass
     # kept_by rule -> groups it decided; exact (e.g. {"newest_valid": 12, "newest_none_valid": 1}).
     kept_by: dict[str, int] = field(default_factory=dict)
-    anomalies_resolved: int | None = None  # from integrity.quality.anomalies, when available
+    anomalies_resolved: int | None = None  # from integrity.quality.record, when available
     duration_seconds: float = 0.0
     keep_groups: int = DEFAULT_KEEP_GROUPS
 

@@ -2,10 +2,12 @@
 
 This module owns three things, so that they exist once:
 
-* ``active_series()`` — the watchlist as series (each timeframe of an instrument once, in the
-  instrument's order), with the calendar, asset class and bar alignment the judges need.
-* ``newest_bars()`` — the newest stored bar of every active series (and its stale-alert state) in
-  one statement: one index probe per series, never a scan of the candles.
+* ``watchlist()`` / ``active_series()`` — the watchlist's instruments and their series (each
+  timeframe of an instrument once, in the instrument's order), with the calendar, asset class, bar
+  alignment and threshold overrides the judges need.
+* the newest bar per series: ``newest_bars()`` for every active series (and its stale-alert state),
+  ``newest_bars_of()`` for any given series — one statement, one index probe per series, never a
+  scan of the candles.
 * the instrument rules (``check_symbol``, ``check_timeframes``, ``instrument_rule_errors``): what a
   symbol looks like and that a timeframe is listed once. The API serializer, the admin form and the
   backfill CLI all call them, so none of them accepts what another refuses.
@@ -14,7 +16,7 @@ This module owns three things, so that they exist once:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -22,10 +24,11 @@ from django.db import connection
 from django.db.models import Max
 
 from .models import Candle, Instrument, SeriesStats
-from .quality.sql import chunks
 from .timeframes import Timeframe, aware
 
 IN_CHUNK = 500  # symbols or ids per IN (...) list
+# SQLite: series per statement (2 parameters each, well below the 999 of old SQLite builds).
+_PAIRS_CHUNK = 200
 
 
 # --- instrument rules ----------------------------------------------------------------------------
@@ -93,18 +96,39 @@ def active_instruments():
     return Instrument.objects.filter(active=True).order_by("symbol")
 
 
+@dataclass(frozen=True)
+class WatchedInstrument:
+    """An instrument as the judges see it: its listed timeframes (each once) and its own thresholds."""
+
+    symbol: str
+    calendar: str
+    asset_class: str
+    bar_alignment: str
+    timeframes: tuple[str, ...]
+    quality_thresholds: Any = field(default=None, compare=False)
+
+    def series(self, timeframe: str) -> Series:
+        return Series(self.symbol, timeframe, self.calendar, self.asset_class, self.bar_alignment)
+
+
+def watchlist(symbols: Sequence[str] | None = None, *, inactive_too: bool = False) -> list[WatchedInstrument]:
+    """The active instruments (one query), by symbol. ``symbols`` narrows the list to those
+    instruments; ``inactive_too`` keeps the named ones even when inactive."""
+    instruments = Instrument.objects.order_by("symbol") if inactive_too else active_instruments()
+    if symbols is not None:
+        instruments = instruments.filter(symbol__in=list(symbols))
+    rows = instruments.values_list("symbol", "calendar", "asset_class", "bar_alignment", "timeframes",
+                                   "quality_thresholds")
+    return [WatchedInstrument(symbol, calendar, asset_class, alignment, tuple(_listed(timeframes)), overrides)
+            for symbol, calendar, asset_class, alignment, timeframes, overrides in rows]
+
+
 def active_series(symbols: Sequence[str] | None = None) -> list[Series]:
     """Every active instrument × its timeframes, by symbol, timeframes in the instrument's order.
 
     ``symbols`` narrows the list to those instruments (still only active ones).
     """
-    instruments = active_instruments()
-    if symbols is not None:
-        instruments = instruments.filter(symbol__in=list(symbols))
-    rows = instruments.values_list("symbol", "timeframes", "calendar", "asset_class", "bar_alignment")
-    return [Series(symbol, tf, calendar, asset_class, alignment)
-            for symbol, timeframes, calendar, asset_class, alignment in rows
-            for tf in _listed(timeframes)]
+    return [instrument.series(tf) for instrument in watchlist(symbols) for tf in instrument.timeframes]
 
 
 # --- the newest bar per series -------------------------------------------------------------------
@@ -123,6 +147,19 @@ class NewestBar:
     stale_alert_sent_at: datetime | None = None
 
 
+def chunks(items: Sequence, size: int = IN_CHUNK) -> Iterable[Sequence]:
+    """``items`` in slices of ``size``: IN (...) lists and VALUES batches under the parameter limits."""
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _newest_ts(symbol: str, timeframe: str) -> str:
+    """The newest stored bar of the series (``symbol``, ``timeframe``): answered from the
+    (symbol, timeframe, ts) index with one backward probe (PostgreSQL's and SQLite's min/max
+    optimisation), whatever the series' length."""
+    return f"(SELECT max(c.ts) FROM {Candle._meta.db_table} c WHERE c.symbol = {symbol} AND c.timeframe = {timeframe})"
+
+
 _NEWEST_BARS_SQL = {
     # One statement for the whole watchlist. The correlated max(ts) is answered from the
     # (symbol, timeframe, ts) index with one backward probe per series (PostgreSQL's and SQLite's
@@ -133,7 +170,7 @@ _NEWEST_BARS_SQL = {
     # (set-returning functions are assumed to return 100 rows, which made it JIT-compile the plan).
     "postgresql": """
         SELECT i.symbol, tf.value, i.calendar,
-               (SELECT max(c.ts) FROM {candles} c WHERE c.symbol = i.symbol AND c.timeframe = tf.value),
+               """ + _newest_ts("i.symbol", "tf.value") + """,
                ss.id, ss.stale_alert_sent_at, i.bar_alignment
         FROM {instruments} i
         JOIN (VALUES {timeframes}) AS tf(value) ON i.timeframes @> jsonb_build_array(tf.value)
@@ -142,7 +179,7 @@ _NEWEST_BARS_SQL = {
     """,
     "sqlite": """
         SELECT i.symbol, tf.value, i.calendar,
-               (SELECT max(c.ts) FROM {candles} c WHERE c.symbol = i.symbol AND c.timeframe = tf.value),
+               """ + _newest_ts("i.symbol", "tf.value") + """,
                ss.id, ss.stale_alert_sent_at, i.bar_alignment
         FROM {instruments} i
         JOIN json_each(CASE WHEN json_type(i.timeframes) = 'array' THEN i.timeframes ELSE '[]' END) AS tf
@@ -158,7 +195,7 @@ def newest_bars() -> list[NewestBar]:
     sql = _NEWEST_BARS_SQL.get(connection.vendor)
     if sql is None:
         return newest_bars_orm()
-    sql = sql.format(candles=Candle._meta.db_table, instruments=Instrument._meta.db_table,
+    sql = sql.format(instruments=Instrument._meta.db_table,
                      stats=SeriesStats._meta.db_table,
                      timeframes=", ".join(f"('{tf}')" for tf in Timeframe.values))  # fixed choices, not input
     seen: set[tuple[str, str]] = set()
@@ -172,6 +209,31 @@ def newest_bars() -> list[NewestBar]:
             series.append(NewestBar(symbol, tf, calendar, alignment, aware(last), stats_id, aware(alerted)))
     series.sort(key=lambda s: (s.symbol, s.timeframe))
     return series
+
+
+def newest_bars_of(pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], datetime | None]:
+    """The newest stored bar of each given (symbol, timeframe) series, active or not (None: none),
+    in one statement (PostgreSQL; chunks on SQLite): one index probe per series."""
+    newest: dict[tuple[str, str], datetime | None] = dict.fromkeys(pairs)
+    keys = list(newest)
+    if not keys:
+        return newest
+    probe = _newest_ts("p.symbol", "p.timeframe")
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"SELECT p.symbol, p.timeframe, {probe} FROM unnest(%s::text[], %s::text[]) "
+                           "AS p(symbol, timeframe)", [[k[0] for k in keys], [k[1] for k in keys]])
+            rows = cursor.fetchall()
+        else:
+            rows = []
+            for chunk in chunks(keys, _PAIRS_CHUNK):
+                values = ", ".join(["(%s, %s)"] * len(chunk))
+                cursor.execute(f"WITH p(symbol, timeframe) AS (VALUES {values}) "
+                               f"SELECT p.symbol, p.timeframe, {probe} FROM p", [v for k in chunk for v in k])
+                rows.extend(cursor.fetchall())
+    for symbol, timeframe, last in rows:
+        newest[(symbol, timeframe)] = aware(last)
+    return newest
 
 
 def newest_bars_orm() -> list[NewestBar]:

@@ -29,8 +29,7 @@ from ..alerts import (
 )
 from ..conf import conf
 from ..models import DataAnomaly, ResolutionStatus, SeriesStats, Severity, SymbolFailureTracking
-from ..quality.sql import chunks
-from ..series import IN_CHUNK
+from ..series import IN_CHUNK, chunks
 from .staleness import SeriesFreshness, stale_hours
 
 # Lists in the stored results and in an alert's context are cut at this length (counts are complete).

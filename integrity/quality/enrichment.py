@@ -10,7 +10,7 @@ cost does not grow with a series' history.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 
 from django.db.models import Count, Max, Min
@@ -18,7 +18,8 @@ from django.utils import timezone
 
 from ..calendars import count_expected_bars
 from ..models import Candle, Instrument, SeriesStats
-from ..timeframes import iso, timeframe_delta
+from ..timeframes import timeframe_delta
+from .findings import as_json
 from .sql import robust_volatilities
 
 VOLATILITY_SAMPLE_BARS = 5000
@@ -36,28 +37,17 @@ class SeriesEnrichment:
     robust_volatility: float | None
 
     def as_dict(self) -> dict:
-        return {
-            "symbol": self.symbol,
-            "timeframe": self.timeframe,
-            "first_ts": iso(self.first_ts),
-            "last_ts": iso(self.last_ts),
-            "bar_count": self.bar_count,
-            "expected_bars": self.expected_bars,
-            "coverage_pct": self.coverage_pct,
-            "robust_volatility": self.robust_volatility,
-        }
+        return as_json(self, [f.name for f in fields(self)])
 
 
-def robust_volatility(symbol: str, timeframe: str, sample: int = VOLATILITY_SAMPLE_BARS) -> float | None:
-    """1.4826 × MAD of the log returns of the series' newest ``sample`` closes (None below 2 returns)."""
-    return _volatilities([(symbol, timeframe)], sample).get((symbol, timeframe))
-
-
-def _volatilities(pairs: list[tuple[str, str]], sample: int = VOLATILITY_SAMPLE_BARS) -> dict[tuple[str, str], float]:
-    """Robust volatility of many series in one statement (``sql.robust_volatilities``, which the
-    outlier detector uses too, so both always agree)."""
+def series_volatilities(pairs: list[tuple[str, str]],
+                        sample: int = VOLATILITY_SAMPLE_BARS) -> dict[tuple[str, str], tuple[int, float]]:
+    """(returns used, robust volatility) of many series in one statement (``sql.robust_volatilities``);
+    series with fewer than 2 returns or a non-finite estimate are left out. Enrichment stores it in
+    series_stats and the outlier detector computes it here for series that have none there, so both
+    always agree."""
     found = robust_volatilities(Candle._meta.db_table, [(i, s, tf) for i, (s, tf) in enumerate(pairs)], sample)
-    return {pairs[i]: sigma for i, (n, sigma) in found.items() if n >= 2 and math.isfinite(sigma)}
+    return {pairs[i]: (n, sigma) for i, (n, sigma) in found.items() if n >= 2 and math.isfinite(sigma)}
 
 
 def enrich_series(symbol: str | None = None, timeframe: str | None = None) -> list[SeriesEnrichment]:
@@ -78,7 +68,8 @@ def enrich_series(symbol: str | None = None, timeframe: str | None = None) -> li
     aggregates = list(rows.values("symbol", "timeframe").annotate(
         first=Min("ts"), last=Max("ts"), n=Count("id"), distinct=Count("ts", distinct=True)
     ).order_by("symbol", "timeframe"))
-    volatilities = _volatilities([(row["symbol"], row["timeframe"]) for row in aggregates])
+    volatilities = {pair: sigma for pair, (_, sigma)
+                    in series_volatilities([(row["symbol"], row["timeframe"]) for row in aggregates]).items()}
     results = []
     now = timezone.now()
     for row in aggregates:

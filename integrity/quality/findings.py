@@ -1,12 +1,14 @@
 """What detectors return: findings, not yet anomaly rows.
 
-Detectors never write. ``integrity.quality.anomalies`` turns findings into ``data_anomalies`` rows,
+Detectors never write. ``integrity.quality.record`` turns findings into ``data_anomalies`` rows,
 idempotently, using the fingerprint: the same problem found again updates its open anomaly.
+``as_json`` is how the quality results (findings, detection runs, enrichment) become JSON.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -61,15 +63,12 @@ class Finding:
         return fingerprint(self.anomaly_type, self.symbol, self.timeframe, self.key)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "symbol": self.symbol,
-            "timeframe": self.timeframe,
-            "anomaly_type": self.anomaly_type,
-            "severity": self.severity,
-            "period_start": iso(self.period_start),
-            "period_end": iso(self.period_end),
-            "affected_rows": self.affected_rows,
-            "description": self.description,
-            "fingerprint": self.fingerprint,
-            "details": self.details,
-        }
+        return as_json(self, ("symbol", "timeframe", "anomaly_type", "severity", "period_start", "period_end",
+                              "affected_rows", "description", "fingerprint", "details"))
+
+
+def as_json(obj: Any, names: Iterable[str]) -> dict[str, Any]:
+    """The attributes ``names`` of ``obj``, in that order, as JSON-ready values (datetimes as ISO text):
+    what the quality results' ``as_dict`` return."""
+    values = {name: getattr(obj, name) for name in names}
+    return {name: iso(value) if isinstance(value, datetime) else value for name, value in values.items()}

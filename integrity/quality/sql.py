@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from django.db import connection
 
+from ..series import chunks
 from ..timeframes import ns_to_datetime
 from ..validation import ohlc_sql_predicate
 
@@ -63,11 +64,6 @@ def ns_array(values: Sequence) -> np.ndarray:
     return np.fromiter((ns_value(v) for v in values), dtype="int64", count=len(values))
 
 
-def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 def values_cte(name: str, columns: Sequence[str], rows: Sequence[Sequence]) -> tuple[str, list]:
     """``name(columns) AS (VALUES (...), ...)`` and its flattened parameters (SQLite)."""
     placeholder = "(" + ", ".join(["%s"] * len(columns)) + ")"
@@ -106,16 +102,6 @@ def _series_rows(pairs: Sequence[tuple[int, str, str]], select: str, tail: str =
             cursor.execute(f"WITH {values} SELECT {select} FROM u {tail}", params)
             rows.extend(cursor.fetchall())
     return rows
-
-
-def last_bars(table: str, pairs: Sequence[tuple[int, str, str]]) -> dict[int, int]:
-    """Newest stored ts (ns) per series idx; one index probe per series."""
-    rows = _series_rows(
-        pairs,
-        f"u.idx, (SELECT max(c.ts) FROM {table} c WHERE c.symbol = u.symbol AND c.timeframe = u.timeframe)",
-    )
-    found = [(int(idx), ts) for idx, ts in rows if ts is not None]
-    return {idx: int(ns) for (idx, _), ns in zip(found, ns_array([ts for _, ts in found]), strict=True)}
 
 
 def duplicate_groups(table: str, pairs: Sequence[tuple[int, str, str]]) -> list[tuple[int, int, int]]:
@@ -283,29 +269,6 @@ def robust_volatilities(table: str, pairs: Sequence[tuple[int, str, str]], sampl
                 mad = float(np.median(np.abs(returns - np.median(returns))))
                 result[idx] = (len(returns), mad * MAD_TO_SIGMA)
     return result
-
-
-def existing_series(table: str, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Which (symbol, timeframe) pairs have at least one stored row (one index probe each)."""
-    if not pairs:
-        return []
-    found: list[tuple[str, str]] = []
-    if is_postgres():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT p.symbol, p.timeframe FROM unnest(%s::text[], %s::text[]) AS p(symbol, timeframe) "
-                f"WHERE EXISTS (SELECT 1 FROM {table} c WHERE c.symbol = p.symbol AND c.timeframe = p.timeframe)",
-                [[p[0] for p in pairs], [p[1] for p in pairs]])
-            return [(str(s), str(t)) for s, t in cursor.fetchall()]
-    for chunk in chunks(list(pairs), SQLITE_CHUNK * 2):
-        values, params = values_cte("p", ("symbol", "timeframe"), chunk)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"WITH {values} SELECT p.symbol, p.timeframe FROM p WHERE EXISTS "
-                f"(SELECT 1 FROM {table} c WHERE c.symbol = p.symbol AND c.timeframe = p.timeframe)",
-                params)
-            found.extend((str(s), str(t)) for s, t in cursor.fetchall())
-    return found
 
 
 def update_rows_by_id(table: str, rows: Sequence[dict], types: dict[str, str], constant: dict) -> set[int]:

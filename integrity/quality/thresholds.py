@@ -22,10 +22,10 @@ from typing import Any
 
 from ..calendars import is_known_calendar
 from ..conf import conf
-from ..models import Candle, Instrument, SeriesStats
+from ..models import SeriesStats
+from ..series import WatchedInstrument, newest_bars_of, watchlist
 from ..timeframes import TIMEFRAME_DELTAS
 from .findings import SeriesContext
-from .sql import existing_series
 
 logger = logging.getLogger(__name__)
 
@@ -127,41 +127,34 @@ def resolve_thresholds(asset_class: str | None, instrument_overrides: Mapping[st
 
 
 def series_contexts(symbol: str | None = None, timeframe: str | None = None) -> list[SeriesContext]:
-    """The series to judge: every active instrument × its timeframes, plus the instrument's other
-    timeframes that have stored candles. Candle series of symbols that are no instrument are not ours
-    to judge (no calendar) and are skipped. Naming a symbol includes it even when inactive.
+    """The series to judge: every active instrument × its timeframes (``integrity.series.watchlist``),
+    plus the instrument's other timeframes that have stored candles. Candle series of symbols that are
+    no instrument are not ours to judge (no calendar) and are skipped. Naming a symbol includes it
+    even when inactive.
     """
-    instruments = Instrument.objects.all()
-    if symbol:
-        instruments = instruments.filter(symbol=symbol)
-    else:
-        instruments = instruments.filter(active=True)
     if timeframe and timeframe not in TIMEFRAME_DELTAS:
         raise ValueError(f"unknown timeframe {timeframe!r}; expected one of {', '.join(TIMEFRAME_DELTAS)}")
     timeframes = [timeframe] if timeframe else list(TIMEFRAME_DELTAS)
-    # Plain tuples, only the columns needed: the watchlist can hold thousands of instruments.
-    rows = list(instruments.order_by("symbol").values_list(
-        "pk", "symbol", "calendar", "asset_class", "timeframes", "quality_thresholds", "bar_alignment"))
+    instruments = watchlist([symbol], inactive_too=True) if symbol else watchlist()
 
     known: dict[str, bool] = {}
-    wanted: dict[tuple[str, str], tuple] = {}
+    wanted: dict[tuple[str, str], WatchedInstrument] = {}
     probe: list[tuple[str, str]] = []
-    for row in rows:
-        sym, calendar = row[1], row[2]
-        if calendar not in known:
-            known[calendar] = is_known_calendar(calendar)
-        if not known[calendar]:
-            logger.warning("skipping %s: unknown calendar %r", sym, calendar)
+    for instrument in instruments:
+        if instrument.calendar not in known:
+            known[instrument.calendar] = is_known_calendar(instrument.calendar)
+        if not known[instrument.calendar]:
+            logger.warning("skipping %s: unknown calendar %r", instrument.symbol, instrument.calendar)
             continue
-        listed = row[4] if isinstance(row[4], list) else []
         for tf in timeframes:
-            if tf in listed:
-                wanted[(sym, tf)] = row
+            if tf in instrument.timeframes:
+                wanted[(instrument.symbol, tf)] = instrument
             else:
-                probe.append((sym, tf))
-    by_symbol = {row[1]: row for row in rows}
-    for pair in existing_series(Candle._meta.db_table, probe):
-        wanted[pair] = by_symbol[pair[0]]
+                probe.append((instrument.symbol, tf))
+    by_symbol = {instrument.symbol: instrument for instrument in instruments}
+    for pair, last in newest_bars_of(probe).items():
+        if last is not None:
+            wanted[pair] = by_symbol[pair[0]]
 
     stats = {}
     if wanted:
@@ -174,12 +167,12 @@ def series_contexts(symbol: str | None = None, timeframe: str | None = None) -> 
     # Thresholds resolved once per instrument, and once per distinct (asset class, overrides): a
     # watchlist of thousands of instruments shares a handful of combinations.
     resolved: dict[tuple[str, str], dict] = {}
-    per_instrument: dict[int, dict] = {}
+    per_instrument: dict[str, dict] = {}
 
-    def thresholds_of(row: tuple) -> dict:
-        found = per_instrument.get(row[0])
+    def thresholds_of(instrument: WatchedInstrument) -> dict:
+        found = per_instrument.get(instrument.symbol)
         if found is None:
-            asset_class, overrides = row[3], row[5]
+            asset_class, overrides = instrument.asset_class, instrument.quality_thresholds
             try:
                 key = (asset_class, json.dumps(overrides, sort_keys=True) if overrides else "")
             except (TypeError, ValueError):
@@ -190,19 +183,19 @@ def series_contexts(symbol: str | None = None, timeframe: str | None = None) -> 
                 if key not in resolved:
                     resolved[key] = resolve_thresholds(asset_class, overrides)
                 found = resolved[key]
-            per_instrument[row[0]] = found
+            per_instrument[instrument.symbol] = found
         return found
 
-    contexts = []
-    for (sym, tf), row in sorted(wanted.items()):
-        contexts.append(SeriesContext(
+    return [
+        SeriesContext(
             symbol=sym,
             timeframe=tf,
-            calendar=row[2],
-            asset_class=row[3],
+            calendar=instrument.calendar,
+            asset_class=instrument.asset_class,
             # Shared (read-only) between the series of the same combination.
-            thresholds=thresholds_of(row),
+            thresholds=thresholds_of(instrument),
             robust_volatility=stats.get((sym, tf)),
-            alignment=row[6],
-        ))
-    return contexts
+            alignment=instrument.bar_alignment,
+        )
+        for (sym, tf), instrument in sorted(wanted.items())
+    ]

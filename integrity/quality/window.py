@@ -32,11 +32,11 @@ from datetime import datetime
 from django.db import connection, connections, transaction
 
 from ..conf import conf
+from ..series import chunks
 from .sql import (
     INVALID_OHLC_PG,
     INVALID_OHLC_SQLITE,
     SQLITE_CHUNK,
-    chunks,
     is_postgres,
     ns_array,
     to_db,
@@ -84,6 +84,14 @@ class WindowRow:
 
 _ODD_PG = "date_bin(s.grid, c.ts, timestamptz '1970-01-01 00:00:00+00') <> c.ts"
 _ODD_SQLITE = "((CAST(strftime('%%s', c.ts) AS INTEGER) %% b.grid_s) <> 0 OR length(c.ts) > 19)"
+
+
+def _row_columns(bad: str, odd: str) -> str:
+    """The columns the window pass computes for a candle ``c`` over its series in ts order (``win``):
+    the OHLC-rule and alignment flags (``bad``, ``odd``: SQL, or a constant when not asked for), the
+    previous ts and close, the next close and the row number."""
+    return (f"{bad} AS bad, {odd} AS odd, lag(c.ts) OVER win AS pt, lag(c.close) OVER win AS pc, "
+            "lead(c.close) OVER win AS nc, row_number() OVER win AS rn")
 
 
 def _outlier_predicate(w: str, s: str) -> str:
@@ -170,12 +178,7 @@ def _window_pg(table, specs, *, gaps, bad, odd, outliers, jit=True) -> list[tupl
           FROM s
          CROSS JOIN LATERAL (
                SELECT c.id, c.ts, c.open, c.close,
-                      {INVALID_OHLC_PG if bad else 'false'} AS bad,
-                      {_ODD_PG if odd else 'false'} AS odd,
-                      lag(c.ts) OVER win AS pt,
-                      lag(c.close) OVER win AS pc,
-                      lead(c.close) OVER win AS nc,
-                      row_number() OVER win AS rn
+                      {_row_columns(INVALID_OHLC_PG if bad else 'false', _ODD_PG if odd else 'false')}
                  FROM {table} c
                 WHERE c.symbol = s.symbol AND c.timeframe = s.timeframe
                   AND c.ts >= COALESCE(
@@ -262,12 +265,7 @@ def _window_sqlite(table, specs, *, gaps, bad, odd, outliers) -> list[tuple]:
         ),
         w AS (
             SELECT b.idx, b.step_s, b.grid_s, b.move, min(b.move, b.vmin) AS lo, b.tol, c.id, c.ts, c.open, c.close,
-                   {INVALID_OHLC_SQLITE if bad else '0'} AS bad,
-                   {_ODD_SQLITE if odd else '0'} AS odd,
-                   lag(c.ts) OVER win AS pt,
-                   lag(c.close) OVER win AS pc,
-                   lead(c.close) OVER win AS nc,
-                   row_number() OVER win AS rn
+                   {_row_columns(INVALID_OHLC_SQLITE if bad else '0', _ODD_SQLITE if odd else '0')}
               FROM b JOIN {table} c
                 ON c.symbol = b.symbol AND c.timeframe = b.timeframe AND c.ts >= b.scan_from
             WINDOW win AS (PARTITION BY b.idx ORDER BY c.ts, c.id)

@@ -12,9 +12,10 @@ from django.core.management.base import CommandError
 
 from integrity.backfill import run_backfill
 from integrity.models import Candle, DataAnomaly, InvalidTransition, ResolutionStatus, SeriesStats
-from integrity.quality.anomalies import detect_data_anomalies, resolve_cleaned_duplicates, upsert_finding
+from integrity.quality.anomalies import detect_data_anomalies
 from integrity.quality.enrichment import enrich_series
 from integrity.quality.findings import Finding
+from integrity.quality.record import resolve_cleaned_duplicates, upsert_finding
 from tests.helpers import add_instrument, utc
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -419,9 +419,9 @@ class TestOuterTransaction:
 
 class TestAnomalies:
     def test_a_real_cleanup_resolves_the_series_duplicate_anomaly(self):
-        anomalies = pytest.importorskip("integrity.quality.anomalies")
+        anomalies = pytest.importorskip("integrity.quality.record")
         if not hasattr(anomalies, "resolve_cleaned_duplicates"):
-            pytest.skip("integrity.quality.anomalies.resolve_cleaned_duplicates is not there yet")
+            pytest.skip("integrity.quality.record.resolve_cleaned_duplicates is not there yet")
         from integrity.models import DataAnomaly
 
         duplicate_groups(1)

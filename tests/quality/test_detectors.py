@@ -18,7 +18,8 @@ from integrity.calendars import counting, expected_bars
 from integrity.models import Candle, Instrument, SeriesStats
 from integrity.providers.synthetic import synthetic_bars
 from integrity.quality import sql
-from integrity.quality.detectors import DETECTORS, robust_volatility, run_detectors
+from integrity.quality.detectors import DETECTORS, run_detectors
+from integrity.quality.enrichment import series_volatilities
 from integrity.quality.findings import SeriesContext
 from integrity.quality.thresholds import (
     DEFAULT_THRESHOLDS,
@@ -426,7 +427,8 @@ class TestOutliers:
         frame = bars(volatility=0.001)
         store(spike_close(frame, utc(2024, 1, 5, 12), 5.0), "SPIKED")
         store(frame, "CLEAN")
-        assert math.isclose(robust_volatility("SPIKED", "1h"), robust_volatility("CLEAN", "1h"), rel_tol=0.05)
+        volatility = {pair: sigma for pair, (_, sigma) in series_volatilities([("SPIKED", "1h"), ("CLEAN", "1h")]).items()}
+        assert math.isclose(volatility[("SPIKED", "1h")], volatility[("CLEAN", "1h")], rel_tol=0.05)
 
 
 # --- stale -------------------------------------------------------------------------------------

@@ -11,9 +11,8 @@ from django.core.management import call_command
 from integrity.models import Candle, SeriesStats
 from integrity.providers.synthetic import synthetic_bars
 from integrity.quality.anomalies import detect_data_anomalies
-from integrity.quality.detectors import robust_volatility as detector_volatility
-from integrity.quality.enrichment import enrich_series
-from integrity.quality.thresholds import series_contexts
+from integrity.quality.enrichment import enrich_series, series_volatilities
+from integrity.quality.thresholds import DEFAULT_THRESHOLDS, series_contexts
 from tests.helpers import add_instrument, utc
 
 pytestmark = pytest.mark.django_db
@@ -47,7 +46,10 @@ class TestEnrichSeries:
 
     def test_its_volatility_is_the_one_the_outlier_test_uses(self, aapl):
         [stats] = enrich_series()
-        assert stats.robust_volatility == pytest.approx(detector_volatility("AAPL", "1d"), rel=1e-9)
+        # What the outlier detector computes for a series series_stats has no volatility for.
+        [(_, detector_volatility)] = series_volatilities([("AAPL", "1d")],
+                                                         DEFAULT_THRESHOLDS["outlier_vol_sample"]).values()
+        assert stats.robust_volatility == pytest.approx(detector_volatility, rel=1e-9)
         [context] = series_contexts()
         assert context.robust_volatility == stats.robust_volatility
 

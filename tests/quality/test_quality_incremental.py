@@ -15,8 +15,9 @@ from django.db.models import Max
 from integrity.backfill import run_backfill
 from integrity.models import BackfillState, BackfillStatus, Candle, DataAnomaly, ResolutionStatus, SeriesStats
 from integrity.providers.synthetic import synthetic_bars
-from integrity.quality.anomalies import detect_data_anomalies, upsert_finding
+from integrity.quality.anomalies import detect_data_anomalies
 from integrity.quality.findings import Finding
+from integrity.quality.record import upsert_finding
 from tests.helpers import add_instrument, use_default_thresholds, utc
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -199,7 +200,7 @@ class TestBulkUpdate:
         _, gone = upsert_finding(finding("b"), NOW)
         DataAnomaly.objects.get(pk=gone).resolve(by="alice")
         from integrity.quality import sql
-        from integrity.quality.anomalies import _UPDATE_TYPES
+        from integrity.quality.record import _UPDATE_TYPES
 
         values = {"severity": "high", "description": "3 missing", "affected_rows": 3, "period_start": OLD,
                   "period_end": None, "details": {"n": 3}}
@@ -212,7 +213,8 @@ class TestBulkUpdate:
         assert (untouched.severity, untouched.last_seen_at) == ("low", NOW)
 
     def test_new_findings_already_created_by_a_concurrent_scan_update_that_anomaly(self):
-        from integrity.quality.anomalies import DetectionResult, _create_all
+        from integrity.quality.anomalies import DetectionResult
+        from integrity.quality.record import _create_all
 
         def finding(key: str) -> Finding:
             return Finding(symbol="BTC-USD", timeframe="1h", anomaly_type="gap", severity="low",

@@ -19,7 +19,6 @@ from django.utils import timezone
 
 from ..findings import Finding, SeriesContext
 from . import duplicate, gap, invalid_ohlc, off_calendar, outlier, stale
-from .outlier import robust_volatility
 from .scan import (
     DETECTOR_TYPES,
     DUPLICATE,
@@ -33,7 +32,7 @@ from .scan import (
 
 __all__ = [
     "DETECTORS", "DETECTOR_TYPES", "DUPLICATE", "GAP", "INVALID_OHLC", "OFF_CALENDAR", "OUTLIER", "STALE",
-    "robust_volatility", "run_detectors",
+    "run_detectors",
 ]
 
 DETECTORS: dict[str, Callable[[Scan], list[Finding]]] = {

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 from ...models import Severity
 from ...timeframes import bar_label, iso
-from .. import sql, window
+from .. import window
+from ..enrichment import series_volatilities
 from ..findings import Finding
-from .scan import OUTLIER, TABLE, Scan, Series, json_number
+from .scan import OUTLIER, Scan, Series, json_number
 
 
 def _near(value: float, target: float, tolerance: float) -> bool:
@@ -47,8 +48,9 @@ def _pct(x: float) -> str:
 
 
 class _Volatility:
-    """Robust volatility per series: series_stats when known, else computed from its newest closes,
-    for all the series that need one in a single query (``prefetch``)."""
+    """Robust volatility per series: series_stats when known, else computed from its newest closes
+    (``enrichment.series_volatilities``, the estimate series_stats holds), for all the series that
+    need one in a single query (``prefetch``)."""
 
     def __init__(self) -> None:
         self._cache: dict[int, float | None] = {}
@@ -64,9 +66,9 @@ class _Volatility:
         for s in todo:
             by_sample[int(s.th["outlier_vol_sample"])].append(s)
         for sample, group in by_sample.items():
-            found = sql.robust_volatilities(TABLE, [(s.idx, s.symbol, s.timeframe) for s in group], sample)
+            found = series_volatilities([(s.symbol, s.timeframe) for s in group], sample)
             for s in group:
-                n, sigma = found.get(s.idx, (0, 0.0))
+                n, sigma = found.get((s.symbol, s.timeframe), (0, 0.0))
                 usable = n >= max(2, int(s.th["outlier_min_bars"])) and sigma > 0 and math.isfinite(sigma)
                 self._cache[s.idx] = sigma if usable else None
 
@@ -77,14 +79,6 @@ class _Volatility:
         if s.idx not in self._cache:
             self.prefetch([s])
         return self._cache[s.idx]
-
-
-def robust_volatility(symbol: str, timeframe: str, sample: int = 5000, min_returns: int = 30) -> float | None:
-    """1.4826 × the median absolute deviation of the per-bar log returns of the newest ``sample``
-    bars (the same estimate as ``series_stats.robust_volatility``): a volatility that a few bad ticks
-    cannot inflate. None with fewer than ``min_returns`` returns."""
-    n, sigma = sql.robust_volatilities(TABLE, [(0, symbol, timeframe)], sample).get(0, (0, 0.0))
-    return sigma if n >= max(2, min_returns) and sigma > 0 else None
 
 
 def _needs_volatility(s: Series, row: window.WindowRow) -> bool:

@@ -7,7 +7,8 @@ all the detectors that need it. Detectors never write.
   window's first and last row;
 * calendar logic then runs on candidates only, vectorised per (calendar, timeframe, alignment):
   the expected bars strictly inside each candidate interval are missing bars (``gap_stats``);
-* the newest stored bar per series: one index probe each (``last_bars``), unless the caller gave it.
+* the newest stored bar per series: one index probe each (``integrity.series.newest_bars_of``),
+  unless the caller gave it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from ...calendars import bars_per_day, expected_stats, is_known_calendar, session_anchored
 from ...models import AnomalyType, Candle, Severity
+from ...series import newest_bars_of
 from ...timeframes import NS_PER_SECOND, TIMEFRAME_DELTAS, ns_to_datetime
 from .. import sql, window
 from ..findings import Finding, SeriesContext
@@ -56,6 +58,11 @@ def plural(n: int, timeframe: str, word: str = "bar") -> str:
 # --- the series being judged -------------------------------------------------------------------
 
 
+def _of_context(name: str) -> property:
+    """A read-only attribute of the series that is its context's (``SeriesContext``)."""
+    return property(lambda self: getattr(self.ctx, name), doc=f"The series' {name} (its context's).")
+
+
 @dataclass
 class Series:
     idx: int
@@ -69,21 +76,10 @@ class Series:
     last_ts: int | None = None
     n_rows: int = 0
 
-    @property
-    def symbol(self) -> str:
-        return self.ctx.symbol
-
-    @property
-    def timeframe(self) -> str:
-        return self.ctx.timeframe
-
-    @property
-    def calendar(self) -> str:
-        return self.ctx.calendar
-
-    @property
-    def alignment(self) -> str:
-        return self.ctx.alignment
+    symbol = _of_context("symbol")
+    timeframe = _of_context("timeframe")
+    calendar = _of_context("calendar")
+    alignment = _of_context("alignment")
 
     @property
     def grid(self) -> tuple[str, str, str]:
@@ -214,16 +210,13 @@ class Scan:
         if self._last_bars is None:
             known = self._newest or {}
             last: dict[int, int] = {}
-            probe = []
+            probed = newest_bars_of([(s.symbol, s.timeframe) for s in self.series
+                                     if (s.symbol, s.timeframe) not in known])
             for s in self.series:
                 key = (s.symbol, s.timeframe)
-                if key in known:
-                    if known[key] is not None:
-                        last[s.idx] = sql.ns_value(known[key])
-                else:
-                    probe.append((s.idx, s.symbol, s.timeframe))
-            if probe:
-                last.update(sql.last_bars(TABLE, probe))
+                newest = known[key] if key in known else probed[key]
+                if newest is not None:
+                    last[s.idx] = sql.ns_value(newest)
             self._last_bars = last
         return self._last_bars
 

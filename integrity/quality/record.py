@@ -1,0 +1,208 @@
+"""Anomaly rows: findings in, ``data_anomalies`` rows out, idempotently, and their automatic
+resolution.
+
+- The same problem found again updates its unresolved anomaly (matched by fingerprint; a partial
+  unique index allows one unresolved anomaly per fingerprint), it never creates a second row.
+- A problem no longer found is resolved automatically ("no longer detected") — only for the series
+  and types the scan actually evaluated; a duplicate cleanup resolves the duplicates it removed.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count
+from django.utils import timezone
+
+from ..models import AnomalyType, Candle, DataAnomaly, ResolutionStatus
+from . import sql
+from .findings import Finding, SeriesContext
+
+if TYPE_CHECKING:
+    from .anomalies import DetectionResult
+
+UNRESOLVED = (ResolutionStatus.OPEN, ResolutionStatus.ACKNOWLEDGED)
+# Types judged over the whole series on every scan (cheap, index-backed), not over a window.
+WHOLE_SERIES_TYPES = {AnomalyType.STALE, AnomalyType.DUPLICATE}
+AUTO = "auto"
+
+
+def record_findings(result: DetectionResult, contexts: list[SeriesContext], types: list[str],
+                    now: datetime, window_keys: set[tuple[str, str]] | None = None) -> None:
+    """Upsert the findings (one read and one bulk update for those already recorded) and resolve
+    the unresolved anomalies of the evaluated series and types that were not found again."""
+    unique: dict[str, Finding] = {}
+    for finding in result.findings:
+        unique.setdefault(finding.fingerprint, finding)
+    existing: dict[str, int] = {}
+    fingerprints = list(unique)
+    for i in range(0, len(fingerprints), 500):
+        existing.update(DataAnomaly.objects.filter(fingerprint__in=fingerprints[i:i + 500],
+                                                   resolution_status__in=UNRESOLVED)
+                        .values_list("fingerprint", "id"))
+    updates = []
+    new = [finding for fingerprint, finding in unique.items() if fingerprint not in existing]
+    _create_all(result, new, now)
+    for fingerprint, finding in unique.items():
+        anomaly_id = existing.get(fingerprint)
+        if anomaly_id is None:
+            continue
+        updates.append({"id": anomaly_id, "finding": finding, **_finding_values(finding, now)})
+    if updates:
+        # One statement for all of them (PostgreSQL; batches on SQLite), not one per finding.
+        done = sql.update_rows_by_id(DataAnomaly._meta.db_table, updates, _UPDATE_TYPES,
+                                     {"last_seen_at": now, "updated_at": now})
+        for row in updates:
+            if row["id"] in done:
+                result.updated += 1
+                continue
+            # Resolved since we read it: the problem is back, record it the one-by-one way.
+            created, anomaly_id = upsert_finding(row["finding"], now)
+            if created:
+                result.created += 1
+                result.new_anomaly_ids.append(anomaly_id)
+            else:
+                result.updated += 1
+    result.resolved = resolve_missing(contexts, types, set(unique), now, window_keys=window_keys)
+
+
+def _create_all(result: DetectionResult, findings: list[Finding], now: datetime) -> None:
+    """Create the anomalies of new findings in one insert; if a concurrent scan created one of them
+    meanwhile (the partial unique index refuses it), fall back to upserting one by one."""
+    if not findings:
+        return
+    rows = [DataAnomaly(symbol=f.symbol, timeframe=f.timeframe, anomaly_type=f.anomaly_type,
+                        fingerprint=f.fingerprint, detected_at=now,
+                        **{k: v for k, v in _finding_values(f, now).items() if k != "updated_at"})
+            for f in findings]
+    try:
+        with transaction.atomic():
+            created = DataAnomaly.objects.bulk_create(rows, batch_size=500)
+    except IntegrityError:
+        for finding in findings:
+            was_created, anomaly_id = upsert_finding(finding, now)
+            if was_created:
+                result.created += 1
+                result.new_anomaly_ids.append(anomaly_id)
+            else:
+                result.updated += 1
+        return
+    result.created += len(created)
+    result.new_anomaly_ids.extend(row.pk for row in created)
+
+
+_UPDATE_TYPES = {"severity": "text", "description": "text", "affected_rows": "int", "period_start": "timestamptz",
+                 "period_end": "timestamptz", "details": "jsonb"}
+
+
+def _finding_values(finding: Finding, now: datetime) -> dict[str, Any]:
+    return {
+        "severity": finding.severity,
+        "description": finding.description,
+        "affected_rows": finding.affected_rows,
+        "period_start": finding.period_start,
+        "period_end": finding.period_end,
+        "details": finding.details,
+        "last_seen_at": now,
+        "updated_at": now,
+    }
+
+
+def upsert_finding(finding: Finding, now: datetime) -> tuple[bool, int]:
+    """Update the unresolved anomaly with this fingerprint, or create it. Returns (created, id)."""
+    values = _finding_values(finding, now)
+    existing = DataAnomaly.objects.filter(fingerprint=finding.fingerprint, resolution_status__in=UNRESOLVED)
+    for _attempt in range(2):
+        anomaly_id = existing.values_list("id", flat=True).first()
+        if anomaly_id is not None:
+            existing.filter(id=anomaly_id).update(**values)
+            return False, anomaly_id
+        try:
+            with transaction.atomic():
+                anomaly = DataAnomaly.objects.create(
+                    symbol=finding.symbol,
+                    timeframe=finding.timeframe,
+                    anomaly_type=finding.anomaly_type,
+                    fingerprint=finding.fingerprint,
+                    detected_at=now,
+                    **{k: v for k, v in values.items() if k != "updated_at"},
+                )
+            return True, anomaly.id
+        except IntegrityError:
+            continue  # a concurrent scan created it: update that one instead
+    raise RuntimeError(f"could not record anomaly {finding.fingerprint}")
+
+
+def resolve_missing(contexts: list[SeriesContext], types: list[str], seen: set[str], now: datetime,
+                    window_keys: set[tuple[str, str]] | None = None) -> int:
+    """Auto-resolve unresolved anomalies of the scanned series and types that were not found again.
+
+    ``window_keys``: the series whose window and duplicate detectors ran (None: all of them); for
+    the others only the types judged on every scan (stale) are considered — a series that was not
+    re-read keeps its gaps, outliers and duplicates open.
+    """
+    by_series = {(c.symbol, c.timeframe): c for c in contexts}
+    reread = [c for c in contexts if window_keys is None or (c.symbol, c.timeframe) in window_keys]
+    always = [t for t in types if t == AnomalyType.STALE]
+    groups = [(reread, list(types))]
+    if window_keys is not None:
+        groups = [(reread, list(types)), ([c for c in contexts if (c.symbol, c.timeframe) not in window_keys],
+                                          always)]
+    to_resolve = []
+    for group, group_types in groups:
+        if not group or not group_types:
+            continue
+        keys = {(c.symbol, c.timeframe) for c in group}
+        candidates = DataAnomaly.objects.filter(
+            anomaly_type__in=group_types,
+            resolution_status__in=UNRESOLVED,
+            execution_id__isnull=True,  # rejected-bar reports of a backfill are not re-detectable
+        ).values_list("id", "symbol", "timeframe", "anomaly_type", "fingerprint", "period_start")
+        symbols = {c.symbol for c in group}
+        if len(symbols) <= 500:
+            candidates = candidates.filter(symbol__in=symbols)
+        for anomaly_id, sym, tf, anomaly_type, fingerprint, period_start in candidates:
+            ctx = by_series.get((sym, tf))
+            if ctx is None or (sym, tf) not in keys or fingerprint in seen:
+                continue
+            in_window = (
+                ctx.since is None
+                or anomaly_type in WHOLE_SERIES_TYPES
+                or (period_start is not None and period_start >= ctx.since)
+            )
+            if in_window:
+                to_resolve.append(anomaly_id)
+    resolved = 0
+    for i in range(0, len(to_resolve), 500):
+        resolved += DataAnomaly.objects.filter(id__in=to_resolve[i:i + 500],
+                                               resolution_status__in=UNRESOLVED).update(
+            resolution_status=ResolutionStatus.RESOLVED,
+            resolved_by=AUTO,
+            resolved_at=now,
+            resolution_note="no longer detected",
+            updated_at=now,
+        )
+    return resolved
+
+
+def resolve_cleaned_duplicates(symbol: str | None = None, timeframe: str | None = None) -> int:
+    """After a duplicate cleanup: resolve duplicate anomalies of series that have none left."""
+    anomalies = DataAnomaly.objects.filter(anomaly_type=AnomalyType.DUPLICATE, resolution_status__in=UNRESOLVED)
+    if symbol:
+        anomalies = anomalies.filter(symbol=symbol)
+    if timeframe:
+        anomalies = anomalies.filter(timeframe=timeframe)
+    resolved = 0
+    now = timezone.now()
+    for anomaly in anomalies:
+        still = (
+            Candle.objects.filter(symbol=anomaly.symbol, timeframe=anomaly.timeframe)
+            .values("ts").annotate(n=Count("id")).filter(n__gt=1).exists()
+        )
+        if not still:
+            resolved += DataAnomaly.objects.filter(pk=anomaly.pk, resolution_status__in=UNRESOLVED).update(
+                resolution_status=ResolutionStatus.RESOLVED, resolved_by=AUTO, resolved_at=now,
+                resolution_note="duplicates cleaned", updated_at=now,
+            )
+    return resolved
