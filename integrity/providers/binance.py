@@ -52,15 +52,8 @@ import pandas as pd
 from integrity.conf import conf
 
 from ..timeframes import timeframe_seconds
-from .base import (
-    FetchRequest,
-    ProviderConfigError,
-    ProviderError,
-    excerpt,
-    make_bar_frame,
-    reading_reply,
-    reply_number,
-)
+from . import base
+from .base import FetchRequest, ProviderConfigError, ProviderError, excerpt, make_bar_frame, reading_reply
 from .http import HttpClient
 from .http_policy import HttpConfig, number_setting
 from .options import check_option_names, page_limit, resolve_base_url
@@ -88,7 +81,7 @@ def _number(value: Any, row: int, field: str, path: str) -> float:
     """A kline number (``base.reply_number``): strings and JSON numbers parse, junk strings and null
     become NaN."""
     try:
-        return reply_number(value)
+        return base.reply_number(value)
     except TypeError:
         raise ProviderError(
             f"unexpected kline shape: {field} of kline {row} is a JSON {_json_type(value)}, "
