@@ -6,7 +6,7 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
 
-from integrity.providers.http import reset_rate_limiters
+from integrity.providers.http_policy import reset_rate_limiters
 from tests.helpers import ALPACA_KEY_ID, ALPACA_SECRET, record_http_sleeps
 
 

@@ -183,6 +183,31 @@ class Hang:
         drain(httpserver, requests)
 
 
+class SlowFirst:
+    """A local-server handler that holds the first request (at most 5 s: longer than the read timeout,
+    so the client gives up on it and retries) and answers every request with ``handler``. The HTTP
+    client's retry sleep releases the held request (``HttpClient.sleep`` is replaced, through
+    ``monkeypatch``); leaving the ``with`` block releases it too, should the test fail first."""
+
+    def __init__(self, handler, monkeypatch):
+        from integrity.providers.http import HttpClient
+
+        self.handler, self.released, self.held = handler, threading.Event(), False
+        monkeypatch.setattr(HttpClient, "sleep", staticmethod(lambda seconds: self.released.set()))
+
+    def __call__(self, request) -> Response:
+        if not self.held:
+            self.held = True
+            self.released.wait(5)
+        return self.handler(request)
+
+    def __enter__(self) -> SlowFirst:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.released.set()
+
+
 class ProviderFetch:
     """``fetch`` (the pages), ``fetched`` (one frame) and ``fetch_error`` of one provider, with a test
     file's defaults (symbol, timeframe, start, end, calendar, asset_class, options). Given the local

@@ -14,7 +14,7 @@ there, else from the environment. They are never logged nor put into an error me
 error text, echoed bodies and values quoted from a reply included, goes through ``base.redact``.
 Missing keys fail the fetch with a ``ProviderConfigError`` before any request is sent. Keys are
 deliberately not read from ``provider_options``: those are stored in the database and shown in the
-admin. They are sent only over https, or to a loopback host (see ``http``), and only to the
+admin. They are sent only over https, or to a loopback host (see ``options``), and only to the
 endpoint of ``ALPACA_DATA_BASE_URL`` or a host the operator listed in ``PROVIDER_ALLOWED_HOSTS``.
 
 Time stamps: intraday bars are stamped with their open time in UTC, as we store them. Daily bars
@@ -85,8 +85,11 @@ from .base import (
     make_bar_frame,
     reading_reply,
     redact,
+    reply_number,
 )
-from .http import HttpClient, HttpConfig, check_option_names, page_limit, resolve_base_url
+from .http import HttpClient
+from .http_policy import HttpConfig
+from .options import check_option_names, page_limit, resolve_base_url
 
 NAME = "alpaca"
 DEFAULT_BASE_URL = conf.default("ALPACA_DATA_BASE_URL")
@@ -106,17 +109,12 @@ def _rfc3339(value) -> str:
 
 
 def _number(value: Any, index: int, field: str, path: str) -> float:
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ProviderError(f"unexpected bar shape: '{field}' of bar {index} is {type(value).__name__}, "
-                            f"expected a number", provider=NAME, path=path)
+    """A bar number (``base.reply_number``): null and junk strings become NaN."""
     try:
-        return float(value)
-    except ValueError:
-        return math.nan  # validation rejects this bar (non_finite), the rest of the page is kept
-    except OverflowError:
-        return math.inf
+        return reply_number(value)
+    except TypeError:
+        raise ProviderError(f"unexpected bar shape: '{field}' of bar {index} is {type(value).__name__}, "
+                            f"expected a number", provider=NAME, path=path) from None
 
 
 def parse_bars_page(payload: Any, path: str) -> tuple[pd.DataFrame, str | None]:

@@ -15,6 +15,7 @@ Providers do not validate: they parse what the source said into that layout (rai
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -165,3 +166,22 @@ def make_bar_frame(ts, open_, high, low, close, volume) -> pd.DataFrame:
         },
         columns=BAR_COLUMNS,
     )
+
+
+def reply_number(value: Any) -> float:
+    """A price or volume as a reply spells it (a JSON number or a number string) as a float.
+
+    None and a string that is no number become NaN, so validation rejects that bar alone
+    (non_finite) and the rest of the page is kept; a number too large for a float becomes infinity.
+    Any other type (a boolean, a list, an object) raises ``TypeError``: the reply itself is
+    unusable, which the provider reports in its own words."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"{type(value).__name__} is not a number")
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan
+    except OverflowError:
+        return math.inf

@@ -26,7 +26,7 @@ Limits, as Binance documents them:
     - request weight: every reply carries ``X-MBX-USED-WEIGHT-1M`` (weight used by this IP in the
       current minute). At ``BINANCE_WEIGHT_THRESHOLD`` × ``BINANCE_WEIGHT_LIMIT`` (default
       0.8 × 6000) the next request waits for the next minute window.
-    - 429: back off; the shared HTTP client honours ``Retry-After`` (see ``http``).
+    - 429: back off; the shared HTTP client honours ``Retry-After`` (see ``http_policy``).
     - 418: the IP is banned for having kept going after 429s. Never retried: the fetch fails at once
       with an error naming the ban and its ``Retry-After``.
     - a client-side pace of ``BINANCE_MAX_REQUESTS_PER_SECOND`` (default 10) requests a second.
@@ -40,7 +40,6 @@ validation rejects that bar alone and the rest of the page is stored.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 from collections.abc import Iterator
@@ -53,8 +52,11 @@ import pandas as pd
 from integrity.conf import conf
 
 from ..timeframes import timeframe_seconds
+from . import base
 from .base import FetchRequest, ProviderConfigError, ProviderError, excerpt, make_bar_frame, reading_reply
-from .http import HttpClient, HttpConfig, check_option_names, number_setting, page_limit, resolve_base_url
+from .http import HttpClient
+from .http_policy import HttpConfig, number_setting
+from .options import check_option_names, page_limit, resolve_base_url
 
 logger = logging.getLogger(__name__)
 
@@ -76,20 +78,15 @@ def binance_symbol(symbol: str) -> str:
 
 
 def _number(value: Any, row: int, field: str, path: str) -> float:
-    """A kline number: strings and JSON numbers parse, junk strings and null become NaN."""
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+    """A kline number (``base.reply_number``): strings and JSON numbers parse, junk strings and null
+    become NaN."""
+    try:
+        return base.reply_number(value)
+    except TypeError:
         raise ProviderError(
             f"unexpected kline shape: {field} of kline {row} is a JSON {_json_type(value)}, "
             f"expected a number string", provider=NAME, path=path,
-        )
-    try:
-        return float(value)
-    except ValueError:
-        return math.nan  # validation rejects the bar (non_finite); the rest of the page is kept
-    except OverflowError:
-        return math.inf
+        ) from None
 
 
 def parse_klines(payload: Any, path: str = KLINES_PATH) -> pd.DataFrame:

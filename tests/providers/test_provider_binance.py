@@ -8,7 +8,6 @@ the backfill commits per batch), and are kept few because each costs a database 
 from __future__ import annotations
 
 import json
-import threading
 
 import pandas as pd
 import pytest
@@ -18,11 +17,11 @@ from integrity.backfill import run_backfill
 from integrity.models import BackfillState, Candle, Instrument
 from integrity.providers import FetchRequest, ProviderConfigError, ProviderError, get_provider
 from integrity.providers.binance import binance_symbol, parse_klines, validate_options
-from integrity.providers.http import HttpClient
 from integrity.timeframes import timeframe_seconds
 from tests.helpers import (
     Hang,
     ProviderFetch,
+    SlowFirst,
     add_instrument,
     assert_same_bars,
     run_backfill_command,
@@ -213,7 +212,7 @@ class TestBaseUrl:
 
     def test_the_default_is_the_public_api(self, settings):
         del settings.BINANCE_BASE_URL
-        from integrity.providers.http import resolve_base_url
+        from integrity.providers.options import resolve_base_url
 
         assert resolve_base_url({}, "BINANCE_BASE_URL", "https://api.binance.com", "binance") == \
             "https://api.binance.com"
@@ -273,21 +272,9 @@ class TestServerErrors:
 
     def test_a_timeout_is_retried(self, httpserver, settings, monkeypatch):
         settings.PROVIDER_HTTP_READ_TIMEOUT = 0.3
-        fake = FakeBinance()
-        released = threading.Event()
-
-        def slow_then_fast(request):
-            if not fake.queries:
-                fake.queries.append({"slow": True})
-                released.wait(5)  # longer than the read timeout: the client gives up on this one
-            return fake(request)
-
-        monkeypatch.setattr(HttpClient, "sleep", staticmethod(lambda seconds: released.set()))
-        httpserver.expect_request(KLINES).respond_with_handler(slow_then_fast)
-        try:
+        with SlowFirst(FakeBinance(), monkeypatch) as handler:
+            httpserver.expect_request(KLINES).respond_with_handler(handler)
             assert len(fetched(httpserver)) == 48
-        finally:
-            released.set()
 
     def test_timeouts_on_every_attempt_fail_with_a_clear_error(self, httpserver, settings):
         settings.PROVIDER_HTTP_READ_TIMEOUT = 0.2

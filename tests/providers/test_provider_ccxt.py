@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 from io import StringIO
 
@@ -28,10 +27,10 @@ from werkzeug import Request, Response
 from integrity.backfill import run_backfill
 from integrity.models import BackfillState, Instrument, SymbolFailureTracking
 from integrity.providers import FetchRequest, ProviderConfigError, get_provider
-from integrity.providers import ccxt as provider_module
-from integrity.providers.ccxt import api_urls, parse_ohlcv, reset_venues, validate_options
+from integrity.providers.ccxt import parse_ohlcv, validate_options
+from integrity.providers.ccxt_exchange import TIMEFRAMES, api_urls, reset_venues
 from integrity.timeframes import timeframe_seconds
-from tests.helpers import ProviderFetch, add_instrument, assert_same_bars, stored_bars, utc
+from tests.helpers import ProviderFetch, SlowFirst, add_instrument, assert_same_bars, stored_bars, utc
 
 end_to_end = pytest.mark.django_db(transaction=True)
 
@@ -270,22 +269,10 @@ class TestRetries:
 
     def test_a_timeout_is_retried(self, httpserver, settings, monkeypatch):
         settings.PROVIDER_HTTP_READ_TIMEOUT = 0.3
-        fake = FakeCoinbase()
-        released = threading.Event()
-
-        def slow_then_fast(request):
-            if not fake.queries:
-                fake.queries.append({"product": "slow"})
-                released.wait(5)  # longer than the read timeout: the client gives up on this one
-            return fake(request)
-
-        monkeypatch.setattr("integrity.providers.http.HttpClient.sleep", staticmethod(lambda seconds: released.set()))
         serve_markets(httpserver)
-        httpserver.expect_request(CANDLES).respond_with_handler(slow_then_fast)
-        try:
+        with SlowFirst(FakeCoinbase(), monkeypatch) as handler:
+            httpserver.expect_request(CANDLES).respond_with_handler(handler)
             assert len(fetched()) == 48
-        finally:
-            released.set()
 
     @pytest.mark.parametrize(("status", "kind"), [(429, "RateLimitExceeded"), (418, "DDoSProtection")])
     def test_a_rate_limit_or_ddos_reply_is_retried(self, httpserver, sleeps, caplog, status, kind):
@@ -534,5 +521,5 @@ def test_the_step_of_every_offered_timeframe_matches_ours():
     # ccxt and we name the same bar lengths the same way.
     import ccxt
 
-    for ours, theirs in provider_module.TIMEFRAMES.items():
+    for ours, theirs in TIMEFRAMES.items():
         assert ccxt.Exchange.parse_timeframe(theirs) == timeframe_seconds(ours)

@@ -14,14 +14,9 @@ import pytest
 from werkzeug import Response
 
 from integrity.providers import PROVIDER_NAMES, ProviderConfigError, ProviderError, get_provider
-from integrity.providers.http import (
-    USER_AGENT,
-    HttpClient,
-    HttpConfig,
-    RateLimiter,
-    parse_retry_after,
-    resolve_base_url,
-)
+from integrity.providers.http import USER_AGENT, HttpClient
+from integrity.providers.http_policy import HttpConfig, RateLimiter, parse_retry_after
+from integrity.providers.options import resolve_base_url
 from tests.helpers import Hang
 
 pytestmark = pytest.mark.usefixtures("fast_http", "sleeps")

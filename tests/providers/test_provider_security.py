@@ -41,7 +41,9 @@ from integrity.providers import (
     get_provider,
 )
 from integrity.providers.base import excerpt, redact
-from integrity.providers.http import KEYS_RULE, HttpClient, HttpConfig, reset_rate_limiters, resolve_base_url
+from integrity.providers.http import HttpClient
+from integrity.providers.http_policy import HttpConfig, reset_rate_limiters
+from integrity.providers.options import KEYS_RULE, resolve_base_url
 from tests.helpers import ROOT, add_instrument, record_http_sleeps, utc
 from tests.providers.test_provider_acceptance import admin_form, api_client
 
