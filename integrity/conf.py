@@ -29,6 +29,8 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 TIMEFRAMES = ("1m", "5m", "15m", "1h", "4h", "1d")  # the keys of the per-timeframe settings
+ASSET_CLASSES = ("equity", "crypto", "forex")  # the keys of the per-asset-class settings
+AVAILABILITY_DELAY_MINUTES = {"equity": 15, "crypto": 1, "forex": 5}
 
 
 class SettingError(ImproperlyConfigured, ValueError):
@@ -97,6 +99,19 @@ class _PerTimeframe:
         return {**self.default, **{tf: _int(f"{name}[{tf!r}]", v) for tf, v in value.items()}}
 
 
+class _PerAssetClass:
+    """A mapping asset class -> minutes; an asset class the setting leaves out keeps its default."""
+
+    def __init__(self, default: Mapping[str, int]):
+        self.default = dict(default)
+
+    def __call__(self, name: str, value: Any) -> dict[str, int]:
+        if not isinstance(value, Mapping):
+            raise SettingError(f"setting {name} must map asset classes ({', '.join(ASSET_CLASSES)}) to "
+                               f"integers, got {value!r}")
+        return {**self.default, **{str(k): _int(f"{name}[{k!r}]", v) for k, v in value.items()}}
+
+
 SETTINGS: dict[str, Setting] = {}
 
 
@@ -131,8 +146,6 @@ _declare("backfill", "FAILURE_ALERT_THRESHOLD", 3, _int,
          "Consecutive failures of a symbol at which an alert is raised (once, re-armed after a success).")
 
 # --- data quality ---------------------------------------------------------------------------------
-_declare("quality", "STALE_THRESHOLD_HOURS", 24.0, _float,
-         "The stale detector's default threshold (hours behind the calendar's newest complete bar).")
 _declare("quality", "OUTLIER_MOVE_THRESHOLD", 0.20, _float,
          "The outlier detector's default relative move (0.20 = 20 %).")
 _declare("quality", "QUALITY_THRESHOLDS", {}, _as_is,
@@ -187,9 +200,12 @@ _declare("providers", "CCXT_ENABLE_RATE_LIMIT", True, _bool,
          "here: CCXT_<EXCHANGE>_API_URL and the keys CCXT_<EXCHANGE>_API_KEY/_SECRET/_PASSWORD/_UID.)")
 
 # --- health, alerts, schedules, metrics -----------------------------------------------------------
-_declare("health", "HEALTH_STALE_HOURS", 6.0, _float,
-         "A series is stale when its last bar is more than this many hours behind the newest bar its "
-         "calendar expects to be complete.")
+_declare("health", "STALE_GRACE_MINUTES", 120, _int,
+         "A series is stale when a due bar (closed, published and past a scheduled backfill run) has been "
+         "missing for more than this many minutes after that run (integrity.staleness).")
+_declare("health", "STALE_AVAILABILITY_DELAY_MINUTES", dict(AVAILABILITY_DELAY_MINUTES), _PerAssetClass(AVAILABILITY_DELAY_MINUTES),
+         "Minutes a source needs to publish a closed bar, per asset class, unless the instrument sets "
+         "availability_delay_minutes (environment: STALE_AVAILABILITY_DELAY_MINUTES_EQUITY, _CRYPTO, _FOREX).")
 _declare("health", "ALERT_EMAIL_RECIPIENTS", [], _list,
          "Email alert channel: on when set (comma list); sent via Django's mail backend (EMAIL_*).")
 _declare("health", "ALERT_WEBHOOK_URL", "", _str,

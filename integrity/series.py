@@ -75,6 +75,7 @@ class Series:
     calendar: str
     asset_class: str
     bar_alignment: str
+    availability_delay_minutes: int | None = None  # the instrument's own (None: its asset class's)
 
 
 def _listed(timeframes: Any) -> Iterable[str]:
@@ -84,7 +85,8 @@ def _listed(timeframes: Any) -> Iterable[str]:
 
 def series_of(instrument: Instrument) -> list[Series]:
     """The series of one instrument (active or not), timeframes in its order."""
-    return [Series(instrument.symbol, tf, instrument.calendar, instrument.asset_class, instrument.bar_alignment)
+    return [Series(instrument.symbol, tf, instrument.calendar, instrument.asset_class, instrument.bar_alignment,
+                   instrument.availability_delay_minutes)
             for tf in _listed(instrument.timeframes)]
 
 
@@ -101,9 +103,10 @@ def active_series(symbols: Sequence[str] | None = None) -> list[Series]:
     instruments = active_instruments()
     if symbols is not None:
         instruments = instruments.filter(symbol__in=list(symbols))
-    rows = instruments.values_list("symbol", "timeframes", "calendar", "asset_class", "bar_alignment")
-    return [Series(symbol, tf, calendar, asset_class, alignment)
-            for symbol, timeframes, calendar, asset_class, alignment in rows
+    rows = instruments.values_list("symbol", "timeframes", "calendar", "asset_class", "bar_alignment",
+                                   "availability_delay_minutes")
+    return [Series(symbol, tf, calendar, asset_class, alignment, delay)
+            for symbol, timeframes, calendar, asset_class, alignment, delay in rows
             for tf in _listed(timeframes)]
 
 
@@ -112,7 +115,8 @@ def active_series(symbols: Sequence[str] | None = None) -> list[Series]:
 
 @dataclass
 class NewestBar:
-    """An active series, its newest stored bar (None: never loaded) and its stale-alert state."""
+    """An active series, its newest stored bar (None: never loaded), its stale-alert state and what
+    the staleness judgement needs about its instrument."""
 
     symbol: str
     timeframe: str
@@ -121,6 +125,8 @@ class NewestBar:
     last_bar: datetime | None
     stats_id: int | None = None
     stale_alert_sent_at: datetime | None = None
+    asset_class: str = ""
+    availability_delay_minutes: int | None = None  # the instrument's own (None: its asset class's)
 
 
 def aware(value) -> datetime | None:
@@ -150,7 +156,7 @@ _NEWEST_BARS_SQL = {
     "postgresql": """
         SELECT i.symbol, tf.value, i.calendar,
                (SELECT max(c.ts) FROM {candles} c WHERE c.symbol = i.symbol AND c.timeframe = tf.value),
-               ss.id, ss.stale_alert_sent_at, i.bar_alignment
+               ss.id, ss.stale_alert_sent_at, i.bar_alignment, i.asset_class, i.availability_delay_minutes
         FROM {instruments} i
         JOIN (VALUES {timeframes}) AS tf(value) ON i.timeframes @> jsonb_build_array(tf.value)
         LEFT JOIN {stats} ss ON ss.symbol = i.symbol AND ss.timeframe = tf.value
@@ -159,7 +165,7 @@ _NEWEST_BARS_SQL = {
     "sqlite": """
         SELECT i.symbol, tf.value, i.calendar,
                (SELECT max(c.ts) FROM {candles} c WHERE c.symbol = i.symbol AND c.timeframe = tf.value),
-               ss.id, ss.stale_alert_sent_at, i.bar_alignment
+               ss.id, ss.stale_alert_sent_at, i.bar_alignment, i.asset_class, i.availability_delay_minutes
         FROM {instruments} i
         JOIN json_each(CASE WHEN json_type(i.timeframes) = 'array' THEN i.timeframes ELSE '[]' END) AS tf
         LEFT JOIN {stats} ss ON ss.symbol = i.symbol AND ss.timeframe = tf.value
@@ -181,11 +187,12 @@ def newest_bars() -> list[NewestBar]:
     series = []
     with connection.cursor() as cursor:
         cursor.execute(sql)
-        for symbol, tf, calendar, last, stats_id, alerted, alignment in cursor.fetchall():
+        for symbol, tf, calendar, last, stats_id, alerted, alignment, asset_class, delay in cursor.fetchall():
             if (symbol, tf) in seen:  # a timeframe listed twice on an instrument stored before the rules
                 continue
             seen.add((symbol, tf))
-            series.append(NewestBar(symbol, tf, calendar, alignment, aware(last), stats_id, aware(alerted)))
+            series.append(NewestBar(symbol, tf, calendar, alignment, aware(last), stats_id, aware(alerted),
+                                    asset_class, delay))
     series.sort(key=lambda s: (s.symbol, s.timeframe))
     return series
 
@@ -207,6 +214,7 @@ def newest_bars_orm() -> list[NewestBar]:
     for s in watched:
         stats_id, alerted = stats.get((s.symbol, s.timeframe), (None, None))
         series.append(NewestBar(s.symbol, s.timeframe, s.calendar, s.bar_alignment,
-                                last.get((s.symbol, s.timeframe)), stats_id, alerted))
+                                last.get((s.symbol, s.timeframe)), stats_id, alerted,
+                                s.asset_class, s.availability_delay_minutes))
     series.sort(key=lambda s: (s.symbol, s.timeframe))
     return series
