@@ -7,6 +7,7 @@ Exit codes: 0 no unresolved finding of high or critical severity; 1 high or crit
 from __future__ import annotations
 
 import json
+
 from django.core.management.base import BaseCommand, CommandError
 
 from integrity.management.output import keep_stdout_for_json, parse_as_of
