@@ -181,7 +181,7 @@ def symbol_recovered_alert(symbol: str) -> Alert:
                  message=f"{symbol}: a backfill succeeded again.", severity="low", context={"symbol": symbol})
 
 
-def series_stale_alert(newly: Sequence[Any], threshold_hours: float, max_listed: int) -> Alert:
+def series_stale_alert(newly: Sequence[Any], grace_minutes: int, max_listed: int) -> Alert:
     """One digest of the series that became stale (``SeriesFreshness`` items, sorted)."""
     lines = []
     for s in newly[:MAX_IN_ALERT_TEXT]:
@@ -189,15 +189,17 @@ def series_stale_alert(newly: Sequence[Any], threshold_hours: float, max_listed:
             lines.append(f"- {s.symbol} {s.timeframe}: no bars stored")
         else:
             lines.append(f"- {s.symbol} {s.timeframe}: last bar {s.last_bar:%Y-%m-%d %H:%M} UTC, "
-                         f"{s.hours_behind:.1f} h behind (expected {s.expected_bar:%Y-%m-%d %H:%M})")
+                         f"bars due since {s.due_at:%Y-%m-%d %H:%M} UTC missing for {s.lag_hours:.1f} h "
+                         f"(expected {s.expected_bar:%Y-%m-%d %H:%M})")
     lines += _more(len(newly))
     return Alert(
         kind="series_stale",
         subject=f"{len(newly)} series became stale: {_first_names(newly)}",
-        message=f"No new bars for more than {threshold_hours:g} h past the expected bar:\n" + "\n".join(lines),
+        message=(f"Bars due at a scheduled backfill missing for more than {grace_minutes} min:\n"
+                 + "\n".join(lines)),
         severity="high",
         context={"series": [s.as_dict() for s in newly[:max_listed]], "count": len(newly),
-                 "threshold_hours": threshold_hours},
+                 "grace_minutes": grace_minutes},
     )
 
 

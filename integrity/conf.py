@@ -30,6 +30,8 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 TIMEFRAMES = ("1m", "5m", "15m", "1h", "4h", "1d")  # the keys of the per-timeframe settings
+ASSET_CLASSES = ("equity", "crypto", "forex")  # the keys of the per-asset-class settings
+AVAILABILITY_DELAY_MINUTES = {"equity": 15, "crypto": 1, "forex": 5}
 
 
 class SettingError(ImproperlyConfigured, ValueError):
@@ -98,6 +100,19 @@ class _PerTimeframe:
             raise SettingError(f"setting {name} must map timeframes ({', '.join(TIMEFRAMES)}) to integers, "
                                f"got {value!r}")
         return {**self.default, **{tf: _int(f"{name}[{tf!r}]", v) for tf, v in value.items()}}
+
+
+class _PerAssetClass:
+    """A mapping asset class -> minutes; an asset class the setting leaves out keeps its default."""
+
+    def __init__(self, default: Mapping[str, int]):
+        self.default = dict(default)
+
+    def __call__(self, name: str, value: Any) -> dict[str, int]:
+        if not isinstance(value, Mapping):
+            raise SettingError(f"setting {name} must map asset classes ({', '.join(ASSET_CLASSES)}) to "
+                               f"integers, got {value!r}")
+        return {**self.default, **{str(k): _int(f"{name}[{k!r}]", v) for k, v in value.items()}}
 
 
 # The sections of docs/configuration.md the app's settings are listed in: title, then a line of prose.
@@ -180,9 +195,6 @@ _declare("backfill", [
 ])
 
 _declare("quality", [
-    ("STALE_THRESHOLD_HOURS", 24.0,
-     "default threshold of the `stale` anomaly detector (hours behind the calendar's newest complete bar); "
-     "the health job's own staleness uses `HEALTH_STALE_HOURS`."),
     ("OUTLIER_MOVE_THRESHOLD", 0.20, "default close-to-close move that is an outlier (0.20 = 20 %)."),
     ("QUALITY_THRESHOLDS", {},
      'detector threshold overrides: `{"default": {...}, "equity"\\|"crypto"\\|"forex": {...}}` (keys of '
@@ -202,9 +214,20 @@ _declare("quality", [
 ])
 
 _declare("health", [
-    ("HEALTH_STALE_HOURS", 6.0,
-     "health job: a series is stale when its last bar is more than this many hours behind the newest bar "
-     "its calendar expects to be complete (or it has no bar at all)."),
+    ("STALE_GRACE_MINUTES", 120,
+     "a series is stale when a bar that is due (closed on its calendar, published after the availability "
+     "delay, and past a scheduled backfill run) has been missing for more than this many minutes after that "
+     "run, or when it has no bar at all (`integrity.staleness`; the stale detector, the health job, the "
+     "dashboard and `/metrics` all use it)."),
+])
+SETTINGS["STALE_AVAILABILITY_DELAY_MINUTES"] = Setting(
+    "STALE_AVAILABILITY_DELAY_MINUTES", dict(AVAILABILITY_DELAY_MINUTES), _PerAssetClass(AVAILABILITY_DELAY_MINUTES),
+    "minutes a source needs to publish a closed bar, per asset class, unless the instrument sets its own "
+    "`availability_delay_minutes`.", "health",
+    ", ".join(f"{k} {v}" for k, v in AVAILABILITY_DELAY_MINUTES.items()),
+    "`STALE_AVAILABILITY_DELAY_MINUTES` (settings: a mapping asset class → minutes; environment: "
+    + ", ".join(f"`STALE_AVAILABILITY_DELAY_MINUTES_{k.upper()}`" for k in ASSET_CLASSES) + ")")
+_declare("health", [
     ("FAILURE_ALERT_THRESHOLD", 3,
      "consecutive failures of a symbol that raise an alert (once, re-armed after a success)."),
     ("ALERT_RECOVERY_NOTICES", False,

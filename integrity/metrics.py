@@ -7,7 +7,8 @@ Access:
 
 Metrics (gauges):
     marketdata_watched_series                          active series (instrument × timeframe)
-    marketdata_stale_series                            series more than HEALTH_STALE_HOURS behind their calendar
+    marketdata_stale_series                            stale series (integrity.staleness: a due bar missing
+                                                       longer than STALE_GRACE_MINUTES, or no bar at all)
     marketdata_open_anomalies{severity}                open anomalies per severity
     marketdata_failing_symbols                         symbols with >= 1 consecutive backfill failure
     marketdata_failing_symbols_at_threshold            symbols at or above FAILURE_ALERT_THRESHOLD
@@ -101,7 +102,8 @@ def _stale(out: Exposition) -> None:
     out.metric("marketdata_watched_series", "Active series (instrument x timeframe) on the watchlist.",
                [({}, len(series))])
     out.metric("marketdata_stale_series",
-               "Series whose last stored bar is more than HEALTH_STALE_HOURS behind the newest expected bar.",
+               "Series with a bar due at a scheduled backfill missing for more than STALE_GRACE_MINUTES, "
+               "or with no bar at all.",
                [({}, sum(1 for s in series if s.stale))])
 
 

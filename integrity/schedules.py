@@ -19,9 +19,10 @@ deploy never replays missed runs; the cluster itself has ``catch_up: False`` for
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from croniter import croniter
 from django.db import transaction
 from django.utils import timezone
 
@@ -60,17 +61,26 @@ class ScheduleConfigError(ValueError):
     pass
 
 
+_TICK = timedelta(microseconds=1)
+
+
 def next_run_for(cron: str, now: datetime | None = None) -> datetime:
     """The first time strictly after ``now`` that ``cron`` fires, in UTC."""
-    from croniter import croniter
-
     base = (now or timezone.now()).astimezone(UTC)
     return croniter(cron, base).get_next(datetime).astimezone(UTC)
 
 
-def validate_cron(spec: ScheduleSpec) -> str:
-    from croniter import croniter
+def run_at_or_before(cron: str, at: datetime) -> datetime:
+    """The last time at or before ``at`` that ``cron`` fires, in UTC (the run a replay at ``at`` saw)."""
+    return croniter(cron, at.astimezone(UTC) + _TICK).get_prev(datetime).astimezone(UTC).replace(fold=0)
 
+
+def run_at_or_after(cron: str, at: datetime) -> datetime:
+    """The first time at or after ``at`` that ``cron`` fires, in UTC."""
+    return croniter(cron, at.astimezone(UTC) - _TICK).get_next(datetime).astimezone(UTC).replace(fold=0)
+
+
+def validate_cron(spec: ScheduleSpec) -> str:
     cron = spec.cron
     if not croniter.is_valid(cron) or len(cron.split()) != 5:
         raise ScheduleConfigError(f"{spec.setting}={cron!r} is not a five-field cron expression "

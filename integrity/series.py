@@ -78,6 +78,7 @@ class Series:
     calendar: str
     asset_class: str
     bar_alignment: str
+    availability_delay_minutes: int | None = None  # the instrument's own (None: its asset class's)
 
 
 def _listed(timeframes: Any) -> Iterable[str]:
@@ -87,7 +88,8 @@ def _listed(timeframes: Any) -> Iterable[str]:
 
 def series_of(instrument: Instrument) -> list[Series]:
     """The series of one instrument (active or not), timeframes in its order."""
-    return [Series(instrument.symbol, tf, instrument.calendar, instrument.asset_class, instrument.bar_alignment)
+    return [Series(instrument.symbol, tf, instrument.calendar, instrument.asset_class, instrument.bar_alignment,
+                   instrument.availability_delay_minutes)
             for tf in _listed(instrument.timeframes)]
 
 
@@ -106,9 +108,11 @@ class WatchedInstrument:
     bar_alignment: str
     timeframes: tuple[str, ...]
     quality_thresholds: Any = field(default=None, compare=False)
+    availability_delay_minutes: int | None = None  # the instrument's own (None: its asset class's)
 
     def series(self, timeframe: str) -> Series:
-        return Series(self.symbol, timeframe, self.calendar, self.asset_class, self.bar_alignment)
+        return Series(self.symbol, timeframe, self.calendar, self.asset_class, self.bar_alignment,
+                      self.availability_delay_minutes)
 
 
 def watchlist(symbols: Sequence[str] | None = None, *, inactive_too: bool = False) -> list[WatchedInstrument]:
@@ -118,9 +122,9 @@ def watchlist(symbols: Sequence[str] | None = None, *, inactive_too: bool = Fals
     if symbols is not None:
         instruments = instruments.filter(symbol__in=list(symbols))
     rows = instruments.values_list("symbol", "calendar", "asset_class", "bar_alignment", "timeframes",
-                                   "quality_thresholds")
-    return [WatchedInstrument(symbol, calendar, asset_class, alignment, tuple(_listed(timeframes)), overrides)
-            for symbol, calendar, asset_class, alignment, timeframes, overrides in rows]
+                                   "quality_thresholds", "availability_delay_minutes")
+    return [WatchedInstrument(symbol, calendar, asset_class, alignment, tuple(_listed(timeframes)), overrides, delay)
+            for symbol, calendar, asset_class, alignment, timeframes, overrides, delay in rows]
 
 
 def active_series(symbols: Sequence[str] | None = None) -> list[Series]:
@@ -136,7 +140,8 @@ def active_series(symbols: Sequence[str] | None = None) -> list[Series]:
 
 @dataclass
 class NewestBar:
-    """An active series, its newest stored bar (None: never loaded) and its stale-alert state."""
+    """An active series, its newest stored bar (None: never loaded), its stale-alert state and what
+    the staleness judgement needs about its instrument."""
 
     symbol: str
     timeframe: str
@@ -145,6 +150,8 @@ class NewestBar:
     last_bar: datetime | None
     stats_id: int | None = None
     stale_alert_sent_at: datetime | None = None
+    asset_class: str = ""
+    availability_delay_minutes: int | None = None  # the instrument's own (None: its asset class's)
 
 
 def chunks(items: Sequence, size: int = IN_CHUNK) -> Iterable[Sequence]:
@@ -171,7 +178,7 @@ _NEWEST_BARS_SQL = {
     "postgresql": """
         SELECT i.symbol, tf.value, i.calendar,
                """ + _newest_ts("i.symbol", "tf.value") + """,
-               ss.id, ss.stale_alert_sent_at, i.bar_alignment
+               ss.id, ss.stale_alert_sent_at, i.bar_alignment, i.asset_class, i.availability_delay_minutes
         FROM {instruments} i
         JOIN (VALUES {timeframes}) AS tf(value) ON i.timeframes @> jsonb_build_array(tf.value)
         LEFT JOIN {stats} ss ON ss.symbol = i.symbol AND ss.timeframe = tf.value
@@ -180,7 +187,7 @@ _NEWEST_BARS_SQL = {
     "sqlite": """
         SELECT i.symbol, tf.value, i.calendar,
                """ + _newest_ts("i.symbol", "tf.value") + """,
-               ss.id, ss.stale_alert_sent_at, i.bar_alignment
+               ss.id, ss.stale_alert_sent_at, i.bar_alignment, i.asset_class, i.availability_delay_minutes
         FROM {instruments} i
         JOIN json_each(CASE WHEN json_type(i.timeframes) = 'array' THEN i.timeframes ELSE '[]' END) AS tf
         LEFT JOIN {stats} ss ON ss.symbol = i.symbol AND ss.timeframe = tf.value
@@ -202,11 +209,12 @@ def newest_bars() -> list[NewestBar]:
     series = []
     with connection.cursor() as cursor:
         cursor.execute(sql)
-        for symbol, tf, calendar, last, stats_id, alerted, alignment in cursor.fetchall():
+        for symbol, tf, calendar, last, stats_id, alerted, alignment, asset_class, delay in cursor.fetchall():
             if (symbol, tf) in seen:  # a timeframe listed twice on an instrument stored before the rules
                 continue
             seen.add((symbol, tf))
-            series.append(NewestBar(symbol, tf, calendar, alignment, aware(last), stats_id, aware(alerted)))
+            series.append(NewestBar(symbol, tf, calendar, alignment, aware(last), stats_id, aware(alerted),
+                                    asset_class, delay))
     series.sort(key=lambda s: (s.symbol, s.timeframe))
     return series
 
@@ -253,6 +261,7 @@ def newest_bars_orm() -> list[NewestBar]:
     for s in watched:
         stats_id, alerted = stats.get((s.symbol, s.timeframe), (None, None))
         series.append(NewestBar(s.symbol, s.timeframe, s.calendar, s.bar_alignment,
-                                last.get((s.symbol, s.timeframe)), stats_id, alerted))
+                                last.get((s.symbol, s.timeframe)), stats_id, alerted,
+                                s.asset_class, s.availability_delay_minutes))
     series.sort(key=lambda s: (s.symbol, s.timeframe))
     return series

@@ -180,7 +180,6 @@ BACKFILL_FINISH_BACKOFF = envsetting("BACKFILL_FINISH_BACKOFF")
 ALERT_RECOVERY_NOTICES = envsetting("ALERT_RECOVERY_NOTICES")
 
 # --- Integrity: data quality ----------------------------------------------------------------------
-STALE_THRESHOLD_HOURS = envsetting("STALE_THRESHOLD_HOURS")
 OUTLIER_MOVE_THRESHOLD = envsetting("OUTLIER_MOVE_THRESHOLD")
 # Per asset class detector thresholds: a Python mapping, set it here (or in a settings module that
 # imports this one); no environment form.
@@ -277,7 +276,11 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Health monitoring, alerts, schedules, metrics (integrity.health/alerts/schedules/metrics) ---
-HEALTH_STALE_HOURS = envsetting("HEALTH_STALE_HOURS")
+STALE_GRACE_MINUTES = envsetting("STALE_GRACE_MINUTES")
+# Per asset class: STALE_AVAILABILITY_DELAY_MINUTES_EQUITY, _CRYPTO, _FOREX.
+STALE_AVAILABILITY_DELAY_MINUTES = {
+    asset_class: envint(f"STALE_AVAILABILITY_DELAY_MINUTES_{asset_class.upper()}", minutes)
+    for asset_class, minutes in conf.default("STALE_AVAILABILITY_DELAY_MINUTES").items()}
 ALERT_EMAIL_RECIPIENTS = envsetting("ALERT_EMAIL_RECIPIENTS")
 # Django's mail backend, used by the email alert channel.
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")

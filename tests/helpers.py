@@ -80,12 +80,15 @@ def record_http_sleeps(monkeypatch) -> list[float]:
 
 
 def use_default_thresholds(settings) -> None:
-    """Start from the built-in quality thresholds, whatever the environment configures."""
+    """Start from the built-in quality thresholds and staleness settings, whatever the environment
+    configures."""
+    from integrity.conf import conf
     from integrity.quality.thresholds import DEFAULT_THRESHOLDS
 
     settings.QUALITY_THRESHOLDS = {}
-    settings.STALE_THRESHOLD_HOURS = DEFAULT_THRESHOLDS["stale_hours"]
     settings.OUTLIER_MOVE_THRESHOLD = DEFAULT_THRESHOLDS["outlier_move"]
+    for name in ("STALE_GRACE_MINUTES", "STALE_AVAILABILITY_DELAY_MINUTES", "SCHEDULE_BACKFILL_CRON"):
+        setattr(settings, name, conf.default(name))
 
 
 def worker_database_url() -> str:

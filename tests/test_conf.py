@@ -29,6 +29,7 @@ def environment_names():
     names = set(SETTINGS)
     for name in ("BACKFILL_LOOKBACK_DAYS", "BACKFILL_MAX_BARS"):
         names |= {f"{name}_{suffix}" for suffix in TIMEFRAME_SUFFIXES}
+    names |= {f"STALE_AVAILABILITY_DELAY_MINUTES_{suffix}" for suffix in ("EQUITY", "CRYPTO", "FOREX")}
     return names
 
 
@@ -85,6 +86,10 @@ class TestSettingsModule:
         assert module.BACKFILL_MAX_BARS == {"1m": 10, "5m": 1000, "15m": 1000, "1h": 1000, "4h": 1000, "1d": 1000}
         assert module.BACKFILL_LOOKBACK_DAYS == {**conf.default("BACKFILL_LOOKBACK_DAYS"), "1h": 2}
 
+    def test_a_per_asset_class_setting_is_read_per_asset_class(self, clean_environment):
+        module = load_settings(clean_environment, STALE_AVAILABILITY_DELAY_MINUTES_FOREX="9")
+        assert module.STALE_AVAILABILITY_DELAY_MINUTES == {"equity": 15, "crypto": 1, "forex": 9}
+
 
 class TestConf:
     def test_a_test_override_is_seen_at_once(self, settings):
@@ -112,6 +117,10 @@ class TestConf:
     def test_a_per_timeframe_override_keeps_the_other_timeframes_defaults(self, settings):
         settings.BACKFILL_MAX_BARS = {"1m": 1000}
         assert conf.BACKFILL_MAX_BARS == {**conf.default("BACKFILL_MAX_BARS"), "1m": 1000}
+
+    def test_a_per_asset_class_override_keeps_the_other_asset_classes_defaults(self, settings):
+        settings.STALE_AVAILABILITY_DELAY_MINUTES = {"crypto": 3}
+        assert conf.STALE_AVAILABILITY_DELAY_MINUTES == {"equity": 15, "crypto": 3, "forex": 5}
 
     def test_a_value_of_the_wrong_type_is_an_error_naming_the_setting(self, settings):
         settings.BACKFILL_BATCH_SIZE = "many"

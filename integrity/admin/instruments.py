@@ -32,7 +32,7 @@ class InstrumentForm(forms.ModelForm):
     class Meta:
         model = Instrument
         fields = ["symbol", "asset_class", "calendar", "timeframes", "bar_alignment", "provider",
-                  "provider_options", "quality_thresholds", "active"]
+                  "provider_options", "quality_thresholds", "availability_delay_minutes", "active"]
 
     def clean(self):
         cleaned = super().clean()

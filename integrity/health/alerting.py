@@ -30,7 +30,7 @@ from ..alerts import (
 from ..conf import conf
 from ..models import DataAnomaly, ResolutionStatus, SeriesStats, Severity, SymbolFailureTracking
 from ..series import IN_CHUNK, chunks
-from .staleness import SeriesFreshness, stale_hours
+from .staleness import SeriesFreshness
 
 # Lists in the stored results and in an alert's context are cut at this length (counts are complete).
 MAX_LISTED = 1000
@@ -88,7 +88,7 @@ def alert_stale_transitions(series: list[SeriesFreshness]) -> list[dict[str, Any
     newly = [candidates[pk] for pk in _claim(SeriesStats, list(candidates), "stale_alert_sent_at", timezone.now())]
     if newly:
         newly.sort(key=lambda s: (s.symbol, s.timeframe))
-        sent.append(deliver(series_stale_alert(newly, stale_hours(), MAX_LISTED)))
+        sent.append(deliver(series_stale_alert(newly, conf.STALE_GRACE_MINUTES, MAX_LISTED)))
     fresh = {s.stats_id: s for s in series if not s.stale and s.stale_alert_sent_at is not None}
     recovered = [fresh[pk] for pk in _claim(SeriesStats, list(fresh), "stale_alert_sent_at", None)]
     if recovered and recovery_notices_enabled():

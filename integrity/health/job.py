@@ -4,7 +4,8 @@
 in the run's ``errors`` (and makes the run critical) while the others still run.
 
 1. ``reap`` — fail backfills whose worker is gone (``reap_dead_backfills``), freeing their series.
-2. ``staleness`` — every active series judged by ``integrity.health.staleness``.
+2. ``staleness`` — every active series judged at the as-of by ``integrity.staleness`` (a due bar
+   missing for longer than ``STALE_GRACE_MINUTES``), through ``integrity.health.staleness``.
 3. ``failures`` — symbols with consecutive backfill failures (>= 1), flagged at
    ``FAILURE_ALERT_THRESHOLD``.
 4. ``anomaly_scan`` — the anomaly suite, incrementally (``detect_data_anomalies()``): stale for
@@ -33,7 +34,7 @@ from ..models import HealthCheckRun, HealthStatus
 from ..quality import anomalies as quality_anomalies
 from .alerting import MAX_LISTED, alert_critical_anomalies, alert_stale_transitions, alert_unsent_failures
 from .report import FailingSummary, HealthReport, StaleSummary
-from .staleness import SeriesFreshness, assess_staleness, stale_hours
+from .staleness import SeriesFreshness, assess_staleness
 from .summaries import failing_symbols, open_anomaly_totals
 
 logger = logging.getLogger("integrity.health")
@@ -53,19 +54,22 @@ def _run_check(name: str, report: HealthReport, check: Callable[[], None]) -> No
     report.timings_ms[name] = round((time.monotonic() - started) * 1000, 1)
 
 
-def run_health_monitoring(now: datetime | None = None, *, scan_anomalies: bool = True) -> HealthReport:
+def run_health_monitoring(as_of: datetime | None = None, *, scan_anomalies: bool = True,
+                          now: datetime | None = None) -> HealthReport:
     """Run every check, send the alerts due, persist a ``HealthCheckRun`` and return its report.
 
-    ``scan_anomalies=False`` skips the anomaly suite (the totals of stored anomalies and their
-    alerts still run); ``report.anomaly_scan`` is then None.
+    ``as_of`` (``now`` is the same thing, by its older name): judge as of that moment (default: now),
+    so a past run's staleness judgement can be replayed. ``scan_anomalies=False`` skips the anomaly
+    suite (the totals of stored anomalies and their alerts still run); ``report.anomaly_scan`` is
+    then None.
     """
     started_at = timezone.now()
     started = time.monotonic()
-    now = now or started_at
+    now = as_of or now or started_at
     run = HealthCheckRun.objects.create(started_at=started_at, status=HealthStatus.RUNNING)
     report = HealthReport(
         run_id=run.pk, as_of=now, started_at=started_at,
-        stale_series=StaleSummary(threshold_hours=stale_hours()),
+        stale_series=StaleSummary(grace_minutes=conf.STALE_GRACE_MINUTES, backfill_cron=conf.SCHEDULE_BACKFILL_CRON),
         failing_symbols=FailingSummary(threshold=conf.FAILURE_ALERT_THRESHOLD),
     )
     series: list[SeriesFreshness] = []
@@ -80,7 +84,7 @@ def run_health_monitoring(now: datetime | None = None, *, scan_anomalies: bool =
     def staleness():
         series.extend(assess_staleness(now, report.errors))
         stale = sorted((s for s in series if s.stale),
-                       key=lambda s: (-(s.hours_behind if s.hours_behind is not None else float("inf")),
+                       key=lambda s: (-(s.lag_hours if s.lag_hours is not None else float("inf")),
                                       s.symbol, s.timeframe))
         summary = report.stale_series
         summary.count, summary.watched = len(stale), len(series)

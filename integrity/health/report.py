@@ -28,20 +28,24 @@ class AnomalyTotals:
 
 @dataclass
 class StaleSummary:
-    """Stale series: the count is complete, ``series`` (as dicts) is cut at ``MAX_LISTED``.
+    """Stale series (``integrity.staleness``): the count is complete, ``series`` (as dicts: what the
+    judgement used, with ``hours_stale`` the lag since the oldest missing bar was due) is cut at
+    ``MAX_LISTED``.
 
     ``watched`` and ``truncated`` are None until the staleness check has run (they are then left
     out of the stored report, as a check that errored leaves them out).
     """
 
-    threshold_hours: float
+    grace_minutes: int  # STALE_GRACE_MINUTES: how long a due bar may be missing
+    backfill_cron: str  # SCHEDULE_BACKFILL_CRON: the schedule that decides when a bar is due
     count: int = 0
     series: list[dict[str, Any]] = field(default_factory=list)
     watched: int | None = None
     truncated: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"count": self.count, "threshold_hours": self.threshold_hours, "series": self.series}
+        data: dict[str, Any] = {"count": self.count, "grace_minutes": self.grace_minutes,
+                                "backfill_cron": self.backfill_cron, "series": self.series}
         if self.watched is not None:
             data["watched"] = self.watched
             data["truncated"] = bool(self.truncated)

@@ -1,10 +1,9 @@
-"""Staleness as the health job, the metrics and the alerts see it: a series is stale when its
-newest stored bar is more than ``HEALTH_STALE_HOURS`` behind the newest bar its calendar expects to
-be complete now (``last_completed_bar``), or when it has no bar at all. Calendar-aware: on a
-Saturday morning an equity whose last bar is Friday's is not behind.
+"""Staleness of the whole watchlist as the health job, the alerts, the admin dashboard and
+``/metrics`` see it: every active series judged by the one definition, ``integrity.staleness``
+(a due bar missing for longer than ``STALE_GRACE_MINUTES``, or no bar at all).
 
-``is_stale`` is the one judgement; ``assess_staleness`` applies it to the whole watchlist, whose
-newest bars come from one query (``integrity.series.newest_bars``).
+``assess_staleness`` reads the newest bar of every series in one query (``integrity.series.newest_bars``)
+and judges them together at ``as_of`` (now, or a past moment replayed).
 """
 
 from __future__ import annotations
@@ -14,74 +13,63 @@ from datetime import datetime
 from typing import Any
 
 from .. import series as series_module
-from ..calendars import last_completed_bar
-from ..conf import conf
+from ..staleness import Judge, SeriesState, Verdict
 from ..timeframes import iso
-
-
-def stale_hours() -> float:
-    """The health threshold (hours behind the expected bar); ``HEALTH_STALE_HOURS``."""
-    return conf.HEALTH_STALE_HOURS
-
-
-def hours_behind(last_bar: datetime, expected_bar: datetime) -> float:
-    return max(0.0, (expected_bar - last_bar).total_seconds() / 3600)
-
-
-def is_stale(last_bar: datetime | None, expected_bar: datetime | None, threshold_hours: float) -> bool:
-    """Never loaded, or more than ``threshold_hours`` behind the newest expected bar."""
-    if last_bar is None:
-        return True
-    if expected_bar is None:
-        return False
-    return hours_behind(last_bar, expected_bar) > threshold_hours
 
 
 @dataclass
 class SeriesFreshness(series_module.NewestBar):
-    """A series' newest bar judged against its calendar's newest completed bar."""
+    """A series' newest bar and the verdict of ``integrity.staleness`` on it."""
 
-    expected_bar: datetime | None = None
-    hours_behind: float | None = None
-    stale: bool = False
+    verdict: Verdict | None = None
+
+    @property
+    def stale(self) -> bool:
+        return bool(self.verdict and self.verdict.stale)
+
+    @property
+    def expected_bar(self) -> datetime | None:
+        return self.verdict.expected_bar if self.verdict else None
+
+    @property
+    def due_at(self) -> datetime | None:
+        return self.verdict.due_at if self.verdict else None
+
+    @property
+    def lag_hours(self) -> float | None:
+        """Hours the oldest missing bar has been due (None: nothing due is missing, or no bars)."""
+        return self.verdict.lag_hours if self.verdict else None
 
     def as_dict(self) -> dict[str, Any]:
+        lag = self.lag_hours
+        verdict = self.verdict.details() if self.verdict else {}
         return {
             "symbol": self.symbol,
             "timeframe": self.timeframe,
             "calendar": self.calendar,
             "last_bar": iso(self.last_bar),
-            "expected_bar": iso(self.expected_bar),
-            "hours_stale": None if self.hours_behind is None else round(self.hours_behind, 2),
+            "expected_bar": verdict.get("expected_bar"),
+            "first_missing": verdict.get("first_missing"),
+            "missing_bars": self.verdict.missing_bars if self.verdict else None,
+            "due_at": verdict.get("due_at"),
+            # The lag: hours since the oldest missing bar was due (None: the series has no bars).
+            "hours_stale": None if lag is None else round(lag, 2),
+            "availability_delay_minutes": verdict.get("availability_delay_minutes"),
         }
 
 
-def assess_staleness(now: datetime, errors: list | None = None) -> list[SeriesFreshness]:
-    """All active series, judged against their calendar's newest completed bar at ``now``.
+def assess_staleness(as_of: datetime, errors: list | None = None) -> list[SeriesFreshness]:
+    """All active series, judged at ``as_of``.
 
     A calendar that cannot be evaluated (a misconfigured instrument) is reported in ``errors`` and
     its series are skipped; the others are still judged.
     """
-    threshold = stale_hours()
-    expected: dict[tuple[str, str, str], datetime | None] = {}
-    broken: set[tuple[str, str, str]] = set()
-    judged = []
-    for bar in series_module.newest_bars():
-        key = (bar.calendar, bar.timeframe, bar.bar_alignment)
-        if key in broken:
-            continue
-        if key not in expected:
-            try:
-                expected[key] = last_completed_bar(bar.calendar, bar.timeframe, now, bar.bar_alignment)
-            except Exception as exc:  # noqa: BLE001 — one bad calendar must not hide the other series
-                broken.add(key)
-                if errors is not None:
-                    errors.append({"check": "staleness",
-                                   "error": f"calendar {bar.calendar!r} {bar.timeframe}: {exc}"})
-                continue
-        item = SeriesFreshness(**vars(bar), expected_bar=expected[key])
-        if item.last_bar is not None and item.expected_bar is not None:
-            item.hours_behind = hours_behind(item.last_bar, item.expected_bar)
-        item.stale = is_stale(item.last_bar, item.expected_bar, threshold)
-        judged.append(item)
-    return judged
+    newest = series_module.newest_bars()
+    states = [SeriesState(bar.calendar, bar.timeframe, bar.bar_alignment, bar.asset_class,
+                          bar.availability_delay_minutes, bar.last_bar) for bar in newest]
+    problems: list[dict[str, Any]] = []
+    verdicts = Judge(as_of).judge_many(states, problems)
+    if errors is not None:
+        errors.extend({"check": "staleness", "error": f"calendar {p['grid']}: {p['error']}"} for p in problems)
+    return [SeriesFreshness(**vars(bar), verdict=verdict)
+            for bar, verdict in zip(newest, verdicts, strict=True) if verdict is not None]

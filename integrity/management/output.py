@@ -23,6 +23,16 @@ def parse_when(value: str | None, label: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def parse_as_of(value: str | None) -> datetime | None:
+    """``--as-of``: a past UTC moment to judge as of (replays staleness); None: now."""
+    parsed = parse_when(value, "--as-of")
+    if parsed is None:
+        return None
+    if parsed > datetime.now(UTC):
+        raise CommandError(f"--as-of {value!r} is in the future", returncode=2)
+    return parsed.astimezone(UTC)
+
+
 def keep_stdout_for_json(options) -> None:
     """With ``--format json`` stdout carries only the JSON document: move log output to stderr.
 

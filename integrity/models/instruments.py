@@ -30,6 +30,11 @@ class Instrument(models.Model):
     quality_thresholds = models.JSONField(
         default=dict, blank=True, help_text='per-instrument detector overrides, e.g. {"outlier_move": 0.3}'
     )
+    availability_delay_minutes = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="minutes the source needs to publish a closed bar; empty: the asset class default "
+                  "(STALE_AVAILABILITY_DELAY_MINUTES)",
+    )
     active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

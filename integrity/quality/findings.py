@@ -41,6 +41,7 @@ class SeriesContext:
     robust_volatility: float | None = None  # from series_stats (enrichment), when known
     since: datetime | None = None  # incremental scan: look at bars from here (already includes overlap)
     alignment: str = "clock"  # BarAlignment: where intraday bars start (clock grid or session open)
+    availability_delay_minutes: int | None = None  # the instrument's own (None: its asset class's)
 
 
 @dataclass

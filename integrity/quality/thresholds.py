@@ -2,8 +2,8 @@
 
 Thresholds resolve in layers, later wins:
 
-1. ``DEFAULT_THRESHOLDS`` below, with ``stale_hours`` and ``outlier_move`` from the
-   ``STALE_THRESHOLD_HOURS`` and ``OUTLIER_MOVE_THRESHOLD`` settings (``integrity.conf``);
+1. ``DEFAULT_THRESHOLDS`` below, with ``outlier_move`` from the ``OUTLIER_MOVE_THRESHOLD`` setting
+   (``integrity.conf``);
 2. ``settings.QUALITY_THRESHOLDS["default"]``;
 3. ``settings.QUALITY_THRESHOLDS[<asset class>]`` ("equity", "crypto", "forex");
 4. the instrument's own ``Instrument.quality_thresholds``.
@@ -30,8 +30,6 @@ from .findings import SeriesContext
 logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLDS: dict[str, Any] = {
-    # stale: a bar newer than the last stored one has been complete for more than this many hours.
-    "stale_hours": conf.default("STALE_THRESHOLD_HOURS"),
     # outlier, threshold test: |close / previous close - 1| (or the open's) above this is flagged.
     "outlier_move": conf.default("OUTLIER_MOVE_THRESHOLD"),
     # outlier, volatility test: |log return| above z × the series' robust volatility (1.4826 × MAD of
@@ -61,7 +59,7 @@ DEFAULT_THRESHOLDS: dict[str, Any] = {
     "sample_limit": 20,
 }
 
-_SETTING_DEFAULTS = {"stale_hours": "STALE_THRESHOLD_HOURS", "outlier_move": "OUTLIER_MOVE_THRESHOLD"}
+_SETTING_DEFAULTS = {"outlier_move": "OUTLIER_MOVE_THRESHOLD"}
 _LIST_KEYS = {"outlier_split_ratios", "outlier_unit_factors"}
 _INT_KEYS = {"outlier_min_bars", "outlier_vol_sample", "gap_medium_bars", "sample_limit"}
 
@@ -196,6 +194,7 @@ def series_contexts(symbol: str | None = None, timeframe: str | None = None) -> 
             thresholds=thresholds_of(instrument),
             robust_volatility=stats.get((sym, tf)),
             alignment=instrument.bar_alignment,
+            availability_delay_minutes=instrument.availability_delay_minutes,
         )
         for (sym, tf), instrument in sorted(wanted.items())
     ]

@@ -166,13 +166,14 @@ class TestDetectorsOnSessionBars:
         assert [(f.anomaly_type, f.period_start, f.affected_rows) for f in findings] == [
             ("off_calendar", utc(2024, 11, 26, 16), 1)]
 
-    def test_a_session_series_is_stale_only_once_a_session_bar_is_due(self):
+    def test_a_session_series_is_stale_only_once_a_session_bar_is_due(self, settings):
+        settings.SCHEDULE_BACKFILL_CRON = "*/15 * * * *"
         store("AAPL", synthetic_bars("AAPL", "1h", "XNYS", utc(2024, 11, 25), utc(2024, 11, 26), "session"))
-        # Stored up to 11-25. The next bar, 11-26 09:30 EST (14:30 UTC), completes at 15:30 UTC, so
-        # with stale_hours=24 the series is late from 11-27 15:30 UTC (on the clock grid, the 09:00
-        # bucket would have made it late from 15:00).
-        assert run_detectors([session_ctx("AAPL")], now=utc(2024, 11, 27, 15, 15), types={"stale"}) == []
-        stale = run_detectors([session_ctx("AAPL")], now=utc(2024, 11, 27, 15, 31), types={"stale"})
+        # Stored up to 11-25. The next bar, 11-26 09:30 EST (14:30 UTC), completes at 15:30 UTC,
+        # published by 15:45 and due at that run, so the series is late past the 2 h grace from
+        # 17:45 UTC (on the clock grid, the 09:00 bucket would have been due at 15:15, late from 17:15).
+        assert run_detectors([session_ctx("AAPL")], now=utc(2024, 11, 26, 17, 30), types={"stale"}) == []
+        stale = run_detectors([session_ctx("AAPL")], now=utc(2024, 11, 26, 17, 46), types={"stale"})
         assert [f.anomaly_type for f in stale] == ["stale"]
 
     def test_the_watchlist_gives_the_detectors_the_instruments_alignment(self):

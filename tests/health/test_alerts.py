@@ -266,7 +266,7 @@ class TestWebhookChannel:
     def test_a_refused_connection_fails_the_channel_not_the_job_or_the_others(self, fast_webhook, email_on):
         fast_webhook.ALERT_WEBHOOK_URL = f"http://127.0.0.1:{free_port()}/hook"
         add_instrument("ETH-USD")
-        add_bars("ETH-USD", utc(2024, 6, 5, 1))
+        add_bars("ETH-USD", utc(2024, 6, 4, 22))
         report = run_health_monitoring(now=NOW)
         assert report.errors == []
         [alert] = report.alerts
@@ -284,7 +284,7 @@ class TestStaleSeriesAlertsOnce:
     @pytest.fixture
     def stale_eth(self):
         add_instrument("ETH-USD")
-        add_bars("ETH-USD", utc(2024, 6, 5, 1))  # 10 h behind at NOW
+        add_bars("ETH-USD", utc(2024, 6, 4, 22))  # the bars due at 02:00 missing: 10 h at NOW
 
     def test_a_series_that_becomes_stale_alerts_once(self, stale_eth, email_on):
         first = run_health_monitoring(now=NOW)
@@ -307,7 +307,7 @@ class TestStaleSeriesAlertsOnce:
         fresh = run_health_monitoring(now=NOW)
         assert fresh.stale_series.count == 0
         assert SeriesStats.objects.get(symbol="ETH-USD").stale_alert_sent_at is None
-        stale_again = run_health_monitoring(now=NOW + timedelta(hours=10))
+        stale_again = run_health_monitoring(now=NOW + timedelta(days=1))  # the next 02:00 run's bars missing
         assert kinds(stale_again) == ["series_stale"]
 
     def test_no_recovery_notice_by_default(self, stale_eth, settings):

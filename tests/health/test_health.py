@@ -75,26 +75,28 @@ def stale_names(report) -> set[tuple[str, str]]:
 
 
 class TestStaleness:
-    def test_it_flags_a_series_more_than_the_threshold_behind(self, quiet_scan):
+    def test_it_flags_a_series_whose_due_bar_is_missing_longer_than_the_grace(self, quiet_scan):
         add_instrument("ETH-USD")
-        add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 5, 3)))  # 8 h behind the 11:00 bar
+        # The 23:00 and 00:00 bars were due at the 02:00 backfill: missing for 10 h at noon.
+        add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 4, 22)))
         report = run_health_monitoring(now=NOW)
         assert report.stale_series.count == 1
         [series] = report.stale_series.series
         assert series["symbol"] == "ETH-USD"
-        assert series["hours_stale"] == 8.0
-        assert series["expected_bar"] == utc(2024, 6, 5, 11).isoformat()
+        assert series["hours_stale"] == 10.0
+        assert series["expected_bar"] == utc(2024, 6, 5, 0).isoformat()
+        assert series["due_at"] == utc(2024, 6, 5, 2).isoformat()
 
-    def test_it_does_not_flag_a_series_within_the_threshold(self, quiet_scan):
+    def test_it_does_not_flag_a_series_within_the_grace(self, quiet_scan):
         add_instrument("ETH-USD")
-        add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 5, 6)))  # 5 h behind
-        assert run_health_monitoring(now=NOW).stale_series.count == 0
+        add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 4, 22)))  # due at 02:00: 1.5 h ago
+        assert run_health_monitoring(now=utc(2024, 6, 5, 3, 30)).stale_series.count == 0
 
-    def test_the_threshold_comes_from_the_setting(self, quiet_scan, settings):
-        settings.HEALTH_STALE_HOURS = 4
+    def test_the_grace_comes_from_the_setting(self, quiet_scan, settings):
+        settings.STALE_GRACE_MINUTES = 60
         add_instrument("ETH-USD")
-        add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 5, 6)))
-        assert run_health_monitoring(now=NOW).stale_series.count == 1
+        add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 4, 22)))
+        assert run_health_monitoring(now=utc(2024, 6, 5, 3, 30)).stale_series.count == 1
 
     def test_a_saturday_morning_is_not_stale_for_an_equity_whose_last_bar_is_fridays(self, quiet_scan):
         add_instrument("AAPL", asset_class="equity", calendar="XNYS", timeframes=("1d", "1h"))
@@ -111,7 +113,7 @@ class TestStaleness:
         report = run_health_monitoring(now=utc(2024, 6, 11, 10))
         assert stale_names(report) == {("AAPL", "1d"), ("AAPL", "1h")}
         by_tf = {s["timeframe"]: s for s in report.stale_series.series}
-        assert by_tf["1d"]["hours_stale"] == 72.0  # Friday's session label → Monday's
+        assert by_tf["1d"]["hours_stale"] == 8.0  # Monday's session, due at Tuesday's 02:00 backfill
         assert by_tf["1d"]["expected_bar"] == utc(2024, 6, 10).isoformat()
 
     def test_a_forex_series_is_not_stale_over_its_weekend(self, quiet_scan):
@@ -163,7 +165,7 @@ class TestStaleness:
     def test_an_unknown_calendar_is_reported_and_the_other_series_are_still_judged(self):
         add_instrument("BAD", calendar="NOPE")
         add_instrument("ETH-USD")
-        add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 5, 3)))
+        add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 4, 22)))
         errors = []
         series = assess_staleness(NOW, errors)
         assert [(s.symbol, s.stale) for s in series] == [("ETH-USD", True)]
@@ -253,7 +255,7 @@ class TestStatus:
 
     def test_a_stale_series_makes_it_a_warning(self, quiet_scan, fresh_crypto):
         add_instrument("ETH-USD")
-        add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 5, 1)))
+        add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 4, 22)))
         assert run_health_monitoring(now=NOW).status == "warning"
 
     def test_a_high_open_anomaly_makes_it_a_warning(self, quiet_scan, fresh_crypto):
@@ -290,7 +292,7 @@ class TestCheckIsolation:
 
         monkeypatch.setattr("integrity.quality.anomalies.detect_data_anomalies", broken_scan)
         add_instrument("ETH-USD")
-        add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 5, 1)))
+        add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 4, 22)))
         track_symbol_failure("AAA", success=False)
         add_anomaly(symbol="ETH-USD", severity="critical")
 
@@ -345,7 +347,7 @@ class TestRunRecord:
 
     def test_it_persists_what_it_found_and_the_alerts_it_sent(self, quiet_scan, fresh_crypto):
         add_instrument("ETH-USD")
-        add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 5, 2)))  # 9 h behind
+        add_bars("ETH-USD", "1h", hourly_until(utc(2024, 6, 4, 21)))  # due at 02:00: 10 h ago
         for _ in range(2):
             track_symbol_failure("AAA", success=False, error="provider down")
         add_anomaly(symbol="ETH-USD", severity="critical", anomaly_type="gap", key="1")
@@ -361,7 +363,7 @@ class TestRunRecord:
         assert stored["started_at"] == run.started_at.isoformat()
         assert stored["finished_at"] == run.finished_at.isoformat()
         assert [(s["symbol"], s["timeframe"], s["hours_stale"]) for s in stored["stale_series"]["series"]] == [
-            ("ETH-USD", "1h", 9.0)]
+            ("ETH-USD", "1h", 10.0)]
         assert [(f["symbol"], f["consecutive_failures"]) for f in stored["failing_symbols"]["symbols"]] == [("AAA", 2)]
         assert stored["anomalies"]["open_by_severity"] == {"low": 0, "medium": 1, "high": 0, "critical": 1}
         assert stored["anomalies"]["open_by_type"] == {"gap": 1, "outlier": 1}

@@ -107,8 +107,8 @@ class TestThresholds:
         assert resolve_thresholds("crypto", {}) == DEFAULT_THRESHOLDS
 
     def test_the_scalar_settings_set_the_base(self, settings):
-        settings.STALE_THRESHOLD_HOURS = 6.0
-        assert resolve_thresholds("equity", {})["stale_hours"] == 6.0
+        settings.OUTLIER_MOVE_THRESHOLD = 0.35
+        assert resolve_thresholds("equity", {})["outlier_move"] == 0.35
 
     def test_asset_class_settings_override_the_default_settings(self, settings):
         settings.QUALITY_THRESHOLDS = {"default": {"outlier_move": 0.3}, "crypto": {"outlier_move": 0.5}}
@@ -120,10 +120,10 @@ class TestThresholds:
         assert resolve_thresholds("crypto", {"outlier_move": 0.1})["outlier_move"] == 0.1
 
     def test_it_ignores_unknown_keys_and_bad_values_with_a_warning(self, caplog):
-        resolved = resolve_thresholds("crypto", {"outlier_mvoe": 0.1, "stale_hours": "soon"})
+        resolved = resolve_thresholds("crypto", {"outlier_mvoe": 0.1, "outlier_move": "soon"})
         assert "outlier_mvoe" not in resolved
-        assert resolved["stale_hours"] == DEFAULT_THRESHOLDS["stale_hours"]
-        assert "outlier_mvoe" in caplog.text and "stale_hours" in caplog.text
+        assert resolved["outlier_move"] == DEFAULT_THRESHOLDS["outlier_move"]
+        assert "outlier_mvoe" in caplog.text and "'outlier_move' must be a number" in caplog.text
 
     def test_validate_refuses_an_unknown_key(self):
         with pytest.raises(ValueError, match="unknown threshold 'outlier_mvoe'"):
@@ -170,12 +170,12 @@ class TestSeriesContexts:
             series_contexts(timeframe="2h")
 
     def test_it_resolves_thresholds_per_instrument(self, settings):
-        settings.QUALITY_THRESHOLDS = {"crypto": {"stale_hours": 2}}
+        settings.QUALITY_THRESHOLDS = {"crypto": {"outlier_move": 2}}
         add_instrument("BTC-USD", "crypto", "24/7", timeframes=("1h",))
         add_instrument("ETH-USD", "crypto", "24/7", timeframes=("1h",))
-        Instrument.objects.filter(symbol="ETH-USD").update(quality_thresholds={"stale_hours": 5})
-        hours = {c.symbol: c.thresholds["stale_hours"] for c in series_contexts()}
-        assert hours == {"BTC-USD": 2.0, "ETH-USD": 5.0}
+        Instrument.objects.filter(symbol="ETH-USD").update(quality_thresholds={"outlier_move": 5})
+        moves = {c.symbol: c.thresholds["outlier_move"] for c in series_contexts()}
+        assert moves == {"BTC-USD": 2.0, "ETH-USD": 5.0}
 
 
 # --- complete series: nothing to report ---------------------------------------------------------
@@ -450,21 +450,26 @@ class TestStale:
         assert found.key == "2024-03-08T00:00:00+00:00"
         assert (found.period_start, found.period_end, found.affected_rows) == (
             utc(2024, 3, 11), utc(2024, 3, 12), 2)
-        assert found.details["hours_stale"] == 105.0  # since the Friday bar's day ended
+        # Monday's bar closed 20:00 UTC, published by 20:15, due at Tuesday's 02:00 backfill: 31 h ago.
+        assert found.details["hours_stale"] == 31.0
+        assert found.details["due_at"] == "2024-03-12T02:00:00+00:00"
         assert found.details["last_bar"] == "2024-03-08T00:00:00+00:00"
         assert found.details["expected_last_bar"] == "2024-03-12T00:00:00+00:00"
         assert found.severity == "high"
 
-    def test_a_crypto_series_is_stale_once_a_bar_is_overdue_by_the_threshold(self):
-        store(bars())  # last bar 2024-01-10 23:00
-        assert run_detectors([ctx()], ["stale"], now=utc(2024, 1, 11, 23, 30)) == []
-        [found] = run_detectors([ctx()], ["stale"], now=utc(2024, 1, 12, 1))
+    def test_a_crypto_series_is_stale_once_a_due_bar_is_missing_for_longer_than_the_grace(self):
+        store(bars())  # last bar 2024-01-10 23:00; the 00:00 bar is due at the 01-11 02:00 backfill
+        assert run_detectors([ctx()], ["stale"], now=utc(2024, 1, 11, 3, 59)) == []
+        [found] = run_detectors([ctx()], ["stale"], now=utc(2024, 1, 11, 4, 1))
+        assert found.details["missing_bars"] == 1
+        [found] = run_detectors([ctx()], ["stale"], now=utc(2024, 1, 12, 3))  # after the next day's run
         assert found.details["missing_bars"] == 25
 
-    def test_stale_hours_are_configurable(self):
+    def test_the_grace_is_configurable(self, settings):
+        settings.STALE_GRACE_MINUTES = 30
         store(bars())
-        [found] = run_detectors([ctx(stale_hours=2)], ["stale"], now=utc(2024, 1, 11, 3))
-        assert found.details["threshold_hours"] == 2.0
+        [found] = run_detectors([ctx()], ["stale"], now=utc(2024, 1, 11, 2, 31))
+        assert found.details["grace_minutes"] == 30.0
 
     def test_a_series_without_bars_is_skipped(self):
         assert run_detectors([ctx()], ["stale"], now=utc(2024, 1, 11)) == []

@@ -267,34 +267,47 @@ class TestStaleAgainstTheCalendar:
         # Sunday 03-10, so the week reopens 17:00 EDT = 21:00 UTC and that bar completes 22:00 UTC.
         load("EURUSD", "1h", "forex", utc(2024, 3, 4), utc(2024, 3, 9), base_price=1.08)
 
-    @pytest.mark.parametrize("now", [utc(2024, 3, 9, 12), utc(2024, 3, 10, 20), utc(2024, 3, 11, 21, 59)])
+    # The Sunday-evening bars are due at Monday's 02:00 backfill: late only past the grace after it.
+    @pytest.mark.parametrize("now", [utc(2024, 3, 9, 12), utc(2024, 3, 10, 20), utc(2024, 3, 11, 3, 59)])
     def test_a_forex_series_is_not_stale_over_the_weekend(self, forex_to_friday, now):
         assert run_detectors([ctx("EURUSD", "1h", "forex")], ["stale"], now=now) == []
 
-    def test_a_forex_series_is_stale_24_hours_after_the_first_bar_of_the_week_completed(self, forex_to_friday):
-        [found] = run_detectors([ctx("EURUSD", "1h", "forex")], ["stale"], now=utc(2024, 3, 11, 22))
-        assert (found.period_start, found.period_end) == (utc(2024, 3, 10, 21), utc(2024, 3, 11, 21))
-        assert found.affected_rows == 25  # Sunday 21:00 .. Monday 21:00 UTC
+    def test_a_forex_series_is_stale_once_the_first_bars_of_the_week_are_missing_past_the_grace(
+            self, forex_to_friday):
+        [found] = run_detectors([ctx("EURUSD", "1h", "forex")], ["stale"], now=utc(2024, 3, 11, 4, 1))
+        assert (found.period_start, found.period_end) == (utc(2024, 3, 10, 21), utc(2024, 3, 11))
+        assert found.affected_rows == 4  # Sunday 21:00 .. Monday 00:00 UTC, fetched by 02:00
 
     @pytest.fixture
     def equity_to_wednesday(self):
         load("AAPL", "1d", "equity", utc(2024, 11, 1), utc(2024, 11, 28))  # last session: Wed 11-27
 
-    @pytest.mark.parametrize("now", [utc(2024, 11, 28, 23), utc(2024, 11, 29, 23), utc(2024, 11, 30, 17, 59)])
-    def test_thanksgiving_and_the_half_day_are_measured_from_the_13_00_close(self, equity_to_wednesday, now):
-        # Thursday is closed; Friday's session closes 13:00 EST = 18:00 UTC, so it is due 24 h later.
+    @pytest.mark.parametrize("now", [utc(2024, 11, 28, 23), utc(2024, 11, 29, 23), utc(2024, 11, 30, 3, 59)])
+    def test_thanksgiving_and_the_half_day_are_not_late_before_the_next_backfill(self, equity_to_wednesday, now):
+        # Thursday is closed; Friday's session closes 13:00 EST = 18:00 UTC, so it is due at
+        # Saturday's 02:00 backfill, and late only past the grace after it.
         assert run_detectors([ctx("AAPL", "1d", "equity")], ["stale"], now=now) == []
 
-    def test_an_equity_series_is_stale_24_hours_after_the_half_day_closed(self, equity_to_wednesday):
-        [found] = run_detectors([ctx("AAPL", "1d", "equity")], ["stale"], now=utc(2024, 11, 30, 18))
+    def test_an_equity_series_is_stale_once_the_half_day_is_missing_past_the_grace(self, equity_to_wednesday):
+        [found] = run_detectors([ctx("AAPL", "1d", "equity")], ["stale"], now=utc(2024, 11, 30, 4, 1))
         assert (found.period_start, found.period_end, found.affected_rows) == (
             utc(2024, 11, 29), utc(2024, 11, 29), 1)
 
+    def test_with_an_hourly_backfill_the_half_day_is_due_after_its_13_00_close(self, equity_to_wednesday,
+                                                                                  settings):
+        # 18:00 UTC close + 15 min publication: due at the 19:00 run, stale past 21:00 (a full
+        # session would close 21:00 UTC and be due at 22:00).
+        settings.SCHEDULE_BACKFILL_CRON = "0 * * * *"
+        assert run_detectors([ctx("AAPL", "1d", "equity")], ["stale"], now=utc(2024, 11, 29, 21)) == []
+        [found] = run_detectors([ctx("AAPL", "1d", "equity")], ["stale"], now=utc(2024, 11, 29, 21, 1))
+        assert found.details["due_at"] == "2024-11-29T19:00:00+00:00"
+
     def test_a_half_day_weekend_and_monday_make_no_stale_series(self):
-        # Last bar: the 11-29 half day. Monday 12-02 closes 21:00 UTC, so nothing is late before
-        # Tuesday 21:00 UTC: almost five days without a bar, where a naive 24 h rule fires three times.
+        # Last bar: the 11-29 half day. Monday 12-02 closes 21:00 UTC and is due at Tuesday's 02:00
+        # backfill, so nothing is late before Tuesday 04:00 UTC: four days without a bar, where a
+        # naive 24 h rule fires three times.
         load("AAPL", "1d", "equity", utc(2024, 11, 1), utc(2024, 11, 30))
-        assert run_detectors([ctx("AAPL", "1d", "equity")], ["stale"], now=utc(2024, 12, 3, 20, 59)) == []
-        [found] = run_detectors([ctx("AAPL", "1d", "equity")], ["stale"], now=utc(2024, 12, 3, 21))
-        # Monday's session and Tuesday's, which has just closed too, are missing.
+        assert run_detectors([ctx("AAPL", "1d", "equity")], ["stale"], now=utc(2024, 12, 3, 4)) == []
+        [found] = run_detectors([ctx("AAPL", "1d", "equity")], ["stale"], now=utc(2024, 12, 4, 4, 1))
+        # Monday's session and Tuesday's, due at Wednesday's backfill, are missing.
         assert (found.period_start, found.period_end, found.affected_rows) == (utc(2024, 12, 2), utc(2024, 12, 3), 2)

@@ -180,7 +180,8 @@ class TestWhatStaysAsItWas:
         detect_data_anomalies(now=NOW + timedelta(days=4))
         stale = open_of("stale").get()
         assert stale.last_seen_at == NOW + timedelta(days=4)
-        assert isinstance(stale.details, dict) and stale.details["hours_stale"] == pytest.approx(96.5)
+        assert isinstance(stale.details, dict) and stale.details["hours_stale"] == pytest.approx(94.5)
+        assert stale.details["as_of"] == (NOW + timedelta(days=4)).isoformat()
 
     def test_a_stale_series_fresh_again_is_resolved_without_rereading_others(self, two_series):
         detect_data_anomalies(now=NOW + timedelta(days=3))

@@ -250,7 +250,7 @@ class TestFormsRefuseWhatTheDatabaseCannotStore:
 
     def test_a_valid_instrument_still_saves_with_its_json(self, admin_client):
         response = post_instrument(admin_client, provider_options='{"seed": 7}',
-                                        quality_thresholds='{"stale_hours": 12}')
+                                        quality_thresholds='{"outlier_move": 0.3}')
         assert response.status_code == 302
         saved = Instrument.objects.get(symbol="ETH-USD")
-        assert (saved.provider_options, saved.quality_thresholds) == ({"seed": 7}, {"stale_hours": 12})
+        assert (saved.provider_options, saved.quality_thresholds) == ({"seed": 7}, {"outlier_move": 0.3})

@@ -7,11 +7,10 @@ Exit codes: 0 no unresolved finding of high or critical severity; 1 high or crit
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 from django.core.management.base import BaseCommand, CommandError
 
-from integrity.management.output import keep_stdout_for_json, parse_when
+from integrity.management.output import keep_stdout_for_json, parse_as_of
 from integrity.models import Timeframe
 from integrity.quality.anomalies import detect_data_anomalies
 
@@ -32,22 +31,13 @@ class Command(BaseCommand):
                                                  "staleness judgement of a past moment")
         parser.add_argument("--format", choices=["text", "json"], default="text")
 
-    @staticmethod
-    def as_of(value: str | None) -> datetime | None:
-        parsed = parse_when(value, "--as-of")
-        if parsed is None:
-            return None
-        if parsed > datetime.now(UTC):
-            raise CommandError(f"--as-of {value!r} is in the future", returncode=2)
-        return parsed.astimezone(UTC)
-
     def handle(self, *args, **options):
         keep_stdout_for_json(options)
         timeframe = options.get("timeframe")
         if timeframe and timeframe not in Timeframe.values:
             raise CommandError(f"unknown timeframe {timeframe!r}", returncode=2)
         types = [t.strip() for t in options["types"].split(",") if t.strip()] if options.get("types") else None
-        now = self.as_of(options.get("as_of"))
+        now = parse_as_of(options.get("as_of"))
         try:
             result = detect_data_anomalies(symbol=options.get("symbol"), timeframe=timeframe, types=types,
                                            dry_run=options["dry_run"], full=options["full"], now=now)

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from integrity.health.job import run_health_monitoring
 from integrity.health.report import HealthReport
-from integrity.management.output import keep_stdout_for_json
+from integrity.management.output import keep_stdout_for_json, parse_as_of
 
 EXIT_CODES = {"healthy": 0, "warning": 1, "critical": 2}
 
@@ -23,10 +23,13 @@ class Command(BaseCommand):
         parser.add_argument("--format", choices=["text", "json"], default="text")
         parser.add_argument("--skip-scan", action="store_true",
                             help="leave the anomaly scan out (stored anomalies still count)")
+        parser.add_argument("--as-of", help="judge as of this UTC time (ISO; default now): replays the "
+                                            "staleness judgement of a past moment")
 
     def handle(self, *args, **options):
         keep_stdout_for_json(options)
-        report = run_health_monitoring(scan_anomalies=not options["skip_scan"])
+        report = run_health_monitoring(as_of=parse_as_of(options.get("as_of")),
+                                       scan_anomalies=not options["skip_scan"])
         if options["format"] == "json":
             self.stdout.write(json.dumps(report.as_dict(), indent=2, default=str))
         else:
@@ -40,11 +43,14 @@ class Command(BaseCommand):
         out(f"health: {report.status.upper()} (run {report.run_id}, {report.duration_ms} ms, "
             f"as of {report.as_of.isoformat()})")
         stale = report.stale_series
-        out(f"stale series: {stale.count} of {stale.watched or 0} "
-            f"(more than {stale.threshold_hours:g} h behind the expected bar)")
+        out(f"stale series: {stale.count} of {stale.watched or 0} (a bar due at a scheduled backfill, "
+            f"{stale.backfill_cron!r}, missing for more than {stale.grace_minutes} min)")
         for s in stale.series[:20]:
-            behind = "no bars" if s["hours_stale"] is None else f"{s['hours_stale']:.1f} h behind"
-            out(f"  {s['symbol']} {s['timeframe']}: last bar {s['last_bar'] or '-'}, {behind}")
+            if s["hours_stale"] is None:
+                out(f"  {s['symbol']} {s['timeframe']}: no bars")
+            else:
+                out(f"  {s['symbol']} {s['timeframe']}: last bar {s['last_bar']}, expected {s['expected_bar']}, "
+                    f"due {s['due_at']}, missing for {s['hours_stale']:.1f} h")
         failing = report.failing_symbols
         out(f"failing symbols: {failing.count} ({failing.at_threshold} at or above {failing.threshold})")
         for f in failing.symbols[:20]:
