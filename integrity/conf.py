@@ -89,29 +89,17 @@ class Setting:
         return self.coerce(self.name, raw)
 
 
-class _PerTimeframe:
-    """A mapping timeframe -> integer; a timeframe the setting leaves out keeps its default."""
+class _PerKey:
+    """A mapping key -> integer (timeframes, asset classes); a key the setting leaves out keeps its
+    default. ``what`` names the keys in the error."""
 
-    def __init__(self, default: Mapping[str, int]):
-        self.default = dict(default)
+    def __init__(self, default: Mapping[str, int], what: str, keys: tuple[str, ...]):
+        self.default, self.what, self.keys = dict(default), what, keys
 
     def __call__(self, name: str, value: Any) -> dict[str, int]:
         if not isinstance(value, Mapping):
-            raise SettingError(f"setting {name} must map timeframes ({', '.join(TIMEFRAMES)}) to integers, "
+            raise SettingError(f"setting {name} must map {self.what} ({', '.join(self.keys)}) to integers, "
                                f"got {value!r}")
-        return {**self.default, **{tf: _int(f"{name}[{tf!r}]", v) for tf, v in value.items()}}
-
-
-class _PerAssetClass:
-    """A mapping asset class -> minutes; an asset class the setting leaves out keeps its default."""
-
-    def __init__(self, default: Mapping[str, int]):
-        self.default = dict(default)
-
-    def __call__(self, name: str, value: Any) -> dict[str, int]:
-        if not isinstance(value, Mapping):
-            raise SettingError(f"setting {name} must map asset classes ({', '.join(ASSET_CLASSES)}) to "
-                               f"integers, got {value!r}")
         return {**self.default, **{str(k): _int(f"{name}[{k!r}]", v) for k, v in value.items()}}
 
 
@@ -146,7 +134,8 @@ def _per_timeframe(group: str, name: str, default: Mapping[str, int], unit: str,
                 + (f"`{name}` for all, " if general else "") + f"{each})")
     values = set(default.values())
     shown = str(values.pop()) if len(values) == 1 else ", ".join(str(default[tf]) for tf in TIMEFRAMES)
-    SETTINGS[name] = Setting(name, dict(default), _PerTimeframe(default), doc, group, shown, variable)
+    SETTINGS[name] = Setting(name, dict(default), _PerKey(default, "timeframes", TIMEFRAMES), doc, group, shown,
+                             variable)
 
 
 _declare("api", [
@@ -221,7 +210,8 @@ _declare("health", [
      "dashboard and `/metrics` all use it)."),
 ])
 SETTINGS["STALE_AVAILABILITY_DELAY_MINUTES"] = Setting(
-    "STALE_AVAILABILITY_DELAY_MINUTES", dict(AVAILABILITY_DELAY_MINUTES), _PerAssetClass(AVAILABILITY_DELAY_MINUTES),
+    "STALE_AVAILABILITY_DELAY_MINUTES", dict(AVAILABILITY_DELAY_MINUTES),
+    _PerKey(AVAILABILITY_DELAY_MINUTES, "asset classes", ASSET_CLASSES),
     "minutes a source needs to publish a closed bar, per asset class, unless the instrument sets its own "
     "`availability_delay_minutes`.", "health",
     ", ".join(f"{k} {v}" for k, v in AVAILABILITY_DELAY_MINUTES.items()),
