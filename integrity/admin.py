@@ -515,3 +515,4 @@ class SeriesStatsAdmin(ReadOnlyAdmin):
     list_filter = ("timeframe", "last_scan_at")
     search_fields = ("symbol",)
     date_hierarchy = "last_scan_at"
+from . import admin_rejected  # noqa: E402,F401  (the quarantine's screen, registered on import)

@@ -8,7 +8,8 @@ on (symbol, timeframe, ts), so re-running a backfill updates the rows it rejects
 adding new ones (see ``integrity.models.rejected``).
 
 ``csv_lines`` is the one CSV layout of the quarantine, used by the admin's export action and the
-API's ``?format=csv``.
+API's ``?format=csv``; ``rejected_span`` and ``rejected_points`` serve the ``invalid_ohlc`` finding
+(its period) and its chart.
 """
 
 from __future__ import annotations
@@ -113,6 +114,15 @@ def csv_lines(queryset: Iterable[RejectedCandle] | None = None, chunk_size: int 
     for row in qs.values(*dict.fromkeys(fields)).iterator(chunk_size=chunk_size):
         writer.writerow([_csv_value(row, column) for column in CSV_COLUMNS])
         yield take()
+
+
+def rejected_points(symbol: str, timeframe: str, start: datetime, end: datetime,
+                    limit: int = 200) -> list[tuple[datetime, float | None]]:
+    """The quarantined bars of a series in [start, end) as (ts, close; None where not finite), for
+    charts: at most ``limit``, by ts."""
+    rows = (RejectedCandle.objects.filter(symbol=symbol, timeframe=timeframe, ts__gte=start, ts__lt=end)
+            .order_by("ts").values_list("ts", "close")[:limit])
+    return list(rows)
 
 
 def rejected_span(execution_id) -> tuple[datetime | None, datetime | None, int]:
