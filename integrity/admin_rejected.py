@@ -4,7 +4,10 @@ layout, the same as the API's)."""
 
 from __future__ import annotations
 
+import uuid
+
 from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.db.models import Max
 from django.http import StreamingHttpResponse
 from django.utils import timezone
@@ -50,7 +53,13 @@ class ExecutionFilter(admin.SimpleListFilter):
         return [(e, e) for e in seen]
 
     def queryset(self, request, queryset):
-        return queryset.filter(execution_id=self.value()) if self.value() else queryset
+        if not self.value():
+            return queryset
+        try:
+            execution_id = uuid.UUID(self.value())
+        except ValueError:
+            raise IncorrectLookupParameters(f"execution_id {self.value()[:40]!r} is not an execution id (a UUID)") from None
+        return queryset.filter(execution_id=execution_id)
 
 
 @admin.register(RejectedCandle)

@@ -104,7 +104,7 @@ def test_quarantine_rows_commit_with_their_batch_only():
                           "close": [1.0], "volume": [1.0], "reasons": ["high_below_low"]})
     with pytest.raises(RuntimeError, match="transaction"):
         quarantine_bars("BTC-USD", "1h", frame, execution_id="00000000-0000-0000-0000-000000000001")
-    with pytest.raises(ZeroDivisionError), transaction.atomic():
+    with pytest.raises(RuntimeError, match="candle write failed"), transaction.atomic():
         quarantine_bars("BTC-USD", "1h", frame, execution_id="00000000-0000-0000-0000-000000000001")
-        1 / 0  # the batch fails after the quarantine write: nothing of it stays
+        raise RuntimeError("candle write failed")  # the batch fails after the quarantine write: nothing stays
     assert not RejectedCandle.objects.exists()
