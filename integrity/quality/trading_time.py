@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..calendars import FOREX_CALENDAR, bars_per_day, expected_stats
+from ..calendars import DENSE_LIMIT, FOREX_CALENDAR, bars_per_day, expected_stats
 from ..models import Severity
 from ..timeframes import timeframe_seconds
 
@@ -46,11 +46,28 @@ def trading_days(runs: Sequence[tuple[str, str, str, int, int, int]]) -> list[fl
         # Minutes m with first <= m < last + step: the open interval (first - 1, last + step).
         los = np.array([runs[i][4] - 1 for i in items], dtype="int64")
         his = np.array([runs[i][5] + timeframe_seconds(runs[i][1]) * NS_PER_SECOND for i in items], dtype="int64")
-        minutes, _, _ = expected_stats(calendar, "1m", los, his, closed=False)
+        minutes = np.zeros(len(items), dtype="int64")
+        for group in _groups(los, his):
+            minutes[group], _, _ = expected_stats(calendar, "1m", los[group], his[group], closed=False)
         per_day = bars_per_day(calendar, "1m", int(his.max()))
         for i, n in zip(items, minutes, strict=True):
             result[i] = float(n) / per_day if per_day else 0.0
     return result
+
+
+def _groups(los: np.ndarray, his: np.ndarray) -> list[np.ndarray]:
+    """The intervals in groups (by start) whose hull spans at most ``DENSE_LIMIT`` minutes, so each
+    group's minutes are one array (gaps spread over decades would otherwise be counted one by one)."""
+    order = np.argsort(los, kind="stable")
+    limit = DENSE_LIMIT * 60 * NS_PER_SECOND
+    groups, start, reach = [], 0, None
+    for position, i in enumerate(order):
+        if reach is not None and max(reach, his[i]) - los[order[start]] > limit:
+            groups.append(order[start:position])
+            start, reach = position, None
+        reach = his[i] if reach is None else max(reach, his[i])
+    groups.append(order[start:])
+    return groups
 
 
 def gap_severity(days: float, missing: int, th: dict) -> str:
