@@ -8,12 +8,11 @@ import uuid
 
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.db.models import Max
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 
 from .admin import ReadOnlyAdmin
-from .models import RejectedCandle
+from .models import BackfillState, RejectedCandle
 from .rejected import csv_lines
 from .validation import REASON_CODES
 
@@ -38,14 +37,15 @@ class RuleFilter(admin.SimpleListFilter):
 
 
 class ExecutionFilter(admin.SimpleListFilter):
-    """The executions that refused bars, newest first (the most recent few as links)."""
+    """The executions that refused bars, newest first (the most recent few as links; any other by URL)."""
 
     title = "execution"
     parameter_name = "execution_id"
 
     def lookups(self, request, model_admin):
-        recent = (RejectedCandle.objects.order_by().values("execution_id").annotate(last=Max("rejected_at"))
-                  .order_by("-last").values_list("execution_id", flat=True)[:RECENT_EXECUTIONS])
+        # From the executions table (small, indexed by date): grouping the quarantine would scan it.
+        recent = (BackfillState.objects.filter(invalid_bars__gt=0).order_by("-created_at")
+                  .values_list("execution_id", flat=True)[:RECENT_EXECUTIONS])
         seen = [str(e) for e in recent]
         value = self.value()
         if value and value not in seen:
