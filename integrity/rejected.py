@@ -25,7 +25,7 @@ from django.db import connection
 from django.db.models import Count, Max, Min
 from django.utils import timezone
 
-from .models import RejectedCandle
+from .models import AnomalyType, DataAnomaly, RejectedCandle, ResolutionStatus
 
 VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
 CSV_COLUMNS = ("symbol", "timeframe", "ts", *VALUE_COLUMNS, "rules", "copies", "execution_id", "provider",
@@ -123,6 +123,21 @@ def rejected_points(symbol: str, timeframe: str, start: datetime, end: datetime,
     rows = (RejectedCandle.objects.filter(symbol=symbol, timeframe=timeframe, ts__gte=start, ts__lt=end)
             .order_by("ts").values_list("ts", "close")[:limit])
     return list(rows)
+
+
+def resolve_superseded_findings(symbol: str, timeframe: str, execution_id) -> int:
+    """Resolve the unresolved ``invalid_ohlc`` findings of earlier executions of the series whose
+    quarantined bars were all refused again by ``execution_id`` (their rows now name it): the bars
+    are reported once, by the newest finding. One statement; returns how many were resolved."""
+    still_theirs = RejectedCandle.objects.filter(symbol=symbol, timeframe=timeframe).values("execution_id")
+    superseded = (DataAnomaly.objects
+                  .filter(symbol=symbol, timeframe=timeframe, anomaly_type=AnomalyType.INVALID_OHLC,
+                          execution_id__isnull=False, details__quarantined__gt=0,
+                          resolution_status__in=[ResolutionStatus.OPEN, ResolutionStatus.ACKNOWLEDGED])
+                  .exclude(execution_id=execution_id).exclude(execution_id__in=still_theirs))
+    note = f"superseded: its bars were refused again by backfill {execution_id}, whose finding reports them"
+    return superseded.update(**DataAnomaly.review_changes(ResolutionStatus.RESOLVED, "backfill", timezone.now(),
+                                                          note))
 
 
 def rejected_span(execution_id) -> tuple[datetime | None, datetime | None, int]:

@@ -14,7 +14,7 @@ from ..conf import conf
 from ..failures import track_symbol_failure
 from ..models import AnomalyType, BackfillState, BackfillStatus, DataAnomaly, InvalidTransition, Severity
 from ..quality.findings import fingerprint as anomaly_fingerprint
-from ..rejected import rejected_span
+from ..rejected import rejected_span, resolve_superseded_findings
 from ..validation import ValidationSummary
 from .state import BackfillStopped
 
@@ -244,7 +244,7 @@ def record_invalid_bars_anomaly(state: BackfillState, summary: ValidationSummary
     severity = Severity.HIGH if share > 0.01 else Severity.MEDIUM
     reasons = ", ".join(f"{code} ×{n}" for code, n in sorted(summary.reason_counts.items()))
     first, last, quarantined = rejected_span(state.execution_id)
-    return DataAnomaly.objects.create(
+    anomaly = DataAnomaly.objects.create(
         symbol=state.symbol,
         timeframe=state.timeframe,
         anomaly_type=AnomalyType.INVALID_OHLC,
@@ -261,3 +261,5 @@ def record_invalid_bars_anomaly(state: BackfillState, summary: ValidationSummary
         execution_id=state.execution_id,
         details={"source": "backfill", **summary.as_dict(), "quarantined": quarantined},
     )
+    resolve_superseded_findings(state.symbol, state.timeframe, state.execution_id)
+    return anomaly

@@ -76,6 +76,16 @@ def test_rerunning_the_same_backfill_does_not_duplicate_quarantine_rows():
     assert {str(e) for e in RejectedCandle.objects.values_list("execution_id", flat=True)} == {second.execution_id}
 
 
+def test_a_rerun_that_refuses_the_same_bars_again_reports_them_once():
+    add_instrument(invalid=[t.isoformat() for t in BAD])
+    first = backfill()
+    second = backfill()
+    open_findings = DataAnomaly.objects.filter(anomaly_type=AnomalyType.INVALID_OHLC, resolution_status="open")
+    assert [str(a.execution_id) for a in open_findings] == [second.execution_id]
+    earlier = DataAnomaly.objects.get(execution_id=first.execution_id)
+    assert earlier.resolution_status == "resolved" and second.execution_id in earlier.resolution_note
+
+
 def test_copies_of_one_bar_time_are_one_row_counting_them():
     frame = pd.DataFrame({"ts": pd.to_datetime([BAD[0], BAD[0]], utc=True), "open": [1.0, 2.0],
                           "high": [2.0, 3.0], "low": [0.5, 1.0], "close": [1.5, 2.5], "volume": [1.0, 1.0],
