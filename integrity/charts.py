@@ -1,4 +1,5 @@
-"""Server-rendered SVG charts (no JavaScript, no CDN): candles around an anomaly, anomaly marked."""
+"""Server-rendered SVG charts (no JavaScript, no CDN): candles around an anomaly, anomaly marked; an
+invalid_ohlc anomaly also shows the bars refused at ingest (``rejected_candles``) as crosses."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from datetime import datetime
 
 from django.utils.html import escape
 
-from .models import Candle, DataAnomaly
+from .models import AnomalyType, Candle, DataAnomaly
+from .rejected import rejected_points
 from .timeframes import timeframe_delta
 
 WIDTH, HEIGHT, PAD = 760, 260, 36
@@ -32,13 +34,18 @@ def anomaly_chart_svg(anomaly: DataAnomaly) -> str:
     inside = list(series.filter(ts__gte=start, ts__lt=end).order_by("ts").values_list("ts", "high", "low", "close")[:200])
     after = list(series.filter(ts__gte=end).order_by("ts").values_list("ts", "high", "low", "close")[:CONTEXT_BARS])
     bars = before[::-1] + inside + after
-    if not bars:
+    rejected = (rejected_points(anomaly.symbol, anomaly.timeframe, start, end)
+                if anomaly.anomaly_type == AnomalyType.INVALID_OHLC else [])
+    if not bars and not rejected:
         return '<p class="help">No stored candles around this anomaly.</p>'
+    if not bars:  # every bar of the period was refused: the crosses alone
+        bars = [(ts, None, None, None) for ts, _ in rejected[:1]]
     finite = [v for _, h, lo, c in bars for v in (h, lo, c) if v is not None and v == v and abs(v) != float("inf")]
     lo_v, hi_v = (min(finite), max(finite)) if finite else (0.0, 1.0)
     if hi_v == lo_v:
         hi_v, lo_v = hi_v + 1, lo_v - 1
-    t0, t1 = bars[0][0].timestamp(), max(bars[-1][0].timestamp(), end.timestamp())
+    t0 = min(bars[0][0].timestamp(), start.timestamp())
+    t1 = max(bars[-1][0].timestamp(), end.timestamp())
     span = max(t1 - t0, 1.0)
 
     def x(ts: datetime | float) -> float:
@@ -68,6 +75,10 @@ def anomaly_chart_svg(anomaly: DataAnomaly) -> str:
             parts.append(f'<circle class="anomaly-bar" cx="{cx:.1f}" cy="{y(close):.1f}" r="4" fill="#c0392b"/>')
         points.append(f"{cx:.1f},{y(close):.1f}")
     parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="#2c3e50" stroke-width="1.2"/>')
+    for ts, value in rejected:  # at its close when finite and in range, else on the chart's edge
+        cx, cy = x(ts), y(min(max(value, lo_v), hi_v)) if value is not None else HEIGHT - PAD
+        parts.append(f'<path class="rejected-bar" d="M{cx - 4:.1f},{cy - 4:.1f}L{cx + 4:.1f},{cy + 4:.1f}'
+                     f'M{cx - 4:.1f},{cy + 4:.1f}L{cx + 4:.1f},{cy - 4:.1f}" stroke="#8e44ad" stroke-width="2"/>')
     parts.append(f'<text x="{PAD}" y="{PAD / 2 - 4 + 8:.0f}" font-size="11" fill="#333">{escape(anomaly.symbol)} '
                  f'{escape(anomaly.timeframe)} · {escape(anomaly.get_anomaly_type_display())} · '
                  f'{bars[0][0]:%Y-%m-%d %H:%M} – {bars[-1][0]:%Y-%m-%d %H:%M} UTC</text>')

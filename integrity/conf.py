@@ -107,7 +107,15 @@ class _PerKey:
 GROUPS: dict[str, tuple[str, str]] = {
     "api": ("API", ""),
     "backfill": ("Backfill", ""),
-    "quality": ("Data quality", ""),
+    "quality": ("Data quality",
+                "Gap severity is judged by the trading time the missing bars cover, in typical trading days of "
+                "the instrument's calendar (`integrity/quality/trading_time.py`: trading minutes of the missing "
+                "bars over the calendar's average trading minutes per day; 24 hours for `24/7` and `24/5`), so "
+                "one missing session is the same finding on `1d` and `1h`. The thresholds are "
+                "`QUALITY_THRESHOLDS` keys (and per-instrument thresholds): `gap_critical_days` (default `5`: "
+                "a trading week) or more is critical, `gap_high_days` (`1`: a whole session) or more high, "
+                "`gap_medium_days` (`0.25`) or more — or at least `gap_medium_bars` (`2`) missing bars in a "
+                "row — medium, anything less low."),
     "health": ("Health monitoring, alerts and schedules",
                "The email channel sends through Django's mail backend (`EMAIL_*`, above)."),
     "providers": ("Market-data providers",

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 from pathlib import Path
@@ -264,6 +265,11 @@ FACTORIES = {
     "symbolfailuretracking": lambda: models.SymbolFailureTracking.objects.create(
         symbol=f"S{n(models.SymbolFailureTracking)}", consecutive_failures=1, last_failure_at=timezone.now()),
     "healthcheckrun": lambda: models.HealthCheckRun.objects.create(status="healthy", results={"stale_series": {}}),
+    "rejectedcandle": lambda: models.RejectedCandle.objects.create(
+        symbol="BTC-USD", timeframe="1h", ts=utc(2024, 1, 1) + timedelta(hours=n(models.RejectedCandle)),
+        open=1, high=0.5, low=1, close=1, volume=1, raw_values={"open": 1, "high": 0.5, "low": 1, "close": 1,
+                                                                "volume": 1},
+        rules="high_below_low,high_below_open_close", execution_id=uuid.uuid4()),
     "seriesstats": lambda: models.SeriesStats.objects.create(
         symbol=f"S{n(models.SeriesStats)}", timeframe="1h", bar_count=1, last_scan_at=timezone.now()),
 }

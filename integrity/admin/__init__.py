@@ -4,7 +4,8 @@ dashboard: ``integrity.admin_site``).
 Django's admin autodiscovery imports this package; importing its modules registers every screen:
 ``base`` (what every screen shares: strict lists, storable form values, action reporting),
 ``instruments`` (instruments, candles, series statistics), ``runs`` (backfill executions, failure
-tracking, health runs) and ``anomalies`` (anomaly review, the duplicate log).
+tracking, health runs), ``anomalies`` (anomaly review, the duplicate log) and ``rejected`` (the
+quarantine of bars validation refused).
 
 Audit tables (duplicate log, health runs, backfill executions) are read-only. No model has foreign
 keys, so there is nothing for ``list_select_related`` to join: every list is the page query plus the
@@ -21,10 +22,11 @@ from .instruments import (
     InstrumentForm,
     SeriesStatsAdmin,
 )
+from .rejected import RejectedCandleAdmin
 from .runs import BackfillStateAdmin, HealthCheckRunAdmin, SymbolFailureTrackingAdmin
 
 __all__ = [
     "BackfillStateAdmin", "CandleAdmin", "CandleSourceFilter", "DataAnomalyAdmin", "DuplicateRecordLogAdmin",
     "EstimatedCountPaginator", "HealthCheckRunAdmin", "InstrumentAdmin", "InstrumentForm", "IntegrityModelAdmin",
-    "ReadOnlyAdmin", "SeriesStatsAdmin", "StorableJSONField", "StrictChangeList", "SymbolFailureTrackingAdmin",
+    "ReadOnlyAdmin", "RejectedCandleAdmin", "SeriesStatsAdmin", "StorableJSONField", "StrictChangeList", "SymbolFailureTrackingAdmin",
 ]

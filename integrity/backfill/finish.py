@@ -14,6 +14,7 @@ from ..conf import conf
 from ..failures import track_symbol_failure
 from ..models import AnomalyType, BackfillState, BackfillStatus, DataAnomaly, InvalidTransition, Severity
 from ..quality.findings import fingerprint as anomaly_fingerprint
+from ..rejected import rejected_span, resolve_superseded_findings
 from ..validation import ValidationSummary
 from .state import BackfillStopped
 
@@ -229,7 +230,9 @@ def _after_finish(state: BackfillState, run: _Run | None, *, success: bool, erro
 
 
 def record_invalid_bars_anomaly(state: BackfillState, summary: ValidationSummary):
-    """One invalid_ohlc anomaly per execution, with reason counts and examples."""
+    """One invalid_ohlc anomaly per execution, with reason counts and examples. Its period spans the
+    bars the execution quarantined (``rejected_candles``), not the whole backfill range: the holes
+    they leave are this finding's, and the gap detector does not report them again."""
     fingerprint = anomaly_fingerprint(AnomalyType.INVALID_OHLC.value, state.symbol, state.timeframe,
                                       execution_id=state.execution_id)
     existing = DataAnomaly.objects.filter(fingerprint=fingerprint, execution_id=state.execution_id).first()
@@ -240,7 +243,8 @@ def record_invalid_bars_anomaly(state: BackfillState, summary: ValidationSummary
     share = summary.invalid_count / total if total else 1.0
     severity = Severity.HIGH if share > 0.01 else Severity.MEDIUM
     reasons = ", ".join(f"{code} ×{n}" for code, n in sorted(summary.reason_counts.items()))
-    return DataAnomaly.objects.create(
+    first, last, quarantined = rejected_span(state.execution_id)
+    anomaly = DataAnomaly.objects.create(
         symbol=state.symbol,
         timeframe=state.timeframe,
         anomaly_type=AnomalyType.INVALID_OHLC,
@@ -250,9 +254,12 @@ def record_invalid_bars_anomaly(state: BackfillState, summary: ValidationSummary
             f"backfill {state.execution_id} and not stored ({reasons})"
         ),
         affected_rows=summary.invalid_count,
-        period_start=state.range_start,
-        period_end=state.range_end,
+        # Bars without a timestamp alone: no bar time to point at, so the run's range.
+        period_start=first or state.range_start,
+        period_end=last or state.range_end,
         fingerprint=fingerprint,
         execution_id=state.execution_id,
-        details={"source": "backfill", **summary.as_dict()},
+        details={"source": "backfill", **summary.as_dict(), "quarantined": quarantined},
     )
+    resolve_superseded_findings(state.symbol, state.timeframe, state.execution_id)
+    return anomaly

@@ -15,6 +15,7 @@ from django.utils import timezone
 from ..conf import conf
 from ..models import BackfillState, BackfillStatus, InvalidTransition
 from ..providers import Provider, get_provider
+from ..rejected import quarantine_bars
 from ..shutdown import stop_on_sigterm, stop_requested
 from ..timeframes import iso
 from ..validation import ValidationSummary, validate_bars
@@ -57,6 +58,8 @@ class _Run:
         self.buffer: list[pd.DataFrame] = []
         self.buffered = 0
         self.pending_invalid = 0
+        self.rejected: list[pd.DataFrame] = []  # refused bars waiting for the next batch's transaction
+        self.rejected_rows = 0
         self.last_ts: pd.Timestamp | None = None
         self.dropped_outside_range = 0
         self.dropped_out_of_order = 0
@@ -94,6 +97,9 @@ class _Run:
                 f"--strict: {result.invalid_count} invalid bar(s) in a provider page, e.g. {examples}"
             )
         self.pending_invalid += result.invalid_count
+        if result.invalid_count:
+            self.rejected.append(result.invalid)
+            self.rejected_rows += result.invalid_count
         valid = result.valid
         if self.last_ts is not None and not valid.empty:
             # Pages come in ascending order; a bar at or before one already taken is a repeat.
@@ -106,6 +112,8 @@ class _Run:
             self.buffered += len(valid)
         if self.buffered >= self.batch_size:
             self._flush()
+        elif self.rejected_rows >= self.batch_size:
+            self._flush(final=True)  # a batch's worth of refused bars: commit them with what we hold
         elif time.monotonic() - self.last_heartbeat > HEARTBEAT_EVERY_SECONDS:
             self.state.heartbeat()
             self.last_heartbeat = time.monotonic()
@@ -128,6 +136,10 @@ class _Run:
             if batch is not None and not batch.empty:
                 written = write_bars(self.spec.symbol, self.spec.timeframe, batch, source=self.spec.provider)
                 checkpoint = batch["ts"].iloc[-1].to_pydatetime()
+            if self.rejected:
+                # Quarantined in the batch's transaction: refused bars and candles commit together.
+                quarantine_bars(self.spec.symbol, self.spec.timeframe, pd.concat(self.rejected, ignore_index=True),
+                                execution_id=self.state.execution_id, provider=self.spec.provider)
             # Bars and checkpoint commit together: the checkpoint never claims an unwritten bar.
             self.state.record_progress(
                 checkpoint_ts=checkpoint,
@@ -136,6 +148,7 @@ class _Run:
                 invalid=self.pending_invalid,
             )
         self.pending_invalid = 0
+        self.rejected, self.rejected_rows = [], 0
         self.totals = self.totals + written
         self.last_heartbeat = time.monotonic()
         if self.progress:

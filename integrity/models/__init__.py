@@ -9,6 +9,7 @@ database can enforce (one active backfill per series, status values) are enforce
 - ``backfill``: backfill executions and their lifecycle, per-symbol failure streaks
 - ``anomalies``: findings and their review lifecycle
 - ``logs``: the duplicate cleanup audit log, health job runs
+- ``rejected``: the quarantine of bars refused at ingest (``rejected_candles``)
 - ``base``: what they share (the choices CHECK, asset classes, InvalidTransition)
 """
 
@@ -18,6 +19,7 @@ from .backfill import ACTIVE_STATUSES, TERMINAL_STATUSES, BackfillState, Backfil
 from .base import AssetClass, InvalidTransition
 from .instruments import Candle, Instrument, SeriesStats
 from .logs import BigIntegerArrayField, DuplicateKeptBy, DuplicateRecordLog, HealthCheckRun, HealthStatus
+from .rejected import RejectedCandle
 
 __all__ = [
     "AssetClass",
@@ -40,4 +42,5 @@ __all__ = [
     "ACTIVE_STATUSES",
     "TERMINAL_STATUSES",
     "BigIntegerArrayField",
+    "RejectedCandle",
 ]

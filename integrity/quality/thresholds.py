@@ -50,9 +50,11 @@ DEFAULT_THRESHOLDS: dict[str, Any] = {
     "outlier_unit_factors": [100, 1000],
     # how close (relative) a ratio must be to one of those to be named.
     "outlier_ratio_tolerance": 0.03,
-    # gap severity: 1 missing bar low; this many or more medium; a trading day of bars or more high;
-    # this many trading days (a trading week) or more critical.
+    # gap severity, by the trading time the missing bars cover (quality/trading_time.py), in typical
+    # trading days: this many bars in a row or a quarter of a trading day medium; a trading day or
+    # more high; this many trading days (a trading week) or more critical.
     "gap_medium_bars": 2,
+    "gap_medium_days": 0.25,
     "gap_high_days": 1.0,
     "gap_critical_days": 5.0,
     # how many rows / groups a finding lists in its details.

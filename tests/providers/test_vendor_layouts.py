@@ -190,9 +190,12 @@ class TestVendorLayouts:
 
         findings = detect(as_of(layout))
         gaps = sorted((f["period_start"], f["affected_rows"]) for f in findings if f["anomaly_type"] == "gap")
-        assert gaps == [(times[i].isoformat(), 1) for i in sorted(layout.faults_at)]
+        # The refused rows' holes are the invalid_ohlc finding's (issue 12 §4), not gaps: one gap.
+        assert gaps == [(times[deleted].isoformat(), 1)]
         assert sorted({f["anomaly_type"] for f in findings}) == ["gap"]
         [invalid] = DataAnomaly.objects.filter(anomaly_type="invalid_ohlc")
         assert invalid.affected_rows == 3
+        assert (invalid.period_start, invalid.period_end) == (min(times[doubled], times[broken]).to_pydatetime(),
+                                                              max(times[doubled], times[broken]).to_pydatetime())
         assert invalid.details["reason_counts"] == {"high_below_low": 1, "high_below_open_close": 1,
                                                     "low_above_open_close": 1, "duplicate_ts": 2}

@@ -1,0 +1,111 @@
+"""The admin screen of the quarantine (``rejected_candles``): bars refused at ingest, read-only,
+filterable by series, rule and execution, searchable, exportable as CSV (``integrity.rejected``'s
+layout, the same as the API's)."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.http import StreamingHttpResponse
+from django.utils import timezone
+
+from ..models import BackfillState, RejectedCandle
+from ..rejected import csv_lines
+from ..validation import REASON_CODES
+from .base import ReadOnlyAdmin
+
+RECENT_EXECUTIONS = 20
+
+
+class RuleFilter(admin.SimpleListFilter):
+    """One validation rule: the rows that broke it (with or without others)."""
+
+    title = "rule broken"
+    parameter_name = "rule"
+
+    def lookups(self, request, model_admin):
+        return [(code, code) for code in REASON_CODES]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        # Codes are never substrings of one another, so a containment test names exactly one rule.
+        return queryset.filter(rules__contains=value)
+
+
+class ExecutionFilter(admin.SimpleListFilter):
+    """The executions that refused bars, newest first (the most recent few as links; any other by URL)."""
+
+    title = "execution"
+    parameter_name = "execution_id"
+
+    def lookups(self, request, model_admin):
+        # From the executions table (small, indexed by date): grouping the quarantine would scan it.
+        recent = (BackfillState.objects.filter(invalid_bars__gt=0).order_by("-created_at")
+                  .values_list("execution_id", flat=True)[:RECENT_EXECUTIONS])
+        seen = [str(e) for e in recent]
+        value = self.value()
+        if value and value not in seen:
+            seen.insert(0, value)  # a link from elsewhere (an execution's page) shows as chosen
+        return [(e, e) for e in seen]
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        try:
+            execution_id = uuid.UUID(self.value())
+        except ValueError:
+            raise IncorrectLookupParameters(f"execution_id {self.value()[:40]!r} is not an execution id (a UUID)") from None
+        return queryset.filter(execution_id=execution_id)
+
+
+@admin.register(RejectedCandle)
+class RejectedCandleAdmin(ReadOnlyAdmin):
+    list_display = ("symbol", "timeframe", "ts", "shown_open", "shown_high", "shown_low", "shown_close",
+                    "shown_volume", "rules", "copies", "execution_id", "provider", "rejected_at")
+    list_filter = ("timeframe", RuleFilter, ExecutionFilter, "provider", "rejected_at")
+    search_fields = ("symbol",)
+    search_help_text = "symbol, e.g. BTC-USD"
+    date_hierarchy = "rejected_at"
+    ordering = ("symbol", "timeframe", "ts")
+    actions = ["export_csv"]
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(symbol__in={term, term.upper()}), False
+
+    def _value(self, obj, column):
+        return (obj.raw_values or {}).get(column, getattr(obj, column))
+
+    @admin.display(description="open")
+    def shown_open(self, obj):
+        return self._value(obj, "open")
+
+    @admin.display(description="high")
+    def shown_high(self, obj):
+        return self._value(obj, "high")
+
+    @admin.display(description="low")
+    def shown_low(self, obj):
+        return self._value(obj, "low")
+
+    @admin.display(description="close")
+    def shown_close(self, obj):
+        return self._value(obj, "close")
+
+    @admin.display(description="volume")
+    def shown_volume(self, obj):
+        return self._value(obj, "volume")
+
+    @admin.action(description="Export selected rejected bars as CSV", permissions=["view"])
+    def export_csv(self, request, queryset):
+        response = StreamingHttpResponse(csv_lines(queryset.order_by("symbol", "timeframe", "ts")),
+                                         content_type="text/csv; charset=utf-8")
+        stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
+        response["Content-Disposition"] = f'attachment; filename="rejected-candles-{stamp}.csv"'
+        return response
