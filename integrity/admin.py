@@ -33,6 +33,7 @@ from django.utils.functional import cached_property
 from django.utils.safestring import mark_safe
 from rest_framework.exceptions import ParseError
 
+from .admin_queue import cancel_selected_pending, note_no_worker
 from .api.parsers import MAX_JSON_DEPTH, check_storable, unstorable_reason
 from .api.validators import validate_provider_options
 from .backfill import BackfillError, BackfillRefused, reap_dead_backfills
@@ -243,6 +244,8 @@ def _request_backfills(modeladmin, request, series: list[tuple[str, str, object,
         except (BackfillRefused, BackfillError) as exc:
             refused.append(f"{symbol} {timeframe} refused: {exc}")
     _report(modeladmin, request, done, refused, "backfills queued")
+    if done:
+        note_no_worker(modeladmin, request)
 
 
 class InstrumentForm(forms.ModelForm):
@@ -374,7 +377,7 @@ class BackfillStateAdmin(IntegrityModelAdmin):
     search_fields = ("symbol", "execution_id", "error_message")
     date_hierarchy = "created_at"
     readonly_fields = [f.name for f in BackfillState._meta.fields]
-    actions = ["retry_failed", "reap_dead"]
+    actions = ["retry_failed", "reap_dead", "cancel_pending"]
 
     def has_add_permission(self, request):
         return False
@@ -420,6 +423,11 @@ class BackfillStateAdmin(IntegrityModelAdmin):
         if not done and not refused:
             refused.append("no dead backfills: every active execution has a live worker")
         _report(self, request, done, refused, "reaped")
+
+    @admin.action(description="Cancel selected pending backfills (not yet started by a worker)",
+                  permissions=["retry"])
+    def cancel_pending(self, request, queryset):
+        cancel_selected_pending(self, request, queryset)
 
     def has_retry_permission(self, request):
         return request.user.has_perm("integrity.change_backfillstate")

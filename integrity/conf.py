@@ -205,6 +205,9 @@ _declare("health", "SCHEDULE_BACKFILL_CRON", "0 2 * * *", _str,
          "UTC cron of the incremental backfill of every active series, written by setup_schedules.")
 _declare("health", "SCHEDULE_HEALTH_CRON", "0 0,6,12,18 * * *", _str,
          "UTC cron of the health job (staleness, failures, anomalies, alerts), written by setup_schedules.")
+_declare("health", "WORKER_QUEUE_WAIT_WARNING_SECONDS", 900, _int,
+         "With a django-q2 cluster alive, a queued task waiting longer than this many seconds makes the health "
+         "job warn (the workers are busy or stuck); with none alive, any waiting work does.")
 _declare("health", "METRICS_TOKEN", "", _str, "/metrics: bearer token required when set; unset: loopback clients only.")
 
 # --- API ------------------------------------------------------------------------------------------

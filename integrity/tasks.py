@@ -70,12 +70,15 @@ def request_backfill(symbol: str, timeframe: str, *, start: datetime | None = No
     """Claim a series now and queue its run (API and admin). Raises BackfillRefused / BackfillError."""
     state = claim_backfill(symbol, timeframe, start=start, end=end, provider=provider, requested_by=requested_by)
     try:
-        async_task(EXECUTION_TASK, str(state.execution_id), task_name=f"backfill {symbol} {timeframe}",
-                   group="backfill")
+        task_id = async_task(EXECUTION_TASK, str(state.execution_id), task_name=f"backfill {symbol} {timeframe}",
+                             group="backfill")
     except Exception as exc:
         # Without a queue the claim would block the series until the pending timeout: release it.
         state.mark_failed(f"could not enqueue: {exc}")
         raise BackfillError(f"the task queue is unavailable: {exc}") from exc
+    # Cancelling the execution takes this task out of the queue (integrity.backfill.cancel).
+    state.details = {**(state.details or {}), "task_id": task_id}
+    BackfillState.objects.filter(pk=state.pk).update(details=state.details)
     return state
 
 

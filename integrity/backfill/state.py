@@ -63,7 +63,7 @@ class BackfillStopped(Exception):
 class BackfillResult:
     symbol: str
     timeframe: str
-    status: str  # completed | failed | refused
+    status: str  # completed | failed | refused | skipped (a queued execution no longer pending)
     execution_id: str | None = None
     inserted: int = 0
     updated: int = 0
@@ -110,7 +110,8 @@ def reap_dead_backfills(timeout_seconds: int | None = None, now: datetime | None
 
     in_progress with a heartbeat older than the timeout → failed "worker lost: heartbeat timeout";
     pending never picked up within BACKFILL_PENDING_TIMEOUT_SECONDS → failed "never started".
-    Each reaped execution counts as a failure of its symbol.
+    A reaped in_progress execution counts as a failure of its symbol; a never-started one does not
+    (nothing was tried: no worker ran it, see ``integrity.health.workers``).
     """
     now = now or timezone.now()
     timeout = conf.BACKFILL_HEARTBEAT_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds
@@ -144,7 +145,8 @@ def reap_dead_backfills(timeout_seconds: int | None = None, now: datetime | None
             reaped.append(state)
             logger.warning("reaped backfill %s (%s %s): %s", state.execution_id, state.symbol,
                            state.timeframe, message)
-            track_symbol_failure(state.symbol, success=False, error=message)
+            if guard is dead_running:
+                track_symbol_failure(state.symbol, success=False, error=message)
     return reaped
 
 
