@@ -24,8 +24,8 @@ from rest_framework.test import APIClient
 from integrity.backfill import run_backfill
 from integrity.models import BackfillState, Candle, Instrument
 from integrity.providers.http import HttpClient, reset_rate_limiters
-from tests.providers import test_provider_binance as tb
 from tests.helpers import ROOT, assert_same_bars, client_for, stored_bars, user_with, worker_database_url
+from tests.providers import test_provider_binance as tb
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -22,9 +22,9 @@ from werkzeug import Request, Response
 from integrity.backfill import run_backfill
 from integrity.models import AnomalyType, BackfillState, DataAnomaly, SymbolFailureTracking
 from integrity.providers.http import HttpClient
+from tests.helpers import Hang, add_instrument, assert_same_bars, stored_bars, utc
 from tests.providers import test_provider_alpaca as ta
 from tests.providers import test_provider_binance as tb
-from tests.helpers import Hang, add_instrument, assert_same_bars, stored_bars, utc
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
