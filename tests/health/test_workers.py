@@ -18,7 +18,7 @@ from integrity.metrics import render_metrics
 from integrity.tasks import request_backfill
 from tests.helpers import add_instrument, cluster_heartbeat
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_cluster_heartbeats")]
 
 
 def queue_one_backfill():

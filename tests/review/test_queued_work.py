@@ -20,7 +20,7 @@ from integrity.health.workers import NO_WORKER
 from integrity.models import BackfillState, Candle, SymbolFailureTracking
 from tests.helpers import act, add_instrument, client_for, cluster_heartbeat, messages_of, user_with
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_cluster_heartbeats")]
 
 BODY = {"symbol": "BTC-USD", "timeframe": "1h", "start": "2024-01-01T00:00:00Z", "end": "2024-01-02T00:00:00Z"}
 
