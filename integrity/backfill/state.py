@@ -151,8 +151,11 @@ def reap_dead_backfills(timeout_seconds: int | None = None, now: datetime | None
 
 
 def _latest_finished(symbol: str, timeframe: str) -> BackfillState | None:
+    """The run the next one follows (its retry count, its checkpoint to resume from). A cancelled
+    execution never ran: it is passed over (``integrity.backfill.cancel``)."""
     return (
         BackfillState.objects.filter(symbol=symbol, timeframe=timeframe, status__in=["completed", "failed"])
+        .exclude(details__has_key="cancelled")
         .order_by("-created_at", "-id")
         .first()
     )

@@ -15,10 +15,15 @@ from django.urls import reverse
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from integrity.backfill import create_backfill_state, reap_dead_backfills, run_backfill_execution
+from integrity.backfill import (
+    create_backfill_state,
+    reap_dead_backfills,
+    run_backfill,
+    run_backfill_execution,
+)
 from integrity.health.workers import NO_WORKER
 from integrity.models import BackfillState, Candle, SymbolFailureTracking
-from tests.helpers import act, add_instrument, client_for, cluster_heartbeat, messages_of, user_with
+from tests.helpers import act, add_instrument, client_for, cluster_heartbeat, messages_of, user_with, utc
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_cluster_heartbeats")]
 
@@ -136,6 +141,20 @@ class TestCancel:
         after = BackfillState.objects.get(pk=state.pk)
         assert (after.status, after.started_at, after.updated_at) == ("failed", None, before.updated_at)
         assert not Candle.objects.exists()
+
+
+class TestAfterACancel:
+    def test_the_next_run_resumes_the_failed_run_before_the_cancelled_one(self, editor):
+        instrument = add_instrument(page_size=6, fail_after_pages=2)
+        failed = run_backfill("BTC-USD", "1h", start=utc(2024, 1, 1), end=utc(2024, 1, 2), batch_size=6)
+        assert failed.status == "failed"
+        queued = request_via_api(editor)  # a retry no worker ran, then cancelled
+        editor.post(f"/api/v1/backfills/{queued.execution_id}/cancel/", {}, format="json")
+        instrument.provider_options = {"page_size": 6}
+        instrument.save()
+        rerun = run_backfill("BTC-USD", "1h", start=utc(2024, 1, 1), end=utc(2024, 1, 2), batch_size=6)
+        assert (rerun.status, rerun.retry_count, rerun.inserted) == ("completed", 1, 12)
+        assert rerun.resumed_from == BackfillState.objects.get(execution_id=failed.execution_id).checkpoint_ts.isoformat()
 
 
 class TestNotASymbolFailure:
