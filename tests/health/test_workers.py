@@ -67,6 +67,26 @@ class TestWorkerStatus:
         assert "the workers are busy or stuck" in later and "1 cluster(s) alive" in later
 
 
+@pytest.fixture
+def unreadable_heartbeats(settings):
+    """The ``workers`` cache points at a table that does not exist (``migrate`` never created it)."""
+    settings.CACHES = {**settings.CACHES, "workers": {"BACKEND": "django.core.cache.backends.db.DatabaseCache",
+                                                      "LOCATION": "no_such_cache_table"}}
+
+
+class TestUnreadableHeartbeats:
+    def test_the_report_says_it_cannot_tell_and_keeps_the_queue(self, unreadable_heartbeats):
+        queue_one_backfill()
+        status = worker_status()
+        assert (status.alive, status.queued) == (None, 1)
+        assert status.problem.startswith("cannot tell whether a worker is running: cluster stats: ")
+
+    def test_metrics_report_the_workers_collector_failed(self, unreadable_heartbeats):
+        text = render_metrics()
+        assert 'marketdata_metrics_collector_errors{collector="workers"} 1' in text
+        assert "marketdata_workers_alive" not in text
+
+
 class TestHealthJob:
     def test_the_report_has_a_workers_entry(self):
         report = run_health_monitoring(scan_anomalies=False).as_dict()
