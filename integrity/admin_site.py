@@ -14,6 +14,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 
 from .health.summaries import open_anomaly_totals
+from .health.workers import worker_status
 from .models import (
     ACTIVE_STATUSES,
     BackfillState,
@@ -44,6 +45,7 @@ def dashboard_context() -> dict:
                         .order_by("-consecutive_failures", "symbol")[:50]),
         "active_backfills": list(BackfillState.objects.filter(status__in=ACTIVE_STATUSES).order_by("created_at")[:50]),
         "latest_run": latest_run,
+        "workers": worker_status(),
         "coverage": list(SeriesStats.objects.order_by("coverage_pct", "symbol", "timeframe")[:100]),
     }
 

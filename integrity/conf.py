@@ -167,7 +167,8 @@ _declare("backfill", [
     ("BACKFILL_HEARTBEAT_TIMEOUT_SECONDS", 300,
      "an in_progress execution without heartbeat this long is reaped as failed."),
     ("BACKFILL_PENDING_TIMEOUT_SECONDS", 3600,
-     "a pending execution no worker picked up this long is reaped as failed."),
+     "a pending execution no worker picked up this long is reaped as failed (\"never started\"; not a "
+     "failure of the symbol)."),
     ("BACKFILL_FINISH_RETRIES", 5,
      "a database outage while a run records how it ended: retries of those writes, so the execution keeps "
      "the real error instead of waiting for the reaper."),
@@ -242,6 +243,9 @@ _declare("health", [
      "enrichment schedule (UTC, five-field cron), written by `setup_schedules`."),
     ("SCHEDULE_BACKFILL_CRON", "0 2 * * *", "daily incremental backfill schedule (UTC)."),
     ("SCHEDULE_HEALTH_CRON", "0 0,6,12,18 * * *", "health-monitoring schedule (UTC)."),
+    ("WORKER_QUEUE_WAIT_WARNING_SECONDS", 900,
+     "with a django-q2 cluster alive, a queued task waiting longer than this many seconds makes the health "
+     "job warn (the workers are busy or stuck); with none alive, any waiting work does."),
 ])
 
 _declare("providers", [

@@ -16,6 +16,11 @@ Metrics (gauges):
     marketdata_last_health_run_timestamp_seconds       when the last finished health run finished
     marketdata_last_health_run_duration_seconds        how long it took
     marketdata_last_health_run_status{status}          1 for its status, 0 for the others
+    marketdata_workers_alive                           1 when a django-q2 cluster is alive (its heartbeat is current)
+    marketdata_worker_clusters                         live django-q2 clusters
+    marketdata_worker_processes                        worker processes of the live clusters
+    marketdata_queued_tasks                            tasks waiting in the django-q2 queue
+    marketdata_oldest_queued_task_age_seconds          how long the oldest of them has waited (0: none; NaN: unknown)
     marketdata_metrics_collector_errors{collector}     1 when a collector failed in this scrape
 
 Staleness is computed live (one index-backed query for the watchlist), so it is current between
@@ -38,6 +43,7 @@ from .conf import conf
 from .health import staleness
 from .health.summaries import backfill_counts, open_anomaly_totals
 from .models import HealthCheckRun, HealthStatus, SymbolFailureTracking
+from .queue import queue_state
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +100,8 @@ def _number(value: float) -> str:
         return "1" if value else "0"
     if isinstance(value, int):
         return str(value)
-    return repr(float(value))
+    value = float(value)
+    return "NaN" if value != value else repr(value)  # Prometheus spells it NaN
 
 
 def _stale(out: Exposition) -> None:
@@ -140,12 +147,32 @@ def _last_health_run(out: Exposition) -> None:
                [({"status": s}, 1 if run and run.status == s else 0) for s in statuses])
 
 
+def _workers(out: Exposition) -> None:
+    now = timezone.now()
+    state = queue_state(now)
+    if state.alive is None:
+        raise RuntimeError("; ".join(state.errors))  # reported as this collector's error
+    out.metric("marketdata_workers_alive", "1 when at least one django-q2 cluster is alive (current heartbeat).",
+               [({}, 1 if state.alive else 0)])
+    out.metric("marketdata_worker_clusters", "Live django-q2 clusters.", [({}, len(state.clusters))])
+    out.metric("marketdata_worker_processes", "Worker processes of the live django-q2 clusters.",
+               [({}, sum(c["workers"] for c in state.clusters))])
+    if state.queued is not None:
+        out.metric("marketdata_queued_tasks", "Tasks waiting in the django-q2 queue (not yet taken by a worker).",
+                   [({}, state.queued)])
+        age = state.oldest_queued_seconds(now)
+        out.metric("marketdata_oldest_queued_task_age_seconds",
+                   "Seconds the oldest queued task has waited (0: none queued; NaN: unknown for this broker).",
+                   [({}, float("nan") if age is None else float(age))])
+
+
 COLLECTORS: list[tuple[str, Callable[[Exposition], None]]] = [
     ("stale_series", _stale),
     ("anomalies", _anomalies),
     ("failures", _failures),
     ("backfills", _backfills),
     ("last_health_run", _last_health_run),
+    ("workers", _workers),
 ]
 
 

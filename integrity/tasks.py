@@ -21,7 +21,7 @@ from django_q.tasks import async_task
 
 from .backfill import BackfillError, claim_backfill, reap_dead_backfills, run_backfill, run_backfill_execution
 from .health.job import run_health_monitoring
-from .models import BackfillState
+from .models import BackfillState, BackfillStatus
 from .quality.enrichment import enrich_series
 from .series import active_series
 
@@ -70,12 +70,17 @@ def request_backfill(symbol: str, timeframe: str, *, start: datetime | None = No
     """Claim a series now and queue its run (API and admin). Raises BackfillRefused / BackfillError."""
     state = claim_backfill(symbol, timeframe, start=start, end=end, provider=provider, requested_by=requested_by)
     try:
-        async_task(EXECUTION_TASK, str(state.execution_id), task_name=f"backfill {symbol} {timeframe}",
-                   group="backfill")
+        task_id = async_task(EXECUTION_TASK, str(state.execution_id), task_name=f"backfill {symbol} {timeframe}",
+                             group="backfill")
     except Exception as exc:
         # Without a queue the claim would block the series until the pending timeout: release it.
         state.mark_failed(f"could not enqueue: {exc}")
         raise BackfillError(f"the task queue is unavailable: {exc}") from exc
+    # Cancelling the execution takes this task out of the queue (integrity.backfill.cancel). Only while
+    # pending: a worker that has already started it owns its details.
+    details = {**(state.details or {}), "task_id": task_id}
+    if BackfillState.objects.filter(pk=state.pk, status=BackfillStatus.PENDING).update(details=details):
+        state.details = details
     return state
 
 

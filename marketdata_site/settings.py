@@ -114,7 +114,12 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    # Shared by every process: the django-q2 clusters' heartbeats (Stat) with the database broker, so
+    # the web process can tell whether a worker is alive (integrity.queue). `migrate` creates the table.
+    "workers": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "integrity_worker_stats"},
+}
 REDIS_URL = envstr("REDIS_URL", "") or ""
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -224,6 +229,7 @@ Q_CLUSTER = {
     "catch_up": False,
     "save_limit": envint("Q_SAVE_LIMIT", 1000),
     "orm": "default",
+    "cache": "workers",  # where the database broker keeps the clusters' stats (Redis keeps its own)
 }
 if REDIS_URL:
     Q_CLUSTER.pop("orm")
@@ -271,7 +277,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"TimeframeEnum": "integrity.timeframes.Timeframe"},
+    "ENUM_NAME_OVERRIDES": {"TimeframeEnum": "integrity.timeframes.Timeframe",
+                            "BackfillStatusEnum": "integrity.models.BackfillStatus"},
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
@@ -301,3 +308,4 @@ SCHEDULE_ENRICHMENT_CRON = envsetting("SCHEDULE_ENRICHMENT_CRON")
 SCHEDULE_BACKFILL_CRON = envsetting("SCHEDULE_BACKFILL_CRON")
 SCHEDULE_HEALTH_CRON = envsetting("SCHEDULE_HEALTH_CRON")
 METRICS_TOKEN = envsetting("METRICS_TOKEN")
+WORKER_QUEUE_WAIT_WARNING_SECONDS = envsetting("WORKER_QUEUE_WAIT_WARNING_SECONDS")

@@ -32,6 +32,15 @@ def _empty_cache():
 
 
 @pytest.fixture
+def no_cluster_heartbeats():
+    """Forget the heartbeats a cluster another test started left in the shared ``workers`` cache (they
+    last a few seconds after it stops): the test starts with no worker alive."""
+    from django.core.cache import caches
+
+    caches["workers"].clear()
+
+
+@pytest.fixture
 def admin_client(client):
     """A client logged in as a superuser (made without a password: no slow hashing)."""
     client.force_login(User.objects.create_superuser("root", "root@example.com", None))

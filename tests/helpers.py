@@ -21,6 +21,10 @@ from django.contrib.auth.models import Permission, User
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.conf import Conf
+from django_q.signing import SignedPackage
+from django_q.status import Stat, Status
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from werkzeug import Response
@@ -280,6 +284,17 @@ def changelist(model: str) -> str:
     return reverse(f"admin:integrity_{model}_changelist")
 
 
+def act(client, model, action, ids, query=""):
+    """Run an admin action on the rows ``ids`` of the list, filtered by ``query`` as the page was."""
+    url = f"{changelist(model)}?{query}" if query else changelist(model)
+    return client.post(url, {"action": action, "_selected_action": [str(i) for i in ids]}, follow=True)
+
+
+def messages_of(response) -> list[str]:
+    """The messages an admin page shows (after ``act``'s redirect)."""
+    return [str(m) for m in response.context["messages"]]
+
+
 def user_with(*codenames: str, name: str = "u") -> User:
     """A user holding exactly the ``integrity`` permissions named (no password: no slow hashing)."""
     user = User.objects.create_user(name)
@@ -304,3 +319,14 @@ def post_instrument(client, **overrides):
             "provider": "synthetic", "provider_options": "{}", "quality_thresholds": "{}", "active": "on"}
     data.update(overrides)
     return client.post(reverse("admin:integrity_instrument_add"), data)
+
+
+def cluster_heartbeat(status=None, timeout: int = 60):
+    """Save a django-q2 cluster heartbeat (a ``Status`` under the ``Stat`` key) where ``Stat.get_all``
+    reads it, as a running ``qcluster`` does every guard cycle; ``status`` defaults to Idle."""
+    beat = Status(pid=os.getpid(), cluster_id=uuid.uuid4())
+    beat.status = Conf.IDLE if status is None else status
+    beat.tob = timezone.now()
+    beat.workers = [os.getpid()]
+    get_broker().set_stat(Stat.get_key(beat.cluster_id), SignedPackage.dumps(beat, True), timeout)
+    return beat

@@ -27,6 +27,7 @@ from rest_framework.exceptions import ParseError
 from ..api.parsers import MAX_JSON_DEPTH, check_storable, unstorable_reason
 from ..backfill import BackfillError, BackfillRefused
 from ..tasks import request_backfill
+from .queue import note_no_worker
 
 
 class BadListQuery(BadRequest):
@@ -211,4 +212,6 @@ def request_backfills(modeladmin, request, series: list[tuple[str, str, object, 
         except (BackfillRefused, BackfillError) as exc:
             refused.append(f"{symbol} {timeframe} refused: {exc}")
     report_action(modeladmin, request, done, refused, "backfills queued")
+    if done:
+        note_no_worker(modeladmin, request)
 

@@ -13,6 +13,7 @@ from ..backfill import reap_dead_backfills
 from ..failures import reset_symbol_failures
 from ..models import ACTIVE_STATUSES, BackfillState, BackfillStatus, HealthCheckRun, SymbolFailureTracking
 from .base import IntegrityModelAdmin, ReadOnlyAdmin, report_action, request_backfills
+from .queue import cancel_selected_pending
 
 
 @admin.register(BackfillState)
@@ -25,7 +26,7 @@ class BackfillStateAdmin(IntegrityModelAdmin):
     search_fields = ("symbol", "execution_id", "error_message")
     date_hierarchy = "created_at"
     readonly_fields = [f.name for f in BackfillState._meta.fields]
-    actions = ["retry_failed", "reap_dead"]
+    actions = ["retry_failed", "reap_dead", "cancel_pending"]
 
     def has_add_permission(self, request):
         return False
@@ -71,6 +72,11 @@ class BackfillStateAdmin(IntegrityModelAdmin):
         if not done and not refused:
             refused.append("no dead backfills: every active execution has a live worker")
         report_action(self, request, done, refused, "reaped")
+
+    @admin.action(description="Cancel selected pending backfills (not yet started by a worker)",
+                  permissions=["retry"])
+    def cancel_pending(self, request, queryset):
+        cancel_selected_pending(self, request, queryset)
 
     def has_retry_permission(self, request):
         return request.user.has_perm("integrity.change_backfillstate")

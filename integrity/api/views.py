@@ -13,7 +13,7 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ..backfill import BackfillError, BackfillRefused
+from ..backfill import BackfillError, BackfillRefused, NotCancellable, cancel_backfill
 from ..failures import reset_symbol_failures
 from ..health.summaries import open_anomaly_totals
 from ..models import (
@@ -31,6 +31,7 @@ from ..models import (
 from ..tasks import request_backfill
 from . import filters
 from .permissions import InstrumentPermissions, ModelPermissions
+from .queued import BackfillQueuedSerializer, CancelSerializer, queued_reply
 from .serializers import (
     BackfillRequestSerializer,
     BackfillStateSerializer,
@@ -75,8 +76,9 @@ def actor(request) -> str:
 
 
 class BackfillViewSet(TableViewSet):
-    """Backfill executions. POST requests a backfill: 202 with the execution id, or 409 naming the
-    execution that already holds the series."""
+    """Backfill executions. POST requests a backfill: 202 with the execution id (and a ``warning`` when
+    no worker is running), or 409 naming the execution that already holds the series. POST
+    …/{execution_id}/cancel/ cancels a pending one."""
 
     queryset = BackfillState.objects.all()
     serializer_class = BackfillStateSerializer
@@ -87,7 +89,7 @@ class BackfillViewSet(TableViewSet):
     @extend_schema(
         request=BackfillRequestSerializer,
         responses={
-            202: BackfillStateSerializer,
+            202: BackfillQueuedSerializer,
             400: OpenApiResponse(description="invalid request"),
             409: inline_serializer("BackfillConflict", {"detail": serializers.CharField(),
                                                         "active_execution_id": serializers.UUIDField()}),
@@ -109,7 +111,21 @@ class BackfillViewSet(TableViewSet):
             )
         except BackfillError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        return Response(BackfillStateSerializer(state).data, status=status.HTTP_202_ACCEPTED)
+        return Response(queued_reply(state), status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=CancelSerializer, responses={200: BackfillStateSerializer, 409: OpenApiResponse(
+        description="not pending: a worker has started it, or it has finished")})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, execution_id=None):
+        state = self.get_object()
+        body = CancelSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            state = cancel_backfill(state.execution_id, by=f"api:{actor(request)}",
+                                    reason=body.validated_data.get("reason", ""))
+        except NotCancellable as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(BackfillStateSerializer(state).data)
 
 
 class AnomalyViewSet(TableViewSet):

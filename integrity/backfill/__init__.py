@@ -18,10 +18,13 @@ Every backfill of a (symbol, timeframe) series is a tracked execution in
 - Stopping: between provider pages the run asks ``shutdown.stop_requested()`` (SIGTERM, a django-q2
   cluster shutting down); if asked, it commits what it holds and ends failed "worker stopping",
   resumable from its checkpoint.
+- Cancelling (``cancel.py``): a pending execution no worker has started ends failed "cancelled: …",
+  frees the series and is not a failure of the symbol; its queued task then does nothing.
 - A run that stored nothing because validation rejected every bar fails, with the reasons counted.
 """
 
 
+from .cancel import CANCELLED, NotCancellable, cancel_backfill, cancel_pending_backfills, is_cancelled
 from .finish import all_rejected_message, record_invalid_bars_anomaly
 from .plan import SeriesSpec, check_range, plan_range, resolve_series
 from .run import claim_backfill, run_backfill, run_backfill_execution
@@ -43,13 +46,18 @@ __all__ = [
     "BackfillRefused",
     "BackfillResult",
     "BackfillStopped",
+    "CANCELLED",
+    "NotCancellable",
     "SeriesSpec",
     "StrictValidationError",
     "all_rejected_message",
+    "cancel_backfill",
+    "cancel_pending_backfills",
     "check_range",
     "claim_backfill",
     "create_backfill_state",
     "get_active_backfill_states",
+    "is_cancelled",
     "plan_range",
     "reap_dead_backfills",
     "record_invalid_bars_anomaly",

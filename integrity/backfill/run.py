@@ -260,8 +260,16 @@ def run_backfill(
 
 
 def run_backfill_execution(execution_id: str) -> dict[str, Any]:
-    """Run an execution claimed earlier (``claim_backfill``; queued by ``integrity.tasks``). Returns the result."""
+    """Run an execution claimed earlier (``claim_backfill``; queued by ``integrity.tasks``). Returns the result.
+
+    Only a pending execution runs: one cancelled (``integrity.backfill.cancel``) or reaped while its
+    task waited in the queue is left as it is, and the task reports it skipped."""
     state = BackfillState.objects.get(execution_id=execution_id)
+    if state.status != BackfillStatus.PENDING:
+        return BackfillResult(symbol=state.symbol, timeframe=state.timeframe, status="skipped",
+                              execution_id=str(state.execution_id), retry_count=state.retry_count,
+                              error=f"not run: the execution is {state.status}"
+                                    + (f" ({state.error_message})" if state.error_message else "")).as_dict()
     return run_backfill(state.symbol, state.timeframe, execution_id=state.execution_id).as_dict()
 
 

@@ -63,7 +63,7 @@ class BackfillStopped(Exception):
 class BackfillResult:
     symbol: str
     timeframe: str
-    status: str  # completed | failed | refused
+    status: str  # completed | failed | refused | skipped (a queued execution no longer pending)
     execution_id: str | None = None
     inserted: int = 0
     updated: int = 0
@@ -106,7 +106,8 @@ def reap_dead_backfills(timeout_seconds: int | None = None, now: datetime | None
 
     in_progress with a heartbeat older than the timeout → failed "worker lost: heartbeat timeout";
     pending never picked up within BACKFILL_PENDING_TIMEOUT_SECONDS → failed "never started".
-    Each reaped execution counts as a failure of its symbol.
+    A reaped in_progress execution counts as a failure of its symbol; a never-started one does not
+    (nothing was tried: no worker ran it, see ``integrity.health.workers``).
     """
     now = now or timezone.now()
     timeout = conf.BACKFILL_HEARTBEAT_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds
@@ -140,13 +141,17 @@ def reap_dead_backfills(timeout_seconds: int | None = None, now: datetime | None
             reaped.append(state)
             logger.warning("reaped backfill %s (%s %s): %s", state.execution_id, state.symbol,
                            state.timeframe, message)
-            track_symbol_failure(state.symbol, success=False, error=message)
+            if guard is dead_running:
+                track_symbol_failure(state.symbol, success=False, error=message)
     return reaped
 
 
 def _latest_finished(symbol: str, timeframe: str) -> BackfillState | None:
+    """The run the next one follows (its retry count, its checkpoint to resume from). A cancelled
+    execution never ran: it is passed over (``integrity.backfill.cancel``)."""
     return (
         BackfillState.objects.filter(symbol=symbol, timeframe=timeframe, status__in=["completed", "failed"])
+        .exclude(details__has_key="cancelled")
         .order_by("-created_at", "-id")
         .first()
     )

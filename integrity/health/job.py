@@ -12,7 +12,9 @@ in the run's ``errors`` (and makes the run critical) while the others still run.
    every series (reusing the newest bars the staleness check read), the other detectors only for
    series changed since their last scan — see ``integrity.quality.anomalies``.
 5. ``anomaly_totals`` — open anomalies by severity and by type.
-6. ``alerts`` — the due alerts, each sent once (``integrity.health.alerting``).
+6. ``workers`` — whether a django-q2 cluster is alive and what waits for one
+   (``integrity.health.workers``); a problem there makes the run a warning.
+7. ``alerts`` — the due alerts, each sent once (``integrity.health.alerting``).
 
 The status is ``HealthReport.compute_status``. Acknowledged anomalies do not count: a human has
 them in hand.
@@ -36,6 +38,7 @@ from .alerting import MAX_LISTED, alert_critical_anomalies, alert_stale_transiti
 from .report import FailingSummary, HealthReport, StaleSummary
 from .staleness import SeriesFreshness, assess_staleness
 from .summaries import failing_symbols, open_anomaly_totals
+from .workers import worker_status
 
 logger = logging.getLogger("integrity.health")
 
@@ -107,6 +110,9 @@ def run_health_monitoring(as_of: datetime | None = None, *, scan_anomalies: bool
     def anomaly_totals():
         report.anomalies = open_anomaly_totals()
 
+    def workers():
+        report.workers = worker_status(now=started_at).as_dict()
+
     def alerts():
         # Each kind on its own, so one failing does not stop the next.
         for name, due in (("stale", lambda: alert_stale_transitions(series)),
@@ -121,6 +127,7 @@ def run_health_monitoring(as_of: datetime | None = None, *, scan_anomalies: bool
         if scan_anomalies:
             _run_check("anomaly_scan", report, anomaly_scan)
         _run_check("anomaly_totals", report, anomaly_totals)
+        _run_check("workers", report, workers)
         alerts()  # times and records its parts itself
     finally:
         report.finished_at = timezone.now()

@@ -77,6 +77,7 @@ class HealthReport:
     reaped_backfills: list[dict[str, Any]] = field(default_factory=list)
     anomaly_scan: dict[str, Any] | None = None  # None: the anomaly suite did not run
     anomalies: AnomalyTotals = field(default_factory=AnomalyTotals)
+    workers: dict[str, Any] | None = None  # integrity.health.workers.WorkerStatus.as_dict(); None: not checked
     alerts: list[dict[str, Any]] = field(default_factory=list)  # {kind, subject, severity, channels}
     errors: list[dict[str, Any]] = field(default_factory=list)  # {check, error[, traceback]}
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -85,12 +86,14 @@ class HealthReport:
 
     def compute_status(self) -> str:
         """``critical``: a check errored, an open critical anomaly, a symbol at the failure threshold;
-        ``warning``: a stale series, an open high anomaly, a failing symbol; else ``healthy``."""
+        ``warning``: a stale series, an open high anomaly, a failing symbol, a worker problem (none running
+        while work waits, or the queue stuck); else ``healthy``."""
         severities = self.anomalies.by_severity
         failing = self.failing_symbols
         if self.errors or severities.get("critical", 0) or failing.at_threshold:
             return HealthStatus.CRITICAL.value
-        if self.stale_series.count or severities.get("high", 0) or failing.count:
+        worker_problem = bool(self.workers and self.workers.get("problem"))
+        if self.stale_series.count or severities.get("high", 0) or failing.count or worker_problem:
             return HealthStatus.WARNING.value
         return HealthStatus.HEALTHY.value
 
@@ -105,6 +108,7 @@ class HealthReport:
             "failing_symbols": self.failing_symbols.as_dict(),
             "anomaly_scan": self.anomaly_scan,
             "anomalies": self.anomalies.as_dict(),
+            "workers": self.workers,
             "alerts": self.alerts,
             "errors": self.errors,
             "timings_ms": self.timings_ms,

@@ -27,19 +27,18 @@ from integrity.models import (
     SymbolFailureTracking,
 )
 from integrity.quality.anomalies import detect_data_anomalies
-from tests.helpers import FACTORIES, add_instrument, changelist, make_anomaly, post_instrument, utc
+from tests.helpers import (
+    FACTORIES,
+    act,
+    add_instrument,
+    changelist,
+    make_anomaly,
+    messages_of,
+    post_instrument,
+    utc,
+)
 
 pytestmark = pytest.mark.django_db
-
-
-def act(client, model, action, ids, query=""):
-    """Run an admin action on the rows ``ids`` of the list, filtered by ``query`` as the page was."""
-    url = f"{changelist(model)}?{query}" if query else changelist(model)
-    return client.post(url, {"action": action, "_selected_action": [str(i) for i in ids]}, follow=True)
-
-
-def messages_of(response) -> list[str]:
-    return [str(m) for m in response.context["messages"]]
 
 
 def anomaly_page(client, anomaly_type: str, last_day: int, **faults) -> str:

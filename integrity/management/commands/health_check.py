@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from integrity.health.job import run_health_monitoring
 from integrity.health.report import HealthReport
+from integrity.health.workers import worker_line
 from integrity.management.output import keep_stdout_for_json, parse_as_of
 
 EXIT_CODES = {"healthy": 0, "warning": 1, "critical": 2}
@@ -62,6 +63,8 @@ class Command(BaseCommand):
             scan = report.anomaly_scan
             out(f"anomaly scan: {scan['series_scanned']} series, {scan['created']} new, {scan['updated']} updated, "
                 f"{scan['resolved']} auto-resolved")
+        if report.workers is not None:
+            out(worker_line(report.workers))
         if report.reaped_backfills:
             out(f"reaped backfills: {len(report.reaped_backfills)}")
         for alert in report.alerts:
