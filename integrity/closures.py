@@ -91,6 +91,19 @@ def add_closure(symbol: str, start: datetime, end: datetime, reason: str = "",
     return closure, created
 
 
+def change_closure(closure: InstrumentClosure, symbol: str, start: datetime, end: datetime,
+                   reason: str) -> InstrumentClosure:
+    """Edit a closure (checked like a new one); both the old and the new closed time are re-judged."""
+    check_closure(symbol, start, end)
+    before = (closure.symbol, closure.start)
+    closure.symbol, closure.start, closure.end, closure.reason = symbol, start, end, reason
+    with transaction.atomic():
+        closure.save()
+    closures_changed(*before)
+    closures_changed(symbol, start)
+    return closure
+
+
 def remove_closure(closure: InstrumentClosure) -> None:
     symbol, start = closure.symbol, closure.start
     closure.delete()

@@ -2,6 +2,7 @@ from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
 from . import views
+from .closures import ClosureViewSet
 
 router = DefaultRouter()
 router.register("backfills", views.BackfillViewSet, basename="backfill")
@@ -10,6 +11,7 @@ router.register("duplicates", views.DuplicateLogViewSet, basename="duplicate")
 router.register("symbol-failures", views.SymbolFailureViewSet, basename="symbol-failure")
 router.register("instruments", views.InstrumentViewSet, basename="instrument")
 router.register("series", views.SeriesViewSet, basename="series")
+router.register("closures", ClosureViewSet, basename="closure")
 
 urlpatterns = [
     path("health/", views.HealthView.as_view(), name="api-health"),
