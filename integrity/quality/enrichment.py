@@ -17,7 +17,7 @@ from django.db.models import Count, Max, Min
 from django.utils import timezone
 
 from ..calendars import count_expected_bars
-from ..models import Candle, Instrument, SeriesStats, closures_by_symbol
+from ..models import Candle, Instrument, SeriesStats
 from ..timeframes import timeframe_delta
 from .findings import as_json
 from .sql import robust_volatilities
@@ -70,14 +70,12 @@ def enrich_series(symbol: str | None = None, timeframe: str | None = None) -> li
     ).order_by("symbol", "timeframe"))
     volatilities = {pair: sigma for pair, (_, sigma)
                     in series_volatilities([(row["symbol"], row["timeframe"]) for row in aggregates]).items()}
-    closures = closures_by_symbol(calendars)  # coverage counts only the bars the closures leave expected
     results = []
     now = timezone.now()
     for row in aggregates:
         calendar = calendars[row["symbol"]]
         expected = count_expected_bars(calendar, row["timeframe"], row["first"],
-                                       row["last"] + timeframe_delta(row["timeframe"]),
-                                       closures=closures.get(row["symbol"], ()))
+                                       row["last"] + timeframe_delta(row["timeframe"]))
         coverage = round(100.0 * row["distinct"] / expected, 3) if expected else None
         results.append(SeriesEnrichment(
             symbol=row["symbol"], timeframe=row["timeframe"], first_ts=row["first"], last_ts=row["last"],

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..calendars import NO_CLOSURES, Closures
 from ..timeframes import iso
 
 
@@ -41,6 +42,7 @@ class SeriesContext:
     robust_volatility: float | None = None  # from series_stats (enrichment), when known
     since: datetime | None = None  # incremental scan: look at bars from here (already includes overlap)
     alignment: str = "clock"  # BarAlignment: where intraday bars start (clock grid or session open)
+    closures: Closures = NO_CLOSURES  # the instrument's extra closed time (ns), see calendars.closures
 
 
 @dataclass

@@ -18,7 +18,6 @@ from integrity.closures import add_closure, add_preset, remove_closure
 from integrity.models import Candle, DataAnomaly, InstrumentClosure, ResolutionStatus
 from integrity.providers.synthetic import synthetic_bars
 from integrity.quality.anomalies import detect_data_anomalies
-from integrity.quality.enrichment import enrich_series
 from integrity.timeframes import to_ns
 from tests.helpers import add_instrument, use_default_thresholds, utc
 
@@ -156,9 +155,3 @@ def test_closures_of_another_symbol_change_nothing():
     add_preset("forex-holidays", [2024, 2025], ["GBPUSD"])
     assert [f.severity for f in detect(full=True).findings] == ["high", "high"]
 
-
-def test_coverage_counts_only_the_bars_the_closures_leave_expected():
-    fx_series()
-    assert enrich_series("EURUSD")[0].coverage_pct < 100
-    add_preset("forex-holidays", [2024, 2025])
-    assert enrich_series("EURUSD")[0].coverage_pct == 100

@@ -8,7 +8,7 @@ all the detectors that need it. Detectors never write.
 * calendar logic then runs on candidates only, vectorised per (calendar, timeframe, alignment,
   closures): the expected bars strictly inside each candidate interval are missing bars
   (``gap_stats``);
-* each series' closures (``models.closures_by_symbol``: one query for the scan) are on
+* each series' closures (``SeriesContext.closures``, loaded with the contexts) are on
   ``Series.closures``; every expected-bar judgement of a detector passes them on;
 * the newest stored bar per series: one index probe each (``integrity.series.newest_bars_of``),
   unless the caller gave it.
@@ -26,14 +26,13 @@ from datetime import datetime
 import numpy as np
 
 from ...calendars import (
-    NO_CLOSURES,
     Closures,
     bars_per_day,
     expected_stats,
     is_known_calendar,
     session_anchored,
 )
-from ...models import AnomalyType, Candle, Severity, closures_by_symbol
+from ...models import AnomalyType, Candle, Severity
 from ...series import newest_bars_of
 from ...timeframes import NS_PER_SECOND, TIMEFRAME_DELTAS, ns_to_datetime
 from .. import sql, window
@@ -85,12 +84,12 @@ class Series:
     first_ts: int | None = None
     last_ts: int | None = None
     n_rows: int = 0
-    closures: Closures = NO_CLOSURES  # the instrument's extra closed time (ns), set by the scan
 
     symbol = _of_context("symbol")
     timeframe = _of_context("timeframe")
     calendar = _of_context("calendar")
     alignment = _of_context("alignment")
+    closures = _of_context("closures")  # the instrument's extra closed time (ns)
 
     @property
     def grid(self) -> tuple[str, str, str]:
@@ -175,9 +174,6 @@ class Scan:
     def __init__(self, contexts: Iterable[SeriesContext], now: datetime, types: set[str],
                  newest: Mapping[tuple[str, str], datetime | None] | None = None):
         self.series = _series_from_contexts(contexts)
-        closures = closures_by_symbol({s.symbol for s in self.series}) if self.series else {}
-        for s in self.series:
-            s.closures = closures.get(s.symbol, NO_CLOSURES)
         self.now = now
         self.types = types
         self._window_done = False
