@@ -90,6 +90,14 @@ def test_api_edits_a_closure_under_the_same_rules(api):
     assert refused.status_code == 400 and "end" in refused.json()
 
 
+def test_api_refuses_to_edit_a_closure_into_one_already_recorded(api):
+    api.post(URL, OUTAGE, format="json")
+    other = api.post(URL, {**OUTAGE, "end": "2024-03-13T18:00:00Z"}, format="json").json()["id"]
+    refused = api.patch(f"{URL}{other}/", {"end": OUTAGE["end"]}, format="json")
+    assert refused.status_code == 400, refused.content
+    assert InstrumentClosure.objects.get(pk=other).end == utc(2024, 3, 13, 18)
+
+
 def test_api_deletes_a_closure(api):
     closure_id = api.post(URL, OUTAGE, format="json").json()["id"]
     assert api.delete(f"{URL}{closure_id}/").status_code == 204
@@ -136,6 +144,13 @@ def test_admin_refuses_a_bad_closure_naming_the_problem(admin_client, instrument
     response = admin_client.post(f"{ADMIN}add/", admin_form(**overrides))
     assert response.status_code == 200 and message in response.content.decode()
     assert not InstrumentClosure.objects.exists()
+
+
+def test_admin_refuses_a_closure_already_recorded(admin_client, instruments):
+    admin_client.post(f"{ADMIN}add/", admin_form())
+    again = admin_client.post(f"{ADMIN}add/", admin_form())
+    assert again.status_code == 200 and "already exists" in again.content.decode()
+    assert InstrumentClosure.objects.count() == 1
 
 
 def test_admin_lists_edits_and_deletes_closures(admin_client, instruments):
