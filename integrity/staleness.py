@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .calendars import expected_stats, last_completed_bar, session_anchored
+from .calendars.closures import NO_CLOSURES, Closures
 from .conf import conf
 from .schedules import run_at_or_after, run_at_or_before
 from .timeframes import TIMEFRAME_DELTAS, iso, ns_to_datetime, to_ns
@@ -57,7 +58,8 @@ def grace() -> timedelta:
     return timedelta(minutes=conf.STALE_GRACE_MINUTES)
 
 
-def bar_close(calendar: str, timeframe: str, bar: datetime, alignment: str = "clock") -> datetime:
+def bar_close(calendar: str, timeframe: str, bar: datetime, alignment: str = "clock",
+              closures: Closures = NO_CLOSURES) -> datetime:
     """When the expected bar opening at ``bar`` is complete on its calendar: open + length on the
     clock grid; otherwise (daily bars, session-anchored bars) the first second at which
     ``last_completed_bar`` reaches it (the session close, a shortened bar's interval close)."""
@@ -67,7 +69,7 @@ def bar_close(calendar: str, timeframe: str, bar: datetime, alignment: str = "cl
     lo, hi = bar, bar + step + _CLOSE_SEARCH
 
     def complete(at: datetime) -> bool:
-        newest = last_completed_bar(calendar, timeframe, at, alignment)
+        newest = last_completed_bar(calendar, timeframe, at, alignment, closures)
         return newest is not None and newest >= bar
 
     if not complete(hi):
@@ -94,6 +96,7 @@ class SeriesState:
     asset_class: str | None
     delay_minutes: int | None  # the instrument's own availability delay (None: the asset class's)
     last_bar: datetime | None  # the newest stored bar (None: never loaded)
+    closures: Closures = NO_CLOSURES  # the instrument's extra closed time (ns; integrity.calendars.closures)
 
 
 @dataclass(frozen=True)
@@ -148,18 +151,22 @@ class Judge:
         self._expected: dict[tuple, datetime | None] = {}
         self._due: dict[tuple, datetime] = {}
 
-    def expected_bar(self, calendar: str, timeframe: str, alignment: str, delay: timedelta) -> datetime | None:
+    def expected_bar(self, calendar: str, timeframe: str, alignment: str, delay: timedelta,
+                     closures: Closures = NO_CLOSURES) -> datetime | None:
         """The newest bar whose close + delay is at or before the latest scheduled run."""
-        key = (calendar, timeframe, alignment, delay)
+        key = (calendar, timeframe, alignment, delay, closures)
         if key not in self._expected:
-            self._expected[key] = last_completed_bar(calendar, timeframe, self.last_run - delay, alignment)
+            self._expected[key] = last_completed_bar(calendar, timeframe, self.last_run - delay, alignment,
+                                                     closures)
         return self._expected[key]
 
-    def due_at(self, calendar: str, timeframe: str, alignment: str, delay: timedelta, bar: datetime) -> datetime:
+    def due_at(self, calendar: str, timeframe: str, alignment: str, delay: timedelta, bar: datetime,
+               closures: Closures = NO_CLOSURES) -> datetime:
         """The first scheduled run at or after ``bar``'s close + delay."""
-        key = (calendar, timeframe, alignment, delay, bar)
+        key = (calendar, timeframe, alignment, delay, bar, closures)
         if key not in self._due:
-            self._due[key] = run_at_or_after(self.cron, bar_close(calendar, timeframe, bar, alignment) + delay)
+            close = bar_close(calendar, timeframe, bar, alignment, closures)
+            self._due[key] = run_at_or_after(self.cron, close + delay)
         return self._due[key]
 
     def judge_many(self, states: Sequence[SeriesState], errors: list[dict[str, Any]] | None = None,
@@ -171,10 +178,10 @@ class Judge:
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, state in enumerate(states):
             delay = availability_delay(state.asset_class, state.delay_minutes)
-            groups[(state.calendar, state.timeframe, state.alignment, delay)].append(i)
-        for (calendar, timeframe, alignment, delay), members in groups.items():
+            groups[(state.calendar, state.timeframe, state.alignment, delay, state.closures)].append(i)
+        for (calendar, timeframe, alignment, delay, closures), members in groups.items():
             try:
-                self._judge_group(calendar, timeframe, alignment, delay, states, members, verdicts)
+                self._judge_group(calendar, timeframe, alignment, delay, closures, states, members, verdicts)
             except Exception as exc:
                 if errors is None:
                     raise
@@ -188,9 +195,9 @@ class Judge:
         assert verdict is not None
         return verdict
 
-    def _judge_group(self, calendar: str, timeframe: str, alignment: str, delay: timedelta,
+    def _judge_group(self, calendar: str, timeframe: str, alignment: str, delay: timedelta, closures: Closures,
                      states: Sequence[SeriesState], members: list[int], verdicts: list[Verdict | None]) -> None:
-        expected = self.expected_bar(calendar, timeframe, alignment, delay)
+        expected = self.expected_bar(calendar, timeframe, alignment, delay, closures)
         base = {"as_of": self.as_of, "last_run": self.last_run, "delay": delay, "grace": self.grace,
                 "expected_bar": expected}
         behind = []
@@ -207,9 +214,10 @@ class Judge:
         lasts = np.array([to_ns(states[i].last_bar) for i in behind], dtype="int64")
         newest = np.full(len(behind), to_ns(expected), dtype="int64")
         # Expected bars strictly after the last stored one and up to the expected one (inclusive).
-        between, firsts, _ = expected_stats(calendar, timeframe, lasts, newest, closed=False, alignment=alignment)
+        between, firsts, _ = expected_stats(calendar, timeframe, lasts, newest, closed=False, alignment=alignment,
+                                            closures=closures)
         for i, n, first in zip(behind, between, firsts, strict=True):
             first_missing = ns_to_datetime(int(first)) if n else expected
-            due = self.due_at(calendar, timeframe, alignment, delay, first_missing)
+            due = self.due_at(calendar, timeframe, alignment, delay, first_missing, closures)
             verdicts[i] = Verdict(last_bar=states[i].last_bar, first_missing=first_missing, missing_bars=int(n) + 1,
                                   due_at=due, stale=self.as_of - due > self.grace, **base)

@@ -276,6 +276,9 @@ FACTORIES = {
         rules="high_below_low,high_below_open_close", execution_id=uuid.uuid4()),
     "seriesstats": lambda: models.SeriesStats.objects.create(
         symbol=f"S{n(models.SeriesStats)}", timeframe="1h", bar_count=1, last_scan_at=timezone.now()),
+    # Ends far ahead: the admin tests move ``start`` (its date hierarchy) to several dates up to now.
+    "instrumentclosure": lambda: models.InstrumentClosure.objects.create(
+        symbol=f"S{n(models.InstrumentClosure)}", start=utc(2024, 12, 24, 22), end=utc(2099, 1, 1)),
 }
 
 

@@ -4,8 +4,8 @@ dashboard: ``integrity.admin_site``).
 Django's admin autodiscovery imports this package; importing its modules registers every screen:
 ``base`` (what every screen shares: strict lists, storable form values, action reporting),
 ``instruments`` (instruments, candles, series statistics), ``runs`` (backfill executions, failure
-tracking, health runs), ``anomalies`` (anomaly review, the duplicate log) and ``rejected`` (the
-quarantine of bars validation refused).
+tracking, health runs), ``anomalies`` (anomaly review, the duplicate log), ``rejected`` (the
+quarantine of bars validation refused) and ``closures`` (an instrument's extra closed time).
 
 Audit tables (duplicate log, health runs, backfill executions) are read-only. No model has foreign
 keys, so there is nothing for ``list_select_related`` to join: every list is the page query plus the
@@ -14,6 +14,7 @@ paginator's count and the filters' choices, whatever the number of rows (tests/t
 
 from .anomalies import DataAnomalyAdmin, DuplicateRecordLogAdmin
 from .base import IntegrityModelAdmin, ReadOnlyAdmin, StorableJSONField, StrictChangeList
+from .closures import InstrumentClosureAdmin
 from .instruments import (
     CandleAdmin,
     CandleSourceFilter,
@@ -27,6 +28,7 @@ from .runs import BackfillStateAdmin, HealthCheckRunAdmin, SymbolFailureTracking
 
 __all__ = [
     "BackfillStateAdmin", "CandleAdmin", "CandleSourceFilter", "DataAnomalyAdmin", "DuplicateRecordLogAdmin",
-    "EstimatedCountPaginator", "HealthCheckRunAdmin", "InstrumentAdmin", "InstrumentForm", "IntegrityModelAdmin",
-    "ReadOnlyAdmin", "RejectedCandleAdmin", "SeriesStatsAdmin", "StorableJSONField", "StrictChangeList", "SymbolFailureTrackingAdmin",
+    "EstimatedCountPaginator", "HealthCheckRunAdmin", "InstrumentAdmin", "InstrumentClosureAdmin", "InstrumentForm",
+    "IntegrityModelAdmin", "ReadOnlyAdmin", "RejectedCandleAdmin", "SeriesStatsAdmin", "StorableJSONField",
+    "StrictChangeList", "SymbolFailureTrackingAdmin",
 ]

@@ -2,6 +2,7 @@ from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
 from . import views
+from .closures import ClosureViewSet
 from .rejected import RejectedCandleViewSet
 
 router = DefaultRouter()
@@ -12,6 +13,7 @@ router.register("symbol-failures", views.SymbolFailureViewSet, basename="symbol-
 router.register("instruments", views.InstrumentViewSet, basename="instrument")
 router.register("series", views.SeriesViewSet, basename="series")
 router.register("rejected-candles", RejectedCandleViewSet, basename="rejected-candle")
+router.register("closures", ClosureViewSet, basename="closure")
 
 urlpatterns = [
     path("health/", views.HealthView.as_view(), name="api-health"),

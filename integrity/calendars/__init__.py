@@ -7,6 +7,8 @@ The public API of the calendar layer; each part has one owner module:
       forex week) and the cached exchange_calendars builds behind them;
     * ``bars``: expected-bar maths (clock grid or session-anchored), bar opens from closes, the
       newest completed bar;
+    * ``closures``: an instrument's extra closed time (holidays, outages) as ns intervals, which
+      every expected-bar function here takes as ``closures`` (normalised by ``normalise_closures``);
     * ``counting``: counts and first/last expected bars of spans too long to materialise (its
       ``DENSE_LIMIT`` is read there, so patch it there).
 """
@@ -21,6 +23,8 @@ from .bars import (
     session_anchored,
     validate_alignment,
 )
+from .closures import NO_CLOSURES, Closures
+from .closures import normalise as normalise_closures
 from .codes import (
     ASSET_CLASS_CALENDARS,
     CRYPTO_CALENDAR,
@@ -34,6 +38,8 @@ from .counting import bars_per_day, count_expected_bars, expected_stats
 
 __all__ = [
     "ASSET_CLASS_CALENDARS",
+    "NO_CLOSURES",
+    "Closures",
     "CRYPTO_CALENDAR",
     "FOREX_CALENDAR",
     "OWN_CALENDARS",
@@ -47,6 +53,7 @@ __all__ = [
     "is_expected_bar",
     "is_known_calendar",
     "last_completed_bar",
+    "normalise_closures",
     "previous_expected_bar",
     "session_anchored",
     "validate_alignment",

@@ -17,6 +17,11 @@ Bar alignment (``alignment``, a ``BarAlignment`` value) says where intraday bars
       ... 15:30 New York time, 09:30 ... 12:30 on a 13:00 half day; XHKG 1h: 09:30, 10:30, 11:30,
       13:00, 14:00, 15:00). Daily bars and 24/7 series do not depend on it.
 
+Closures (``closures``, see ``closures.py``): extra closed time of one instrument, int64 ns
+[start, end) pairs normalised by ``closures.normalise``. Every function here takes them, so gaps,
+off-calendar bars and staleness see the same trading time: a bar is expected when the calendar
+expects it and at least one of its trading minutes is outside the closures.
+
 Everything is vectorised per trading interval (a session or a forex week), never per minute.
 """
 
@@ -36,6 +41,8 @@ from ..timeframes import (
     timeframe_seconds,
     to_ns,
 )
+from . import closures as _closures
+from .closures import NO_CLOSURES, Closures
 from .codes import CRYPTO_CALENDAR, FOREX_CALENDAR, OWN_CALENDARS, validate_calendar_code
 from .intervals import exchange_table, floor_ns, forex_day_closes, trading_intervals, weekday
 
@@ -89,8 +96,53 @@ def _anchored_bars(iv_open: np.ndarray, iv_close: np.ndarray, step: int) -> tupl
 # --- public API --------------------------------------------------------------------------------
 
 def expected_ns(calendar: str, timeframe: str, lo: int, hi: int,
-                alignment: str = BarAlignment.CLOCK) -> np.ndarray:
+                alignment: str = BarAlignment.CLOCK, closures: Closures = NO_CLOSURES) -> np.ndarray:
     """Expected bar opens in [lo, hi) as sorted int64 ns since the epoch (the vectorised core)."""
+    bars = _calendar_ns(calendar, timeframe, lo, hi, alignment)
+    if closures and len(bars):
+        bars = bars[_still_open(calendar, timeframe, alignment, bars, closures)]
+    return bars
+
+
+def _bar_spans(calendar: str, timeframe: str, alignment: str, bars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The time [a, b) each expected bar covers: an intraday bar its length (session-anchored: cut at
+    its interval's close), a daily bar its session (from the previous close to its close)."""
+    step = bar_step_ns(calendar, timeframe)
+    if timeframe == "1d":
+        if calendar == CRYPTO_CALENDAR:
+            return bars, bars + NS_PER_DAY
+        if calendar == FOREX_CALENDAR:
+            return forex_day_closes(bars - NS_PER_DAY), forex_day_closes(bars)
+        table = exchange_table(calendar, int(bars[0]), int(bars[-1]))
+        idx = np.searchsorted(table.sessions, bars)
+        ends = table.closes[idx]
+        starts = np.where(idx > 0, table.closes[np.clip(idx - 1, 0, None)], ends - NS_PER_DAY)
+        return starts, ends
+    if session_anchored(calendar, timeframe, alignment):
+        iv_open, iv_close = trading_intervals(calendar, int(bars[0]), int(bars[-1]) + step)
+        idx = np.clip(np.searchsorted(iv_open, bars, side="right") - 1, 0, None)
+        return bars, np.minimum(bars + step, iv_close[idx])
+    return bars, bars + step
+
+
+def _still_open(calendar: str, timeframe: str, alignment: str, bars: np.ndarray,
+                closures: Closures) -> np.ndarray:
+    """Which of these calendar-expected bars keep a trading minute outside the closures."""
+    keep = np.ones(len(bars), dtype=bool)
+    if len(bars) == 0:
+        return keep
+    step = bar_step_ns(calendar, timeframe)
+    near = _closures.relevant(closures, int(bars[0]), int(bars[-1]) + step)
+    if not near:
+        return keep
+    a, b = _bar_spans(calendar, timeframe, alignment, bars)
+    lo, hi = int(a.min()), int(b.max())
+    iv_open, iv_close = _closures.subtract(*trading_intervals(calendar, lo, hi), near)
+    return _closures.meets(iv_open, iv_close, a, b)
+
+
+def _calendar_ns(calendar: str, timeframe: str, lo: int, hi: int, alignment: str) -> np.ndarray:
+    """Expected bar opens in [lo, hi) on the calendar alone (no closures)."""
     step = bar_step_ns(calendar, timeframe)
     if hi <= lo:
         return np.empty(0, dtype="int64")
@@ -120,12 +172,13 @@ def expected_ns(calendar: str, timeframe: str, lo: int, hi: int,
 
 
 def expected_bars(calendar: str, timeframe: str, start: datetime, end: datetime,
-                  alignment: str = BarAlignment.CLOCK) -> pd.DatetimeIndex:
+                  alignment: str = BarAlignment.CLOCK, closures: Closures = NO_CLOSURES) -> pd.DatetimeIndex:
     """Open times (UTC, sorted, unique) of the bars ``calendar`` expects in [start, end)."""
-    return ns_index(expected_ns(calendar, timeframe, to_ns(start), to_ns(end), alignment))
+    return ns_index(expected_ns(calendar, timeframe, to_ns(start), to_ns(end), alignment, closures))
 
 
-def is_expected_bar(calendar: str, timeframe: str, ts, alignment: str = BarAlignment.CLOCK) -> np.ndarray:
+def is_expected_bar(calendar: str, timeframe: str, ts, alignment: str = BarAlignment.CLOCK,
+                    closures: Closures = NO_CLOSURES) -> np.ndarray:
     """Which of the given bar open times the calendar expects (False for NaT and unaligned times).
 
     Works per bar against the trading intervals spanning [min(ts), max(ts)], so sparse times far
@@ -166,6 +219,8 @@ def is_expected_bar(calendar: str, timeframe: str, ts, alignment: str = BarAlign
         safe = np.clip(idx, 0, max(len(iv_close) - 1, 0))
         hit = (idx >= 0) & (iv_close[safe] > values) if len(iv_close) else np.zeros(len(values), bool)
         ok = aligned & hit
+    if closures and ok.any():
+        ok[ok] = _still_open(calendar, timeframe, alignment, values[ok], closures)
     result[valid] = ok
     return result
 
@@ -192,14 +247,25 @@ def bar_opens_from_closes(calendar: str, timeframe: str, closes: np.ndarray,
 
 
 def last_completed_bar(calendar: str, timeframe: str, now: datetime,
-                       alignment: str = BarAlignment.CLOCK) -> datetime | None:
+                       alignment: str = BarAlignment.CLOCK, closures: Closures = NO_CLOSURES) -> datetime | None:
     """The newest expected bar that is complete at ``now``.
 
     Intraday: bar open + timeframe <= now (session-anchored: or its interval's close, for the
     shortened last bar of a session). Daily: exchanges, the last session whose close <= now;
     24/7, the last UTC day that has ended; 24/5, the last trading day whose 17:00 New York close
-    <= now.
+    <= now. With ``closures``: the newest such bar that the closures leave expected (every bar
+    before a complete bar is complete too).
     """
+    newest = _last_completed_on_calendar(calendar, timeframe, now, alignment)
+    if not closures or newest is None:
+        return newest
+    newest_ns = to_ns(newest)
+    if len(expected_ns(calendar, timeframe, newest_ns, newest_ns + 1, alignment, closures)):
+        return newest
+    return _newest_before(calendar, timeframe, newest_ns, alignment, closures)
+
+
+def _last_completed_on_calendar(calendar: str, timeframe: str, now: datetime, alignment: str) -> datetime | None:
     step = bar_step_ns(calendar, timeframe)
     now_ns = to_ns(now)
     if session_anchored(calendar, timeframe, alignment):
@@ -228,16 +294,19 @@ def last_completed_bar(calendar: str, timeframe: str, now: datetime,
 
 
 def previous_expected_bar(calendar: str, timeframe: str, ts: datetime,
-                          alignment: str = BarAlignment.CLOCK) -> datetime | None:
-    """The newest expected bar strictly before ``ts``, looking back about a month at most."""
+                          alignment: str = BarAlignment.CLOCK, closures: Closures = NO_CLOSURES) -> datetime | None:
+    """The newest expected bar strictly before ``ts``, looking back about a month at most (plus the
+    closed time of the closures)."""
     bar_step_ns(calendar, timeframe)
-    return _newest_before(calendar, timeframe, to_ns(ts), alignment)
+    return _newest_before(calendar, timeframe, to_ns(ts), alignment, closures)
 
 
 def _newest_before(calendar: str, timeframe: str, end_ns: int,
-                   alignment: str = BarAlignment.CLOCK) -> datetime | None:
+                   alignment: str = BarAlignment.CLOCK, closures: Closures = NO_CLOSURES) -> datetime | None:
+    closed = sum(b - a for a, b in closures if a < end_ns)
     for lookback in _LOOKBACKS:
-        bars = expected_ns(calendar, timeframe, end_ns - int(lookback.value), end_ns, alignment)
+        lo = end_ns - int(lookback.value) - closed
+        bars = expected_ns(calendar, timeframe, lo, end_ns, alignment, closures)
         if len(bars):
             return ns_to_datetime(bars[-1])
     return None

@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from .. import series as series_module
+from ..calendars.closures import NO_CLOSURES
+from ..models import closures_by_symbol
 from ..staleness import Judge, SeriesState, Verdict
 from ..timeframes import iso
 
@@ -65,8 +67,10 @@ def assess_staleness(as_of: datetime, errors: list | None = None) -> list[Series
     its series are skipped; the others are still judged.
     """
     newest = series_module.newest_bars()
+    closures = closures_by_symbol({bar.symbol for bar in newest})
     states = [SeriesState(bar.calendar, bar.timeframe, bar.bar_alignment, bar.asset_class,
-                          bar.availability_delay_minutes, bar.last_bar) for bar in newest]
+                          bar.availability_delay_minutes, bar.last_bar, closures.get(bar.symbol, NO_CLOSURES))
+              for bar in newest]
     problems: list[dict[str, Any]] = []
     verdicts = Judge(as_of).judge_many(states, problems)
     if errors is not None:

@@ -9,6 +9,7 @@ database can enforce (one active backfill per series, status values) are enforce
 - ``backfill``: backfill executions and their lifecycle, per-symbol failure streaks
 - ``anomalies``: findings and their review lifecycle
 - ``logs``: the duplicate cleanup audit log, health job runs
+- ``closures``: extra closed time per instrument (holidays, outages) and their loader
 - ``rejected``: the quarantine of bars refused at ingest (``rejected_candles``)
 - ``base``: what they share (the choices CHECK, asset classes, InvalidTransition)
 """
@@ -17,6 +18,7 @@ from ..timeframes import Timeframe
 from .anomalies import AnomalyType, DataAnomaly, ResolutionStatus, Severity
 from .backfill import ACTIVE_STATUSES, TERMINAL_STATUSES, BackfillState, BackfillStatus, SymbolFailureTracking
 from .base import AssetClass, InvalidTransition
+from .closures import InstrumentClosure, closures_by_symbol, closures_for
 from .instruments import Candle, Instrument, SeriesStats
 from .logs import BigIntegerArrayField, DuplicateKeptBy, DuplicateRecordLog, HealthCheckRun, HealthStatus
 from .rejected import RejectedCandle
@@ -42,5 +44,8 @@ __all__ = [
     "ACTIVE_STATUSES",
     "TERMINAL_STATUSES",
     "BigIntegerArrayField",
+    "InstrumentClosure",
+    "closures_by_symbol",
+    "closures_for",
     "RejectedCandle",
 ]

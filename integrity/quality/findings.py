@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..calendars import NO_CLOSURES, Closures
 from ..timeframes import iso
 
 
@@ -42,6 +43,7 @@ class SeriesContext:
     since: datetime | None = None  # incremental scan: look at bars from here (already includes overlap)
     alignment: str = "clock"  # BarAlignment: where intraday bars start (clock grid or session open)
     availability_delay_minutes: int | None = None  # the instrument's own (None: its asset class's)
+    closures: Closures = NO_CLOSURES  # the instrument's extra closed time (ns), see calendars.closures
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Incremental scans: which series changed since their last scan, from where to re-read them, and
-the watermarks a scan leaves in ``series_stats`` (see ``integrity.quality.anomalies`` for the rules).
+the watermarks a scan leaves in ``series_stats`` (see ``integrity.quality.anomalies`` for the rules),
+and ``rescan_from``, which sends a series back to be re-read when its expected bars changed.
 """
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Max, Min, Q
+from django.db.models import Case, F, Max, Min, Q, Value, When
 from django.utils import timezone
 
 from ..conf import conf
@@ -215,3 +216,13 @@ def advance_unchanged(plan: ScanPlan) -> None:
         SeriesStats.objects.filter(id__in=lagging[i:i + 5000], last_scanned_id__lt=plan.watermark).update(
             last_scanned_id=plan.watermark, last_scan_started_at=plan.started_at)
 
+
+
+def rescan_from(symbol: str, since: datetime) -> int:
+    """Make the next incremental scan re-read every series of ``symbol`` from ``since`` (minus the
+    overlap): what a change to the instrument's expected bars (a closure recorded or removed) needs,
+    since no candle changed. One UPDATE; series never scanned are read whole anyway."""
+    return SeriesStats.objects.filter(symbol=symbol).update(
+        last_scanned_id=None,
+        last_scanned_ts=Case(When(last_scanned_ts__gt=since, then=Value(since)), default=F("last_scanned_ts")),
+    )

@@ -11,6 +11,8 @@ Thresholds resolve in layers, later wins:
 Unknown keys and values of the wrong type are logged and ignored while resolving (one mistyped
 instrument must not stop a scan of the whole watchlist); ``validate_thresholds`` is the strict
 check for forms and ``Instrument.clean``.
+
+``series_contexts`` also gives each series its instrument's closures (one query for the watchlist).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 from ..calendars import is_known_calendar
 from ..conf import conf
-from ..models import SeriesStats
+from ..models import SeriesStats, closures_by_symbol
 from ..series import WatchedInstrument, newest_bars_of, watchlist
 from ..timeframes import TIMEFRAME_DELTAS
 from .findings import SeriesContext
@@ -157,8 +159,10 @@ def series_contexts(symbol: str | None = None, timeframe: str | None = None) -> 
             wanted[pair] = by_symbol[pair[0]]
 
     stats = {}
+    closures = {}
     if wanted:
         symbols = {s for s, _ in wanted}
+        closures = closures_by_symbol(symbols)
         stats_rows = SeriesStats.objects.filter(robust_volatility__isnull=False)
         if len(symbols) <= 500:
             stats_rows = stats_rows.filter(symbol__in=symbols)
@@ -197,6 +201,7 @@ def series_contexts(symbol: str | None = None, timeframe: str | None = None) -> 
             robust_volatility=stats.get((sym, tf)),
             alignment=instrument.bar_alignment,
             availability_delay_minutes=instrument.availability_delay_minutes,
+            closures=closures.get(sym, ()),
         )
         for (sym, tf), instrument in sorted(wanted.items())
     ]

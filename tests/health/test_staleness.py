@@ -11,8 +11,10 @@ from datetime import timedelta
 import pytest
 from django.core.management import CommandError, call_command
 
+from integrity.closures import add_preset
 from integrity.health.staleness import assess_staleness
 from integrity.models import Candle, Instrument
+from integrity.quality.anomalies import detect_data_anomalies
 from integrity.schedules import run_at_or_after, run_at_or_before
 from integrity.staleness import Judge, SeriesState, bar_close
 from tests.helpers import add_instrument, use_default_thresholds, utc
@@ -111,3 +113,31 @@ class TestReplay:
         with pytest.raises(CommandError, match="in the future") as caught:
             call_command("health_check", "--as-of", "2999-01-01", stdout=io.StringIO())
         assert caught.value.returncode == 2
+
+
+class TestClosures:
+    """A recorded closure removes expectations from staleness as it does from the gap detector."""
+
+    @pytest.fixture
+    def eurusd_to_christmas_eve(self):
+        # A forex 1h series complete up to the last hour before the forex Christmas day (22:00 UTC).
+        add_instrument("EURUSD", "forex", "24/5", timeframes=("1h",))
+        last = utc(2026, 12, 24, 21)
+        Candle.objects.bulk_create([Candle(symbol="EURUSD", timeframe="1h", ts=last - timedelta(hours=h), open=1,
+                                           high=1, low=1, close=1, volume=1) for h in range(5)])
+
+    def test_a_forex_series_silent_on_christmas_is_stale_without_a_closure(self, eurusd_to_christmas_eve):
+        assert stale_symbols(utc(2026, 12, 26, 6)) == ["EURUSD"]
+
+    def test_the_forex_holidays_preset_makes_it_fresh(self, eurusd_to_christmas_eve):
+        add_preset("forex-holidays", [2026])
+        assert stale_symbols(utc(2026, 12, 26, 6)) == []
+
+    def test_the_stale_detector_honours_the_closure_too(self, eurusd_to_christmas_eve):
+        add_preset("forex-holidays", [2026])
+        found = detect_data_anomalies(now=utc(2026, 12, 26, 6), types=["stale"], dry_run=True)
+        assert found.findings == []
+
+    def test_the_stale_detector_finds_it_stale_without_the_closure(self, eurusd_to_christmas_eve):
+        found = detect_data_anomalies(now=utc(2026, 12, 26, 6), types=["stale"], dry_run=True)
+        assert [f.symbol for f in found.findings] == ["EURUSD"]

@@ -6,6 +6,10 @@ expected bars in it and M expected bars missing (from the gap step), N - (E - M)
 expected. Only a series where that is non-zero (or which has unaligned times) looks closer: the same
 identity per bucket (a UTC day, or 1024 bars when longer) from one GROUP BY, and only the timestamps
 of buckets where it fails are read and checked bar by bar, never the whole series.
+
+Closures (``Series.closures``) only remove expectations: the counts above use them (as the gap step
+does), but a stored bar is judged against the calendar alone, so a bar stored inside a recorded
+closure (a thin Christmas quote) is not off-calendar; only a bar the calendar itself closes is.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def _off_calendar_ranges(s: Series, gaps: Sequence[tuple[window.WindowRow, int, 
     if first < 0 or (last - first) // step > counting.DENSE_LIMIT:
         return window  # pre-1970 (bucket arithmetic) or too long to materialise: check it all
     width = _bucket_ns(s)
-    expected = expected_ns(s.calendar, s.timeframe, first, last + 1, s.alignment)
+    expected = expected_ns(s.calendar, s.timeframe, first, last + 1, s.alignment, s.closures)
     change = np.zeros(len(expected) + 1, dtype="int64")
     for row, missing, _, _ in gaps:
         if missing > 0:
@@ -127,7 +131,7 @@ def findings(scan: Scan) -> list[Finding]:
     scan.window()
     gaps = scan.gap_stats()
     # The count identity, per (calendar, timeframe): stored - (expected - missing) = not expected.
-    to_check: dict[tuple[str, str, str], list[Series]] = defaultdict(list)
+    to_check: dict[tuple, list[Series]] = defaultdict(list)
     narrowed: list[Series] = []
     odd_runs: dict[int, list[_Run]] = {}
     for s in scan.series:
@@ -140,11 +144,12 @@ def findings(scan: Scan) -> list[Finding]:
         elif odd:
             narrowed.append(s)
         else:
-            to_check[s.grid].append(s)
-    for (calendar, timeframe, alignment), items in to_check.items():
+            to_check[s.closed_grid].append(s)
+    for (calendar, timeframe, alignment, closures), items in to_check.items():
         los = np.array([s.first_ts for s in items], dtype="int64")
         his = np.array([s.last_ts for s in items], dtype="int64")
-        expected, _, _ = expected_stats(calendar, timeframe, los, his, closed=True, alignment=alignment)
+        expected, _, _ = expected_stats(calendar, timeframe, los, his, closed=True, alignment=alignment,
+                                        closures=closures)
         for s, e in zip(items, expected, strict=True):
             stored = s.n_rows - sum(1 for row in s.rows if row.is_dup)
             missing = sum(n for _, n, _, _ in gaps.get(s.idx, ()))

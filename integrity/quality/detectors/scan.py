@@ -5,8 +5,11 @@ all the detectors that need it. Detectors never write.
   bar of overlap) once and returns only candidate rows: gap intervals (ts - previous ts > one bar),
   duplicate rows, rows breaking the OHLC rules, unaligned times, outlier candidates, and the
   window's first and last row;
-* calendar logic then runs on candidates only, vectorised per (calendar, timeframe, alignment):
-  the expected bars strictly inside each candidate interval are missing bars (``gap_stats``);
+* calendar logic then runs on candidates only, vectorised per (calendar, timeframe, alignment,
+  closures): the expected bars strictly inside each candidate interval are missing bars
+  (``gap_stats``);
+* each series' closures (``SeriesContext.closures``, loaded with the contexts) are on
+  ``Series.closures``; every expected-bar judgement of a detector passes them on;
 * the newest stored bar per series: one index probe each (``integrity.series.newest_bars_of``),
   unless the caller gave it.
 """
@@ -22,7 +25,13 @@ from datetime import datetime
 
 import numpy as np
 
-from ...calendars import bars_per_day, expected_stats, is_known_calendar, session_anchored
+from ...calendars import (
+    Closures,
+    bars_per_day,
+    expected_stats,
+    is_known_calendar,
+    session_anchored,
+)
 from ...models import AnomalyType, Candle, Severity
 from ...series import newest_bars_of
 from ...timeframes import NS_PER_SECOND, TIMEFRAME_DELTAS, ns_to_datetime
@@ -80,11 +89,17 @@ class Series:
     timeframe = _of_context("timeframe")
     calendar = _of_context("calendar")
     alignment = _of_context("alignment")
+    closures = _of_context("closures")  # the instrument's extra closed time (ns)
 
     @property
     def grid(self) -> tuple[str, str, str]:
         """What decides which bar times are expected: (calendar, timeframe, alignment)."""
         return (self.ctx.calendar, self.ctx.timeframe, self.ctx.alignment)
+
+    @property
+    def closed_grid(self) -> tuple[str, str, str, Closures]:
+        """``grid`` plus the instrument's closures: series sharing it share expected bars."""
+        return (*self.grid, self.closures)
 
     @property
     def grid_ns(self) -> int:
@@ -237,17 +252,17 @@ class Scan:
         if self._gap_stats is not None:
             return self._gap_stats
         self.window()
-        groups: dict[tuple[str, str, str], list[tuple[Series, window.WindowRow]]] = defaultdict(list)
+        groups: dict[tuple[str, str, str, Closures], list[tuple[Series, window.WindowRow]]] = defaultdict(list)
         for s in self.series:
             for row in s.rows:
                 if row.is_gap:
-                    groups[s.grid].append((s, row))
+                    groups[s.closed_grid].append((s, row))
         result: dict[int, list[tuple[window.WindowRow, int, int, int]]] = defaultdict(list)
-        for (calendar, timeframe, alignment), items in groups.items():
+        for (calendar, timeframe, alignment, closures), items in groups.items():
             los = np.array([row.pt for _, row in items], dtype="int64")
             his = np.array([row.ts for _, row in items], dtype="int64")
             counts, firsts, lasts = expected_stats(calendar, timeframe, los, his, closed=False,
-                                                    alignment=alignment)
+                                                    alignment=alignment, closures=closures)
             for (s, row), n, first, last in zip(items, counts, firsts, lasts, strict=True):
                 result[s.idx].append((row, int(n), int(first), int(last)))
         self._gap_stats = result

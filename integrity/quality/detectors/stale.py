@@ -19,7 +19,8 @@ def findings(scan: Scan) -> list[Finding]:
     last = scan.last_bars()
     loaded = [s for s in scan.series if s.idx in last]
     states = [SeriesState(s.calendar, s.timeframe, s.alignment, s.ctx.asset_class,
-                          s.ctx.availability_delay_minutes, ns_to_datetime(last[s.idx])) for s in loaded]
+                          s.ctx.availability_delay_minutes, ns_to_datetime(last[s.idx]), s.closures)
+              for s in loaded]
     found: list[Finding] = []
     for s, verdict in zip(loaded, Judge(scan.now).judge_many(states), strict=True):
         if verdict is None or not verdict.stale:
