@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 from ..backfill import BackfillError, BackfillRefused, NotCancellable, cancel_backfill
 from ..failures import reset_symbol_failures
 from ..health.summaries import open_anomaly_totals
+from ..health.workers import worker_status
 from ..models import (
     ACTIVE_STATUSES,
     BackfillState,
@@ -28,6 +29,7 @@ from ..models import (
     SeriesStats,
     SymbolFailureTracking,
 )
+from ..series import active_instruments
 from ..tasks import request_backfill
 from . import filters
 from .permissions import InstrumentPermissions, ModelPermissions
@@ -243,6 +245,14 @@ class PublicHealthCheckRunSerializer(HealthCheckRunSerializer):
         return data
 
 
+def live_workers() -> dict:
+    """Whether a django-q2 cluster is alive and what waits for one (no host names, no error text)."""
+    status = worker_status()
+    return {"alive": status.alive, "clusters": len(status.clusters), "queued": status.queued,
+            "oldest_queued_seconds": status.oldest_queued_seconds, "pending_backfills": status.pending_backfills,
+            "problem": status.problem if status.alive is not None else "cannot tell whether a worker is running"}
+
+
 class HealthView(APIView):
     """The latest health run and a live summary."""
 
@@ -264,7 +274,8 @@ class HealthView(APIView):
                 resolution_status=ResolutionStatus.ACKNOWLEDGED).count(),
             "active_backfills": BackfillState.objects.filter(status__in=ACTIVE_STATUSES).count(),
             "failing_symbols": SymbolFailureTracking.objects.filter(consecutive_failures__gt=0).count(),
-            "instruments": Instrument.objects.filter(active=True).count(),
+            "instruments": active_instruments().count(),
+            "workers": live_workers(),
         }
         return Response({"latest_run": PublicHealthCheckRunSerializer(latest).data if latest else None,
                          "live": live})

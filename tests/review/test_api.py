@@ -425,6 +425,12 @@ class TestHealthEndpoint:
         assert live["open_anomalies_by_type"] == {"gap": 1}
         assert (live["active_backfills"], live["failing_symbols"]) == (1, 1)
 
+    def test_the_live_summary_says_no_worker_is_running_while_a_backfill_waits(self, no_cluster_heartbeats):
+        create_backfill_state("A", "1h", "crypto")
+        workers = client_for(user_with("view_healthcheckrun")).get("/api/v1/health/").json()["live"]["workers"]
+        assert workers["alive"] is False and workers["pending_backfills"] == 1
+        assert "no worker is running" in workers["problem"]
+
     def test_before_any_run_the_latest_run_is_null(self):
         body = client_for(user_with("view_healthcheckrun")).get("/api/v1/health/").json()
         assert body["latest_run"] is None and body["live"]["open_anomalies"] == 0
