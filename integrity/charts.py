@@ -36,6 +36,7 @@ def anomaly_chart_svg(anomaly: DataAnomaly) -> str:
     bars = before[::-1] + inside + after
     rejected = (rejected_points(anomaly.symbol, anomaly.timeframe, start, end)
                 if anomaly.anomaly_type == AnomalyType.INVALID_OHLC else [])
+    rejected_only = anomaly.anomaly_type == AnomalyType.INVALID_OHLC
     if not bars and not rejected:
         return '<p class="help">No stored candles around this anomaly.</p>'
     if not bars:  # every bar of the period was refused: the crosses alone
@@ -68,7 +69,8 @@ def anomaly_chart_svg(anomaly: DataAnomaly) -> str:
         if None in (high, low, close) or any(v != v for v in (high, low, close)):
             continue
         cx = x(ts)
-        marked = start <= ts < end
+        # Stored bars of an invalid_ohlc period passed validation: the refused ones are the crosses.
+        marked = start <= ts < end and not rejected_only
         colour = "#c0392b" if marked else "#555"
         parts.append(f'<line x1="{cx:.1f}" y1="{y(high):.1f}" x2="{cx:.1f}" y2="{y(low):.1f}" stroke="{colour}"/>')
         if marked:

@@ -9,7 +9,9 @@ import uuid
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.http import StreamingHttpResponse
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from ..models import BackfillState, RejectedCandle
 from ..rejected import csv_lines
@@ -64,8 +66,8 @@ class ExecutionFilter(admin.SimpleListFilter):
 
 @admin.register(RejectedCandle)
 class RejectedCandleAdmin(ReadOnlyAdmin):
-    list_display = ("symbol", "timeframe", "ts", "shown_open", "shown_high", "shown_low", "shown_close",
-                    "shown_volume", "rules", "copies", "execution_id", "provider", "rejected_at")
+    list_display = ("symbol", "timeframe", "ts", "rules_broken", "shown_open", "shown_high", "shown_low", "shown_close",
+                    "shown_volume", "copies", "execution", "rejected_at")
     list_filter = ("timeframe", RuleFilter, ExecutionFilter, "provider", "rejected_at")
     search_fields = ("symbol",)
     search_help_text = "symbol, e.g. BTC-USD"
@@ -80,7 +82,22 @@ class RejectedCandleAdmin(ReadOnlyAdmin):
         return queryset.filter(symbol__in={term, term.upper()}), False
 
     def _value(self, obj, column):
-        return (obj.raw_values or {}).get(column, getattr(obj, column))
+        """The value as it came (``nan``, ``inf`` as text), numbers to 10 significant digits (the
+        detail page and the CSV export keep every digit)."""
+        value = (obj.raw_values or {}).get(column, getattr(obj, column))
+        return f"{value:.10g}" if isinstance(value, float) else value
+
+    @admin.display(description="rules broken", ordering="rules")
+    def rules_broken(self, obj):
+        return ", ".join(obj.rules.split(","))
+
+    @admin.display(description="execution", ordering="execution_id")
+    def execution(self, obj):
+        """The run that refused the bar: its first 8 characters, linking to it."""
+        if obj.execution_id is None:
+            return "-"
+        url = reverse("admin:integrity_backfillstate_changelist") + f"?q={obj.execution_id}"
+        return format_html('<a href="{}" title="{}">{}…</a>', url, obj.execution_id, str(obj.execution_id)[:8])
 
     @admin.display(description="open")
     def shown_open(self, obj):

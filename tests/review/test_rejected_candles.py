@@ -150,3 +150,11 @@ def test_the_invalid_ohlc_chart_marks_the_rejected_bars():
     run_backfill("BTC-USD", "1h", start=utc(2024, 1, 1), end=utc(2024, 1, 4))
     anomaly = DataAnomaly.objects.get(anomaly_type=AnomalyType.INVALID_OHLC)
     assert anomaly_chart_svg(anomaly).count('class="rejected-bar"') == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_invalid_ohlc_chart_does_not_mark_the_stored_bars_between_the_rejected_ones():
+    add_instrument(invalid=[utc(2024, 1, 2, 5).isoformat(), utc(2024, 1, 2, 9).isoformat()])
+    run_backfill("BTC-USD", "1h", start=utc(2024, 1, 1), end=utc(2024, 1, 4))
+    anomaly = DataAnomaly.objects.get(anomaly_type=AnomalyType.INVALID_OHLC)
+    assert 'class="anomaly-bar"' not in anomaly_chart_svg(anomaly)  # 06:00–08:00 passed validation
