@@ -7,7 +7,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 
 from integrity.providers.http_policy import reset_rate_limiters
-from tests.helpers import ALPACA_KEY_ID, ALPACA_SECRET, record_http_sleeps
+from tests.helpers import ALPACA_KEY_ID, ALPACA_SECRET, record_http_sleeps, use_default_thresholds
 
 
 def is_postgres() -> bool:
@@ -72,3 +72,10 @@ def alpaca_keys(settings, monkeypatch):
     monkeypatch.delenv("ALPACA_API_KEY_ID", raising=False)
     monkeypatch.delenv("ALPACA_API_SECRET_KEY", raising=False)
     return settings
+
+
+@pytest.fixture
+def default_thresholds(settings):
+    """The detectors' thresholds, staleness settings and backfill schedule at their defaults, whatever
+    the environment sets (``pytestmark = pytest.mark.usefixtures("default_thresholds")``)."""
+    use_default_thresholds(settings)

@@ -17,17 +17,13 @@ from integrity.models import Candle, Instrument
 from integrity.quality.anomalies import detect_data_anomalies
 from integrity.schedules import run_at_or_after, run_at_or_before
 from integrity.staleness import Judge, SeriesState, bar_close
-from tests.helpers import add_instrument, use_default_thresholds, utc
+from tests.helpers import add_instrument, utc
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("default_thresholds")]
 
 # The week of 2026-11-02 (after the DST change: the NYSE closes 21:00 UTC).
 FRIDAY, MONDAY = utc(2026, 10, 30), utc(2026, 11, 2)
 
-
-@pytest.fixture(autouse=True)
-def defaults(settings):
-    use_default_thresholds(settings)
 
 
 @pytest.fixture

@@ -29,14 +29,10 @@ from django.core.management import CommandError, call_command
 from integrity.calendars import expected_bars
 from integrity.models import Candle, DataAnomaly
 from integrity.providers.synthetic import synthetic_bars
-from tests.helpers import use_default_thresholds, utc
+from tests.helpers import utc
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("default_thresholds")]
 
-
-@pytest.fixture(autouse=True)
-def default_thresholds(settings):
-    use_default_thresholds(settings)
 
 
 @dataclass

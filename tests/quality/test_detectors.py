@@ -28,16 +28,12 @@ from integrity.quality.thresholds import (
     validate_thresholds,
 )
 from tests.conftest import is_postgres
-from tests.helpers import add_instrument, use_default_thresholds, utc
+from tests.helpers import add_instrument, utc
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("default_thresholds")]
 
 CALENDARS = {"equity": "XNYS", "crypto": "24/7", "forex": "24/5"}
 
-
-@pytest.fixture(autouse=True)
-def default_thresholds(settings):
-    use_default_thresholds(settings)
 
 
 def ctx(symbol="BTC-USD", timeframe="1h", asset_class="crypto", since=None, vol=None, **overrides):

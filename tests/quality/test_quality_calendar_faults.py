@@ -20,16 +20,12 @@ from integrity.providers.synthetic import synthetic_bars
 from integrity.quality.detectors import run_detectors
 from integrity.quality.findings import SeriesContext
 from integrity.quality.thresholds import resolve_thresholds
-from tests.helpers import use_default_thresholds, utc
+from tests.helpers import utc
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("default_thresholds")]
 
 CALENDARS = {"equity": "XNYS", "crypto": "24/7", "forex": "24/5"}
 
-
-@pytest.fixture(autouse=True)
-def default_thresholds(settings):
-    use_default_thresholds(settings)
 
 
 def ctx(symbol: str, timeframe: str, asset_class: str) -> SeriesContext:

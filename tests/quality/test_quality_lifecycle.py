@@ -14,17 +14,13 @@ from integrity.cleanup import cleanup_duplicate_records
 from integrity.models import Candle, DataAnomaly, DuplicateRecordLog
 from integrity.providers.synthetic import synthetic_bars
 from integrity.quality.anomalies import detect_data_anomalies
-from tests.helpers import add_instrument, use_default_thresholds, utc
+from tests.helpers import add_instrument, utc
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("default_thresholds")]
 
 START, END = utc(2024, 1, 1), utc(2024, 1, 11)  # 240 hourly 24/7 bars
 NOW = utc(2024, 1, 11, 0, 30)
 
-
-@pytest.fixture(autouse=True)
-def default_thresholds(settings):
-    use_default_thresholds(settings)
 
 
 @pytest.fixture

@@ -10,17 +10,13 @@ from integrity.providers.synthetic import synthetic_bars
 from integrity.quality.detectors import run_detectors
 from integrity.quality.findings import SeriesContext
 from integrity.quality.thresholds import DEFAULT_THRESHOLDS, resolve_thresholds, series_contexts
-from tests.helpers import add_instrument, use_default_thresholds, utc
+from tests.helpers import add_instrument, utc
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("default_thresholds")]
 
 CALENDARS = {"equity": "XNYS", "crypto": "24/7", "forex": "24/5"}
 BAR = utc(2024, 3, 12, 15)  # a Tuesday, 11:00 New York: inside every calendar's trading time
 
-
-@pytest.fixture(autouse=True)
-def default_thresholds(settings):
-    use_default_thresholds(settings)
 
 
 def ctx(symbol="EURUSD", asset_class="forex", timeframe="1h") -> SeriesContext:

@@ -10,15 +10,12 @@ from django.db import transaction
 from integrity.models import Candle
 from integrity.quality import window
 from integrity.quality.anomalies import detect_data_anomalies
-from tests.helpers import add_instrument, use_default_thresholds, utc
+from tests.helpers import add_instrument, utc
+
+pytestmark = pytest.mark.usefixtures("default_thresholds")
 
 START = utc(2024, 3, 4)
 NOW = utc(2024, 3, 6)
-
-
-@pytest.fixture(autouse=True)
-def thresholds(settings):
-    use_default_thresholds(settings)
 
 
 def load_series(symbols: list[str]) -> None:
