@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -110,6 +111,19 @@ def worker_database_url() -> str:
         return f"sqlite:///{db['NAME']}"
     user = quote(db["USER"] or "") + (f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else "")
     return f"postgres://{user}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def stop_process_group(process) -> None:
+    """SIGTERM (a cluster stops its workers and exits), then SIGKILL for its group if it hangs; the
+    process must have been started with ``start_new_session=True`` (its group is ours alone)."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 def django_script_report(script: str, tag: str, **env) -> dict:

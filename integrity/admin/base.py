@@ -215,3 +215,19 @@ def request_backfills(modeladmin, request, series: list[tuple[str, str, object, 
     if done:
         note_no_worker(modeladmin, request)
 
+
+
+def choice_filter(title: str, parameter: str, choices, lookup: str) -> type[admin.SimpleListFilter]:
+    """A list filter offering a fixed list of ``choices`` (no DISTINCT over a big table to find them),
+    keeping the rows where ``lookup`` matches the chosen value."""
+
+    class ChoiceFilter(admin.SimpleListFilter):
+        def lookups(self, request, model_admin):
+            return [(choice, choice) for choice in choices]
+
+        def queryset(self, request, queryset):
+            return queryset.filter(**{lookup: self.value()}) if self.value() else queryset
+
+    ChoiceFilter.title, ChoiceFilter.parameter_name = title, parameter
+    ChoiceFilter.__name__ = ChoiceFilter.__qualname__ = f"{parameter.capitalize()}ChoiceFilter"
+    return ChoiceFilter

@@ -18,7 +18,7 @@ from ..providers import PROVIDER_NAMES, check_bar_alignment
 from ..quality.thresholds import validate_thresholds
 from ..series import series_of
 from ..timeframes import BarAlignment
-from .base import IntegrityModelAdmin, ReadOnlyAdmin, request_backfills
+from .base import IntegrityModelAdmin, ReadOnlyAdmin, choice_filter, request_backfills
 
 
 class InstrumentForm(forms.ModelForm):
@@ -103,17 +103,8 @@ class EstimatedCountPaginator(Paginator):
         return super().count
 
 
-class CandleSourceFilter(admin.SimpleListFilter):
-    """The providers as choices: a DISTINCT over the candle table would scan all of it."""
-
-    title = "source"
-    parameter_name = "source"
-
-    def lookups(self, request, model_admin):
-        return [(name, name) for name in PROVIDER_NAMES]
-
-    def queryset(self, request, queryset):
-        return queryset.filter(source=self.value()) if self.value() else queryset
+# The providers as choices: a DISTINCT over the candle table would scan all of it.
+CandleSourceFilter = choice_filter("source", "source", PROVIDER_NAMES, "source")
 
 
 @admin.register(Candle)

@@ -16,26 +16,14 @@ from django.utils.html import format_html
 from ..models import BackfillState, RejectedCandle
 from ..rejected import csv_lines
 from ..validation import REASON_CODES
-from .base import ReadOnlyAdmin
+from .base import ReadOnlyAdmin, choice_filter
 
 RECENT_EXECUTIONS = 20
 
 
-class RuleFilter(admin.SimpleListFilter):
-    """One validation rule: the rows that broke it (with or without others)."""
-
-    title = "rule broken"
-    parameter_name = "rule"
-
-    def lookups(self, request, model_admin):
-        return [(code, code) for code in REASON_CODES]
-
-    def queryset(self, request, queryset):
-        value = self.value()
-        if not value:
-            return queryset
-        # Codes are never substrings of one another, so a containment test names exactly one rule.
-        return queryset.filter(rules__contains=value)
+# One validation rule: the rows that broke it (with or without others). Codes are never substrings of
+# one another, so a containment test names exactly one rule.
+RuleFilter = choice_filter("rule broken", "rule", REASON_CODES, "rules__contains")
 
 
 class ExecutionFilter(admin.SimpleListFilter):
@@ -62,6 +50,20 @@ class ExecutionFilter(admin.SimpleListFilter):
         except ValueError:
             raise IncorrectLookupParameters(f"execution_id {self.value()[:40]!r} is not an execution id (a UUID)") from None
         return queryset.filter(execution_id=execution_id)
+
+
+VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
+
+
+def _shown(column: str):
+    """A list column showing ``column`` as it came (``RejectedCandleAdmin._value``)."""
+
+    @admin.display(description=column)
+    def shown(self, obj):
+        return self._value(obj, column)
+
+    shown.__name__ = f"shown_{column}"
+    return shown
 
 
 @admin.register(RejectedCandle)
@@ -99,25 +101,7 @@ class RejectedCandleAdmin(ReadOnlyAdmin):
         url = reverse("admin:integrity_backfillstate_changelist") + f"?q={obj.execution_id}"
         return format_html('<a href="{}" title="{}">{}…</a>', url, obj.execution_id, str(obj.execution_id)[:8])
 
-    @admin.display(description="open")
-    def shown_open(self, obj):
-        return self._value(obj, "open")
-
-    @admin.display(description="high")
-    def shown_high(self, obj):
-        return self._value(obj, "high")
-
-    @admin.display(description="low")
-    def shown_low(self, obj):
-        return self._value(obj, "low")
-
-    @admin.display(description="close")
-    def shown_close(self, obj):
-        return self._value(obj, "close")
-
-    @admin.display(description="volume")
-    def shown_volume(self, obj):
-        return self._value(obj, "volume")
+    shown_open, shown_high, shown_low, shown_close, shown_volume = (_shown(column) for column in VALUE_COLUMNS)
 
     @admin.action(description="Export selected rejected bars as CSV", permissions=["view"])
     def export_csv(self, request, queryset):

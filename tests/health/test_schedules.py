@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from integrity.tasks import (
     enrichment_task,
     health_task,
 )
-from tests.helpers import ROOT, add_instrument, utc
+from tests.helpers import ROOT, add_instrument, stop_process_group, utc
 
 NOW = utc(2024, 6, 5, 12, 0)
 EXPECTED = {
@@ -245,18 +244,6 @@ def worker_db_url() -> str:
             f"{connection.settings_dict['NAME']}")
 
 
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM (the cluster stops its workers and exits), then SIGKILL for the group if it hangs."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # the group is the cluster we started (own session)
-        process.wait(timeout=10)
-
-
 @pytest.mark.postgres_only  # the cluster is a separate process sharing the test database: needs a server
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
@@ -287,7 +274,7 @@ class TestRealCluster:
             else:
                 pytest.fail(f"the tasks did not finish within 60 s:\n{log.read_text()[-3000:]}")
         finally:
-            stop(cluster)
+            stop_process_group(cluster)
         done = Success.objects.get(id=task_id)
         assert done.func == "integrity.tasks.health_task"
         run = HealthCheckRun.objects.get()

@@ -17,7 +17,7 @@ from integrity.health.workers import worker_status
 from integrity.metrics import render_metrics
 from integrity.models import BackfillState
 from integrity.queue import live_clusters
-from tests.helpers import ROOT, add_instrument, client_for, user_with, worker_database_url
+from tests.helpers import ROOT, add_instrument, client_for, stop_process_group, user_with, worker_database_url
 
 # The cluster reads committed rows; a cluster an earlier test stopped is forgotten.
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_cluster_heartbeats")]
@@ -49,13 +49,7 @@ def qcluster(tmp_path):
                                    stderr=subprocess.STDOUT, start_new_session=True)
     process.log = log
     yield process
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the group is the cluster we started (own session)
-            process.wait(timeout=10)
+    stop_process_group(process)
     caches["workers"].clear()  # the next test starts with no heartbeat of this cluster
 
 
