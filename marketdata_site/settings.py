@@ -278,6 +278,9 @@ SPECTACULAR_SETTINGS = {
 
 # --- Health monitoring, alerts, schedules, metrics (integrity.health/alerts/schedules/metrics) ---
 HEALTH_STALE_HOURS = envsetting("HEALTH_STALE_HOURS")
+REPAIR_AUTO = envsetting("REPAIR_AUTO")
+REPAIR_MAX_PER_RUN = envsetting("REPAIR_MAX_PER_RUN")
+REPAIR_BACKOFF = envsetting("REPAIR_BACKOFF")
 ALERT_EMAIL_RECIPIENTS = envsetting("ALERT_EMAIL_RECIPIENTS")
 # Django's mail backend, used by the email alert channel.
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")

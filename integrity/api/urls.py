@@ -1,11 +1,11 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from . import views
+from . import repair, views
 
 router = DefaultRouter()
 router.register("backfills", views.BackfillViewSet, basename="backfill")
-router.register("anomalies", views.AnomalyViewSet, basename="anomaly")
+router.register("anomalies", repair.RepairableAnomalyViewSet, basename="anomaly")
 router.register("duplicates", views.DuplicateLogViewSet, basename="duplicate")
 router.register("symbol-failures", views.SymbolFailureViewSet, basename="symbol-failure")
 router.register("instruments", views.InstrumentViewSet, basename="instrument")

@@ -10,8 +10,10 @@ in the run's ``errors`` (and makes the run critical) while the others still run.
 4. ``anomaly_scan`` — the anomaly suite, incrementally (``detect_data_anomalies()``): stale for
    every series (reusing the newest bars the staleness check read), the other detectors only for
    series changed since their last scan — see ``integrity.quality.anomalies``.
-5. ``anomaly_totals`` — open anomalies by severity and by type.
-6. ``alerts`` — the due alerts, each sent once (``integrity.health.alerting``).
+5. ``auto_repair`` — new gap and invalid-bar anomalies re-fetched and re-checked before anyone is
+   paged (``integrity.repair.auto_repair``; ``REPAIR_AUTO``, ``REPAIR_MAX_PER_RUN``, ``REPAIR_BACKOFF``).
+6. ``anomaly_totals`` — open anomalies by severity and by type.
+7. ``alerts`` — the due alerts, each sent once (``integrity.health.alerting``).
 
 The status is ``HealthReport.compute_status``. Acknowledged anomalies do not count: a human has
 them in hand.
@@ -31,6 +33,7 @@ from ..backfill import reap_dead_backfills
 from ..conf import conf
 from ..models import HealthCheckRun, HealthStatus
 from ..quality import anomalies as quality_anomalies
+from ..repair import auto_repair
 from .alerting import MAX_LISTED, alert_critical_anomalies, alert_stale_transitions, alert_unsent_failures
 from .report import FailingSummary, HealthReport, StaleSummary
 from .staleness import SeriesFreshness, assess_staleness, stale_hours
@@ -69,6 +72,7 @@ def run_health_monitoring(now: datetime | None = None, *, scan_anomalies: bool =
         failing_symbols=FailingSummary(threshold=conf.FAILURE_ALERT_THRESHOLD),
     )
     series: list[SeriesFreshness] = []
+    new_anomaly_ids: list[int] = []
 
     def reap():
         report.reaped_backfills = [
@@ -99,6 +103,10 @@ def run_health_monitoring(now: datetime | None = None, *, scan_anomalies: bool =
         newest = {(s.symbol, s.timeframe): s.last_bar for s in series}
         result = quality_anomalies.detect_data_anomalies(now=now, newest_bars=newest)
         report.anomaly_scan = {**result.as_dict(), "new_anomalies": len(result.new_anomaly_ids)}
+        new_anomaly_ids.extend(result.new_anomaly_ids)
+
+    def repairs():
+        report.repairs = auto_repair(new_anomaly_ids, now=now)
 
     def anomaly_totals():
         report.anomalies = open_anomaly_totals()
@@ -116,6 +124,7 @@ def run_health_monitoring(now: datetime | None = None, *, scan_anomalies: bool =
         _run_check("failures", report, failures)
         if scan_anomalies:
             _run_check("anomaly_scan", report, anomaly_scan)
+        _run_check("auto_repair", report, repairs)
         _run_check("anomaly_totals", report, anomaly_totals)
         alerts()  # times and records its parts itself
     finally:

@@ -60,6 +60,7 @@ class DetectionResult:
     created: int = 0
     updated: int = 0
     resolved: int = 0
+    dismissed: int = 0  # findings of problems resolved for good (a sticky reason): not recorded
     new_anomaly_ids: list[int] = field(default_factory=list)
 
     def by_severity(self) -> dict[str, int]:
@@ -80,7 +81,7 @@ class DetectionResult:
 
     def as_dict(self) -> dict[str, Any]:
         counts = as_json(self, ("dry_run", "full", "series_scanned", "series_rescanned", "found", "created",
-                                "updated", "resolved"))
+                                "updated", "resolved", "dismissed"))
         return {**counts, "by_type": self.by_type(), "by_severity": self.by_severity()}
 
 
