@@ -272,7 +272,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"TimeframeEnum": "integrity.timeframes.Timeframe"},
+    "ENUM_NAME_OVERRIDES": {"TimeframeEnum": "integrity.timeframes.Timeframe",
+                            "ResolutionReasonEnum": "integrity.models.anomalies.ResolutionReason"},
     "COMPONENT_SPLIT_REQUEST": True,
 }
 

@@ -59,8 +59,8 @@ def _run_check(name: str, report: HealthReport, check: Callable[[], None]) -> No
 def run_health_monitoring(now: datetime | None = None, *, scan_anomalies: bool = True) -> HealthReport:
     """Run every check, send the alerts due, persist a ``HealthCheckRun`` and return its report.
 
-    ``scan_anomalies=False`` skips the anomaly suite (the totals of stored anomalies and their
-    alerts still run); ``report.anomaly_scan`` is then None.
+    ``scan_anomalies=False`` skips the anomaly suite and its automatic repairs (the totals of stored
+    anomalies and their alerts still run); ``report.anomaly_scan`` and ``report.repairs`` are then None.
     """
     started_at = timezone.now()
     started = time.monotonic()
@@ -124,7 +124,7 @@ def run_health_monitoring(now: datetime | None = None, *, scan_anomalies: bool =
         _run_check("failures", report, failures)
         if scan_anomalies:
             _run_check("anomaly_scan", report, anomaly_scan)
-        _run_check("auto_repair", report, repairs)
+            _run_check("auto_repair", report, repairs)
         _run_check("anomaly_totals", report, anomaly_totals)
         alerts()  # times and records its parts itself
     finally:

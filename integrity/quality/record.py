@@ -118,11 +118,13 @@ def record_findings(result: DetectionResult, contexts: list[SeriesContext], type
 
 
 def _create_all(result: DetectionResult, findings: list[Finding], now: datetime,
-                regressions: dict[str, int]) -> None:
-    """Create the anomalies of new findings in one insert; if a concurrent scan created one of them
-    meanwhile (the partial unique index refuses it), fall back to upserting one by one."""
+                regressions: dict[str, int] | None = None) -> None:
+    """Create the anomalies of new findings in one insert (``regressions``: the count each starts
+    with, by fingerprint); if a concurrent scan created one of them meanwhile (the partial unique
+    index refuses it), fall back to upserting one by one."""
     if not findings:
         return
+    regressions = regressions or {}
     rows = [DataAnomaly(symbol=f.symbol, timeframe=f.timeframe, anomaly_type=f.anomaly_type,
                         fingerprint=f.fingerprint, detected_at=now, regressions=regressions.get(f.fingerprint, 0),
                         **{k: v for k, v in _finding_values(f, now).items() if k != "updated_at"})

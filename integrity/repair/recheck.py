@@ -42,10 +42,11 @@ def recheck(anomaly: DataAnomaly, start: datetime, end: datetime, result: Backfi
 
     contexts = [c for c in series_contexts(symbol=anomaly.symbol, timeframe=anomaly.timeframe)
                 if c.timeframe == anomaly.timeframe]
-    findings: list[Finding] = []
-    if contexts:
-        contexts[0].since = start
-        findings = run_detectors(contexts[:1], types=[anomaly.anomaly_type], now=now)
+    if not contexts:  # no instrument (or no calendar) to judge the series by
+        return Verdict(STILL_PRESENT, f"bars re-fetched ({execution}) but {anomaly.symbol} {anomaly.timeframe} "
+                                      "is no series of the watchlist: nothing to re-check it with")
+    contexts[0].since = start
+    findings = run_detectors(contexts[:1], types=[anomaly.anomaly_type], now=now)
     in_range = [f for f in findings if f.period_start is not None and f.period_start < end
                 and (f.period_end or f.period_start) >= start]
     same = next((f for f in in_range if f.fingerprint == anomaly.fingerprint), None)
