@@ -17,7 +17,7 @@ from integrity.conf import conf
 from integrity.health.job import run_health_monitoring
 from integrity.models import BackfillState, Candle, DataAnomaly, SymbolFailureTracking
 from integrity.quality.anomalies import detect_data_anomalies
-from integrity.repair import repair_anomalies
+from integrity.repair import auto_repair, repair_anomalies
 from integrity.timeframes import floor_to_timeframe
 from tests.helpers import add_instrument, utc
 from tests.providers.test_provider_binance import KLINES, FakeBinance, serve
@@ -221,3 +221,35 @@ class TestCommand:
         foreign_delete("BTC-USD", "1h", *HOLE)
         detect_data_anomalies(full=True)
         assert repair_anomalies(symbol="OTHER") == []
+
+
+class TestAutoRepair:
+    def recent_series(self, httpserver, holes):
+        end = floor_to_timeframe(timezone.now(), "1h")
+        start = end - timedelta(hours=48)
+        binance_series(httpserver, start=start, end=None)
+        for hour in holes:
+            foreign_delete("BTC-USD", "1h", start + timedelta(hours=hour), start + timedelta(hours=hour + 2))
+        detect_data_anomalies(full=True)  # another writer's deletes: only a full scan sees them
+        return start
+
+    def test_a_failed_attempt_is_retried_only_after_the_backoff(self, httpserver, settings):
+        self.recent_series(httpserver, [10])
+        gap_ids = list(DataAnomaly.objects.filter(anomaly_type="gap").values_list("id", flat=True))
+        httpserver.clear_all_handlers()
+        httpserver.expect_request(KLINES).respond_with_response(Response("down", status=503))
+
+        assert auto_repair(gap_ids)["by_outcome"] == {"failed": 1}
+        assert auto_repair([])["attempted"] == 0  # within REPAIR_BACKOFF
+        settings.REPAIR_BACKOFF = 0
+        assert auto_repair([])["by_outcome"] == {"failed": 1}
+        assert len(gap().details["repairs"]) == 2
+
+    def test_at_most_repair_max_per_run_are_repaired_in_one_run(self, httpserver, settings):
+        settings.REPAIR_MAX_PER_RUN = 1
+        self.recent_series(httpserver, [10, 20])
+        gap_ids = list(DataAnomaly.objects.filter(anomaly_type="gap").values_list("id", flat=True))
+
+        report = auto_repair(gap_ids)
+
+        assert (report["attempted"], report["deferred"], report["by_outcome"]) == (1, 1, {"fixed": 1})
