@@ -44,7 +44,7 @@ from . import detectors
 from .detectors import DETECTORS, STALE
 from .findings import Finding, as_json
 from .plan import advance_unchanged, mark_scanned, plan_scan
-from .record import record_findings
+from .record import drop_dismissed, record_findings
 from .thresholds import series_contexts
 
 logger = logging.getLogger(__name__)
@@ -124,6 +124,8 @@ def detect_data_anomalies(
     findings.sort(key=lambda f: order[f.anomaly_type])  # stable: by type, then series, then time
     result = DetectionResult(dry_run=dry_run, full=full, series_scanned=len(contexts), findings=findings,
                              series_rescanned=len(plan.changed))
+    if dry_run:
+        drop_dismissed(result)
     if dry_run or not contexts:
         return result
     changed_keys = {(c.symbol, c.timeframe) for c in plan.changed}

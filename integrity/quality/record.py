@@ -55,6 +55,14 @@ def review_history(fingerprints: list[str]) -> tuple[set[str], dict[str, int]]:
     return sticky, regressions
 
 
+def drop_dismissed(result: DetectionResult) -> None:
+    """A dry run's findings without the problems resolved for good (what a real run would not record)."""
+    sticky, _ = review_history(list(dict.fromkeys(f.fingerprint for f in result.findings)))
+    if sticky:
+        result.findings = [f for f in result.findings if f.fingerprint not in sticky]
+        result.dismissed = len(sticky)
+
+
 def _kept_details(ids: list[int]) -> dict[int, dict[str, Any]]:
     """The ``KEPT_DETAILS`` of those anomalies that have any (few: the ones ever repaired)."""
     kept: dict[int, dict[str, Any]] = {}

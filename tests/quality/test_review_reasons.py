@@ -126,3 +126,14 @@ class TestReasons:
         outcome = review_anomalies(DataAnomaly.objects.all(), "resolved", by="root", reason="expected")
         assert set(DataAnomaly.objects.values_list("resolution_reason", flat=True)) == {"expected"}
         assert outcome.summary().endswith("UTC, as expected).") and f"#{a.pk}, #{b.pk}" in outcome.summary()
+
+
+class TestDryRun:
+    def test_a_dry_run_does_not_report_a_dismissed_outlier(self):
+        series(spikes=[SPIKE.isoformat()])
+        detect_data_anomalies(now=NOW, types=["outlier"])
+        open_of("outlier").get().resolve(reason="false_positive")
+
+        result = detect_data_anomalies(now=NOW, full=True, types=["outlier"], dry_run=True)
+
+        assert (result.found, result.dismissed) == (0, 1)
