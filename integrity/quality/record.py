@@ -55,12 +55,16 @@ def review_history(fingerprints: list[str]) -> tuple[set[str], dict[str, int]]:
     return sticky, regressions
 
 
-def drop_dismissed(result: DetectionResult) -> None:
-    """A dry run's findings without the problems resolved for good (what a real run would not record)."""
-    sticky, _ = review_history(list(dict.fromkeys(f.fingerprint for f in result.findings)))
+def _leave_out(result: DetectionResult, sticky: set[str]) -> None:
+    """The findings of problems resolved for good are no findings any more: counted as dismissed."""
     if sticky:
         result.findings = [f for f in result.findings if f.fingerprint not in sticky]
         result.dismissed = len(sticky)
+
+
+def drop_dismissed(result: DetectionResult) -> None:
+    """A dry run's findings without the problems resolved for good (what a real run would not record)."""
+    _leave_out(result, review_history(list(dict.fromkeys(f.fingerprint for f in result.findings)))[0])
 
 
 def _kept_details(ids: list[int]) -> dict[int, dict[str, Any]]:
@@ -91,10 +95,9 @@ def record_findings(result: DetectionResult, contexts: list[SeriesContext], type
                         .values_list("fingerprint", "id"))
     updates = []
     sticky, regressions = review_history([fp for fp in unique if fp not in existing])
-    if sticky:  # dismissed by a reviewer (or missing at source): not a finding any more
-        result.findings = [f for f in result.findings if f.fingerprint not in sticky]
-        result.dismissed = len(sticky)
-    new = [finding for fingerprint, finding in unique.items() if fingerprint not in existing and fingerprint not in sticky]
+    _leave_out(result, sticky)  # dismissed by a reviewer (or missing at source)
+    new = [finding for fingerprint, finding in unique.items()
+           if fingerprint not in existing and fingerprint not in sticky]
     _create_all(result, new, now, regressions)
     kept = _kept_details(list(existing.values()))
     for fingerprint, finding in unique.items():
