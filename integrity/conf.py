@@ -239,6 +239,13 @@ _declare("health", [
     ("ALERT_WEBHOOK_RETRIES", 2,
      "extra attempts after a connection error/timeout, 429 or 5xx (other 4xx are not retried)."),
     ("ALERT_WEBHOOK_BACKOFF", 0.5, "seconds before the first retry, doubled for each further one."),
+    ("REPAIR_AUTO", True,
+     "the health job repairs new gap and invalid-bar anomalies (re-fetches their range, re-checks it) before "
+     "it alerts, so a transient provider hole heals before anyone is paged."),
+    ("REPAIR_MAX_PER_RUN", 100, "the most anomalies one health run repairs (the rest wait for the next run)."),
+    ("REPAIR_BACKOFF", 3600.0,
+     "seconds after a failed automatic repair before the health job tries that anomaly again, doubled for "
+     "each further failed attempt."),
     ("SCHEDULE_ENRICHMENT_CRON", "30 1 * * *",
      "enrichment schedule (UTC, five-field cron), written by `setup_schedules`."),
     ("SCHEDULE_BACKFILL_CRON", "0 2 * * *", "daily incremental backfill schedule (UTC)."),

@@ -21,14 +21,16 @@ from django_q.tasks import async_task
 
 from .backfill import BackfillError, claim_backfill, reap_dead_backfills, run_backfill, run_backfill_execution
 from .health.job import run_health_monitoring
-from .models import BackfillState, BackfillStatus
+from .models import BackfillState, BackfillStatus, DataAnomaly
 from .quality.enrichment import enrich_series
+from .repair import claim_repair, run_repair_execution
 from .series import active_series
 
 logger = logging.getLogger(__name__)
 
 BACKFILL_SERIES_TASK = "integrity.tasks.backfill_series_task"
 EXECUTION_TASK = "integrity.tasks.backfill_execution_task"  # what request_backfill queues
+REPAIR_TASK = "integrity.tasks.repair_execution_task"  # what request_repair queues
 
 
 def health_task() -> dict[str, Any]:
@@ -87,3 +89,21 @@ def request_backfill(symbol: str, timeframe: str, *, start: datetime | None = No
 def backfill_execution_task(execution_id: str) -> dict[str, Any]:
     """Run an execution ``request_backfill`` claimed (``integrity.backfill.run_backfill_execution``)."""
     return run_backfill_execution(execution_id)
+
+
+def request_repair(anomaly: DataAnomaly, *, by: str = "") -> BackfillState:
+    """Claim the anomaly's series for its repair now and queue the run (API and admin).
+    Raises RepairError / BackfillRefused / BackfillError."""
+    state = claim_repair(anomaly, by=by)
+    try:
+        async_task(REPAIR_TASK, anomaly.pk, str(state.execution_id), group="repair",
+                   task_name=f"repair anomaly {anomaly.pk} ({anomaly.symbol} {anomaly.timeframe})"[:100])
+    except Exception as exc:
+        state.mark_failed(f"could not enqueue: {exc}")
+        raise BackfillError(f"the task queue is unavailable: {exc}") from exc
+    return state
+
+
+def repair_execution_task(anomaly_id: int, execution_id: str) -> dict[str, Any]:
+    """Run a repair ``request_repair`` claimed (``integrity.repair.run_repair_execution``)."""
+    return run_repair_execution(anomaly_id, execution_id)

@@ -278,7 +278,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {"TimeframeEnum": "integrity.timeframes.Timeframe",
-                            "BackfillStatusEnum": "integrity.models.BackfillStatus"},
+                            "BackfillStatusEnum": "integrity.models.BackfillStatus",
+                            "ResolutionReasonEnum": "integrity.models.anomalies.ResolutionReason"},
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
@@ -288,6 +289,9 @@ STALE_GRACE_MINUTES = envsetting("STALE_GRACE_MINUTES")
 STALE_AVAILABILITY_DELAY_MINUTES = {
     asset_class: envint(f"STALE_AVAILABILITY_DELAY_MINUTES_{asset_class.upper()}", minutes)
     for asset_class, minutes in conf.default("STALE_AVAILABILITY_DELAY_MINUTES").items()}
+REPAIR_AUTO = envsetting("REPAIR_AUTO")
+REPAIR_MAX_PER_RUN = envsetting("REPAIR_MAX_PER_RUN")
+REPAIR_BACKOFF = envsetting("REPAIR_BACKOFF")
 ALERT_EMAIL_RECIPIENTS = envsetting("ALERT_EMAIL_RECIPIENTS")
 # Django's mail backend, used by the email alert channel.
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")

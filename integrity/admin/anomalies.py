@@ -1,32 +1,56 @@
-"""Anomaly review (acknowledge, resolve, the chart around an anomaly) and the duplicate-cleanup log."""
+"""Anomaly review (acknowledge, resolve with a reason, the chart around an anomaly, "Re-fetch this
+range") and the duplicate-cleanup log."""
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.safestring import mark_safe
 
+from ..backfill import BackfillError, BackfillRefused
 from ..charts import anomaly_chart_svg
-from ..models import DataAnomaly, DuplicateRecordLog, ResolutionStatus
+from ..models import DataAnomaly, DuplicateRecordLog, InvalidTransition, ResolutionReason, ResolutionStatus
 from ..quality.review import review_anomalies
-from .base import IntegrityModelAdmin, ReadOnlyAdmin
+from ..repair import RepairError, repair_range
+from ..tasks import request_repair
+from .base import IntegrityModelAdmin, ReadOnlyAdmin, report_action
+
+
+class DataAnomalyForm(forms.ModelForm):
+    """The note, and "resolve as": a reason resolves the anomaly when the form is saved."""
+
+    resolve_as = forms.ChoiceField(
+        required=False, choices=[("", "— leave as it is —"), *ResolutionReason.choices],
+        help_text="Resolve with this reason on save. Any reason but \"fixed\" is final: no scan reopens the "
+                  "problem; a fixed problem that comes back reopens as a regression.")
+
+    class Meta:
+        model = DataAnomaly
+        fields = ["resolution_note"]
 
 
 @admin.register(DataAnomaly)
 class DataAnomalyAdmin(IntegrityModelAdmin):
+    form = DataAnomalyForm
     list_display = (
-        "symbol", "timeframe", "anomaly_type", "severity", "resolution_status", "period_start",
-        "period_end", "affected_rows", "detected_at",
+        "symbol", "timeframe", "anomaly_type", "severity", "resolution_status", "resolution_reason", "regressions",
+        "period_start", "period_end", "affected_rows", "detected_at",
     )
-    list_filter = ("severity", "resolution_status", "anomaly_type", "timeframe", "detected_at")
+    list_filter = ("severity", "resolution_status", "resolution_reason", "anomaly_type", "timeframe", "detected_at")
     search_fields = ("symbol", "description")
     date_hierarchy = "detected_at"
-    actions = ["acknowledge", "resolve"]
+    actions = ["acknowledge", "resolve", "resolve_false_positive", "resolve_expected", "resolve_missing_at_source",
+               "refetch"]
     readonly_fields = [
         "symbol", "timeframe", "anomaly_type", "severity", "description", "affected_rows", "period_start",
         "period_end", "detected_at", "last_seen_at", "fingerprint", "details", "execution_id",
-        "resolution_status", "acknowledged_by", "acknowledged_at", "resolved_by", "resolved_at", "chart",
+        "resolution_status", "resolution_reason", "regressions", "acknowledged_by", "acknowledged_at",
+        "resolved_by", "resolved_at", "chart",
     ]
-    fields = ["chart", *readonly_fields[:-1], "resolution_note"]
+    fields = ["chart", *readonly_fields[:-1], "resolution_note", "resolve_as"]
 
     def has_add_permission(self, request):
         return False
@@ -35,19 +59,100 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
     def chart(self, obj):
         return mark_safe(anomaly_chart_svg(obj))  # noqa: S308 — our own SVG, values escaped in charts.py
 
-    def _review(self, request, queryset, target: str):
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        reason = form.cleaned_data.get("resolve_as")
+        if not reason:
+            return
+        try:
+            obj.resolve(by=request.user.get_username(), reason=reason)
+        except InvalidTransition as exc:
+            self.message_user(request, f"not resolved: {exc}", messages.WARNING)
+
+    def _review(self, request, queryset, target: str, reason: str = ""):
         """The selection moves in one locked transaction ("select all" may be thousands of rows), and
         the one message says what moved and what was refused and why, as split before the move."""
-        outcome = review_anomalies(queryset, target, by=request.user.get_username())
+        outcome = review_anomalies(queryset, target, by=request.user.get_username(), reason=reason)
         self.message_user(request, outcome.summary(), messages.WARNING if outcome.refused else messages.SUCCESS)
 
     @admin.action(description="Acknowledge selected anomalies", permissions=["change"])
     def acknowledge(self, request, queryset):
         self._review(request, queryset, ResolutionStatus.ACKNOWLEDGED)
 
-    @admin.action(description="Resolve selected anomalies", permissions=["change"])
+    @admin.action(description="Resolve selected anomalies as fixed (a recurrence reopens as a regression)",
+                  permissions=["change"])
     def resolve(self, request, queryset):
-        self._review(request, queryset, ResolutionStatus.RESOLVED)
+        self._review(request, queryset, ResolutionStatus.RESOLVED, ResolutionReason.FIXED)
+
+    @admin.action(description="Resolve selected anomalies as false positive (never reopened)", permissions=["change"])
+    def resolve_false_positive(self, request, queryset):
+        self._review(request, queryset, ResolutionStatus.RESOLVED, ResolutionReason.FALSE_POSITIVE)
+
+    @admin.action(description="Resolve selected anomalies as expected, a real event (never reopened)",
+                  permissions=["change"])
+    def resolve_expected(self, request, queryset):
+        self._review(request, queryset, ResolutionStatus.RESOLVED, ResolutionReason.EXPECTED)
+
+    @admin.action(description="Resolve selected anomalies as missing at source (never reopened)",
+                  permissions=["change"])
+    def resolve_missing_at_source(self, request, queryset):
+        self._review(request, queryset, ResolutionStatus.RESOLVED, ResolutionReason.MISSING_AT_SOURCE)
+
+    # --- repair: "Re-fetch this range" ----------------------------------------------------------
+
+    def _request_repair(self, request, anomaly) -> tuple[str | None, str | None]:
+        """(what was queued, or why not) for one anomaly."""
+        try:
+            state = request_repair(anomaly, by=f"admin:{request.user.get_username()}")
+        except (RepairError, BackfillRefused, BackfillError) as exc:
+            return None, f"#{anomaly.pk} {anomaly.symbol} {anomaly.timeframe} not re-fetched: {exc}"
+        return f"#{anomaly.pk} {anomaly.symbol} {anomaly.timeframe} ({state.execution_id})", None
+
+    @admin.action(description="Re-fetch this range (repair selected anomalies)", permissions=["change"])
+    def refetch(self, request, queryset):
+        done, refused = [], []
+        for anomaly in queryset.order_by("symbol", "timeframe", "period_start", "id")[:1000]:
+            queued, why = self._request_repair(request, anomaly)
+            (done if queued else refused).append(queued or why)
+        report_action(self, request, done, refused, "repairs queued")
+
+    def get_urls(self):
+        return [path("<path:object_id>/repair/", self.admin_site.admin_view(self.repair_view),
+                     name="integrity_dataanomaly_repair"), *super().get_urls()]
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        context["repairable"] = obj is not None and self._repairable(obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    @staticmethod
+    def _repairable(obj) -> bool:
+        try:
+            repair_range(obj)
+        except RepairError:
+            return False
+        return True
+
+    def repair_view(self, request, object_id):
+        """GET: confirm; POST: claim the series and queue the repair, then back to the anomaly."""
+        anomaly = get_object_or_404(DataAnomaly, pk=object_id) if str(object_id).isdigit() else None
+        if anomaly is None:
+            return redirect(reverse("admin:integrity_dataanomaly_changelist"))
+        if not self.has_change_permission(request, anomaly):
+            return redirect(reverse("admin:integrity_dataanomaly_change", args=[anomaly.pk]))
+        change_url = reverse("admin:integrity_dataanomaly_change", args=[anomaly.pk])
+        if request.method == "POST":
+            queued, why = self._request_repair(request, anomaly)
+            self.message_user(request, f"repair queued: {queued}" if queued else why,
+                              messages.SUCCESS if queued else messages.WARNING)
+            return redirect(change_url)
+        try:
+            start, end = repair_range(anomaly)
+        except RepairError as exc:
+            self.message_user(request, f"#{anomaly.pk} cannot be re-fetched: {exc}", messages.WARNING)
+            return redirect(change_url)
+        context = {**self.admin_site.each_context(request), "title": "Re-fetch this range", "opts": self.opts,
+                   "anomaly": anomaly, "start": start, "end": end}
+        return TemplateResponse(request, "admin/integrity/repair_confirm.html", context)
 
 
 @admin.register(DuplicateRecordLog)

@@ -13,6 +13,7 @@ from ..models import (
     DuplicateRecordLog,
     HealthCheckRun,
     Instrument,
+    ResolutionReason,
     SeriesStats,
     SymbolFailureTracking,
     Timeframe,
@@ -78,7 +79,7 @@ class DataAnomalySerializer(ReadOnlyModelSerializer):
             "id", "symbol", "timeframe", "anomaly_type", "severity", "description", "affected_rows",
             "resolution_status", "period_start", "period_end", "detected_at", "last_seen_at", "fingerprint",
             "details", "execution_id", "acknowledged_by", "acknowledged_at", "resolved_by", "resolved_at",
-            "resolution_note", "created_at", "updated_at",
+            "resolution_note", "resolution_reason", "regressions", "created_at", "updated_at",
         ]
 
 
@@ -88,11 +89,22 @@ class DataAnomalyListSerializer(ReadOnlyModelSerializer):
     class Meta:
         model = DataAnomaly
         fields = ["id", "symbol", "timeframe", "anomaly_type", "severity", "resolution_status", "period_start",
-                  "period_end", "affected_rows", "detected_at", "description"]
+                  "period_end", "affected_rows", "detected_at", "description", "resolution_reason", "regressions"]
 
 
 class ReviewSerializer(serializers.Serializer):
     note = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+
+
+class ResolveSerializer(ReviewSerializer):
+    """A resolution: its reason (default ``fixed``: a recurrence reopens as a regression; the others
+    are never reopened) and an optional note."""
+
+    reason = serializers.ChoiceField(
+        choices=ResolutionReason.choices, default=ResolutionReason.FIXED,
+        error_messages={"invalid_choice": "unknown reason \"{input}\": expected one of "
+                                          + ", ".join(ResolutionReason.values)},
+    )
 
 
 class DuplicateRecordLogSerializer(ReadOnlyModelSerializer):

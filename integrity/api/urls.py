@@ -1,13 +1,13 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from . import views
+from . import repair, views
 from .closures import ClosureViewSet
 from .rejected import RejectedCandleViewSet
 
 router = DefaultRouter()
 router.register("backfills", views.BackfillViewSet, basename="backfill")
-router.register("anomalies", views.AnomalyViewSet, basename="anomaly")
+router.register("anomalies", repair.RepairableAnomalyViewSet, basename="anomaly")
 router.register("duplicates", views.DuplicateLogViewSet, basename="duplicate")
 router.register("symbol-failures", views.SymbolFailureViewSet, basename="symbol-failure")
 router.register("instruments", views.InstrumentViewSet, basename="instrument")

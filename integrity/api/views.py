@@ -42,6 +42,7 @@ from .serializers import (
     DuplicateRecordLogSerializer,
     HealthCheckRunSerializer,
     InstrumentSerializer,
+    ResolveSerializer,
     ReviewSerializer,
     SeriesStatsSerializer,
     SymbolFailureSerializer,
@@ -148,12 +149,13 @@ class AnomalyViewSet(TableViewSet):
             queryset = queryset.only(*DataAnomalyListSerializer.Meta.fields)
         return queryset
 
-    def _review(self, request, method: str):
+    def _review(self, request, method: str, serializer=ReviewSerializer):
         anomaly = self.get_object()
-        body = ReviewSerializer(data=request.data)
+        body = serializer(data=request.data)
         body.is_valid(raise_exception=True)
+        extra = {"reason": body.validated_data["reason"]} if "reason" in body.validated_data else {}
         try:
-            getattr(anomaly, method)(by=actor(request), note=body.validated_data.get("note", ""))
+            getattr(anomaly, method)(by=actor(request), note=body.validated_data.get("note", ""), **extra)
         except InvalidTransition as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         anomaly.refresh_from_db()
@@ -164,10 +166,11 @@ class AnomalyViewSet(TableViewSet):
     def acknowledge(self, request, pk=None):
         return self._review(request, "acknowledge")
 
-    @extend_schema(request=ReviewSerializer, responses={200: DataAnomalySerializer, 409: OpenApiResponse()})
+    @extend_schema(request=ResolveSerializer, responses={200: DataAnomalySerializer, 400: OpenApiResponse(),
+                                                         409: OpenApiResponse()})
     @action(detail=True, methods=["post"])
     def resolve(self, request, pk=None):
-        return self._review(request, "resolve")
+        return self._review(request, "resolve", ResolveSerializer)
 
 
 class DuplicateLogViewSet(TableViewSet):

@@ -11,10 +11,12 @@ in the run's ``errors`` (and makes the run critical) while the others still run.
 4. ``anomaly_scan`` — the anomaly suite, incrementally (``detect_data_anomalies()``): stale for
    every series (reusing the newest bars the staleness check read), the other detectors only for
    series changed since their last scan — see ``integrity.quality.anomalies``.
-5. ``anomaly_totals`` — open anomalies by severity and by type.
-6. ``workers`` — whether a django-q2 cluster is alive and what waits for one
+5. ``auto_repair`` — new gap and invalid-bar anomalies re-fetched and re-checked before anyone is
+   paged (``integrity.repair.auto_repair``; ``REPAIR_AUTO``, ``REPAIR_MAX_PER_RUN``, ``REPAIR_BACKOFF``).
+6. ``anomaly_totals`` — open anomalies by severity and by type.
+7. ``workers`` — whether a django-q2 cluster is alive and what waits for one
    (``integrity.health.workers``); a problem there makes the run a warning.
-7. ``alerts`` — the due alerts, each sent once (``integrity.health.alerting``).
+8. ``alerts`` — the due alerts, each sent once (``integrity.health.alerting``).
 
 The status is ``HealthReport.compute_status``. Acknowledged anomalies do not count: a human has
 them in hand.
@@ -34,6 +36,7 @@ from ..backfill import reap_dead_backfills
 from ..conf import conf
 from ..models import HealthCheckRun, HealthStatus
 from ..quality import anomalies as quality_anomalies
+from ..repair import auto_repair
 from .alerting import MAX_LISTED, alert_critical_anomalies, alert_stale_transitions, alert_unsent_failures
 from .report import FailingSummary, HealthReport, StaleSummary
 from .staleness import SeriesFreshness, assess_staleness
@@ -63,8 +66,8 @@ def run_health_monitoring(as_of: datetime | None = None, *, scan_anomalies: bool
 
     ``as_of`` (``now`` is the same thing, by its older name): judge as of that moment (default: now),
     so a past run's staleness judgement can be replayed. ``scan_anomalies=False`` skips the anomaly
-    suite (the totals of stored anomalies and their alerts still run); ``report.anomaly_scan`` is
-    then None.
+    suite and its automatic repairs (the totals of stored anomalies and their alerts still run);
+    ``report.anomaly_scan`` and ``report.repairs`` are then None.
     """
     started_at = timezone.now()
     started = time.monotonic()
@@ -76,6 +79,7 @@ def run_health_monitoring(as_of: datetime | None = None, *, scan_anomalies: bool
         failing_symbols=FailingSummary(threshold=conf.FAILURE_ALERT_THRESHOLD),
     )
     series: list[SeriesFreshness] = []
+    new_anomaly_ids: list[int] = []
 
     def reap():
         report.reaped_backfills = [
@@ -106,6 +110,10 @@ def run_health_monitoring(as_of: datetime | None = None, *, scan_anomalies: bool
         newest = {(s.symbol, s.timeframe): s.last_bar for s in series}
         result = quality_anomalies.detect_data_anomalies(now=now, newest_bars=newest)
         report.anomaly_scan = {**result.as_dict(), "new_anomalies": len(result.new_anomaly_ids)}
+        new_anomaly_ids.extend(result.new_anomaly_ids)
+
+    def repairs():
+        report.repairs = auto_repair(new_anomaly_ids, now=now)
 
     def anomaly_totals():
         report.anomalies = open_anomaly_totals()
@@ -126,6 +134,7 @@ def run_health_monitoring(as_of: datetime | None = None, *, scan_anomalies: bool
         _run_check("failures", report, failures)
         if scan_anomalies:
             _run_check("anomaly_scan", report, anomaly_scan)
+            _run_check("auto_repair", report, repairs)
         _run_check("anomaly_totals", report, anomaly_totals)
         _run_check("workers", report, workers)
         alerts()  # times and records its parts itself

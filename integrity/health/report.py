@@ -76,6 +76,7 @@ class HealthReport:
     status: str = HealthStatus.RUNNING.value
     reaped_backfills: list[dict[str, Any]] = field(default_factory=list)
     anomaly_scan: dict[str, Any] | None = None  # None: the anomaly suite did not run
+    repairs: dict[str, Any] | None = None  # the automatic repairs (integrity.repair.auto_repair)
     anomalies: AnomalyTotals = field(default_factory=AnomalyTotals)
     workers: dict[str, Any] | None = None  # integrity.health.workers.WorkerStatus.as_dict(); None: not checked
     alerts: list[dict[str, Any]] = field(default_factory=list)  # {kind, subject, severity, channels}
@@ -113,6 +114,8 @@ class HealthReport:
             "errors": self.errors,
             "timings_ms": self.timings_ms,
         }
+        if self.repairs is not None:
+            data["repairs"] = self.repairs
         if self.finished_at is not None:
             data["finished_at"] = self.finished_at.isoformat()
             data["duration_ms"] = self.duration_ms

@@ -15,7 +15,7 @@ database can enforce (one active backfill per series, status values) are enforce
 """
 
 from ..timeframes import Timeframe
-from .anomalies import AnomalyType, DataAnomaly, ResolutionStatus, Severity
+from .anomalies import STICKY_REASONS, AnomalyType, DataAnomaly, ResolutionReason, ResolutionStatus, Severity
 from .backfill import ACTIVE_STATUSES, TERMINAL_STATUSES, BackfillState, BackfillStatus, SymbolFailureTracking
 from .base import AssetClass, InvalidTransition
 from .closures import InstrumentClosure, closures_by_symbol, closures_for
@@ -34,6 +34,8 @@ __all__ = [
     "Severity",
     "AnomalyType",
     "ResolutionStatus",
+    "ResolutionReason",
+    "STICKY_REASONS",
     "DataAnomaly",
     "DuplicateKeptBy",
     "DuplicateRecordLog",

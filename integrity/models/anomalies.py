@@ -33,6 +33,20 @@ class ResolutionStatus(models.TextChoices):
     RESOLVED = "resolved"
 
 
+class ResolutionReason(models.TextChoices):
+    """Why an anomaly was resolved. Only ``fixed`` lets a scan reopen the same problem (as a
+    regression); the others stick: a finding with the same fingerprint is never reopened."""
+
+    FIXED = "fixed", "Fixed (the data was repaired)"
+    FALSE_POSITIVE = "false_positive", "False positive"
+    EXPECTED = "expected", "Expected (a real event)"
+    MISSING_AT_SOURCE = "missing_at_source", "Missing at source"
+
+
+# Resolutions that no scan undoes (everything but ``fixed``).
+STICKY_REASONS = (ResolutionReason.FALSE_POSITIVE, ResolutionReason.EXPECTED, ResolutionReason.MISSING_AT_SOURCE)
+
+
 class DataAnomaly(models.Model):
     symbol = models.CharField(max_length=50)
     timeframe = models.CharField(max_length=20, choices=Timeframe.choices)
@@ -57,6 +71,10 @@ class DataAnomaly(models.Model):
     resolved_by = models.CharField(max_length=150, default="", blank=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
     resolution_note = models.TextField(default="", blank=True)
+    # Blank while unresolved (and on rows resolved before reasons existed).
+    resolution_reason = models.CharField(max_length=20, choices=ResolutionReason.choices, default="", blank=True)
+    # How many times this problem came back after being resolved ``fixed`` (0: never).
+    regressions = models.IntegerField(default=0)
     alert_sent_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -78,6 +96,8 @@ class DataAnomaly(models.Model):
             choices_check("severity", Severity, "anomaly_severity_valid"),
             choices_check("anomaly_type", AnomalyType, "anomaly_type_valid"),
             choices_check("resolution_status", ResolutionStatus, "anomaly_resolution_valid"),
+            models.CheckConstraint(condition=Q(resolution_reason__in=["", *ResolutionReason.values]),
+                                   name="anomaly_resolution_reason_valid"),
             # Detection is idempotent: one unresolved anomaly per fingerprint.
             models.UniqueConstraint(
                 fields=["fingerprint"],
@@ -100,16 +120,21 @@ class DataAnomaly(models.Model):
     }
 
     @classmethod
-    def review_changes(cls, target: str, by: str, at, note: str = "") -> dict:
-        """The column values a move to ``target`` writes (who, when, the optional note)."""
+    def review_changes(cls, target: str, by: str, at, note: str = "", reason: str = "") -> dict:
+        """The column values a move to ``target`` writes (who, when, the optional note; a resolution
+        also its reason, ``fixed`` when none is given)."""
         _, by_field, at_field = cls.REVIEW_MOVES[target]
         changes = {"resolution_status": target, by_field: by, at_field: at, "updated_at": at}
         if note:
             changes["resolution_note"] = note
+        if target == ResolutionStatus.RESOLVED:
+            changes["resolution_reason"] = reason or ResolutionReason.FIXED
+        elif reason:
+            raise ValueError("only a resolution has a reason")
         return changes
 
-    def _review(self, target: str, by: str, note: str) -> None:
-        changes = self.review_changes(target, by, timezone.now(), note)
+    def _review(self, target: str, by: str, note: str, reason: str = "") -> None:
+        changes = self.review_changes(target, by, timezone.now(), note, reason)
         allowed_from = self.REVIEW_MOVES[target][0]
         updated = DataAnomaly.objects.filter(pk=self.pk, resolution_status__in=allowed_from).update(**changes)
         if updated != 1:
@@ -121,5 +146,9 @@ class DataAnomaly(models.Model):
     def acknowledge(self, by: str = "", note: str = "") -> None:
         self._review(ResolutionStatus.ACKNOWLEDGED, by, note)
 
-    def resolve(self, by: str = "", note: str = "") -> None:
-        self._review(ResolutionStatus.RESOLVED, by, note)
+    def resolve(self, by: str = "", note: str = "", reason: str = ResolutionReason.FIXED) -> None:
+        """Resolve with a reason (``ResolutionReason``); any reason but ``fixed`` is never reopened."""
+        if reason not in ResolutionReason.values:
+            raise ValueError(f"unknown resolution reason {reason!r}; expected one of "
+                             f"{', '.join(ResolutionReason.values)}")
+        self._review(ResolutionStatus.RESOLVED, by, note, reason)

@@ -44,7 +44,7 @@ from . import detectors
 from .detectors import DETECTORS, STALE
 from .findings import Finding, as_json
 from .plan import advance_unchanged, mark_scanned, plan_scan
-from .record import record_findings
+from .record import drop_dismissed, record_findings
 from .thresholds import series_contexts
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class DetectionResult:
     created: int = 0
     updated: int = 0
     resolved: int = 0
+    dismissed: int = 0  # findings of problems resolved for good (a sticky reason): not recorded
     new_anomaly_ids: list[int] = field(default_factory=list)
 
     def by_severity(self) -> dict[str, int]:
@@ -80,7 +81,7 @@ class DetectionResult:
 
     def as_dict(self) -> dict[str, Any]:
         counts = as_json(self, ("dry_run", "full", "series_scanned", "series_rescanned", "found", "created",
-                                "updated", "resolved"))
+                                "updated", "resolved", "dismissed"))
         return {**counts, "by_type": self.by_type(), "by_severity": self.by_severity()}
 
 
@@ -123,6 +124,8 @@ def detect_data_anomalies(
     findings.sort(key=lambda f: order[f.anomaly_type])  # stable: by type, then series, then time
     result = DetectionResult(dry_run=dry_run, full=full, series_scanned=len(contexts), findings=findings,
                              series_rescanned=len(plan.changed))
+    if dry_run:
+        drop_dismissed(result)
     if dry_run or not contexts:
         return result
     changed_keys = {(c.symbol, c.timeframe) for c in plan.changed}

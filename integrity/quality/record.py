@@ -3,8 +3,15 @@ resolution.
 
 - The same problem found again updates its unresolved anomaly (matched by fingerprint; a partial
   unique index allows one unresolved anomaly per fingerprint), it never creates a second row.
-- A problem no longer found is resolved automatically ("no longer detected") — only for the series
-  and types the scan actually evaluated; a duplicate cleanup resolves the duplicates it removed.
+- A problem no longer found is resolved automatically ("no longer detected", reason ``fixed``) —
+  only for the series and types the scan actually evaluated; a duplicate cleanup resolves the
+  duplicates it removed.
+- Review sticks: a problem resolved with any reason but ``fixed`` (false positive, expected, missing
+  at source) is never recorded again, by any scan; one resolved ``fixed`` that is found again opens
+  a new anomaly that counts it as a regression (``regressions``; stale excepted: a series that falls
+  behind again is not a regression of the data).
+- What other services keep in an anomaly's ``details`` (``KEPT_DETAILS``: its repair attempts)
+  survives the scans that update it.
 """
 from __future__ import annotations
 
@@ -12,10 +19,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.utils import timezone
 
-from ..models import AnomalyType, Candle, DataAnomaly, ResolutionStatus
+from ..models import STICKY_REASONS, AnomalyType, Candle, DataAnomaly, ResolutionReason, ResolutionStatus
 from . import sql
 from .findings import Finding, SeriesContext
 
@@ -26,6 +33,51 @@ UNRESOLVED = (ResolutionStatus.OPEN, ResolutionStatus.ACKNOWLEDGED)
 # Types judged over the whole series on every scan (cheap, index-backed), not over a window.
 WHOLE_SERIES_TYPES = {AnomalyType.STALE, AnomalyType.DUPLICATE}
 AUTO = "auto"
+# Keys of ``details`` written by other services (``integrity.repair``), kept when a scan updates a row.
+KEPT_DETAILS = ("repairs", "confirmed_at_source")
+
+
+def review_history(fingerprints: list[str]) -> tuple[set[str], dict[str, int]]:
+    """Of ``fingerprints``: those resolved for good (a sticky reason), and for those resolved
+    ``fixed`` before the regression count a new anomaly starts with."""
+    sticky: set[str] = set()
+    regressions: dict[str, int] = {}
+    for i in range(0, len(fingerprints), 500):
+        rows = DataAnomaly.objects.filter(
+            fingerprint__in=fingerprints[i:i + 500], resolution_status=ResolutionStatus.RESOLVED,
+            resolution_reason__in=[*STICKY_REASONS, ResolutionReason.FIXED],
+        ).exclude(anomaly_type=AnomalyType.STALE).values_list("fingerprint", "resolution_reason", "regressions")
+        for fingerprint, reason, count in rows:
+            if reason == ResolutionReason.FIXED:
+                regressions[fingerprint] = max(regressions.get(fingerprint, 0), count + 1)
+            else:
+                sticky.add(fingerprint)
+    return sticky, regressions
+
+
+def _leave_out(result: DetectionResult, sticky: set[str]) -> None:
+    """The findings of problems resolved for good are no findings any more: counted as dismissed."""
+    if sticky:
+        result.findings = [f for f in result.findings if f.fingerprint not in sticky]
+        result.dismissed = len(sticky)
+
+
+def drop_dismissed(result: DetectionResult) -> None:
+    """A dry run's findings without the problems resolved for good (what a real run would not record)."""
+    _leave_out(result, review_history(list(dict.fromkeys(f.fingerprint for f in result.findings)))[0])
+
+
+def _kept_details(ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The ``KEPT_DETAILS`` of those anomalies that have any (few: the ones ever repaired)."""
+    kept: dict[int, dict[str, Any]] = {}
+    has_any = None
+    for key in KEPT_DETAILS:
+        has_any = Q(details__has_key=key) if has_any is None else has_any | Q(details__has_key=key)
+    for i in range(0, len(ids), 500):
+        for anomaly_id, details in DataAnomaly.objects.filter(has_any, id__in=ids[i:i + 500]).values_list(
+                "id", "details"):
+            kept[anomaly_id] = {k: details[k] for k in KEPT_DETAILS if k in (details or {})}
+    return kept
 
 
 def record_findings(result: DetectionResult, contexts: list[SeriesContext], types: list[str],
@@ -42,13 +94,20 @@ def record_findings(result: DetectionResult, contexts: list[SeriesContext], type
                                                    resolution_status__in=UNRESOLVED)
                         .values_list("fingerprint", "id"))
     updates = []
-    new = [finding for fingerprint, finding in unique.items() if fingerprint not in existing]
-    _create_all(result, new, now)
+    sticky, regressions = review_history([fp for fp in unique if fp not in existing])
+    _leave_out(result, sticky)  # dismissed by a reviewer (or missing at source)
+    new = [finding for fingerprint, finding in unique.items()
+           if fingerprint not in existing and fingerprint not in sticky]
+    _create_all(result, new, now, regressions)
+    kept = _kept_details(list(existing.values()))
     for fingerprint, finding in unique.items():
         anomaly_id = existing.get(fingerprint)
         if anomaly_id is None:
             continue
-        updates.append({"id": anomaly_id, "finding": finding, **_finding_values(finding, now)})
+        values = _finding_values(finding, now)
+        if anomaly_id in kept:
+            values["details"] = {**values["details"], **kept[anomaly_id]}
+        updates.append({"id": anomaly_id, "finding": finding, **values})
     if updates:
         # One statement for all of them (PostgreSQL; batches on SQLite), not one per finding.
         done = sql.update_rows_by_id(DataAnomaly._meta.db_table, updates, _UPDATE_TYPES,
@@ -59,6 +118,8 @@ def record_findings(result: DetectionResult, contexts: list[SeriesContext], type
                 continue
             # Resolved since we read it: the problem is back, record it the one-by-one way.
             created, anomaly_id = upsert_finding(row["finding"], now)
+            if anomaly_id is None:
+                continue
             if created:
                 result.created += 1
                 result.new_anomaly_ids.append(anomaly_id)
@@ -67,13 +128,16 @@ def record_findings(result: DetectionResult, contexts: list[SeriesContext], type
     result.resolved = resolve_missing(contexts, types, set(unique), now, window_keys=window_keys)
 
 
-def _create_all(result: DetectionResult, findings: list[Finding], now: datetime) -> None:
-    """Create the anomalies of new findings in one insert; if a concurrent scan created one of them
-    meanwhile (the partial unique index refuses it), fall back to upserting one by one."""
+def _create_all(result: DetectionResult, findings: list[Finding], now: datetime,
+                regressions: dict[str, int] | None = None) -> None:
+    """Create the anomalies of new findings in one insert (``regressions``: the count each starts
+    with, by fingerprint); if a concurrent scan created one of them meanwhile (the partial unique
+    index refuses it), fall back to upserting one by one."""
     if not findings:
         return
+    regressions = regressions or {}
     rows = [DataAnomaly(symbol=f.symbol, timeframe=f.timeframe, anomaly_type=f.anomaly_type,
-                        fingerprint=f.fingerprint, detected_at=now,
+                        fingerprint=f.fingerprint, detected_at=now, regressions=regressions.get(f.fingerprint, 0),
                         **{k: v for k, v in _finding_values(f, now).items() if k != "updated_at"})
             for f in findings]
     try:
@@ -82,6 +146,8 @@ def _create_all(result: DetectionResult, findings: list[Finding], now: datetime)
     except IntegrityError:
         for finding in findings:
             was_created, anomaly_id = upsert_finding(finding, now)
+            if anomaly_id is None:
+                continue
             if was_created:
                 result.created += 1
                 result.new_anomaly_ids.append(anomaly_id)
@@ -109,18 +175,26 @@ def _finding_values(finding: Finding, now: datetime) -> dict[str, Any]:
     }
 
 
-def upsert_finding(finding: Finding, now: datetime) -> tuple[bool, int]:
-    """Update the unresolved anomaly with this fingerprint, or create it. Returns (created, id)."""
+def upsert_finding(finding: Finding, now: datetime) -> tuple[bool, int | None]:
+    """Update the unresolved anomaly with this fingerprint, or create it. Returns (created, id);
+    the id is None when the problem was resolved for good (a sticky reason): nothing is recorded."""
     values = _finding_values(finding, now)
     existing = DataAnomaly.objects.filter(fingerprint=finding.fingerprint, resolution_status__in=UNRESOLVED)
     for _attempt in range(2):
         anomaly_id = existing.values_list("id", flat=True).first()
         if anomaly_id is not None:
+            kept = _kept_details([anomaly_id]).get(anomaly_id)
+            if kept:
+                values["details"] = {**values["details"], **kept}
             existing.filter(id=anomaly_id).update(**values)
             return False, anomaly_id
+        sticky, regressions = review_history([finding.fingerprint])
+        if sticky:
+            return False, None
         try:
             with transaction.atomic():
                 anomaly = DataAnomaly.objects.create(
+                    regressions=regressions.get(finding.fingerprint, 0),
                     symbol=finding.symbol,
                     timeframe=finding.timeframe,
                     anomaly_type=finding.anomaly_type,
@@ -178,6 +252,7 @@ def resolve_missing(contexts: list[SeriesContext], types: list[str], seen: set[s
         resolved += DataAnomaly.objects.filter(id__in=to_resolve[i:i + 500],
                                                resolution_status__in=UNRESOLVED).update(
             resolution_status=ResolutionStatus.RESOLVED,
+            resolution_reason=ResolutionReason.FIXED,
             resolved_by=AUTO,
             resolved_at=now,
             resolution_note="no longer detected",
@@ -202,7 +277,7 @@ def resolve_cleaned_duplicates(symbol: str | None = None, timeframe: str | None 
         )
         if not still:
             resolved += DataAnomaly.objects.filter(pk=anomaly.pk, resolution_status__in=UNRESOLVED).update(
-                resolution_status=ResolutionStatus.RESOLVED, resolved_by=AUTO, resolved_at=now,
-                resolution_note="duplicates cleaned", updated_at=now,
+                resolution_status=ResolutionStatus.RESOLVED, resolution_reason=ResolutionReason.FIXED,
+                resolved_by=AUTO, resolved_at=now, resolution_note="duplicates cleaned", updated_at=now,
             )
     return resolved

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from ..models import DataAnomaly
+from ..models import DataAnomaly, ResolutionReason, ResolutionStatus
 
 # Rows per UPDATE: well under SQLite's limit on bound parameters (32766).
 UPDATE_BATCH = 5_000
@@ -30,6 +30,7 @@ class ReviewOutcome:
     target: str  # the ResolutionStatus the selection was asked to move to
     by: str
     at: datetime
+    reason: str = ""  # a resolution's ResolutionReason
     moved: list[int] = field(default_factory=list)  # ids, ascending
     refused: list[tuple[int, str]] = field(default_factory=list)  # (id, the status it may not leave for target)
 
@@ -40,7 +41,9 @@ class ReviewOutcome:
         if not self.moved and not self.refused:
             return f"{verb} none: no anomaly was selected."
         if self.moved:
-            done = f"{verb} {len(self.moved)} ({_ids(self.moved)}, by {self.by or 'unknown'} at {self.at:%Y-%m-%d %H:%M:%S} UTC)"
+            why = f", as {self.reason}" if self.reason and self.reason != ResolutionReason.FIXED else ""
+            done = (f"{verb} {len(self.moved)} ({_ids(self.moved)}, by {self.by or 'unknown'} at "
+                    f"{self.at:%Y-%m-%d %H:%M:%S} UTC{why})")
         else:
             done = f"{verb} none"
         if not self.refused:
@@ -64,8 +67,10 @@ def _ids(pks: list[int]) -> str:
     return f"{shown} and {len(pks) - SAMPLE} more" if len(pks) > SAMPLE else shown
 
 
-def review_anomalies(selection: QuerySet, target: str, by: str) -> ReviewOutcome:
+def review_anomalies(selection: QuerySet, target: str, by: str, reason: str = "") -> ReviewOutcome:
     """Move every anomaly of ``selection`` that may move to ``target``; report the rest with their status.
+
+    ``reason``: a resolution's ``ResolutionReason`` (default ``fixed``).
 
     One transaction: the selection's rows are locked (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite
     runs ``IMMEDIATE`` transactions, which hold the write lock from the start), split by status, and
@@ -73,8 +78,13 @@ def review_anomalies(selection: QuerySet, target: str, by: str) -> ReviewOutcome
     """
     if target not in DataAnomaly.REVIEW_MOVES:
         raise ValueError(f"no review move to {target!r}; the moves are to {', '.join(DataAnomaly.REVIEW_MOVES)}")
+    if target == ResolutionStatus.RESOLVED:
+        reason = reason or ResolutionReason.FIXED
+        if reason not in ResolutionReason.values:
+            raise ValueError(f"unknown resolution reason {reason!r}; expected one of "
+                             f"{', '.join(ResolutionReason.values)}")
     allowed_from = DataAnomaly.REVIEW_MOVES[target][0]
-    outcome = ReviewOutcome(target=target, by=by, at=timezone.now())
+    outcome = ReviewOutcome(target=target, by=by, at=timezone.now(), reason=reason)
     with transaction.atomic():
         rows = (DataAnomaly.objects.select_for_update()
                 .filter(pk__in=selection.order_by().values("pk"))
@@ -85,7 +95,7 @@ def review_anomalies(selection: QuerySet, target: str, by: str) -> ReviewOutcome
                 outcome.moved.append(pk)
             else:
                 outcome.refused.append((pk, status))
-        changes = DataAnomaly.review_changes(target, by, outcome.at)
+        changes = DataAnomaly.review_changes(target, by, outcome.at, reason=reason)
         updated = 0
         for start in range(0, len(outcome.moved), UPDATE_BATCH):
             batch = outcome.moved[start:start + UPDATE_BATCH]

@@ -1,0 +1,49 @@
+"""The anomaly endpoints with repair: ``POST /api/v1/anomalies/{id}/repair/`` claims the anomaly's series
+for a re-fetch of its range and queues the run (``integrity.tasks.request_repair``), as
+``POST /api/v1/backfills/`` does: 202 with the (pending) execution, 409 when the series is busy or the
+anomaly is resolved, 400 when no re-fetch can repair it."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from ..backfill import BackfillError, BackfillRefused
+from ..repair import RepairError
+from ..tasks import request_repair
+from .serializers import BackfillStateSerializer
+from .views import AnomalyViewSet, actor
+
+
+class RepairableAnomalyViewSet(AnomalyViewSet):
+    """Data anomalies with their review lifecycle (open → acknowledged → resolved, with a reason) and
+    their repair (a re-fetch of the anomaly's range, then a re-check)."""
+
+    @extend_schema(
+        request=None,
+        responses={
+            202: BackfillStateSerializer,
+            400: OpenApiResponse(description="no re-fetch can repair this anomaly"),
+            409: inline_serializer("RepairConflict", {"detail": serializers.CharField(),
+                                                      "active_execution_id": serializers.UUIDField()}),
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def repair(self, request, pk=None):
+        anomaly = self.get_object()
+        try:
+            state = request_repair(anomaly, by=f"api:{actor(request)}")
+        except RepairError as exc:
+            code = status.HTTP_409_CONFLICT if exc.conflict else status.HTTP_400_BAD_REQUEST
+            return Response({"detail": str(exc)}, status=code)
+        except BackfillRefused as refused:
+            return Response(
+                {"detail": str(refused),
+                 "active_execution_id": str(refused.active.execution_id) if refused.active else None},
+                status=status.HTTP_409_CONFLICT,
+            )
+        except BackfillError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(BackfillStateSerializer(state).data, status=status.HTTP_202_ACCEPTED)
