@@ -14,7 +14,7 @@ from ..backfill import BackfillError, BackfillRefused
 from ..repair import RepairError
 from ..tasks import request_repair
 from .serializers import BackfillStateSerializer
-from .views import AnomalyViewSet, actor
+from .views import AnomalyViewSet, actor, refusal
 
 
 class RepairableAnomalyViewSet(AnomalyViewSet):
@@ -38,12 +38,6 @@ class RepairableAnomalyViewSet(AnomalyViewSet):
         except RepairError as exc:
             code = status.HTTP_409_CONFLICT if exc.conflict else status.HTTP_400_BAD_REQUEST
             return Response({"detail": str(exc)}, status=code)
-        except BackfillRefused as refused:
-            return Response(
-                {"detail": str(refused),
-                 "active_execution_id": str(refused.active.execution_id) if refused.active else None},
-                status=status.HTTP_409_CONFLICT,
-            )
-        except BackfillError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        except (BackfillRefused, BackfillError) as exc:
+            return refusal(exc)
         return Response(BackfillStateSerializer(state).data, status=status.HTTP_202_ACCEPTED)

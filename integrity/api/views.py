@@ -78,6 +78,16 @@ def actor(request) -> str:
     return request.user.get_username() if request.user and request.user.is_authenticated else ""
 
 
+def refusal(exc: BackfillRefused | BackfillError) -> Response:
+    """A backfill the service would not queue: 409 naming the execution that holds the series, or 400
+    for a request it cannot run."""
+    if isinstance(exc, BackfillRefused):
+        return Response({"detail": str(exc),
+                         "active_execution_id": str(exc.active.execution_id) if exc.active else None},
+                        status=status.HTTP_409_CONFLICT)
+    return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+
+
 class BackfillViewSet(TableViewSet):
     """Backfill executions. POST requests a backfill: 202 with the execution id (and a ``warning`` when
     no worker is running), or 409 naming the execution that already holds the series. POST
@@ -106,14 +116,8 @@ class BackfillViewSet(TableViewSet):
             state = request_backfill(data["symbol"], data["timeframe"], start=data.get("start"),
                                      end=data.get("end"), provider=data.get("provider"),
                                      requested_by=f"api:{actor(request)}")
-        except BackfillRefused as refused:
-            return Response(
-                {"detail": str(refused),
-                 "active_execution_id": str(refused.active.execution_id) if refused.active else None},
-                status=status.HTTP_409_CONFLICT,
-            )
-        except BackfillError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        except (BackfillRefused, BackfillError) as exc:
+            return refusal(exc)
         return Response(queued_reply(state), status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=CancelSerializer, responses={200: BackfillStateSerializer, 409: OpenApiResponse(

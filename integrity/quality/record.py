@@ -117,15 +117,20 @@ def record_findings(result: DetectionResult, contexts: list[SeriesContext], type
                 result.updated += 1
                 continue
             # Resolved since we read it: the problem is back, record it the one-by-one way.
-            created, anomaly_id = upsert_finding(row["finding"], now)
-            if anomaly_id is None:
-                continue
-            if created:
-                result.created += 1
-                result.new_anomaly_ids.append(anomaly_id)
-            else:
-                result.updated += 1
+            _upsert_one(result, row["finding"], now)
     result.resolved = resolve_missing(contexts, types, set(unique), now, window_keys=window_keys)
+
+
+def _upsert_one(result: DetectionResult, finding: Finding, now: datetime) -> None:
+    """Record one finding the one-by-one way (``upsert_finding``) and count what it did."""
+    created, anomaly_id = upsert_finding(finding, now)
+    if anomaly_id is None:
+        return
+    if created:
+        result.created += 1
+        result.new_anomaly_ids.append(anomaly_id)
+    else:
+        result.updated += 1
 
 
 def _create_all(result: DetectionResult, findings: list[Finding], now: datetime,
@@ -145,14 +150,7 @@ def _create_all(result: DetectionResult, findings: list[Finding], now: datetime,
             created = DataAnomaly.objects.bulk_create(rows, batch_size=500)
     except IntegrityError:
         for finding in findings:
-            was_created, anomaly_id = upsert_finding(finding, now)
-            if anomaly_id is None:
-                continue
-            if was_created:
-                result.created += 1
-                result.new_anomaly_ids.append(anomaly_id)
-            else:
-                result.updated += 1
+            _upsert_one(result, finding, now)
         return
     result.created += len(created)
     result.new_anomaly_ids.extend(row.pk for row in created)

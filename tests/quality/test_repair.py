@@ -64,6 +64,15 @@ def gap() -> DataAnomaly:
     return DataAnomaly.objects.get(anomaly_type="gap")
 
 
+
+def gap_while_the_source_is_down(httpserver) -> None:
+    """A stored Binance series with a hole a foreign writer made, detected; then the source answers 503."""
+    binance_series(httpserver)
+    foreign_delete("BTC-USD", "1h", *HOLE)
+    detect_data_anomalies(full=True)
+    httpserver.clear_all_handlers()
+    httpserver.expect_request(KLINES).respond_with_response(Response("down", status=503))
+
 class TestFixed:
     def test_20_deleted_bars_come_back_from_binance_and_the_gap_is_resolved_fixed(self, httpserver):
         binance_series(httpserver)
@@ -168,11 +177,7 @@ class TestStaysOpen:
         assert outlier.details["confirmed_at_source"] == 150.0
 
     def test_a_provider_failure_leaves_it_open_with_the_attempt_and_counts_a_failure(self, httpserver):
-        binance_series(httpserver)
-        foreign_delete("BTC-USD", "1h", *HOLE)
-        detect_data_anomalies(full=True)
-        httpserver.clear_all_handlers()
-        httpserver.expect_request(KLINES).respond_with_response(Response("down", status=503))
+        gap_while_the_source_is_down(httpserver)
 
         [outcome] = repair("--types", "gap")
 
@@ -184,11 +189,7 @@ class TestStaysOpen:
         assert SymbolFailureTracking.objects.get(symbol="BTC-USD").consecutive_failures == 1
 
     def test_repair_attempts_survive_the_scans_that_update_the_anomaly(self, httpserver):
-        binance_series(httpserver)
-        foreign_delete("BTC-USD", "1h", *HOLE)
-        detect_data_anomalies(full=True)
-        httpserver.clear_all_handlers()
-        httpserver.expect_request(KLINES).respond_with_response(Response("down", status=503))
+        gap_while_the_source_is_down(httpserver)
         repair("--types", "gap")
 
         detect_data_anomalies(full=True)
