@@ -3,24 +3,22 @@ reopened by a scan, a ``fixed`` problem that comes back reopens as a regression.
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from django.core.management import call_command
 
 from integrity.backfill import run_backfill
 from integrity.models import Candle, DataAnomaly, ResolutionReason
 from integrity.quality.anomalies import detect_data_anomalies
 from integrity.quality.review import review_anomalies
-from tests.helpers import add_instrument, make_anomaly, use_default_thresholds, utc
+from tests.helpers import add_instrument, make_anomaly, utc
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("default_thresholds")]
 
 START, END = utc(2024, 1, 1), utc(2024, 1, 5)
 SPIKE = utc(2024, 1, 3, 12)
 NOW = utc(2024, 1, 5, 1)
-
-
-@pytest.fixture(autouse=True)
-def thresholds(settings):
-    use_default_thresholds(settings)
 
 
 def series(**faults):
@@ -61,6 +59,16 @@ class TestSticky:
 
         assert result.series_rescanned == 1 and result.dismissed == 1
         assert not open_of("outlier").exists()
+
+    def test_detect_anomalies_says_how_many_findings_it_left_out(self):
+        series(spikes=[SPIKE.isoformat()])
+        detect_data_anomalies(now=NOW, types=["outlier"])
+        open_of("outlier").get().resolve(reason="false_positive")
+        out = io.StringIO()
+
+        call_command("detect_anomalies", "--full", "--types", "outlier", "--as-of", NOW.isoformat(), stdout=out)
+
+        assert "1 left out (resolved for good as false positive, expected or missing at source)" in out.getvalue()
 
     def test_an_outlier_resolved_fixed_that_is_still_there_reopens_as_a_regression(self):
         series(spikes=[SPIKE.isoformat()])

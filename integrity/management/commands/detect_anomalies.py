@@ -67,6 +67,8 @@ class Command(BaseCommand):
                 f"scanned {summary['series_scanned']} series ({'full' if result.full else 'incremental'}): "
                 f"{summary['found']} finding(s) {verb}; {summary['created']} new, {summary['updated']} updated, "
                 f"{summary['resolved']} auto-resolved"
+                + (f", {summary['dismissed']} left out (resolved for good as false positive, expected or "
+                   f"missing at source)" if summary["dismissed"] else "")
             )
             self.write_text_findings(rows, options["limit"])
         serious = sum(f.severity in ("high", "critical") for f in result.findings)
