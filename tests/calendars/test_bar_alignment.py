@@ -30,7 +30,7 @@ from integrity.quality.detectors import run_detectors
 from integrity.quality.findings import SeriesContext
 from integrity.quality.thresholds import resolve_thresholds, series_contexts
 from integrity.validation import validate_bars
-from tests.helpers import use_default_thresholds, utc
+from tests.helpers import utc
 
 NY = "America/New_York"
 
@@ -113,11 +113,6 @@ class TestSessionBarChecks:
 
 
 # --- the detectors on a session-anchored series ------------------------------------------------
-
-
-@pytest.fixture
-def default_thresholds(settings):
-    use_default_thresholds(settings)
 
 
 def session_ctx(symbol: str, calendar: str = "XNYS", timeframe: str = "1h") -> SeriesContext:

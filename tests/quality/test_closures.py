@@ -19,17 +19,13 @@ from integrity.models import Candle, DataAnomaly, InstrumentClosure, ResolutionS
 from integrity.providers.synthetic import synthetic_bars
 from integrity.quality.anomalies import detect_data_anomalies
 from integrity.timeframes import to_ns
-from tests.helpers import add_instrument, use_default_thresholds, utc
+from tests.helpers import add_instrument, utc
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("default_thresholds")]
 
 START, END = utc(2024, 12, 16), utc(2025, 1, 10)  # Monday to Friday, Christmas and New Year inside
 NOW = END  # judged right after the last bar: nothing is stale
 
-
-@pytest.fixture(autouse=True)
-def default_thresholds(settings):
-    use_default_thresholds(settings)
 
 
 def store(frame: pd.DataFrame, symbol: str, timeframe: str) -> None:

@@ -15,16 +15,12 @@ from integrity.quality.detectors import run_detectors
 from integrity.quality.findings import SeriesContext
 from integrity.quality.thresholds import resolve_thresholds
 from integrity.quality.trading_time import gap_severity
-from tests.helpers import add_instrument, use_default_thresholds, utc
+from tests.helpers import add_instrument, utc
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("default_thresholds")]
 
 CALENDARS = {"equity": "XNYS", "crypto": "24/7", "forex": "24/5"}
 
-
-@pytest.fixture(autouse=True)
-def default_thresholds(settings):
-    use_default_thresholds(settings)
 
 
 def store_without(symbol, timeframe, asset_class, start, end, drop_from, drop_to) -> None:
