@@ -5,8 +5,8 @@ anomaly is resolved, 400 when no re-fetch can repair it."""
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
-from rest_framework import serializers, status
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
@@ -14,7 +14,7 @@ from ..backfill import BackfillError, BackfillRefused
 from ..repair import RepairError
 from ..tasks import request_repair
 from .serializers import BackfillStateSerializer
-from .views import AnomalyViewSet, actor, refusal
+from .views import BUSY_SERIES, AnomalyViewSet, actor, refusal
 
 
 class RepairableAnomalyViewSet(AnomalyViewSet):
@@ -26,8 +26,7 @@ class RepairableAnomalyViewSet(AnomalyViewSet):
         responses={
             202: BackfillStateSerializer,
             400: OpenApiResponse(description="no re-fetch can repair this anomaly"),
-            409: inline_serializer("RepairConflict", {"detail": serializers.CharField(),
-                                                      "active_execution_id": serializers.UUIDField()}),
+            409: BUSY_SERIES,
         },
     )
     @action(detail=True, methods=["post"])

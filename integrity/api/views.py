@@ -78,6 +78,11 @@ def actor(request) -> str:
     return request.user.get_username() if request.user and request.user.is_authenticated else ""
 
 
+# The 409 of a request for a series another execution holds (``refusal``).
+BUSY_SERIES = inline_serializer("BackfillConflict", {"detail": serializers.CharField(),
+                                                     "active_execution_id": serializers.UUIDField()})
+
+
 def refusal(exc: BackfillRefused | BackfillError) -> Response:
     """A backfill the service would not queue: 409 naming the execution that holds the series, or 400
     for a request it cannot run."""
@@ -104,8 +109,7 @@ class BackfillViewSet(TableViewSet):
         responses={
             202: BackfillQueuedSerializer,
             400: OpenApiResponse(description="invalid request"),
-            409: inline_serializer("BackfillConflict", {"detail": serializers.CharField(),
-                                                        "active_execution_id": serializers.UUIDField()}),
+            409: BUSY_SERIES,
         },
     )
     def create(self, request):
