@@ -78,7 +78,9 @@ class Command(BaseCommand):
             "    .venv/bin/python manage.py runserver\n"
             "    then browse http://127.0.0.1:8000/admin/\n"
             "  Run a backfill yourself:\n"
-            "    .venv/bin/python manage.py backfill --symbols AAPL --timeframe 1d"
+            "    .venv/bin/python manage.py backfill --symbols AAPL --timeframe 1d\n"
+            "  Re-fetch the gaps found above and re-check them (see docs/operations.md, the loop):\n"
+            "    .venv/bin/python manage.py repair_anomalies --types gap"
         )
         if any(not r.ok for r in results):
             self.stderr.write(self.style.WARNING("some backfills did not complete: see the table above"))
