@@ -59,7 +59,14 @@ from prometheus_client.registry import Collector
 from .conf import conf
 from .health import staleness
 from .health.summaries import backfill_counts, open_anomaly_totals
-from .models import BackfillState, BackfillStatus, DataAnomaly, HealthCheckRun, HealthStatus, SymbolFailureTracking
+from .models import (
+    BackfillState,
+    BackfillStatus,
+    DataAnomaly,
+    HealthCheckRun,
+    HealthStatus,
+    SymbolFailureTracking,
+)
 from .queue import queue_state
 
 logger = logging.getLogger(__name__)
