@@ -163,7 +163,11 @@ class _MaskUrls(logging.Filter):
         self.urls = urls
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = redact(record.getMessage(), self.urls), ()
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 — a malformed record: keep none of it rather than risk a token
+            message = "(unformattable log record)"
+        record.msg, record.args = redact(message, self.urls), ()
         return True
 
 
