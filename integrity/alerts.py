@@ -10,6 +10,10 @@ Channels, in order:
       machines. Connection errors, timeouts, 429 and 5xx answers are retried
       ``ALERT_WEBHOOK_RETRIES`` times with exponential backoff; other 4xx answers are not (retrying
       a bad URL or a rejected payload cannot help).
+    * ``apprise`` — when ``ALERT_APPRISE_URLS`` is set; the same alert sent through apprise to each of
+      those URLs (PagerDuty, Opsgenie, Teams, Telegram, ntfy, ...; one apprise URL each). A URL that
+      fails fails the channel — the others are still sent to. URLs carry tokens: an error names a URL
+      by its position and scheme only, and apprise's own log lines have every part of the URLs masked.
 
 Every alert is composed here (``symbol_failing_alert``, ``symbol_recovered_alert``,
 ``series_stale_alert``, ``series_fresh_alert``, ``critical_anomalies_alert``), whoever raises it.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -127,6 +132,75 @@ def _webhook_channel(alert: Alert) -> None:
     raise WebhookError(f"webhook delivery failed after {attempt + 1} attempt(s): {last_error}")
 
 
+class AppriseError(Exception):
+    pass
+
+
+# The loggers that see apprise's URLs while it sends: its own, and the HTTP client's under it (requests).
+APPRISE_LOGGERS = ("apprise", "urllib3.connectionpool")
+# apprise's notification types, by alert severity (anything else: failure).
+APPRISE_TYPES = {"low": "success", "medium": "warning", "warning": "warning"}
+
+
+def _url_parts(urls: Sequence[str]) -> list[str]:
+    """The parts of the URLs that may be secrets (hosts, users, tokens, paths, query values), longest first."""
+    parts = {part for url in urls for part in re.split(r"[/:@?&=#,;+ ]+", url.partition("://")[2]) if len(part) >= 3}
+    return sorted(parts, key=len, reverse=True)
+
+
+def redact(text: str, urls: Sequence[str]) -> str:
+    """``text`` with every part of ``urls`` (but the schemes) masked."""
+    for part in _url_parts(urls):
+        text = text.replace(part, "***")
+    return text
+
+
+class _MaskUrls(logging.Filter):
+    """Masks the configured apprise URLs' parts in the records of ``APPRISE_LOGGERS`` (attached while sending)."""
+
+    def __init__(self, urls: Sequence[str]):
+        super().__init__()
+        self.urls = urls
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 — a malformed record: keep none of it rather than risk a token
+            message = "(unformattable log record)"
+        record.msg, record.args = redact(message, self.urls), ()
+        return True
+
+
+def _apprise_channel(alert: Alert) -> None:
+    import apprise
+
+    urls = conf.ALERT_APPRISE_URLS
+    body = alert.text
+    if alert.context:
+        body += "\n\nDetails:\n" + json.dumps(alert.context, indent=2, default=str, sort_keys=True)
+    title = " ".join(f"[marketdata {alert.severity}] {alert.subject}".split())[:250]
+    failures = []
+    mask = _MaskUrls(urls)
+    loggers = [logging.getLogger(name) for name in APPRISE_LOGGERS]
+    for each in loggers:
+        each.addFilter(mask)
+    try:
+        for number, url in enumerate(urls, start=1):
+            name = f"URL #{number} ({url.partition('://')[0] or '?'})"  # never the URL itself: it holds tokens
+            sender = apprise.Apprise()
+            if not sender.add(url):
+                failures.append(f"{name}: not a valid apprise URL")
+            elif not sender.notify(body=body, title=title,
+                                   notify_type=APPRISE_TYPES.get(alert.severity, "failure")):
+                failures.append(f"{name}: not delivered")
+    finally:
+        for each in loggers:
+            each.removeFilter(mask)
+    if failures:
+        raise AppriseError(redact(f"apprise delivery failed for {len(failures)} of {len(urls)} URL(s): "
+                                  + "; ".join(failures), urls))
+
+
 def get_channels() -> list[tuple[str, Channel]]:
     """The delivery channels in force, read from settings on every call. The log channel is first."""
     channels: list[tuple[str, Channel]] = [("log", _log_channel)]
@@ -134,6 +208,8 @@ def get_channels() -> list[tuple[str, Channel]]:
         channels.append(("email", _email_channel))
     if conf.ALERT_WEBHOOK_URL:
         channels.append(("webhook", _webhook_channel))
+    if conf.ALERT_APPRISE_URLS:
+        channels.append(("apprise", _apprise_channel))
     return channels
 
 

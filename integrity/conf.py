@@ -239,6 +239,11 @@ _declare("health", [
     ("ALERT_WEBHOOK_RETRIES", 2,
      "extra attempts after a connection error/timeout, 429 or 5xx (other 4xx are not retried)."),
     ("ALERT_WEBHOOK_BACKOFF", 0.5, "seconds before the first retry, doubled for each further one."),
+    ("ALERT_APPRISE_URLS", [],
+     "comma-separated apprise URLs (PagerDuty, Opsgenie, Teams, Telegram, ntfy, JSON, ...); when set, every "
+     "alert is also sent to each of them through apprise. They hold tokens: errors name a URL by position "
+     "and scheme only, and apprise's log lines are masked. A URL that itself contains a comma must be set in "
+     "the settings module as a list."),
     ("REPAIR_AUTO", True,
      "the health job repairs new gap and invalid-bar anomalies (re-fetches their range, re-checks it) before "
      "it alerts, so a transient provider hole heals before anyone is paged."),

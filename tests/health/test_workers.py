@@ -26,8 +26,9 @@ def queue_one_backfill():
     return request_backfill("BTC-USD", "1h", requested_by="test")
 
 
-def sample(text: str, name: str) -> str:
-    return next(line for line in text.splitlines() if line.startswith(f"{name} "))
+def sample(text: str, name: str) -> float:
+    """The value of an unlabelled sample (prometheus_client writes every value as a float)."""
+    return float(next(line for line in text.splitlines() if line.startswith(f"{name} ")).split()[1])
 
 
 class TestWorkerStatus:
@@ -120,17 +121,16 @@ class TestMetrics:
     def test_without_a_cluster_the_gauges_say_none_alive_and_what_waits(self):
         queue_one_backfill()
         text = render_metrics()
-        assert sample(text, "marketdata_workers_alive") == "marketdata_workers_alive 0"
-        assert sample(text, "marketdata_worker_clusters") == "marketdata_worker_clusters 0"
-        assert sample(text, "marketdata_queued_tasks") == "marketdata_queued_tasks 1"
-        age = float(sample(text, "marketdata_oldest_queued_task_age_seconds").split()[1])
+        assert sample(text, "marketdata_workers_alive") == 0
+        assert sample(text, "marketdata_worker_clusters") == 0
+        assert sample(text, "marketdata_queued_tasks") == 1
+        age = sample(text, "marketdata_oldest_queued_task_age_seconds")
         assert 0 <= age < 60
         assert 'marketdata_metrics_collector_errors{collector="workers"} 0' in text
 
     def test_a_live_cluster_is_counted_with_its_workers(self):
         cluster_heartbeat()
         text = render_metrics()
-        assert sample(text, "marketdata_workers_alive") == "marketdata_workers_alive 1"
-        assert sample(text, "marketdata_worker_processes") == "marketdata_worker_processes 1"
-        assert sample(text, "marketdata_oldest_queued_task_age_seconds") == \
-            "marketdata_oldest_queued_task_age_seconds 0.0"
+        assert sample(text, "marketdata_workers_alive") == 1
+        assert sample(text, "marketdata_worker_processes") == 1
+        assert sample(text, "marketdata_oldest_queued_task_age_seconds") == 0

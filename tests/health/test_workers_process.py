@@ -67,14 +67,14 @@ class TestRealCluster:
         status = worker_status()
         assert status.alive and status.problem is None
         assert [c["pid"] for c in status.clusters] == [qcluster.pid]
-        assert "marketdata_workers_alive 1" in render_metrics().splitlines()
+        assert "marketdata_workers_alive 1.0" in render_metrics().splitlines()
 
     def test_it_is_not_alive_after_qcluster_stops(self, qcluster):
         wait_for(running(qcluster), "no heartbeat of the cluster", qcluster, qcluster.log)
         stop(qcluster)
         assert qcluster.returncode == 0, qcluster.log.read_text()[-3000:]
         assert worker_status().alive is False  # its last heartbeat says Stopped
-        assert "marketdata_workers_alive 0" in render_metrics().splitlines()
+        assert "marketdata_workers_alive 0.0" in render_metrics().splitlines()
 
     def test_a_backfill_queued_while_it_runs_is_not_flagged_and_gets_run(self, qcluster):
         add_instrument()
