@@ -61,20 +61,23 @@ def _run_check(name: str, report: HealthReport, check: Callable[[], None]) -> No
 
 
 def run_health_monitoring(as_of: datetime | None = None, *, scan_anomalies: bool = True,
-                          now: datetime | None = None) -> HealthReport:
+                          now: datetime | None = None, replay: bool = False) -> HealthReport:
     """Run every check, send the alerts due, persist a ``HealthCheckRun`` and return its report.
 
     ``as_of`` (``now`` is the same thing, by its older name): judge as of that moment (default: now),
     so a past run's staleness judgement can be replayed. ``scan_anomalies=False`` skips the anomaly
     suite and its automatic repairs (the totals of stored anomalies and their alerts still run);
     ``report.anomaly_scan`` and ``report.repairs`` are then None.
+
+    ``replay=True`` (``health_check --as-of``) only judges: it reaps nothing, the anomaly scan is a dry
+    run, nothing is repaired or sent, and no ``HealthCheckRun`` is recorded (``report.run_id`` is None).
     """
     started_at = timezone.now()
     started = time.monotonic()
     now = as_of or now or started_at
-    run = HealthCheckRun.objects.create(started_at=started_at, status=HealthStatus.RUNNING)
+    run = None if replay else HealthCheckRun.objects.create(started_at=started_at, status=HealthStatus.RUNNING)
     report = HealthReport(
-        run_id=run.pk, as_of=now, started_at=started_at,
+        run_id=run.pk if run else None, replay=replay, as_of=now, started_at=started_at,
         stale_series=StaleSummary(grace_minutes=conf.STALE_GRACE_MINUTES, backfill_cron=conf.SCHEDULE_BACKFILL_CRON),
         failing_symbols=FailingSummary(threshold=conf.FAILURE_ALERT_THRESHOLD),
     )
@@ -108,7 +111,7 @@ def run_health_monitoring(as_of: datetime | None = None, *, scan_anomalies: bool
     def anomaly_scan():
         # The staleness check has just read every watched series' newest bar: share it.
         newest = {(s.symbol, s.timeframe): s.last_bar for s in series}
-        result = quality_anomalies.detect_data_anomalies(now=now, newest_bars=newest)
+        result = quality_anomalies.detect_data_anomalies(now=now, newest_bars=newest, dry_run=replay)
         report.anomaly_scan = {**result.as_dict(), "new_anomalies": len(result.new_anomaly_ids)}
         new_anomaly_ids.extend(result.new_anomaly_ids)
 
@@ -129,28 +132,32 @@ def run_health_monitoring(as_of: datetime | None = None, *, scan_anomalies: bool
             _run_check(f"alerts.{name}", report, lambda d=due: report.alerts.extend(d()))
 
     try:
-        _run_check("reap", report, reap)
+        if not replay:
+            _run_check("reap", report, reap)
         _run_check("staleness", report, staleness)
         _run_check("failures", report, failures)
         if scan_anomalies:
             _run_check("anomaly_scan", report, anomaly_scan)
-            _run_check("auto_repair", report, repairs)
+            if not replay:
+                _run_check("auto_repair", report, repairs)
         _run_check("anomaly_totals", report, anomaly_totals)
         _run_check("workers", report, workers)
-        alerts()  # times and records its parts itself
+        if not replay:
+            alerts()  # times and records its parts itself
     finally:
         report.finished_at = timezone.now()
         report.status = report.compute_status()
         report.duration_ms = int((time.monotonic() - started) * 1000)
-        HealthCheckRun.objects.filter(pk=run.pk).update(
-            finished_at=report.finished_at,
-            duration_ms=report.duration_ms,
-            status=report.status,
-            results=report.as_dict(),
-            errors=report.errors,
-            alerts_sent=len(report.alerts),
-        )
+        if run is not None:
+            HealthCheckRun.objects.filter(pk=run.pk).update(
+                finished_at=report.finished_at,
+                duration_ms=report.duration_ms,
+                status=report.status,
+                results=report.as_dict(),
+                errors=report.errors,
+                alerts_sent=len(report.alerts),
+            )
     logger.info("health run %s: %s (%s stale, %s failing, %s open anomalies, %s alert(s), %s error(s)) in %s ms",
-                run.pk, report.status, report.stale_series.count, report.failing_symbols.count,
+                run.pk if run else "replay", report.status, report.stale_series.count, report.failing_symbols.count,
                 report.anomalies.open, len(report.alerts), len(report.errors), report.duration_ms)
     return report

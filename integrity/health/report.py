@@ -68,7 +68,7 @@ class FailingSummary:
 
 @dataclass
 class HealthReport:
-    run_id: int
+    run_id: int | None  # None: a replay (nothing recorded)
     as_of: datetime
     started_at: datetime
     stale_series: StaleSummary
@@ -84,6 +84,7 @@ class HealthReport:
     timings_ms: dict[str, float] = field(default_factory=dict)
     finished_at: datetime | None = None
     duration_ms: int | None = None
+    replay: bool = False  # judged as of a past moment, read-only: nothing written, reaped, repaired or sent
 
     def compute_status(self) -> str:
         """``critical``: a check errored, an open critical anomaly, a symbol at the failure threshold;
@@ -101,6 +102,7 @@ class HealthReport:
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "run_id": self.run_id,
+            "replay": self.replay,
             "status": self.status,
             "as_of": self.as_of.isoformat(),
             "started_at": self.started_at.isoformat(),

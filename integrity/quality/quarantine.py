@@ -2,7 +2,10 @@
 to the detectors: the refused bars that lie in a hole between stored bars. Read-only.
 
 A hole whose every missing bar was refused at ingest is the run's ``invalid_ohlc`` finding, not a
-gap; a hole only partly made of refused bars stays a gap that names them as its cause.
+gap; a hole only partly made of refused bars stays a gap that names them as its cause. Only
+refusals whose ``invalid_ohlc`` finding is still unresolved explain a hole: once that finding is
+resolved (the bars were re-fetched, or a person closed it), the quarantine row is history, and a
+hole at that time (a foreign writer deleted the good bar since) is a gap again.
 """
 
 from __future__ import annotations
@@ -14,10 +17,14 @@ from datetime import datetime
 
 from django.db import connection
 
-from ..models import RejectedCandle
+from ..models import DataAnomaly, RejectedCandle
 from .sql import SQLITE_CHUNK, chunks, is_postgres, ns_array, to_db, values_cte
 
 TABLE = RejectedCandle._meta.db_table
+# The refusal's invalid_ohlc finding (the same execution) is still unresolved.
+_STILL_EXPLAINED = f"""EXISTS (SELECT 1 FROM {DataAnomaly._meta.db_table} a
+                              WHERE a.execution_id = r.execution_id AND a.anomaly_type = 'invalid_ohlc'
+                                AND a.resolution_status IN ('open', 'acknowledged'))"""
 
 
 def quarantined_in(holes: Sequence[tuple[int, str, str, datetime, datetime]]) -> dict[int, list[tuple[int, str]]]:
@@ -34,6 +41,7 @@ def quarantined_in(holes: Sequence[tuple[int, str, str, datetime, datetime]]) ->
                    AS h(k, symbol, timeframe, lo, hi)
               JOIN {TABLE} r ON r.symbol = h.symbol AND r.timeframe = h.timeframe
                             AND r.ts >= h.lo AND r.ts <= h.hi
+             WHERE {_STILL_EXPLAINED}
              ORDER BY h.k, r.ts
         """
         params = [list(column) for column in zip(*holes, strict=True)]
@@ -47,6 +55,7 @@ def quarantined_in(holes: Sequence[tuple[int, str, str, datetime, datetime]]) ->
                 SELECT h.k, r.ts, r.execution_id
                   FROM h JOIN {TABLE} r ON r.symbol = h.symbol AND r.timeframe = h.timeframe
                                        AND r.ts >= h.lo AND r.ts <= h.hi
+                 WHERE {_STILL_EXPLAINED}
                  ORDER BY h.k, r.ts
             """
             raw.extend(_fetch(sql, params))

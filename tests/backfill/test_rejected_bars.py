@@ -56,6 +56,14 @@ def test_the_holes_rejected_bars_leave_are_not_reported_as_gaps():
     assert gaps() == []
 
 
+def test_a_hole_at_a_quarantined_time_is_a_gap_again_once_its_invalid_ohlc_finding_is_resolved():
+    add_instrument(invalid=[t.isoformat() for t in BAD])
+    backfill()
+    DataAnomaly.objects.get(anomaly_type=AnomalyType.INVALID_OHLC).resolve(reason="fixed")
+    # (the good bars were stored since, then a foreign writer deleted them: the quarantine rows are history)
+    assert len(gaps()) == 3  # 01-02 05:00, 01-03 07:00–08:00, 01-06 23:00
+
+
 def test_a_hole_only_partly_made_of_rejected_bars_is_a_gap_caused_by_the_invalid_ohlc_finding():
     add_instrument(invalid=[t.isoformat() for t in BAD])
     result = backfill()

@@ -13,7 +13,7 @@ from django.core.management import CommandError, call_command
 
 from integrity.closures import add_preset
 from integrity.health.staleness import assess_staleness
-from integrity.models import Candle, Instrument
+from integrity.models import Candle, DataAnomaly, HealthCheckRun, Instrument, SeriesStats
 from integrity.quality.anomalies import detect_data_anomalies
 from integrity.schedules import run_at_or_after, run_at_or_before
 from integrity.staleness import Judge, SeriesState, bar_close
@@ -104,6 +104,17 @@ class TestReplay:
     def test_health_check_as_of_an_earlier_moment_finds_it_fresh(self, aapl_to_friday):
         code, report = self.run("--as-of", "2026-11-03T00:00:00Z")
         assert code == 0 and report["stale_series"]["count"] == 0
+
+    def test_health_check_as_of_is_read_only(self, aapl_to_friday):
+        self.run("--as-of", "2026-11-03T06:00:00Z")  # AAPL stale then: a real run would record and alert
+        assert not HealthCheckRun.objects.exists() and not DataAnomaly.objects.exists()
+        assert not SeriesStats.objects.filter(stale_alert_sent_at__isnull=False).exists()
+
+    def test_detect_anomalies_as_of_records_nothing(self, aapl_to_friday):
+        out = io.StringIO()
+        call_command("detect_anomalies", "--types", "stale", "--as-of", "2026-11-03T06:00:00Z", stdout=out)
+        assert "1 finding(s) would record" in out.getvalue()  # AAPL was stale then
+        assert not DataAnomaly.objects.exists()
 
     def test_health_check_refuses_an_as_of_in_the_future(self):
         with pytest.raises(CommandError, match="in the future") as caught:

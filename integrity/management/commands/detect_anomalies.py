@@ -33,7 +33,8 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="report findings, write nothing")
         parser.add_argument("--full", action="store_true", help="rescan whole series (default: incremental)")
         parser.add_argument("--as-of", help="judge as of this UTC time (ISO; default now): replays the "
-                                                 "staleness judgement of a past moment")
+                                                 "judgement of a past moment; implies --dry-run (a replay "
+                                                 "records and resolves nothing)")
         parser.add_argument("--format", choices=["text", "json"], default="text")
         parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
                             help=f"text output: list at most this many findings, most severe first "
@@ -50,7 +51,8 @@ class Command(BaseCommand):
         now = parse_as_of(options.get("as_of"))
         try:
             result = detect_data_anomalies(symbol=options.get("symbol"), timeframe=timeframe, types=types,
-                                           dry_run=options["dry_run"], full=options["full"], now=now)
+                                           dry_run=options["dry_run"] or now is not None, full=options["full"],
+                                           now=now)
         except ValueError as exc:
             raise CommandError(str(exc), returncode=2) from None
         rows = []

@@ -25,12 +25,14 @@ class Command(BaseCommand):
         parser.add_argument("--skip-scan", action="store_true",
                             help="leave the anomaly scan out (stored anomalies still count)")
         parser.add_argument("--as-of", help="judge as of this UTC time (ISO; default now): replays the "
-                                            "staleness judgement of a past moment")
+                                            "judgement of a past moment, read-only (nothing is reaped, "
+                                            "recorded, repaired or sent)")
 
     def handle(self, *args, **options):
         keep_stdout_for_json(options)
-        report = run_health_monitoring(as_of=parse_as_of(options.get("as_of")),
-                                       scan_anomalies=not options["skip_scan"])
+        as_of = parse_as_of(options.get("as_of"))
+        # --as-of replays a past judgement: read-only (nothing reaped, recorded, repaired or sent).
+        report = run_health_monitoring(as_of=as_of, scan_anomalies=not options["skip_scan"], replay=as_of is not None)
         if options["format"] == "json":
             self.stdout.write(json.dumps(report.as_dict(), indent=2, default=str))
         else:
@@ -41,7 +43,8 @@ class Command(BaseCommand):
 
     def write_text(self, report: HealthReport) -> None:
         out = self.stdout.write
-        out(f"health: {report.status.upper()} (run {report.run_id}, {report.duration_ms} ms, "
+        run = "replay, nothing recorded" if report.replay else f"run {report.run_id}"
+        out(f"health: {report.status.upper()} ({run}, {report.duration_ms} ms, "
             f"as of {report.as_of.isoformat()})")
         stale = report.stale_series
         out(f"stale series: {stale.count} of {stale.watched or 0} (a bar due at a scheduled backfill, "
