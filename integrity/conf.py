@@ -248,6 +248,10 @@ _declare("health", [
      "the health job repairs new gap and invalid-bar anomalies (re-fetches their range, re-checks it) before "
      "it alerts, so a transient provider hole heals before anyone is paged."),
     ("REPAIR_MAX_PER_RUN", 100, "the most anomalies one health run repairs (the rest wait for the next run)."),
+    ("REPAIR_AUTO_MAX_BARS", 50_000,
+     "the longest range, in bars, the health job re-fetches itself; a longer one (rejected bars scattered "
+     "over years) is listed in the run's `repairs.too_long_for_auto_repair` and left to "
+     "`manage.py repair_anomalies` or the admin."),
     ("REPAIR_BACKOFF", 3600.0,
      "seconds after a failed automatic repair before the health job tries that anomaly again, doubled for "
      "each further failed attempt."),

@@ -78,12 +78,16 @@ def request_backfill(symbol: str, timeframe: str, *, start: datetime | None = No
         # Without a queue the claim would block the series until the pending timeout: release it.
         state.mark_failed(f"could not enqueue: {exc}")
         raise BackfillError(f"the task queue is unavailable: {exc}") from exc
-    # Cancelling the execution takes this task out of the queue (integrity.backfill.cancel). Only while
-    # pending: a worker that has already started it owns its details.
+    _remember_task(state, task_id)
+    return state
+
+
+def _remember_task(state: BackfillState, task_id: str) -> None:
+    """Cancelling the execution takes this task out of the queue (integrity.backfill.cancel). Only while
+    pending: a worker that has already started it owns its details."""
     details = {**(state.details or {}), "task_id": task_id}
     if BackfillState.objects.filter(pk=state.pk, status=BackfillStatus.PENDING).update(details=details):
         state.details = details
-    return state
 
 
 def backfill_execution_task(execution_id: str) -> dict[str, Any]:
@@ -96,11 +100,12 @@ def request_repair(anomaly: DataAnomaly, *, by: str = "") -> BackfillState:
     Raises RepairError / BackfillRefused / BackfillError."""
     state = claim_repair(anomaly, by=by)
     try:
-        async_task(REPAIR_TASK, anomaly.pk, str(state.execution_id), group="repair",
-                   task_name=f"repair anomaly {anomaly.pk} ({anomaly.symbol} {anomaly.timeframe})"[:100])
+        task_id = async_task(REPAIR_TASK, anomaly.pk, str(state.execution_id), group="repair",
+                             task_name=f"repair anomaly {anomaly.pk} ({anomaly.symbol} {anomaly.timeframe})"[:100])
     except Exception as exc:
         state.mark_failed(f"could not enqueue: {exc}")
         raise BackfillError(f"the task queue is unavailable: {exc}") from exc
+    _remember_task(state, task_id)
     return state
 
 

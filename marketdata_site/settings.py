@@ -291,6 +291,7 @@ STALE_AVAILABILITY_DELAY_MINUTES = {
     for asset_class, minutes in conf.default("STALE_AVAILABILITY_DELAY_MINUTES").items()}
 REPAIR_AUTO = envsetting("REPAIR_AUTO")
 REPAIR_MAX_PER_RUN = envsetting("REPAIR_MAX_PER_RUN")
+REPAIR_AUTO_MAX_BARS = envsetting("REPAIR_AUTO_MAX_BARS")
 REPAIR_BACKOFF = envsetting("REPAIR_BACKOFF")
 ALERT_EMAIL_RECIPIENTS = envsetting("ALERT_EMAIL_RECIPIENTS")
 # Django's mail backend, used by the email alert channel.

@@ -17,6 +17,7 @@ from ..quality.review import review_anomalies
 from ..repair import RepairError, repair_range
 from ..tasks import request_repair
 from .base import IntegrityModelAdmin, ReadOnlyAdmin, report_action
+from .queue import note_no_worker
 
 
 class DataAnomalyForm(forms.ModelForm):
@@ -115,6 +116,8 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
             queued, why = self._request_repair(request, anomaly)
             (done if queued else refused).append(queued or why)
         report_action(self, request, done, refused, "repairs queued")
+        if done:
+            note_no_worker(self, request)
 
     def get_urls(self):
         return [path("<path:object_id>/repair/", self.admin_site.admin_view(self.repair_view),
@@ -144,6 +147,8 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
             queued, why = self._request_repair(request, anomaly)
             self.message_user(request, f"repair queued: {queued}" if queued else why,
                               messages.SUCCESS if queued else messages.WARNING)
+            if queued:
+                note_no_worker(self, request)
             return redirect(change_url)
         try:
             start, end = repair_range(anomaly)

@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from ..backfill import BackfillError, BackfillRefused
 from ..repair import RepairError
 from ..tasks import request_repair
-from .serializers import BackfillStateSerializer
+from .queued import BackfillQueuedSerializer, queued_reply
 from .views import BUSY_SERIES, AnomalyViewSet, actor, refusal
 
 
@@ -24,7 +24,7 @@ class RepairableAnomalyViewSet(AnomalyViewSet):
     @extend_schema(
         request=None,
         responses={
-            202: BackfillStateSerializer,
+            202: BackfillQueuedSerializer,
             400: OpenApiResponse(description="no re-fetch can repair this anomaly"),
             409: BUSY_SERIES,
         },
@@ -39,4 +39,4 @@ class RepairableAnomalyViewSet(AnomalyViewSet):
             return Response({"detail": str(exc)}, status=code)
         except (BackfillRefused, BackfillError) as exc:
             return refusal(exc)
-        return Response(BackfillStateSerializer(state).data, status=status.HTTP_202_ACCEPTED)
+        return Response(queued_reply(state), status=status.HTTP_202_ACCEPTED)

@@ -47,8 +47,10 @@ def recheck(anomaly: DataAnomaly, start: datetime, end: datetime, result: Backfi
                                       "is no series of the watchlist: nothing to re-check it with")
     contexts[0].since = start
     findings = run_detectors(contexts[:1], types=[anomaly.anomaly_type], now=now)
-    in_range = [f for f in findings if f.period_start is not None and f.period_start < end
-                and (f.period_end or f.period_start) >= start]
+    # Only findings wholly inside the re-fetched range: a neighbouring gap that merely reaches into the
+    # overlap margin was not re-fetched, so this repair says nothing about it.
+    in_range = [f for f in findings if f.period_start is not None and f.period_start >= start
+                and (f.period_end or f.period_start) <= end]
     same = next((f for f in in_range if f.fingerprint == anomaly.fingerprint), None)
     if anomaly.anomaly_type == AnomalyType.GAP:
         others = [f for f in in_range if f is not same]

@@ -114,6 +114,12 @@ def run_repair_execution(anomaly_id: int, execution_id: str) -> dict[str, Any]:
     """Run a repair ``claim_repair`` claimed, then re-check and record it (the queue's task)."""
     anomaly = DataAnomaly.objects.get(pk=anomaly_id)
     state = BackfillState.objects.get(execution_id=execution_id)
+    if state.status != BackfillStatus.PENDING:
+        # Cancelled (or reaped as never started) while queued: nothing to run, nothing to record.
+        logger.info("repair of anomaly %s: execution %s is %s, not pending: skipped", anomaly_id, execution_id,
+                    state.status)
+        return {"anomaly_id": anomaly_id, "execution_id": str(execution_id), "outcome": "skipped",
+                "status": state.status}
     start, end = state.range_start, state.range_end
     result = run_backfill(state.symbol, state.timeframe, execution_id=state.execution_id)
     return finish_repair(anomaly, result, start, end).as_dict()
@@ -251,6 +257,17 @@ def auto_repair(new_anomaly_ids: list[int], now: datetime | None = None) -> dict
     for anomaly in open_auto.filter(details__has_key="repairs").order_by("id"):
         if anomaly.pk not in due and _due_again(anomaly.details.get("repairs") or [], now):
             due[anomaly.pk] = anomaly
+    # A range too long to re-fetch inside the health job (scattered rejected bars over years) is left
+    # to a person: `repair_anomalies` or the admin's "Re-fetch this range".
+    too_long = []
+    for anomaly in list(due.values()):
+        try:
+            start, end = repair_range(anomaly, now)
+        except RepairError:
+            continue
+        if (end - start) / timeframe_delta(anomaly.timeframe) > conf.REPAIR_AUTO_MAX_BARS:
+            too_long.append(anomaly.pk)
+            del due[anomaly.pk]
     cap = max(0, conf.REPAIR_MAX_PER_RUN)
     chosen = list(due.values())[:cap]
     outcomes = []
@@ -260,5 +277,6 @@ def auto_repair(new_anomaly_ids: list[int], now: datetime | None = None) -> dict
         except RepairError as exc:  # resolved meanwhile: nothing to do
             logger.info("auto-repair skipped anomaly %s: %s", anomaly.pk, exc)
     return {"enabled": True, "attempted": len(outcomes), "deferred": len(due) - len(chosen),
+            "too_long_for_auto_repair": too_long,
             "by_outcome": dict(Counter(o.outcome for o in outcomes)),
             "repairs": [o.as_dict() for o in outcomes]}

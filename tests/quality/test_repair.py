@@ -17,7 +17,7 @@ from integrity.conf import conf
 from integrity.health.job import run_health_monitoring
 from integrity.models import BackfillState, Candle, DataAnomaly, SymbolFailureTracking
 from integrity.quality.anomalies import detect_data_anomalies
-from integrity.repair import auto_repair, repair_anomalies
+from integrity.repair import auto_repair, repair_anomalies, repair_anomaly
 from integrity.timeframes import floor_to_timeframe
 from tests.helpers import add_instrument, utc
 from tests.providers.test_provider_binance import KLINES, FakeBinance, serve
@@ -124,6 +124,19 @@ class TestMissingAtSource:
         anomaly = gap()
         assert (outcome["outcome"], anomaly.resolution_status, anomaly.resolution_reason) == (
             "missing_at_source", "resolved", "missing_at_source")
+
+    def test_a_neighbouring_gap_reaching_into_the_overlap_is_left_alone(self, httpserver):
+        # The source lacks 10:00–14:00 (gap A) and 16:00 onwards for a day (gap C, one bar after A):
+        # repairing A re-fetches A ± the overlap, which touches C's first bars but not the rest of it.
+        self.LACKING = [*self.LACKING, *(utc(2024, 1, 2, 16) + timedelta(hours=h) for h in range(24))]
+        binance_series(httpserver, self.lacking())
+        detect_data_anomalies(full=True)
+        first, neighbour = DataAnomaly.objects.filter(anomaly_type="gap").order_by("period_start")
+
+        repair_anomaly(first, by="test")
+
+        neighbour.refresh_from_db()
+        assert neighbour.resolution_status == "open"
 
     def recent_series_with_a_critical_hole(self, httpserver):
         # Recent bars (the series is fresh), and a 5-bar hole judged critical for this instrument.
@@ -254,3 +267,13 @@ class TestAutoRepair:
         report = auto_repair(gap_ids)
 
         assert (report["attempted"], report["deferred"], report["by_outcome"]) == (1, 1, {"fixed": 1})
+
+    def test_a_range_longer_than_repair_auto_max_bars_is_left_to_a_person(self, httpserver, settings):
+        settings.REPAIR_AUTO_MAX_BARS = 5  # the 2-bar hole's range is 2 bars + 3 of overlap each side
+        self.recent_series(httpserver, [10])
+        gap_ids = list(DataAnomaly.objects.filter(anomaly_type="gap").values_list("id", flat=True))
+
+        report = auto_repair(gap_ids)
+
+        assert (report["attempted"], report["too_long_for_auto_repair"]) == (0, gap_ids)
+        assert gap().resolution_status == "open" and "repairs" not in gap().details

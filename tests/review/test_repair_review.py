@@ -10,11 +10,11 @@ import pytest
 from django.urls import reverse
 from django_q.models import OrmQ
 
-from integrity.backfill import create_backfill_state, run_backfill
+from integrity.backfill import cancel_backfill, create_backfill_state, run_backfill
 from integrity.models import BackfillState, Candle, DataAnomaly
 from integrity.quality.anomalies import detect_data_anomalies
 from integrity.repair import run_repair_execution
-from tests.helpers import add_instrument, changelist, client_for, make_anomaly, user_with, utc
+from tests.helpers import act, add_instrument, client_for, make_anomaly, messages_of, user_with, utc
 
 pytestmark = pytest.mark.django_db
 
@@ -34,15 +34,6 @@ def a_gap() -> DataAnomaly:
     rows._raw_delete(rows.db)
     detect_data_anomalies(full=True, types=["gap"])
     return DataAnomaly.objects.get(anomaly_type="gap")
-
-
-def act(client, action, ids):
-    return client.post(changelist("dataanomaly"), {"action": action, "_selected_action": [str(i) for i in ids]},
-                       follow=True)
-
-
-def messages_of(response) -> list[str]:
-    return [str(m) for m in response.context["messages"]]
 
 
 class TestResolveApi:
@@ -92,6 +83,24 @@ class TestRepairApi:
         assert anomaly.details["repairs"][-1]["execution_id"] == execution_id
         assert Candle.objects.count() == 96
 
+    def test_repair_says_when_no_worker_is_running(self, editor_client, no_cluster_heartbeats):
+        anomaly = a_gap()
+        body = editor_client.post(f"/api/v1/anomalies/{anomaly.pk}/repair/", {}, format="json").json()
+        assert body["warning"].startswith("no worker is running: start `manage.py qcluster`")
+
+    def test_a_repair_cancelled_while_queued_does_not_run(self, editor_client):
+        anomaly = a_gap()
+        execution_id = editor_client.post(f"/api/v1/anomalies/{anomaly.pk}/repair/", {},
+                                          format="json").json()["execution_id"]
+        cancel_backfill(execution_id, by="test")
+        assert OrmQ.objects.count() == 0  # taken off the queue
+
+        outcome = run_repair_execution(anomaly.pk, execution_id)  # a worker that picked it up anyway
+
+        anomaly.refresh_from_db()
+        assert outcome["outcome"] == "skipped" and "repairs" not in anomaly.details
+        assert anomaly.resolution_status == "open"
+
     def test_repair_of_a_busy_series_is_409_naming_the_holder(self, editor_client):
         anomaly = a_gap()
         holder = create_backfill_state("BTC-USD", "1h", "crypto")
@@ -119,7 +128,7 @@ class TestAdmin:
 
     def test_the_false_positive_action_resolves_with_that_reason_and_says_so(self, admin_client):
         anomaly = make_anomaly()
-        response = act(admin_client, "resolve_false_positive", [anomaly.pk])
+        response = act(admin_client, "dataanomaly", "resolve_false_positive", [anomaly.pk])
         anomaly.refresh_from_db()
         assert (anomaly.resolution_status, anomaly.resolution_reason) == ("resolved", "false_positive")
         [message] = messages_of(response)
@@ -135,10 +144,12 @@ class TestAdmin:
 
     def test_the_refetch_action_queues_a_repair_per_anomaly(self, admin_client):
         anomaly = a_gap()
-        response = act(admin_client, "refetch", [anomaly.pk])
+        response = act(admin_client, "dataanomaly", "refetch", [anomaly.pk])
         state = BackfillState.objects.get(status="pending")
         assert f"anomaly #{anomaly.pk}" in state.requested_by and OrmQ.objects.count() == 1
-        assert messages_of(response) == [f"repairs queued: 1 — #{anomaly.pk} BTC-USD 1h ({state.execution_id})"]
+        queued, no_worker = messages_of(response)
+        assert queued == f"repairs queued: 1 — #{anomaly.pk} BTC-USD 1h ({state.execution_id})"
+        assert no_worker.startswith("no worker is running: start `manage.py qcluster`")
 
     def test_the_anomaly_page_has_the_button_and_its_post_queues_the_repair(self, admin_client):
         anomaly = a_gap()
