@@ -110,7 +110,7 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
                              f"repair at {attempt.get('at', '?')}: {attempt.get('outcome', '?')}"))
         if not rows:
             return "-"
-        return format_html("<ul>{}</ul>", format_html_join("", "<li>{} — {}</li>", rows))
+        return format_html_join(mark_safe("<br>"), "{} — {}", rows)
 
     @admin.display(description="quarantined bars")
     def quarantined_bars(self, obj):

@@ -42,7 +42,8 @@ class BackfillStateAdmin(IntegrityModelAdmin):
     list_filter = ("status", "timeframe", "asset_class", "provider", "created_at")
     search_fields = ("symbol", "execution_id", "error_message")
     date_hierarchy = "created_at"
-    readonly_fields = [*(f.name for f in BackfillState._meta.fields), "anomalies", "failure_tracking"]
+    readonly_fields = [*(f.name for f in BackfillState._meta.fields), "anomalies", "quarantined_bars",
+                       "failure_tracking"]
     actions = ["retry_failed", "reap_dead", "cancel_pending"]
 
     def get_object(self, request, object_id, from_field=None):
@@ -56,6 +57,13 @@ class BackfillStateAdmin(IntegrityModelAdmin):
             return "none"
         url = reverse("admin:integrity_dataanomaly_changelist") + f"?execution_id={obj.execution_id}"
         return format_html('<a href="{}">{} anomal{}</a>', url, count, "y" if count == 1 else "ies")
+
+    @admin.display(description="quarantined bars")
+    def quarantined_bars(self, obj):
+        if not obj.invalid_bars:
+            return "none"
+        url = reverse("admin:integrity_rejectedcandle_changelist") + f"?execution_id={obj.execution_id}"
+        return format_html('<a href="{}">bars it refused</a>', url)
 
     @admin.display(description="failure tracking of the symbol")
     def failure_tracking(self, obj):

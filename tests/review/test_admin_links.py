@@ -139,6 +139,12 @@ def test_an_execution_links_the_anomalies_it_produced(admin_client, series):
     assert rows == [DataAnomaly.objects.get(execution_id=series.execution_id)]
 
 
+def test_an_execution_links_the_bars_it_refused(admin_client, series):
+    other = FACTORIES["rejectedcandle"]()  # another execution's
+    rows = listed(follow(admin_client, field_link(execution_page(admin_client, series), "quarantined_bars")))
+    assert {r.ts for r in rows} == {utc(2024, 1, 2, 5), utc(2024, 1, 2, 9)} and other not in rows
+
+
 def test_the_anomaly_list_refuses_an_execution_filter_that_is_not_an_id(admin_client):
     assert admin_client.get(f"{changelist('dataanomaly')}?execution_id=not-a-uuid").status_code == 400
 
