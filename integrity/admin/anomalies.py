@@ -1,5 +1,5 @@
 """Anomaly review (acknowledge, resolve with a reason, the chart around an anomaly, "Re-fetch this
-range") and the duplicate-cleanup log."""
+range", links to what the anomaly is about) and the duplicate-cleanup log."""
 
 from __future__ import annotations
 
@@ -8,16 +8,30 @@ from django.contrib import admin, messages
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 
 from ..backfill import BackfillError, BackfillRefused
 from ..charts import anomaly_chart_svg
-from ..models import DataAnomaly, DuplicateRecordLog, InvalidTransition, ResolutionReason, ResolutionStatus
+from ..models import (
+    AnomalyType,
+    DataAnomaly,
+    DuplicateRecordLog,
+    Instrument,
+    InvalidTransition,
+    ResolutionReason,
+    ResolutionStatus,
+)
 from ..quality.review import review_anomalies
 from ..repair import RepairError, repair_range
 from ..tasks import request_repair
-from .base import IntegrityModelAdmin, ReadOnlyAdmin, report_action
+from ..timeframes import timeframe_delta
+from .base import ExecutionFilter, IntegrityModelAdmin, ReadOnlyAdmin, execution_link, report_action
 from .queue import note_no_worker
+
+# The candles linked from an anomaly: its period and this many bars either side.
+WINDOW_BARS = 10
 
 
 class DataAnomalyForm(forms.ModelForm):
@@ -40,14 +54,16 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
         "symbol", "timeframe", "anomaly_type", "severity", "resolution_status", "resolution_reason", "regressions",
         "period_start", "period_end", "affected_rows", "detected_at",
     )
-    list_filter = ("severity", "resolution_status", "resolution_reason", "anomaly_type", "timeframe", "detected_at")
+    list_filter = ("severity", "resolution_status", "resolution_reason", "anomaly_type", "timeframe", "detected_at",
+                   ExecutionFilter)
     search_fields = ("symbol", "description")
     date_hierarchy = "detected_at"
     actions = ["acknowledge", "resolve", "resolve_false_positive", "resolve_expected", "resolve_missing_at_source",
                "refetch"]
     readonly_fields = [
-        "symbol", "timeframe", "anomaly_type", "severity", "description", "affected_rows", "period_start",
-        "period_end", "detected_at", "last_seen_at", "fingerprint", "details", "execution_id",
+        "symbol", "instrument", "timeframe", "candles", "anomaly_type", "severity", "description", "affected_rows",
+        "period_start", "period_end", "detected_at", "last_seen_at", "fingerprint", "details", "executions",
+        "quarantined_bars",
         "resolution_status", "resolution_reason", "regressions", "acknowledged_by", "acknowledged_at",
         "resolved_by", "resolved_at", "chart",
     ]
@@ -59,6 +75,54 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
     @admin.display(description="candles around the anomaly")
     def chart(self, obj):
         return mark_safe(anomaly_chart_svg(obj))  # noqa: S308 — our own SVG, values escaped in charts.py
+
+    # --- links to what the anomaly is about ---------------------------------------------------------
+
+    @admin.display(description="instrument")
+    def instrument(self, obj):
+        pk = Instrument.objects.filter(symbol=obj.symbol).values_list("pk", flat=True).first()
+        if pk is None:
+            return f"{obj.symbol} is not on the watchlist"
+        return format_html('<a href="{}">{}</a>', reverse("admin:integrity_instrument_change", args=[pk]), obj.symbol)
+
+    @admin.display(description="series")
+    def candles(self, obj):
+        """The candle list of the series over the anomaly's period and ``WINDOW_BARS`` bars either side."""
+        query = {"q": obj.symbol, "timeframe__exact": obj.timeframe}
+        label = f"candles of {obj.symbol} {obj.timeframe}"
+        if obj.period_start is not None:
+            pad = timeframe_delta(obj.timeframe) * WINDOW_BARS
+            end = (obj.period_end or obj.period_start) + pad + timeframe_delta(obj.timeframe)
+            query.update(ts__gte=(obj.period_start - pad).isoformat(), ts__lt=end.isoformat())
+            label += f" around the anomaly ({WINDOW_BARS} bars either side)"
+        url = reverse("admin:integrity_candle_changelist") + "?" + urlencode(query)
+        return format_html('<a href="{}">{}</a>', url, label)
+
+    @admin.display(description="backfill executions")
+    def executions(self, obj):
+        """The execution that found it (a backfill's refused bars) and those that repaired it."""
+        rows = []
+        if obj.execution_id:
+            rows.append((execution_link(obj.execution_id, short=False), "produced it"))
+        repairs = (obj.details or {}).get("repairs") if isinstance(obj.details, dict) else None
+        for attempt in repairs if isinstance(repairs, list) else []:
+            if isinstance(attempt, dict) and attempt.get("execution_id"):
+                rows.append((execution_link(attempt["execution_id"], short=False),
+                             f"repair at {attempt.get('at', '?')}: {attempt.get('outcome', '?')}"))
+        if not rows:
+            return "-"
+        return format_html_join(mark_safe("<br>"), "{} — {}", rows)
+
+    @admin.display(description="quarantined bars")
+    def quarantined_bars(self, obj):
+        if obj.anomaly_type != AnomalyType.INVALID_OHLC:
+            return "-"
+        query = {"q": obj.symbol, "timeframe__exact": obj.timeframe}
+        if obj.execution_id:
+            query["execution_id"] = str(obj.execution_id)
+        url = reverse("admin:integrity_rejectedcandle_changelist") + "?" + urlencode(query)
+        return format_html('<a href="{}">bars of {} {} refused{}</a>', url, obj.symbol, obj.timeframe,
+                           " by this execution" if obj.execution_id else "")
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

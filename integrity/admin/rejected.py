@@ -4,19 +4,14 @@ layout, the same as the API's)."""
 
 from __future__ import annotations
 
-import uuid
-
 from django.contrib import admin
-from django.contrib.admin.options import IncorrectLookupParameters
 from django.http import StreamingHttpResponse
-from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
 
 from ..models import BackfillState, RejectedCandle
 from ..rejected import csv_lines
 from ..validation import REASON_CODES
-from .base import ReadOnlyAdmin, choice_filter
+from .base import ExecutionFilter, ReadOnlyAdmin, choice_filter, execution_link
 
 RECENT_EXECUTIONS = 20
 
@@ -26,30 +21,14 @@ RECENT_EXECUTIONS = 20
 RuleFilter = choice_filter("rule broken", "rule", REASON_CODES, "rules__contains")
 
 
-class ExecutionFilter(admin.SimpleListFilter):
+class RecentExecutionFilter(ExecutionFilter):
     """The executions that refused bars, newest first (the most recent few as links; any other by URL)."""
 
-    title = "execution"
-    parameter_name = "execution_id"
-
-    def lookups(self, request, model_admin):
+    def recent_executions(self, request) -> list[str]:
         # From the executions table (small, indexed by date): grouping the quarantine would scan it.
         recent = (BackfillState.objects.filter(invalid_bars__gt=0).order_by("-created_at")
                   .values_list("execution_id", flat=True)[:RECENT_EXECUTIONS])
-        seen = [str(e) for e in recent]
-        value = self.value()
-        if value and value not in seen:
-            seen.insert(0, value)  # a link from elsewhere (an execution's page) shows as chosen
-        return [(e, e) for e in seen]
-
-    def queryset(self, request, queryset):
-        if not self.value():
-            return queryset
-        try:
-            execution_id = uuid.UUID(self.value())
-        except ValueError:
-            raise IncorrectLookupParameters(f"execution_id {self.value()[:40]!r} is not an execution id (a UUID)") from None
-        return queryset.filter(execution_id=execution_id)
+        return [str(e) for e in recent]
 
 
 VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
@@ -70,12 +49,14 @@ def _shown(column: str):
 class RejectedCandleAdmin(ReadOnlyAdmin):
     list_display = ("symbol", "timeframe", "ts", "rules_broken", "shown_open", "shown_high", "shown_low", "shown_close",
                     "shown_volume", "copies", "execution", "rejected_at")
-    list_filter = ("timeframe", RuleFilter, ExecutionFilter, "provider", "rejected_at")
+    list_filter = ("timeframe", RuleFilter, RecentExecutionFilter, "provider", "rejected_at")
     search_fields = ("symbol",)
     search_help_text = "symbol, e.g. BTC-USD"
     date_hierarchy = "rejected_at"
     ordering = ("symbol", "timeframe", "ts")
     actions = ["export_csv"]
+    exclude = ("execution_id",)  # shown as ``execution``, a link
+    readonly_fields = ("execution",)
 
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()
@@ -96,10 +77,7 @@ class RejectedCandleAdmin(ReadOnlyAdmin):
     @admin.display(description="execution", ordering="execution_id")
     def execution(self, obj):
         """The run that refused the bar: its first 8 characters, linking to it."""
-        if obj.execution_id is None:
-            return "-"
-        url = reverse("admin:integrity_backfillstate_changelist") + f"?q={obj.execution_id}"
-        return format_html('<a href="{}" title="{}">{}…</a>', url, obj.execution_id, str(obj.execution_id)[:8])
+        return execution_link(obj.execution_id)
 
     shown_open, shown_high, shown_low, shown_close, shown_volume = (_shown(column) for column in VALUE_COLUMNS)
 

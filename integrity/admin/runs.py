@@ -1,6 +1,8 @@
 """What ran: backfill executions (retry, reap), symbol failure tracking (reset), health-check runs.
 
 Executions and health runs are audit tables: read-only here, changed only through the services.
+An execution's page is also found by its execution id (``/admin/integrity/backfillstate/<uuid>/change/``,
+what ``execution_link`` links) and links the anomalies it produced and its symbol's failure tracking.
 """
 
 from __future__ import annotations
@@ -8,11 +10,26 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Q
+from django.urls import reverse
+from django.utils.html import format_html
 
 from ..backfill import reap_dead_backfills
 from ..failures import reset_symbol_failures
-from ..models import ACTIVE_STATUSES, BackfillState, BackfillStatus, HealthCheckRun, SymbolFailureTracking
-from .base import IntegrityModelAdmin, ReadOnlyAdmin, report_action, request_backfills
+from ..models import (
+    ACTIVE_STATUSES,
+    BackfillState,
+    BackfillStatus,
+    DataAnomaly,
+    HealthCheckRun,
+    SymbolFailureTracking,
+)
+from .base import (
+    IntegrityModelAdmin,
+    ReadOnlyAdmin,
+    backfill_by_execution_id,
+    report_action,
+    request_backfills,
+)
 from .queue import cancel_selected_pending
 
 
@@ -25,8 +42,37 @@ class BackfillStateAdmin(IntegrityModelAdmin):
     list_filter = ("status", "timeframe", "asset_class", "provider", "created_at")
     search_fields = ("symbol", "execution_id", "error_message")
     date_hierarchy = "created_at"
-    readonly_fields = [f.name for f in BackfillState._meta.fields]
+    readonly_fields = [*(f.name for f in BackfillState._meta.fields), "anomalies", "quarantined_bars",
+                       "failure_tracking"]
     actions = ["retry_failed", "reap_dead", "cancel_pending"]
+
+    def get_object(self, request, object_id, from_field=None):
+        """By primary key, or by execution id (the links ``execution_link`` makes)."""
+        return backfill_by_execution_id(object_id) or super().get_object(request, object_id, from_field)
+
+    @admin.display(description="anomalies it produced")
+    def anomalies(self, obj):
+        count = DataAnomaly.objects.filter(execution_id=obj.execution_id).count()
+        if not count:
+            return "none"
+        url = reverse("admin:integrity_dataanomaly_changelist") + f"?execution_id={obj.execution_id}"
+        return format_html('<a href="{}">{} anomal{}</a>', url, count, "y" if count == 1 else "ies")
+
+    @admin.display(description="quarantined bars")
+    def quarantined_bars(self, obj):
+        if not obj.invalid_bars:
+            return "none"
+        url = reverse("admin:integrity_rejectedcandle_changelist") + f"?execution_id={obj.execution_id}"
+        return format_html('<a href="{}">bars it refused</a>', url)
+
+    @admin.display(description="failure tracking of the symbol")
+    def failure_tracking(self, obj):
+        tracking = SymbolFailureTracking.objects.filter(symbol=obj.symbol).first()
+        if tracking is None:
+            return f"no failures recorded for {obj.symbol}"
+        url = reverse("admin:integrity_symbolfailuretracking_change", args=[tracking.pk])
+        return format_html('<a href="{}">{}: {} consecutive failure(s)</a>', url, tracking.symbol,
+                           tracking.consecutive_failures)
 
     def has_add_permission(self, request):
         return False
