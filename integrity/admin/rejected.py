@@ -8,15 +8,13 @@ import uuid
 
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.http import StreamingHttpResponse
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import format_html
 
 from ..models import BackfillState, RejectedCandle
-from ..rejected import csv_lines
+from ..rejected import REJECTED_EXPORT
 from ..validation import REASON_CODES
-from .base import ReadOnlyAdmin, choice_filter
+from .base import ReadOnlyAdmin, choice_filter, export_csv_action
 
 RECENT_EXECUTIONS = 20
 
@@ -103,10 +101,4 @@ class RejectedCandleAdmin(ReadOnlyAdmin):
 
     shown_open, shown_high, shown_low, shown_close, shown_volume = (_shown(column) for column in VALUE_COLUMNS)
 
-    @admin.action(description="Export selected rejected bars as CSV", permissions=["view"])
-    def export_csv(self, request, queryset):
-        response = StreamingHttpResponse(csv_lines(queryset.order_by("symbol", "timeframe", "ts")),
-                                         content_type="text/csv; charset=utf-8")
-        stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
-        response["Content-Disposition"] = f'attachment; filename="rejected-candles-{stamp}.csv"'
-        return response
+    export_csv = export_csv_action(REJECTED_EXPORT, "rejected bars")

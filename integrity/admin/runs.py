@@ -10,9 +10,10 @@ from django.contrib import admin, messages
 from django.db.models import Q
 
 from ..backfill import reap_dead_backfills
+from ..exports import BACKFILLS
 from ..failures import reset_symbol_failures
 from ..models import ACTIVE_STATUSES, BackfillState, BackfillStatus, HealthCheckRun, SymbolFailureTracking
-from .base import IntegrityModelAdmin, ReadOnlyAdmin, report_action, request_backfills
+from .base import IntegrityModelAdmin, ReadOnlyAdmin, export_csv_action, report_action, request_backfills
 from .queue import cancel_selected_pending
 
 
@@ -26,7 +27,8 @@ class BackfillStateAdmin(IntegrityModelAdmin):
     search_fields = ("symbol", "execution_id", "error_message")
     date_hierarchy = "created_at"
     readonly_fields = [f.name for f in BackfillState._meta.fields]
-    actions = ["retry_failed", "reap_dead", "cancel_pending"]
+    actions = ["retry_failed", "reap_dead", "cancel_pending", "export_csv"]
+    export_csv = export_csv_action(BACKFILLS, "backfill executions")
 
     def has_add_permission(self, request):
         return False
