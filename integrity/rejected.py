@@ -7,15 +7,13 @@ half). It is set-based: the page's rejected bars are reduced to one row per bar 
 on (symbol, timeframe, ts), so re-running a backfill updates the rows it rejects again instead of
 adding new ones (see ``integrity.models.rejected``).
 
-``csv_lines`` is the one CSV layout of the quarantine, used by the admin's export action and the
-API's ``?format=csv``; ``rejected_span`` and ``rejected_points`` serve the ``invalid_ohlc`` finding
+``csv_lines`` is the one CSV layout of the quarantine (on ``integrity.exports``' writer), used by the
+admin's export action and the API's ``?format=csv``; ``rejected_span`` and ``rejected_points`` serve the ``invalid_ohlc`` finding
 (its period) and its chart.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -25,6 +23,7 @@ from django.db import connection
 from django.db.models import Count, Max, Min
 from django.utils import timezone
 
+from .exports import Export, cell, csv_text, safe_cell
 from .models import AnomalyType, DataAnomaly, RejectedCandle, ResolutionStatus
 
 VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
@@ -86,11 +85,8 @@ def quarantine_bars(symbol: str, timeframe: str, invalid: pd.DataFrame, *, execu
 def _csv_value(row: dict, column: str) -> str:
     if column in VALUE_COLUMNS:
         raw = (row["raw_values"] or {}).get(column, row[column])
-        return "" if raw is None else str(raw)
-    value = row[column]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return "" if value is None else str(value)
+        return "" if raw is None else safe_cell(str(raw))
+    return cell(row[column])
 
 
 def csv_lines(queryset: Iterable[RejectedCandle] | None = None, chunk_size: int = 2000) -> Iterator[str]:
@@ -99,21 +95,18 @@ def csv_lines(queryset: Iterable[RejectedCandle] | None = None, chunk_size: int 
     qs = RejectedCandle.objects.all() if queryset is None else queryset
     if not qs.query.order_by:
         qs = qs.order_by("symbol", "timeframe", "ts")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-
-    def take() -> str:
-        text = buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate(0)
-        return text
-
-    writer.writerow(CSV_COLUMNS)
-    yield take()
     fields = [c for c in CSV_COLUMNS if c not in ("execution_id",)] + ["execution_id", "raw_values"]
-    for row in qs.values(*dict.fromkeys(fields)).iterator(chunk_size=chunk_size):
-        writer.writerow([_csv_value(row, column) for column in CSV_COLUMNS])
-        yield take()
+    rows = qs.values(*dict.fromkeys(fields)).iterator(chunk_size=chunk_size)
+    return csv_text(CSV_COLUMNS, ([_csv_value(row, column) for column in CSV_COLUMNS] for row in rows))
+
+
+class _RejectedExport(Export):
+    def lines(self, queryset, chunk_size: int = 2000) -> Iterator[str]:
+        return csv_lines(queryset, chunk_size)
+
+
+# The quarantine's export, for the admin action and the API (``integrity.exports``).
+REJECTED_EXPORT = _RejectedExport("rejected-candles", CSV_COLUMNS, ("symbol", "timeframe", "ts"))
 
 
 def rejected_points(symbol: str, timeframe: str, start: datetime, end: datetime,

@@ -1,5 +1,5 @@
 """Anomaly review (acknowledge, resolve with a reason, the chart around an anomaly, "Re-fetch this
-range", links to what the anomaly is about) and the duplicate-cleanup log."""
+range", links to what the anomaly is about) and the duplicate-cleanup log; both export as CSV."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from django.utils.safestring import mark_safe
 
 from ..backfill import BackfillError, BackfillRefused
 from ..charts import anomaly_chart_svg
+from ..exports import ANOMALIES, DUPLICATES
 from ..models import (
     AnomalyType,
     DataAnomaly,
@@ -27,7 +28,14 @@ from ..quality.review import review_anomalies
 from ..repair import RepairError, repair_range
 from ..tasks import request_repair
 from ..timeframes import timeframe_delta
-from .base import ExecutionFilter, IntegrityModelAdmin, ReadOnlyAdmin, execution_link, report_action
+from .base import (
+    ExecutionFilter,
+    IntegrityModelAdmin,
+    ReadOnlyAdmin,
+    execution_link,
+    export_csv_action,
+    report_action,
+)
 from .queue import note_no_worker
 
 # The candles linked from an anomaly: its period and this many bars either side.
@@ -59,7 +67,7 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
     search_fields = ("symbol", "description")
     date_hierarchy = "detected_at"
     actions = ["acknowledge", "resolve", "resolve_false_positive", "resolve_expected", "resolve_missing_at_source",
-               "refetch"]
+               "refetch", "export_csv"]
     readonly_fields = [
         "symbol", "instrument", "timeframe", "candles", "anomaly_type", "severity", "description", "affected_rows",
         "period_start", "period_end", "detected_at", "last_seen_at", "fingerprint", "details", "executions",
@@ -68,6 +76,8 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
         "resolved_by", "resolved_at", "chart",
     ]
     fields = ["chart", *readonly_fields[:-1], "resolution_note", "resolve_as"]
+
+    export_csv = export_csv_action(ANOMALIES, "anomalies")
 
     def has_add_permission(self, request):
         return False
@@ -231,6 +241,8 @@ class DuplicateRecordLogAdmin(ReadOnlyAdmin):
     list_filter = ("timeframe", "kept_by", "cleaned_at")
     search_fields = ("symbol",)
     date_hierarchy = "cleaned_at"
+    actions = ["export_csv"]
+    export_csv = export_csv_action(DUPLICATES, "duplicate-log entries")
 
     @admin.display(description="deleted ids")
     def deleted(self, obj):

@@ -3,9 +3,9 @@
 Every screen derives from ``IntegrityModelAdmin``: a list accepts only the query string its own links
 make (``StrictChangeList``), and a form only values the database can store (``StorableJSONField``), so a
 hand-made URL or value is a 400 page or a field error that says what was wrong, never a 500
-(tests/test_admin_hardening.py). Also the actions' shared reporting and backfill requests, and the
-one way an execution id is shown: a link to that execution (``execution_link``), and the one way a
-list is filtered by execution (``ExecutionFilter``).
+(tests/test_admin_hardening.py). Also the actions' shared reporting, backfill requests and CSV export,
+the one way an execution id is shown: a link to that execution (``execution_link``), and the one
+way a list is filtered by execution (``ExecutionFilter``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from rest_framework.exceptions import ParseError
 
 from ..api.parsers import MAX_JSON_DEPTH, check_storable, unstorable_reason
 from ..backfill import BackfillError, BackfillRefused
+from ..exports import Export
 from ..models import BackfillState
 from ..tasks import request_backfill
 from .queue import note_no_worker
@@ -290,3 +291,14 @@ class ExecutionFilter(admin.SimpleListFilter):
         except ValueError:
             raise IncorrectLookupParameters(f"execution_id {self.value()[:40]!r} is not an execution id (a UUID)") from None
         return queryset.filter(execution_id=execution_id)
+
+
+def export_csv_action(export: Export, what: str):
+    """The admin action "Export selected {what} as CSV": the rows in ``export``'s layout, the same
+    file as the API's ``?format=csv`` (``integrity.exports``)."""
+
+    @admin.action(description=f"Export selected {what} as CSV", permissions=["view"])
+    def export_csv(modeladmin, request, queryset):
+        return export.response(queryset)
+
+    return export_csv

@@ -5,13 +5,11 @@ layout, the same as the API's)."""
 from __future__ import annotations
 
 from django.contrib import admin
-from django.http import StreamingHttpResponse
-from django.utils import timezone
 
 from ..models import BackfillState, RejectedCandle
-from ..rejected import csv_lines
+from ..rejected import REJECTED_EXPORT
 from ..validation import REASON_CODES
-from .base import ExecutionFilter, ReadOnlyAdmin, choice_filter, execution_link
+from .base import ExecutionFilter, ReadOnlyAdmin, choice_filter, execution_link, export_csv_action
 
 RECENT_EXECUTIONS = 20
 
@@ -81,10 +79,4 @@ class RejectedCandleAdmin(ReadOnlyAdmin):
 
     shown_open, shown_high, shown_low, shown_close, shown_volume = (_shown(column) for column in VALUE_COLUMNS)
 
-    @admin.action(description="Export selected rejected bars as CSV", permissions=["view"])
-    def export_csv(self, request, queryset):
-        response = StreamingHttpResponse(csv_lines(queryset.order_by("symbol", "timeframe", "ts")),
-                                         content_type="text/csv; charset=utf-8")
-        stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
-        response["Content-Disposition"] = f'attachment; filename="rejected-candles-{stamp}.csv"'
-        return response
+    export_csv = export_csv_action(REJECTED_EXPORT, "rejected bars")

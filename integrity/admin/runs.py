@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from ..backfill import reap_dead_backfills
+from ..exports import BACKFILLS
 from ..failures import reset_symbol_failures
 from ..models import (
     ACTIVE_STATUSES,
@@ -27,6 +28,7 @@ from .base import (
     IntegrityModelAdmin,
     ReadOnlyAdmin,
     backfill_by_execution_id,
+    export_csv_action,
     report_action,
     request_backfills,
 )
@@ -44,7 +46,8 @@ class BackfillStateAdmin(IntegrityModelAdmin):
     date_hierarchy = "created_at"
     readonly_fields = [*(f.name for f in BackfillState._meta.fields), "anomalies", "quarantined_bars",
                        "failure_tracking"]
-    actions = ["retry_failed", "reap_dead", "cancel_pending"]
+    actions = ["retry_failed", "reap_dead", "cancel_pending", "export_csv"]
+    export_csv = export_csv_action(BACKFILLS, "backfill executions")
 
     def get_object(self, request, object_id, from_field=None):
         """By primary key, or by execution id (the links ``execution_link`` makes)."""

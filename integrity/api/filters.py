@@ -4,6 +4,10 @@ Strict: a filter value the filter cannot use answers 400 naming the parameter, n
 list and never 500. That covers a value of the wrong type (``?active=maybe``, ``?alert_sent=banana``,
 ``?detected_after=last-tuesday``), a choice that does not exist, and a parameter given without a
 value (``?detected_after=``, ``?symbol=``), which django-filter would otherwise ignore.
+
+``?search=`` and ``?ordering=`` (``StrictSearchFilter``, ``StrictOrderingFilter``) are offered on the
+lists that name ``search_fields`` / ``ordering_fields``, both listed in the schema; an ordering field
+the list does not offer, or either parameter without a value, is a 400 naming what it takes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.db import models
 from django_filters.fields import IsoDateTimeField
+from rest_framework.exceptions import ValidationError as BadParameter
+from rest_framework.filters import OrderingFilter, SearchFilter
 
 from ..models import (
     AnomalyType,
@@ -95,6 +101,55 @@ class StrictFilterSet(filters.FilterSet):
     def get_form_class(self):
         fields = {name: filter_.field for name, filter_ in self.filters.items()}
         return type(f"{self.__class__.__name__}Form", (StrictFilterForm, self._meta.form), fields)
+
+
+def _given(request, param: str) -> str | None:
+    """The parameter's value (None when absent); a parameter without a value is a 400."""
+    if param not in request.query_params:
+        return None
+    value = request.query_params.get(param, "").strip()
+    if not value:
+        raise BadParameter({param: ["empty value: give a value or leave the parameter out"]})
+    return value
+
+
+class StrictSearchFilter(SearchFilter):
+    """``?search=``: case-insensitive containment in any of the view's ``search_fields`` (every word)."""
+
+    def get_search_terms(self, request):
+        return super().get_search_terms(request) if _given(request, self.search_param) else []
+
+    def get_schema_operation_parameters(self, view):
+        fields = ", ".join(getattr(view, "search_fields", ()))
+        return [{"name": self.search_param, "required": False, "in": "query", "schema": {"type": "string"},
+                 "description": f"Rows where every word occurs (any letter case) in one of: {fields}."}]
+
+
+class StrictOrderingFilter(OrderingFilter):
+    """``?ordering=``: comma-separated fields of the view's ``ordering_fields``, ``-`` for descending;
+    anything else is a 400 naming the allowed fields. The row id breaks ties (stable pages)."""
+
+    def get_ordering(self, request, queryset, view):
+        value = _given(request, self.ordering_param)
+        if value is None:
+            return self.get_default_ordering(view)
+        allowed = tuple(view.ordering_fields)
+        fields = [term.strip() for term in value.split(",")]
+        wrong = [term for term in fields if term.removeprefix("-") not in allowed]
+        if wrong:
+            raise BadParameter({self.ordering_param: [
+                f"cannot order by {', '.join(map(repr, wrong))[:200]}: use {', '.join(allowed)} "
+                f"(prefix - for descending, comma-separated)"]})
+        if not {"id", "-id"} & set(fields):
+            fields.append("-id" if fields[0].startswith("-") else "id")
+        return fields
+
+    def get_schema_operation_parameters(self, view):
+        allowed = ", ".join(view.ordering_fields)
+        default = ",".join(view.ordering)
+        return [{"name": self.ordering_param, "required": False, "in": "query", "schema": {"type": "string"},
+                 "description": f"Order by {allowed} (comma-separated, prefix - for descending; "
+                                f"default {default}). Any other field is a 400."}]
 
 
 class BackfillFilter(StrictFilterSet):

@@ -4,34 +4,16 @@ every row the filters select (not a page), in ``integrity.rejected``'s CSV layou
 
 from __future__ import annotations
 
-import json
-
 import django_filters as django_filters
-from django.http import StreamingHttpResponse
-from django.utils import timezone
-from rest_framework import renderers, serializers, viewsets
-from rest_framework.settings import api_settings
+from rest_framework import serializers, viewsets
 
 from ..models import RejectedCandle, Timeframe
-from ..rejected import VALUE_COLUMNS, csv_lines
+from ..rejected import REJECTED_EXPORT, VALUE_COLUMNS
 from ..validation import REASON_CODES
+from .export import CSVExportMixin
 from .filters import StrictFilterSet, UTCDateTimeFilter
 from .permissions import ModelPermissions
 from .views import cursor_pagination
-
-
-class CSVRenderer(renderers.BaseRenderer):
-    """Names the ``csv`` format; the rows themselves are streamed by the view. Anything else rendered
-    with it (an error) is written as JSON."""
-
-    media_type = "text/csv"
-    format = "csv"
-    charset = "utf-8"
-
-    def render(self, data, accepted_media_type=None, renderer_context=None):
-        if renderer_context and renderer_context.get("response") is not None:
-            renderer_context["response"]["Content-Type"] = "application/json"
-        return json.dumps(data).encode()
 
 
 class RejectedCandleSerializer(serializers.ModelSerializer):
@@ -77,7 +59,7 @@ class RejectedCandleFilter(StrictFilterSet):
         return queryset.filter(rules__contains=value)
 
 
-class RejectedCandleViewSet(viewsets.ReadOnlyModelViewSet):
+class RejectedCandleViewSet(CSVExportMixin, viewsets.ReadOnlyModelViewSet):
     """Bars refused at ingest. ``?format=csv`` exports every row the filters select."""
 
     queryset = RejectedCandle.objects.all()
@@ -85,13 +67,5 @@ class RejectedCandleViewSet(viewsets.ReadOnlyModelViewSet):
     permission_classes = [ModelPermissions]
     filterset_class = RejectedCandleFilter
     pagination_class = cursor_pagination("-ts")
-    renderer_classes = [*api_settings.DEFAULT_RENDERER_CLASSES, CSVRenderer]
+    csv_export = REJECTED_EXPORT
 
-    def list(self, request, *args, **kwargs):
-        if getattr(request.accepted_renderer, "format", None) != "csv":
-            return super().list(request, *args, **kwargs)
-        queryset = self.filter_queryset(self.get_queryset()).order_by("symbol", "timeframe", "ts")
-        response = StreamingHttpResponse(csv_lines(queryset), content_type="text/csv; charset=utf-8")
-        stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
-        response["Content-Disposition"] = f'attachment; filename="rejected-candles-{stamp}.csv"'
-        return response

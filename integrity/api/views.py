@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
@@ -14,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ..backfill import BackfillError, BackfillRefused, NotCancellable, cancel_backfill
+from ..exports import ANOMALIES, BACKFILLS, DUPLICATES
 from ..failures import reset_symbol_failures
 from ..health.summaries import open_anomaly_totals
 from ..health.workers import worker_status
@@ -32,6 +34,8 @@ from ..models import (
 from ..series import active_instruments
 from ..tasks import request_backfill
 from . import filters
+from .export import CSVExportMixin
+from .parsers import StorableQueryFilterBackend
 from .permissions import InstrumentPermissions, ModelPermissions
 from .queued import BackfillQueuedSerializer, CancelSerializer, queued_reply
 from .serializers import (
@@ -53,14 +57,27 @@ class KeysetPagination(CursorPagination):
     page_size = 100
     page_size_query_param = "page_size"
     max_page_size = 1000
+    INVALID = "invalid cursor: follow the 'next' or 'previous' links of a previous page (same ordering)"
 
     def decode_cursor(self, request):
         # DRF answers a malformed cursor with 404; it is a bad parameter, so 400 naming it.
         try:
             return super().decode_cursor(request)
         except NotFound:
-            raise ValidationError({self.cursor_query_param: ["invalid cursor: follow the 'next' or 'previous' "
-                                                             "links of a previous page"]}) from None
+            raise ValidationError({self.cursor_query_param: [self.INVALID]}) from None
+
+    def paginate_queryset(self, queryset, request, view=None):
+        try:
+            return super().paginate_queryset(queryset, request, view)
+        except (DjangoValidationError, ValueError, TypeError):
+            # A cursor of one ?ordering= used with another: its position is not a value of this field.
+            if self.cursor_query_param not in request.query_params:
+                raise
+            raise ValidationError({self.cursor_query_param: [self.INVALID]}) from None
+
+
+# The backends of a list with ``?search=`` and ``?ordering=`` (``integrity.api.filters``).
+SEARCHABLE = [StorableQueryFilterBackend, filters.StrictSearchFilter, filters.StrictOrderingFilter]
 
 
 def cursor_pagination(field: str):
@@ -93,14 +110,19 @@ def refusal(exc: BackfillRefused | BackfillError) -> Response:
     return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
 
 
-class BackfillViewSet(TableViewSet):
+class BackfillViewSet(CSVExportMixin, TableViewSet):
     """Backfill executions. POST requests a backfill: 202 with the execution id (and a ``warning`` when
     no worker is running), or 409 naming the execution that already holds the series. POST
-    …/{execution_id}/cancel/ cancels a pending one."""
+    …/{execution_id}/cancel/ cancels a pending one. ``?format=csv`` exports every row the filters select."""
 
     queryset = BackfillState.objects.all()
     serializer_class = BackfillStateSerializer
     filterset_class = filters.BackfillFilter
+    filter_backends = SEARCHABLE
+    search_fields = ("symbol", "requested_by", "error_message")
+    ordering_fields = ("created_at", "updated_at", "records_inserted", "invalid_bars")
+    ordering = ("-created_at", "-id")
+    csv_export = BACKFILLS
     pagination_class = cursor_pagination("-created_at")
     lookup_field = "execution_id"
 
@@ -139,12 +161,18 @@ class BackfillViewSet(TableViewSet):
         return Response(BackfillStateSerializer(state).data)
 
 
-class AnomalyViewSet(TableViewSet):
-    """Data anomalies with their review lifecycle: open → acknowledged → resolved."""
+class AnomalyViewSet(CSVExportMixin, TableViewSet):
+    """Data anomalies with their review lifecycle: open → acknowledged → resolved. ``?format=csv``
+    exports every row the filters select."""
 
     queryset = DataAnomaly.objects.all()
     serializer_class = DataAnomalySerializer
     filterset_class = filters.AnomalyFilter
+    filter_backends = SEARCHABLE
+    search_fields = ("symbol", "description")
+    ordering_fields = ("detected_at", "last_seen_at", "affected_rows")
+    ordering = ("-detected_at", "-id")
+    csv_export = ANOMALIES
     pagination_class = cursor_pagination("-detected_at")
 
     def get_serializer_class(self):
@@ -181,12 +209,17 @@ class AnomalyViewSet(TableViewSet):
         return self._review(request, "resolve", ResolveSerializer)
 
 
-class DuplicateLogViewSet(TableViewSet):
-    """The audit log of duplicate cleanup (read-only)."""
+class DuplicateLogViewSet(CSVExportMixin, TableViewSet):
+    """The audit log of duplicate cleanup (read-only). ``?format=csv`` exports every row the filters select."""
 
     queryset = DuplicateRecordLog.objects.all()
     serializer_class = DuplicateRecordLogSerializer
     filterset_class = filters.DuplicateLogFilter
+    filter_backends = SEARCHABLE
+    search_fields = ("symbol",)
+    ordering_fields = ("cleaned_at", "candle_time", "duplicate_count")
+    ordering = ("-cleaned_at", "-id")
+    csv_export = DUPLICATES
     pagination_class = cursor_pagination("-cleaned_at")
 
 
