@@ -14,6 +14,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from integrity.conf import SETTINGS as declared_settings
 from integrity.conf import conf
 
 from .env import envbool, envint, envlist, envproxyheader, envrate, envsetting, envstr
@@ -168,56 +169,27 @@ LOGGING = {
     },
 }
 
-# --- Integrity: backfill (meanings and defaults: integrity.conf) ---------------------------------
-BACKFILL_BATCH_SIZE = envsetting("BACKFILL_BATCH_SIZE")
-BACKFILL_HEARTBEAT_TIMEOUT_SECONDS = envsetting("BACKFILL_HEARTBEAT_TIMEOUT_SECONDS")
-BACKFILL_OVERLAP_BARS = envsetting("BACKFILL_OVERLAP_BARS")
+# --- Integrity (each setting's default, type and meaning: integrity.conf) ---------------------------
+# Every setting integrity.conf declares (its default, type and meaning: docs/configuration.md) is
+# read from the environment variable of its name; the few with another form are set below.
+own_form = {"API_NUM_PROXIES", "API_THROTTLE_ANON", "API_THROTTLE_FAILED_AUTH", "BACKFILL_LOOKBACK_DAYS",
+            "BACKFILL_MAX_BARS", "QUALITY_THRESHOLDS", "STALE_AVAILABILITY_DELAY_MINUTES"}
+globals().update({name: envsetting(name) for name in declared_settings if name not in own_form})
 # Per timeframe: BACKFILL_LOOKBACK_DAYS_1M … _1D.
 BACKFILL_LOOKBACK_DAYS = {tf: envint(f"BACKFILL_LOOKBACK_DAYS_{tf.upper()}", days)
                           for tf, days in conf.default("BACKFILL_LOOKBACK_DAYS").items()}
 # BACKFILL_MAX_BARS for every timeframe, BACKFILL_MAX_BARS_1M … _1D for one.
 BACKFILL_MAX_BARS = {tf: envint(f"BACKFILL_MAX_BARS_{tf.upper()}", envint("BACKFILL_MAX_BARS", bars))
                      for tf, bars in conf.default("BACKFILL_MAX_BARS").items()}
-FAILURE_ALERT_THRESHOLD = envsetting("FAILURE_ALERT_THRESHOLD")
-BACKFILL_PENDING_TIMEOUT_SECONDS = envsetting("BACKFILL_PENDING_TIMEOUT_SECONDS")
-BACKFILL_FINISH_RETRIES = envsetting("BACKFILL_FINISH_RETRIES")
-BACKFILL_FINISH_BACKOFF = envsetting("BACKFILL_FINISH_BACKOFF")
-ALERT_RECOVERY_NOTICES = envsetting("ALERT_RECOVERY_NOTICES")
 
 # --- Integrity: data quality ----------------------------------------------------------------------
-OUTLIER_MOVE_THRESHOLD = envsetting("OUTLIER_MOVE_THRESHOLD")
 # Per asset class detector thresholds: a Python mapping, set it here (or in a settings module that
 # imports this one); no environment form.
 QUALITY_THRESHOLDS = conf.default("QUALITY_THRESHOLDS")
-DETECTION_OVERLAP_BARS = envsetting("DETECTION_OVERLAP_BARS")
-DETECTION_WATERMARK_SLACK = envsetting("DETECTION_WATERMARK_SLACK")
-DETECTION_PARALLEL_WORKERS = envsetting("DETECTION_PARALLEL_WORKERS")
-DETECTION_PARALLEL_MIN_ROWS = envsetting("DETECTION_PARALLEL_MIN_ROWS")
 
 # --- Market-data providers (integrity.providers; docs/providers.md) -------------------------------
-PROVIDER_HTTP_CONNECT_TIMEOUT = envsetting("PROVIDER_HTTP_CONNECT_TIMEOUT")
-PROVIDER_HTTP_READ_TIMEOUT = envsetting("PROVIDER_HTTP_READ_TIMEOUT")
-PROVIDER_HTTP_MAX_RETRIES = envsetting("PROVIDER_HTTP_MAX_RETRIES")
-PROVIDER_HTTP_BACKOFF_BASE = envsetting("PROVIDER_HTTP_BACKOFF_BASE")
-PROVIDER_HTTP_BACKOFF_MAX = envsetting("PROVIDER_HTTP_BACKOFF_MAX")
-PROVIDER_HTTP_RETRY_AFTER_MAX = envsetting("PROVIDER_HTTP_RETRY_AFTER_MAX")
-PROVIDER_ALLOWED_HOSTS = envsetting("PROVIDER_ALLOWED_HOSTS")
-CSV_DATA_DIRS = envsetting("CSV_DATA_DIRS")
-BINANCE_BASE_URL = envsetting("BINANCE_BASE_URL")
-BINANCE_MAX_REQUESTS_PER_SECOND = envsetting("BINANCE_MAX_REQUESTS_PER_SECOND")
-BINANCE_WEIGHT_LIMIT = envsetting("BINANCE_WEIGHT_LIMIT")
-BINANCE_WEIGHT_THRESHOLD = envsetting("BINANCE_WEIGHT_THRESHOLD")
-ALPACA_DATA_BASE_URL = envsetting("ALPACA_DATA_BASE_URL")
-ALPACA_API_KEY_ID = envsetting("ALPACA_API_KEY_ID")
-ALPACA_API_SECRET_KEY = envsetting("ALPACA_API_SECRET_KEY")
-ALPACA_MAX_REQUESTS_PER_SECOND = envsetting("ALPACA_MAX_REQUESTS_PER_SECOND")
-ALPACA_FEED = envsetting("ALPACA_FEED")
-ALPACA_ADJUSTMENT = envsetting("ALPACA_ADJUSTMENT")
 # Per exchange, read where used (settings, else the environment): CCXT_<EXCHANGE>_API_URL and the
 # keys CCXT_<EXCHANGE>_API_KEY / _SECRET / _PASSWORD / _UID.
-CCXT_DEFAULT_EXCHANGE = envsetting("CCXT_DEFAULT_EXCHANGE")
-CCXT_MARKETS_TTL_SECONDS = envsetting("CCXT_MARKETS_TTL_SECONDS")
-CCXT_ENABLE_RATE_LIMIT = envsetting("CCXT_ENABLE_RATE_LIMIT")
 
 # --- django-q2 -----------------------------------------------------------------------------------
 Q_CLUSTER = {
@@ -284,16 +256,10 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Health monitoring, alerts, schedules, metrics (integrity.health/alerts/schedules/metrics) ---
-STALE_GRACE_MINUTES = envsetting("STALE_GRACE_MINUTES")
 # Per asset class: STALE_AVAILABILITY_DELAY_MINUTES_EQUITY, _CRYPTO, _FOREX.
 STALE_AVAILABILITY_DELAY_MINUTES = {
     asset_class: envint(f"STALE_AVAILABILITY_DELAY_MINUTES_{asset_class.upper()}", minutes)
     for asset_class, minutes in conf.default("STALE_AVAILABILITY_DELAY_MINUTES").items()}
-REPAIR_AUTO = envsetting("REPAIR_AUTO")
-REPAIR_MAX_PER_RUN = envsetting("REPAIR_MAX_PER_RUN")
-REPAIR_AUTO_MAX_BARS = envsetting("REPAIR_AUTO_MAX_BARS")
-REPAIR_BACKOFF = envsetting("REPAIR_BACKOFF")
-ALERT_EMAIL_RECIPIENTS = envsetting("ALERT_EMAIL_RECIPIENTS")
 # Django's mail backend, used by the email alert channel.
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
@@ -304,14 +270,4 @@ EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", "False")
 EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", "False")
 EMAIL_TIMEOUT = envint("EMAIL_TIMEOUT", 10)
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "marketdata-integrity@localhost")
-ALERT_WEBHOOK_URL = envsetting("ALERT_WEBHOOK_URL")
-ALERT_WEBHOOK_TIMEOUT = envsetting("ALERT_WEBHOOK_TIMEOUT")
-ALERT_WEBHOOK_RETRIES = envsetting("ALERT_WEBHOOK_RETRIES")
-ALERT_WEBHOOK_BACKOFF = envsetting("ALERT_WEBHOOK_BACKOFF")
-ALERT_APPRISE_URLS = envsetting("ALERT_APPRISE_URLS")
 # django-q2 schedules (UTC cron expressions), written by `manage.py setup_schedules`.
-SCHEDULE_ENRICHMENT_CRON = envsetting("SCHEDULE_ENRICHMENT_CRON")
-SCHEDULE_BACKFILL_CRON = envsetting("SCHEDULE_BACKFILL_CRON")
-SCHEDULE_HEALTH_CRON = envsetting("SCHEDULE_HEALTH_CRON")
-METRICS_TOKEN = envsetting("METRICS_TOKEN")
-WORKER_QUEUE_WAIT_WARNING_SECONDS = envsetting("WORKER_QUEUE_WAIT_WARNING_SECONDS")
