@@ -5,7 +5,7 @@ anomaly is resolved, 400 when no re-fetch can repair it."""
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -13,8 +13,8 @@ from rest_framework.response import Response
 from ..backfill import BackfillError, BackfillRefused
 from ..repair import RepairError
 from ..tasks import request_repair
-from .queued import BackfillQueuedSerializer, queued_reply
-from .views import BUSY_SERIES, AnomalyViewSet, actor, refusal
+from .queued import queued_reply
+from .views import AnomalyViewSet, actor, queued_responses, refusal
 
 
 class RepairableAnomalyViewSet(AnomalyViewSet):
@@ -23,11 +23,7 @@ class RepairableAnomalyViewSet(AnomalyViewSet):
 
     @extend_schema(
         request=None,
-        responses={
-            202: BackfillQueuedSerializer,
-            400: OpenApiResponse(description="no re-fetch can repair this anomaly"),
-            409: BUSY_SERIES,
-        },
+        responses=queued_responses("no re-fetch can repair this anomaly"),
     )
     @action(detail=True, methods=["post"])
     def repair(self, request, pk=None):

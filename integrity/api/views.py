@@ -100,6 +100,11 @@ BUSY_SERIES = inline_serializer("BackfillConflict", {"detail": serializers.CharF
                                                      "active_execution_id": serializers.UUIDField()})
 
 
+def queued_responses(bad_request: str) -> dict:
+    """The answers of a request that queues a run: 202 (the pending execution), 400, 409 (busy series)."""
+    return {202: BackfillQueuedSerializer, 400: OpenApiResponse(description=bad_request), 409: BUSY_SERIES}
+
+
 def refusal(exc: BackfillRefused | BackfillError) -> Response:
     """A backfill the service would not queue: 409 naming the execution that holds the series, or 400
     for a request it cannot run."""
@@ -128,11 +133,7 @@ class BackfillViewSet(CSVExportMixin, TableViewSet):
 
     @extend_schema(
         request=BackfillRequestSerializer,
-        responses={
-            202: BackfillQueuedSerializer,
-            400: OpenApiResponse(description="invalid request"),
-            409: BUSY_SERIES,
-        },
+        responses=queued_responses("invalid request"),
     )
     def create(self, request):
         payload = BackfillRequestSerializer(data=request.data)
