@@ -150,12 +150,14 @@ def workers_alive() -> bool | None:
         return None
 
 
-def remove_queued_task(task_id: str) -> bool:
-    """Take a task that no worker has taken yet out of the queue (database and Redis brokers).
-    False when it is not there (taken, finished, or another broker): harmless, since a worker that
-    picks up a cancelled execution does nothing."""
-    if not task_id:
-        return False
+def remove_queued_tasks(task_ids) -> int:
+    """Take tasks no worker has taken yet out of the queue (database and Redis brokers), reading the
+    queue once whatever their number; how many were removed. One not there (taken, finished, or
+    another broker) is harmless: a worker that picks up a cancelled execution does nothing."""
+    wanted = {task_id for task_id in task_ids if task_id}
+    if not wanted:
+        return 0
+    removed = 0
     broker = get_broker()
     try:
         if _broker_name(broker) == "ORM":
@@ -163,20 +165,20 @@ def remove_queued_task(task_id: str) -> bool:
 
             rows = OrmQ.objects.using(Conf.ORM).filter(key=broker.list_key, lock__lte=timezone.now())
             for row in rows.only("id", "payload", "lock").iterator():
-                if row.task.get("id") == task_id:
+                if row.task.get("id") in wanted:
                     # Compare-and-set on the lock: a worker that took it meanwhile keeps it.
-                    return bool(rows.filter(pk=row.pk, lock=row.lock).delete()[0])
+                    removed += rows.filter(pk=row.pk, lock=row.lock).delete()[0]
         elif _broker_name(broker) == "Redis":
             for payload in broker.connection.lrange(broker.list_key, 0, -1):
                 try:
                     package = SignedPackage.loads(payload)
                 except Exception:  # noqa: BLE001
                     continue
-                if isinstance(package, dict) and package.get("id") == task_id:
-                    return bool(broker.connection.lrem(broker.list_key, 1, payload))
+                if isinstance(package, dict) and package.get("id") in wanted:
+                    removed += broker.connection.lrem(broker.list_key, 1, payload)
     except Exception as exc:  # noqa: BLE001 — best effort; the worker's no-op is the guarantee
-        logger.warning("could not remove queued task %s: %s", task_id, exc)
-    return False
+        logger.warning("could not remove %s queued task(s): %s", len(wanted), exc)
+    return removed
 
 
 def create_stats_cache_table(using: str = DEFAULT_DB_ALIAS, **kwargs) -> None:

@@ -20,7 +20,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from ..models import BackfillState, BackfillStatus
-from ..queue import remove_queued_task
+from ..queue import remove_queued_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def is_cancelled(state: BackfillState) -> bool:
 
 
 def _cancel(state: BackfillState, *, by: str, reason: str) -> bool:
+    """Mark ``state`` cancelled if it is still pending (its queued task is left to the caller)."""
     now = timezone.now()
     reason = reason.strip() or "cancelled by a user"
     message = f"{CANCELLED}{reason}" + (f" (by {by})" if by else "")
@@ -47,14 +48,19 @@ def _cancel(state: BackfillState, *, by: str, reason: str) -> bool:
     )
     if changed:
         logger.info("cancelled backfill %s (%s %s): %s", state.execution_id, state.symbol, state.timeframe, message)
-        remove_queued_task(str((state.details or {}).get("task_id") or ""))
     return bool(changed)
+
+
+def _task_id(state: BackfillState) -> str:
+    return str((state.details or {}).get("task_id") or "")
 
 
 def cancel_backfill(execution_id, *, by: str = "", reason: str = "") -> BackfillState:
     """Cancel one pending execution; ``NotCancellable`` (saying why) when it is not pending."""
     state = BackfillState.objects.get(execution_id=execution_id)
-    if not _cancel(state, by=by, reason=reason):
+    if _cancel(state, by=by, reason=reason):
+        remove_queued_tasks([_task_id(state)])
+    else:
         state.refresh_from_db()
         started = " by its worker" + (f" {state.worker}" if state.worker else "")
         why = (f"it is in_progress{started}: stop the worker (SIGTERM) or wait for it to finish"
@@ -77,4 +83,5 @@ def cancel_pending_backfills(states: QuerySet | Iterable[BackfillState] | None =
             cancelled.append(state)
         else:
             skipped.append(state)
+    remove_queued_tasks(_task_id(state) for state in cancelled)  # one pass over the queue for all of them
     return cancelled, skipped
