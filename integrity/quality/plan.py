@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from ..conf import conf
 from ..models import BackfillState, BackfillStatus, Candle, DataAnomaly, SeriesStats
-from ..series import newest_bars_of
+from ..series import chunks, newest_bars_of
 from ..timeframes import EPOCH, timeframe_delta
 from .findings import SeriesContext
 from .record import UNRESOLVED, WHOLE_SERIES_TYPES
@@ -51,8 +51,8 @@ def _stats_rows(contexts: list[SeriesContext]) -> dict[tuple[str, str], tuple[in
 def _scanned_ts(stats_ids: list[int]) -> dict[tuple[str, str], datetime | None]:
     """The last scanned bar of these series_stats rows."""
     found: dict[tuple[str, str], datetime | None] = {}
-    for i in range(0, len(stats_ids), 500):
-        found.update({(r[0], r[1]): r[2] for r in SeriesStats.objects.filter(id__in=stats_ids[i:i + 500])
+    for part in chunks(stats_ids):
+        found.update({(r[0], r[1]): r[2] for r in SeriesStats.objects.filter(id__in=part)
                       .values_list("symbol", "timeframe", "last_scanned_ts")})
     return found
 
@@ -212,8 +212,8 @@ def advance_unchanged(plan: ScanPlan) -> None:
     limit = plan.watermark - _watermark_slack()
     lagging = [plan.stats[key][0] for key in ((c.symbol, c.timeframe) for c in plan.unchanged)
                if key in plan.stats and (plan.stats[key][1] or 0) < limit]
-    for i in range(0, len(lagging), 5000):
-        SeriesStats.objects.filter(id__in=lagging[i:i + 5000], last_scanned_id__lt=plan.watermark).update(
+    for part in chunks(lagging, 5000):
+        SeriesStats.objects.filter(id__in=part, last_scanned_id__lt=plan.watermark).update(
             last_scanned_id=plan.watermark, last_scan_started_at=plan.started_at)
 
 

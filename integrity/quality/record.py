@@ -23,6 +23,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from ..models import STICKY_REASONS, AnomalyType, Candle, DataAnomaly, ResolutionReason, ResolutionStatus
+from ..series import chunks
 from . import sql
 from .findings import Finding, SeriesContext
 
@@ -42,9 +43,9 @@ def review_history(fingerprints: list[str]) -> tuple[set[str], dict[str, int]]:
     ``fixed`` before the regression count a new anomaly starts with."""
     sticky: set[str] = set()
     regressions: dict[str, int] = {}
-    for i in range(0, len(fingerprints), 500):
+    for part in chunks(fingerprints):
         rows = DataAnomaly.objects.filter(
-            fingerprint__in=fingerprints[i:i + 500], resolution_status=ResolutionStatus.RESOLVED,
+            fingerprint__in=part, resolution_status=ResolutionStatus.RESOLVED,
             resolution_reason__in=[*STICKY_REASONS, ResolutionReason.FIXED],
         ).exclude(anomaly_type=AnomalyType.STALE).values_list("fingerprint", "resolution_reason", "regressions")
         for fingerprint, reason, count in rows:
@@ -73,8 +74,8 @@ def _kept_details(ids: list[int]) -> dict[int, dict[str, Any]]:
     has_any = None
     for key in KEPT_DETAILS:
         has_any = Q(details__has_key=key) if has_any is None else has_any | Q(details__has_key=key)
-    for i in range(0, len(ids), 500):
-        for anomaly_id, details in DataAnomaly.objects.filter(has_any, id__in=ids[i:i + 500]).values_list(
+    for part in chunks(ids):
+        for anomaly_id, details in DataAnomaly.objects.filter(has_any, id__in=part).values_list(
                 "id", "details"):
             kept[anomaly_id] = {k: details[k] for k in KEPT_DETAILS if k in (details or {})}
     return kept
@@ -89,8 +90,8 @@ def record_findings(result: DetectionResult, contexts: list[SeriesContext], type
         unique.setdefault(finding.fingerprint, finding)
     existing: dict[str, int] = {}
     fingerprints = list(unique)
-    for i in range(0, len(fingerprints), 500):
-        existing.update(DataAnomaly.objects.filter(fingerprint__in=fingerprints[i:i + 500],
+    for part in chunks(fingerprints):
+        existing.update(DataAnomaly.objects.filter(fingerprint__in=part,
                                                    resolution_status__in=UNRESOLVED)
                         .values_list("fingerprint", "id"))
     updates = []
@@ -246,8 +247,8 @@ def resolve_missing(contexts: list[SeriesContext], types: list[str], seen: set[s
             if in_window:
                 to_resolve.append(anomaly_id)
     resolved = 0
-    for i in range(0, len(to_resolve), 500):
-        resolved += DataAnomaly.objects.filter(id__in=to_resolve[i:i + 500],
+    for part in chunks(to_resolve):
+        resolved += DataAnomaly.objects.filter(id__in=part,
                                                resolution_status__in=UNRESOLVED).update(
             resolution_status=ResolutionStatus.RESOLVED,
             resolution_reason=ResolutionReason.FIXED,

@@ -24,6 +24,7 @@ from ..models import (
     ResolutionStatus,
 )
 from ..quality.findings import Finding
+from ..series import chunks
 from ..timeframes import floor_to_timeframe, iso, timeframe_delta
 from .recheck import FIXED, MISSING_AT_SOURCE, Verdict, recheck
 
@@ -243,8 +244,8 @@ def auto_repair(new_anomaly_ids: list[int], now: datetime | None = None) -> dict
     open_auto = DataAnomaly.objects.filter(resolution_status=ResolutionStatus.OPEN, anomaly_type__in=AUTO_TYPES,
                                            period_start__isnull=False)
     due: dict[int, DataAnomaly] = {}
-    for i in range(0, len(new_anomaly_ids), 500):
-        for anomaly in open_auto.filter(pk__in=new_anomaly_ids[i:i + 500]).order_by("id"):
+    for part in chunks(new_anomaly_ids):
+        for anomaly in open_auto.filter(pk__in=part).order_by("id"):
             due[anomaly.pk] = anomaly
     # The run before the health job's own (which is the newest).
     previous = HealthCheckRun.objects.order_by("-started_at").values_list("started_at", flat=True)[1:2]
