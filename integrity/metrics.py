@@ -68,6 +68,8 @@ from .models import (
     SymbolFailureTracking,
 )
 from .queue import queue_state
+from .repair.recheck import CONFIRMED_AT_SOURCE, FIXED, MISSING_AT_SOURCE, STILL_PRESENT
+from .repair.service import BUSY, FAILED
 
 logger = logging.getLogger(__name__)
 
@@ -164,9 +166,6 @@ def _backfills() -> Iterator[Metric]:
 
 
 def _repairs() -> Iterator[Metric]:
-    from .repair.recheck import CONFIRMED_AT_SOURCE, FIXED, MISSING_AT_SOURCE, STILL_PRESENT
-    from .repair.service import BUSY, FAILED
-
     counts = Counter({outcome: 0 for outcome in (FIXED, MISSING_AT_SOURCE, CONFIRMED_AT_SOURCE, STILL_PRESENT,
                                                  FAILED, BUSY)})
     for attempts in DataAnomaly.objects.filter(details__has_key="repairs").values_list("details__repairs",
