@@ -57,7 +57,7 @@ class IntegrityAdminSite(admin.AdminSite):
 
     def get_urls(self):
         return [path("integrity/dashboard/", self.admin_view(self.dashboard_view), name="integrity-dashboard"),
-                path("integrity/series/<str:symbol>/<str:timeframe>/", self.admin_view(self.series_view),
+                path("integrity/series/<path:symbol>/<str:timeframe>/", self.admin_view(self.series_view),
                      name="integrity-series"),
                 *super().get_urls()]
 

@@ -14,7 +14,7 @@ from datetime import date, timedelta
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 
@@ -33,8 +33,12 @@ class BadRange(ValueError):
     """A ?start/?end that names no range the page can show."""
 
 
-def series_url(symbol: str, timeframe: str) -> str:
-    return reverse("admin:integrity-series", args=[symbol, timeframe])
+def series_url(symbol: str, timeframe: str) -> str | None:
+    """The series page's address (None for a symbol no URL can carry: one stored before the rules)."""
+    try:
+        return reverse("admin:integrity-series", args=[symbol, timeframe])
+    except NoReverseMatch:
+        return None
 
 
 def _day(params, name: str) -> date | None:
