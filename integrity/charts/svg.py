@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from django.utils.html import escape
 
+from ..timeframes import ns_to_datetime
 from .axis import Axis
 from .data import Bars, Refused
 from .ticks import price_ticks, time_ticks
@@ -159,6 +160,9 @@ def _candles(chart: Chart, y) -> list[str]:
             continue
         cx = float(xs[i])
         colour = MARK if marked[i] else INK
+        when = ns_to_datetime(int(bars.ts[i]))
+        parts.append(f'<g class="bar" data-ts="{when:%Y-%m-%dT%H:%M:%SZ}"><title>{when:%a %Y-%m-%d %H:%M} UTC · '
+                     f'O {o:.6g} H {h:.6g} L {lo:.6g} C {c:.6g}</title>')
         parts.append(f'<line x1="{cx:.1f}" y1="{y(h):.1f}" x2="{cx:.1f}" y2="{y(lo):.1f}" stroke="{colour}"/>')
         if bodies and math.isfinite(o):
             y0, y1 = sorted((y(o), y(c)))
@@ -169,6 +173,7 @@ def _candles(chart: Chart, y) -> list[str]:
             top = y(h) - 3
             parts.append(f'<path class="anomaly-bar" d="M{cx - 5:.1f},{top - 8:.1f}L{cx + 5:.1f},{top - 8:.1f}'
                          f'L{cx:.1f},{top:.1f}Z" fill="{MARK}"/>')
+        parts.append("</g>")
         path.append((cx, y(c)))
     if not bodies:
         parts.append(f'<path class="close-line" d="{_broken_line(path, axis, bars)}" fill="none" '
