@@ -9,7 +9,7 @@ why. Linked from the dashboard's series and from an anomaly's chart.
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
@@ -76,8 +76,9 @@ def _candles_of_day(symbol: str, timeframe: str):
     changelist = reverse("admin:integrity_candle_changelist")
 
     def link(day: date) -> str:
-        return changelist + "?" + urlencode({"q": symbol, "timeframe__exact": timeframe, "ts__gte": day.isoformat(),
-                                             "ts__lt": (day + timedelta(days=1)).isoformat()})
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        return changelist + "?" + urlencode({"q": symbol, "timeframe__exact": timeframe, "ts__gte": start.isoformat(),
+                                             "ts__lt": (start + timedelta(days=1)).isoformat()})
     return link
 
 
