@@ -20,7 +20,7 @@ from .data import bars_around, refused_bars, series_calendar
 from .svg import PLOT_LEFT, PLOT_RIGHT, Chart, price_chart_svg
 
 CONTEXT_BARS = 40
-INSIDE_LIMIT = 400  # stored bars of the period drawn at most (from its start)
+INSIDE_LIMIT = 1000  # stored bars of the period drawn at most (from its start)
 
 
 def _quarantine_window(anomaly: DataAnomaly) -> tuple[datetime, datetime] | None:
@@ -58,6 +58,7 @@ def anomaly_chart_svg(anomaly: DataAnomaly) -> str:
     invalid = anomaly.anomaly_type == AnomalyType.INVALID_OHLC
     bars, cut = bars_around(anomaly.symbol, anomaly.timeframe, start, end, CONTEXT_BARS, INSIDE_LIMIT)
     refused = refused_bars(anomaly.symbol, anomaly.timeframe, start, end) if invalid else []
+    total_refused = len(refused)
     if not len(bars) and not refused:
         return '<p class="help">No stored candles around this anomaly.</p>'
     step = int(timeframe_delta(anomaly.timeframe).total_seconds() * 1e9)
@@ -65,11 +66,15 @@ def anomaly_chart_svg(anomaly: DataAnomaly) -> str:
     lo = min([a, *bars.ts[:1]])
     hi = int(bars.ts[-1]) + step if cut else max([b, *(bars.ts[-1:] + step)])
     notes = [f"the period's first {INSIDE_LIMIT} bars shown"] if cut else []
+    later = [r for r in refused if r.ts >= hi]
+    if later:
+        refused = [r for r in refused if r.ts < hi]
+        notes.append(f"{len(later)} more refused bar(s) after this window")
     calendar = series_calendar(anomaly.symbol)
     axis = build_axis(calendar.calendar, anomaly.timeframe, lo, hi, PLOT_LEFT, PLOT_RIGHT, calendar.alignment,
                       calendar.closures)
     last_bar = b - step
-    what = f"{len(refused)} bar{'' if len(refused) == 1 else 's'} refused" if invalid else ""
+    what = f"{total_refused} bar{'' if total_refused == 1 else 's'} refused" if invalid else ""
     title = (f"{anomaly.symbol} {anomaly.timeframe} · {anomaly.get_anomaly_type_display()} · "
              f"{what or 'bars'} {bar_span(a, last_bar, anomaly.timeframe)}")
     # An invalid_ohlc finding's bars are the crosses: its window needs no shading.

@@ -171,3 +171,11 @@ def test_each_refused_bar_is_a_cross_in_the_hole_it_left(refused_chart):
         cx = float(re.match(r"M([\d.]+)", cross.get("d")).group(1)) + 4
         assert x0 <= cx <= x1
         assert cross.find(SVG + "title").text.startswith("refused at ingest: ")
+
+
+def test_a_period_whose_every_bar_was_refused_is_charted_with_its_crosses_alone():
+    add_instrument(invalid=["2024-01-01T00:00:00Z", "2024-01-01T01:00:00Z", "2024-01-01T02:00:00Z"])
+    run_backfill("BTC-USD", "1h", start=utc(2024, 1, 1), end=utc(2024, 1, 1, 3), now=utc(2024, 1, 2))
+    chart = chart_of(AnomalyType.INVALID_OHLC)
+    assert not chart.all("g", "bar") and len(chart.all("path", "rejected-bar")) == 3
+    assert chart.holes()[0][2] == 3 and chart.texts("y-label")
