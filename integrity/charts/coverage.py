@@ -133,7 +133,7 @@ def coverage_svg(days: list[DayCoverage], link: Callable[[date], str] | None = N
     width = left + weeks * pitch + 10
     legend_y = top + 7 * pitch + 18
     height = legend_y + 16
-    width = max(width, left + sum(28 + int(5.8 * len(text)) for _, text in LEGEND))
+    width = max(width, left + sum(28 + int(5.2 * len(text)) for _, text in LEGEND))
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" class="coverage-calendar" style="max-width:100%;height:auto" '
              f'aria-label="coverage per UTC day, {days[0].day} to {days[-1].day}">']
@@ -162,6 +162,6 @@ def coverage_svg(days: list[DayCoverage], link: Callable[[date], str] | None = N
         parts.append(f'<rect x="{x}" y="{legend_y - 9}" width="10" height="10" rx="2" fill="{COLOURS[key]}" '
                      f'stroke="#c9c9c9"/><text x="{x + 14}" y="{legend_y}" font-size="10" fill="#444">'
                      f'{escape(text)}</text>')
-        x += 14 + int(5.8 * len(text)) + 14
+        x += 14 + int(5.2 * len(text)) + 14
     parts.append("</svg>")
     return "".join(parts)
