@@ -14,9 +14,9 @@ import pytest
 from integrity.backfill import run_backfill
 from integrity.charts import anomaly_chart_svg
 from integrity.charts.ticks import price_ticks
-from integrity.models import AnomalyType, DataAnomaly
+from integrity.models import AnomalyType, Candle, DataAnomaly
 from integrity.quality.anomalies import detect_data_anomalies
-from tests.helpers import add_instrument, utc
+from tests.helpers import add_instrument, make_anomaly, utc
 
 pytestmark = pytest.mark.django_db
 
@@ -179,3 +179,13 @@ def test_a_period_whose_every_bar_was_refused_is_charted_with_its_crosses_alone(
     chart = chart_of(AnomalyType.INVALID_OHLC)
     assert not chart.all("g", "bar") and len(chart.all("path", "rejected-bar")) == 3
     assert chart.holes()[0][2] == 3 and chart.texts("y-label")
+
+
+def test_a_symbol_off_the_watchlist_is_charted_on_a_linear_axis_with_its_ticks():
+    for hour in (0, 1, 2, 6, 7):
+        Candle.objects.create(symbol="GONE", timeframe="1h", ts=utc(2024, 1, 1, hour), open=10, high=11, low=9,
+                              close=10.5, volume=1)
+    chart = Svg(anomaly_chart_svg(make_anomaly(symbol="GONE", period_start=utc(2024, 1, 1, 3),
+                                               period_end=utc(2024, 1, 1, 5))))
+    assert chart.axis == "linear" and len(chart.bar_x()) == 5 and not chart.holes()
+    assert chart.texts("x-label") and chart.texts("y-label")

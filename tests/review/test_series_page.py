@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from integrity.backfill import run_backfill
 from integrity.charts.coverage import COLOURS
+from integrity.models import InstrumentClosure
 from tests.helpers import add_instrument, user_with, utc
 
 pytestmark = pytest.mark.django_db
@@ -50,6 +51,12 @@ def test_a_missing_session_is_a_red_cell(admin_client, aapl):
     day = cells(get(admin_client).content.decode())["2024-01-09"]
     assert "state-missing" in day.get("class") and day.get("fill") == COLOURS["missing"]
     assert (day.get("data-expected"), day.get("data-present")) == ("7", "0")
+
+
+def test_a_day_the_instrument_was_closed_is_grey_not_red(admin_client, aapl):
+    InstrumentClosure.objects.create(symbol="AAPL", start=utc(2024, 1, 9), end=utc(2024, 1, 10), reason="outage")
+    day = cells(get(admin_client).content.decode())["2024-01-09"]
+    assert "state-closed" in day.get("class") and day.get("fill") == COLOURS["closed"]
 
 
 def test_a_day_short_of_two_bars_is_partial_and_says_so_on_hover(admin_client, aapl):
