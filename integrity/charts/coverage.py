@@ -140,14 +140,17 @@ def coverage_svg(days: list[DayCoverage], link: Callable[[date], str] | None = N
     for row, name in ((0, "Mon"), (2, "Wed"), (4, "Fri"), (6, "Sun")):
         parts.append(f'<text x="{left - 6}" y="{top + row * pitch + cell * 0.75:.1f}" font-size="10" '
                      f'text-anchor="end" fill="#666">{name}</text>')
-    shown_month = None
+    shown_month, label_end = None, 0.0
     for d in days:
         col, row = (d.day - monday).days // 7, d.day.weekday()
         x, y = left + col * pitch, top + row * pitch
-        if (d.day.year, d.day.month) != shown_month and row <= 6:
+        if (d.day.year, d.day.month) != shown_month:
             shown_month = (d.day.year, d.day.month)
             label = d.day.strftime("%b %Y" if d.day.month == 1 or col == 0 else "%b")
-            parts.append(f'<text class="month-label" x="{x}" y="{top - 8}" font-size="10" fill="#444">{label}</text>')
+            if x >= label_end:  # a month too narrow for its label after the previous one goes without
+                parts.append(f'<text class="month-label" x="{x}" y="{top - 8}" font-size="10" fill="#444">'
+                             f'{label}</text>')
+                label_end = x + 6 * len(label) + 4
         stroke = "#c9c9c9" if d.state in ("pending", "before", "closed") else "none"
         dash = ' stroke-dasharray="2,2"' if d.state == "before" else ""
         rect = (f'<rect class="coverage-day state-{d.state}" data-day="{d.day.isoformat()}" '

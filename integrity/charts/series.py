@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from ..calendars import expected_ns, last_completed_bar
-from ..timeframes import NS_PER_SECOND, ns_to_datetime, timeframe_seconds, to_ns
+from ..timeframes import NS_PER_SECOND, bar_span, ns_to_datetime, timeframe_seconds, to_ns
 from .axis import build_axis
 from .data import SeriesCalendar, bars_between
 from .svg import PLOT_LEFT, PLOT_RIGHT, Chart, price_chart_svg
@@ -38,6 +38,8 @@ def recent_chart_svg(symbol: str, timeframe: str, calendar: SeriesCalendar, now:
     bars = bars_between(symbol, timeframe, ns_to_datetime(lo), ns_to_datetime(hi), 2 * RECENT_BARS)
     axis = build_axis(calendar.calendar, timeframe, lo, hi, PLOT_LEFT, PLOT_RIGHT, calendar.alignment,
                       calendar.closures)
-    title = f"{symbol} {timeframe} · the last {RECENT_BARS} expected bars · to {ns_to_datetime(hi):%Y-%m-%d %H:%M} UTC"
+    step = timeframe_seconds(timeframe) * NS_PER_SECOND
+    title = (f"{symbol} {timeframe} · the last {RECENT_BARS} expected bars, "
+             f"{bar_span(lo, hi - step, timeframe)}")
     notes = [] if len(bars) else ["no bar stored in this window"]
     return price_chart_svg(Chart(axis, bars, title, f"{symbol} {timeframe} recent candles", notes=notes))
