@@ -14,7 +14,7 @@ import pytest
 from integrity.backfill import run_backfill
 from integrity.charts import anomaly_chart_svg
 from integrity.charts.ticks import price_ticks
-from integrity.models import AnomalyType, Candle, DataAnomaly
+from integrity.models import AnomalyType, Candle, DataAnomaly, Instrument
 from integrity.quality.anomalies import detect_data_anomalies
 from tests.helpers import add_instrument, make_anomaly, utc
 
@@ -114,6 +114,19 @@ def test_a_missing_hour_is_a_hole_one_bar_wide_between_its_neighbours(equity_gap
     [(x0, x1, missing)] = equity_gap.holes()
     assert missing == 1 and x1 - x0 == pytest.approx(slot, abs=0.15)
     assert x["2024-01-08T15:00:00Z"] < x0 < x1 < x["2024-01-08T17:00:00Z"]
+
+
+def test_session_anchored_bars_are_neighbours_across_the_weekend_too():
+    add_instrument("AAPL", "equity", "XNYS", gaps=[["2024-01-08T16:30:00Z", "2024-01-08T17:30:00Z"]])
+    Instrument.objects.filter(symbol="AAPL").update(bar_alignment="session")  # NYSE 1h: 14:30 … 20:30 UTC
+    run_backfill("AAPL", "1h", start=utc(2024, 1, 2), end=utc(2024, 1, 13), now=utc(2024, 1, 13, 1))
+    detect_data_anomalies(now=utc(2024, 1, 13, 1), types=["gap"])
+    chart = chart_of("gap")
+    x = chart.bar_x()
+    slot = x["2024-01-05T20:30:00Z"] - x["2024-01-05T19:30:00Z"]
+    assert chart.axis == "session"
+    assert x["2024-01-08T14:30:00Z"] - x["2024-01-05T20:30:00Z"] == pytest.approx(slot, abs=0.15)
+    assert [h[2] for h in chart.holes()] == [1]
 
 
 def test_session_breaks_are_dashed_between_sessions(equity_gap):
