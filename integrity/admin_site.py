@@ -57,7 +57,14 @@ class IntegrityAdminSite(admin.AdminSite):
 
     def get_urls(self):
         return [path("integrity/dashboard/", self.admin_view(self.dashboard_view), name="integrity-dashboard"),
+                path("integrity/series/<path:symbol>/<str:timeframe>/", self.admin_view(self.series_view),
+                     name="integrity-series"),
                 *super().get_urls()]
+
+    def series_view(self, request, symbol, timeframe):
+        from .admin.series import series_page  # the admin package is imported after this module
+
+        return series_page(self, request, symbol, timeframe)
 
     def dashboard_view(self, request):
         if not request.user.has_perm("integrity.view_dataanomaly"):

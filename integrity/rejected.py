@@ -110,11 +110,11 @@ REJECTED_EXPORT = _RejectedExport("rejected-candles", CSV_COLUMNS, ("symbol", "t
 
 
 def rejected_points(symbol: str, timeframe: str, start: datetime, end: datetime,
-                    limit: int = 200) -> list[tuple[datetime, float | None]]:
-    """The quarantined bars of a series in [start, end) as (ts, close; None where not finite), for
-    charts: at most ``limit``, by ts."""
+                    limit: int = 200) -> list[tuple[datetime, float | None, float | None, float | None, str]]:
+    """The quarantined bars of a series in [start, end) as (ts, high, low, close; None where not
+    finite, the rules they broke), for charts: at most ``limit``, by ts."""
     rows = (RejectedCandle.objects.filter(symbol=symbol, timeframe=timeframe, ts__gte=start, ts__lt=end)
-            .order_by("ts").values_list("ts", "close")[:limit])
+            .order_by("ts").values_list("ts", "high", "low", "close", "rules")[:limit])
     return list(rows)
 
 

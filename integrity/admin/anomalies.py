@@ -37,6 +37,7 @@ from .base import (
     report_action,
 )
 from .queue import note_no_worker
+from .series import series_url
 
 # The candles linked from an anomaly: its period and this many bars either side.
 WINDOW_BARS = 10
@@ -84,7 +85,12 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
 
     @admin.display(description="candles around the anomaly")
     def chart(self, obj):
-        return mark_safe(anomaly_chart_svg(obj))  # noqa: S308 — our own SVG, values escaped in charts.py
+        svg = mark_safe(anomaly_chart_svg(obj))  # noqa: S308 — our own SVG, values escaped in charts/
+        url = series_url(obj.symbol, obj.timeframe)
+        if url is None:
+            return svg
+        return format_html('{}<p class="series-link"><a href="{}">coverage and recent bars of {} {}</a></p>',
+                           svg, url, obj.symbol, obj.timeframe)
 
     # --- links to what the anomaly is about ---------------------------------------------------------
 

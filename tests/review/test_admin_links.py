@@ -20,6 +20,7 @@ from integrity.models import (
     Candle,
     DataAnomaly,
     RejectedCandle,
+    SeriesStats,
     SymbolFailureTracking,
 )
 from tests.helpers import FACTORIES, add_instrument, changelist, make_anomaly, utc
@@ -183,8 +184,16 @@ def dashboard(admin_client):
 
 def test_a_stale_series_links_its_candles(admin_client, dashboard, series):
     run_health_monitoring(scan_anomalies=False)  # 2024's bars are stale now
-    [url] = section_links(dashboard(), "stale-series")
-    assert {(c.symbol, c.timeframe) for c in listed(follow(admin_client, url))} == {("BTC-USD", "1h")}
+    candles, coverage = section_links(dashboard(), "stale-series")
+    assert {(c.symbol, c.timeframe) for c in listed(follow(admin_client, candles))} == {("BTC-USD", "1h")}
+    assert coverage == reverse("admin:integrity-series", args=["BTC-USD", "1h"])
+
+
+def test_a_series_in_the_coverage_table_links_its_page_and_its_statistics(admin_client, dashboard, series):
+    stats = SeriesStats.objects.create(symbol="BTC-USD", timeframe="1h", bar_count=10)
+    page, statistics = section_links(dashboard(), "coverage")
+    assert follow(admin_client, page).context["title"] == "BTC-USD 1h"
+    assert follow(admin_client, statistics).context["original"] == stats
 
 
 def test_a_failing_symbol_links_its_failure_tracking(admin_client, dashboard):

@@ -70,7 +70,7 @@ def review_flow(live_server, page):
     page.goto(f"{live_server.url}/admin/integrity/dataanomaly/{gap.pk}/change/")
     chart = page.locator("svg.anomaly-chart")
     assert chart.is_visible() and chart.locator("rect.anomaly-period").count() == 1
-    assert chart.locator("polyline").count() == 1 and chart.locator("line").count() > 50
+    assert chart.locator("rect.missing-bars").count() == 1 and chart.locator("line").count() > 50
 
     page.goto(f"{live_server.url}/admin/integrity/dataanomaly/")
     page.check(f"input[name=_selected_action][value='{gap.pk}']")
