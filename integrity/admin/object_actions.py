@@ -153,7 +153,7 @@ class ServiceOwnedAdmin(ObjectActionsMixin):
                                            "(" + (", ".join(b["label"] for b in self.object_buttons(request, obj))
                                                   or "none applies now") + ").", messages.WARNING)
                 return redirect(self.object_url(obj))
-        extra_context = {**(extra_context or {}), "show_save": False, "show_save_and_continue": False,
+        extra_context = {"title": f"Review {self.opts.verbose_name}", **(extra_context or {}), "show_save": False, "show_save_and_continue": False,
                          "show_save_and_add_another": False, "show_delete": False}
         return super().changeform_view(request, object_id, form_url, extra_context)
 
