@@ -1,6 +1,6 @@
 """The on-call walk-through (issue 13), in a real browser (headless Chromium driven by Playwright):
 dashboard → a stale series → its anomaly → its chart → Re-fetch this range → the execution → back to
-the anomaly, resolved. Every page is saved as a screenshot (the folder is printed; ``REVIEW_SCREENS_DIR``
+the anomaly, resolved; then the series' stale anomaly acknowledged with a note. Every page is saved as a screenshot (the folder is printed; ``REVIEW_SCREENS_DIR``
 chooses it) for a person to look at; docs/screens/ holds some of them.
 
 The queue runs synchronously here (django-q2's ``sync``), so the repair has run when its POST returns,
@@ -143,6 +143,25 @@ def walk(live_server, page, screens: Path) -> None:
 
     gap.refresh_from_db()
     assert (gap.resolution_status, gap.resolution_reason, gap.resolved_by) == ("resolved", "fixed", "repair")
+
+    # The series is still stale (the re-fetch filled the gap only): the engineer takes it in hand.
+    page.goto(f"{live_server.url}/admin/integrity/dashboard/")
+    page.click("#stale-series a.series-anomalies")
+    page.wait_for_url("**/dataanomaly/?**")
+    page.locator("#result_list tbody tr").filter(has_text="Stale").locator("th a, td a").first.click()
+    page.wait_for_url("**/change/**")
+    page.click("a.object-action-acknowledge_this")
+    page.wait_for_url("**/acknowledge/")
+    page.fill("textarea[name=note]", "vendor feed paused since Jan 5; ticket OPS-42")
+    shot(page, screens, "08-acknowledge")
+    page.click("input[name=confirm]")
+    page.wait_for_url("**/change/")
+    assert page.locator(".messagelist").inner_text().startswith("Acknowledged 1 (#")
+    assert page.locator(".field-resolution_status .readonly").inner_text().lower() == "acknowledged"
+    assert "ticket OPS-42" in page.locator(".field-resolution_note .readonly").inner_text()
+    assert page.locator("a.object-action").all_text_contents() == ["Resolve"]
+    shot(page, screens, "09-stale-acknowledged")
+
     assert sorted(p.name for p in screens.glob("*.png")) == [
         "01-dashboard.png", "02-series-anomalies.png", "03-anomaly.png", "04-chart.png", "05-repair-confirm.png",
-        "06-execution.png", "07-anomaly-resolved.png"]
+        "06-execution.png", "07-anomaly-resolved.png", "08-acknowledge.png", "09-stale-acknowledged.png"]
