@@ -6,8 +6,9 @@ An object action is a method of a ``ModelAdmin`` decorated with ``@object_action
 (``unavailable(obj)`` says why not, or None). The button opens a confirmation page (with the action's
 form, if it has one: a reason, a note); its POST (CSRF-protected, permission-checked as Django checks
 bulk actions: ``has_<permission>_permission(request)``) calls the same service function as the bulk
-action and the API, then shows the one message the method returns, and goes back to the object (or
-where the method says: a retry goes to the new execution).
+action and the API, then shows the one message the method returns (also kept in the object's
+History when it succeeded), and goes back to the object (or where the method says: a retry goes to
+the new execution).
 
 URLs: ``<object_id>/<url>/``, named ``<app>_<model>_<url>`` (``admin:integrity_dataanomaly_repair``).
 
@@ -117,6 +118,8 @@ class ObjectActionsMixin:
             form = spec.form(request.POST) if spec.form else None
             if form is None or form.is_valid():
                 result = getattr(self, action)(request, obj, form.cleaned_data if form else {})
+                if result.level == messages.SUCCESS:  # the object's History lists what its buttons did
+                    self.log_change(request, obj, f"{spec.label}: {result.message}")
                 self.message_user(request, result.message, result.level)
                 return redirect(result.next_url or self.object_url(obj))
         else:

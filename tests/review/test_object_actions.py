@@ -78,6 +78,15 @@ class TestAnomalyButtons:
         [message] = messages_of(response)
         assert re.fullmatch(rf"Acknowledged 1 \(#{anomaly.pk}, {STAMP}\)\.", message)
 
+    def test_what_a_button_did_is_listed_in_the_anomalys_history(self, admin_client):
+        anomaly = a_gap()
+        admin_client.post(action_url(anomaly, "resolve"), {"reason": "false_positive", "note": "holiday"})
+        history = admin_client.get(reverse("admin:integrity_dataanomaly_history", args=[anomaly.pk]))
+        [entry] = history.context["action_list"]
+        assert entry.user.username == "root"
+        assert re.fullmatch(rf"Resolve: Resolved 1 \(#{anomaly.pk}, {STAMP}, as false_positive\)\.",
+                            entry.get_change_message())
+
     def test_resolve_offers_the_reasons_and_records_the_chosen_one_with_the_note(self, admin_client):
         anomaly = a_gap(resolution_status="acknowledged")
         form = admin_client.get(action_url(anomaly, "resolve")).content.decode()
