@@ -46,6 +46,8 @@ from .queue import no_worker_sentence
 
 # The candles linked from an anomaly: its period and this many bars either side.
 WINDOW_BARS = 10
+# Repairs one "Re-fetch this range" bulk action queues (each claims a series and queues a task).
+REFETCH_LIMIT = 1000
 
 
 NOTE_HELP = "Kept on the anomaly, with who and when."
@@ -210,12 +212,16 @@ class DataAnomalyAdmin(ServiceOwnedAdmin, IntegrityModelAdmin):
     @admin.action(description="Re-fetch this range (repair selected anomalies)", permissions=["change"])
     def refetch(self, request, queryset):
         done, refused = [], []
-        for anomaly in queryset.order_by("symbol", "timeframe", "period_start", "id")[:1000]:
+        ordered = queryset.order_by("symbol", "timeframe", "period_start", "id")
+        for anomaly in ordered[:REFETCH_LIMIT]:
             queued, why = self._request_repair(request, anomaly)
             if queued:
                 done.append(f"#{anomaly.pk} {anomaly.symbol} {anomaly.timeframe} ({queued})")
             else:
                 refused.append(why)
+        # The rest are named too, so the report adds up to the selection.
+        refused += [f"#{pk} not re-fetched: at most {REFETCH_LIMIT} repairs are queued per action"
+                    for pk in ordered[REFETCH_LIMIT:].values_list("pk", flat=True)]
         report_action(self, request, done, refused, "repairs queued", queued=True)
 
     # --- the buttons of an anomaly's page: the same services as the bulk actions ---------------

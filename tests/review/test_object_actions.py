@@ -334,3 +334,14 @@ class TestBulkReportsAddUp:
         assert message.startswith(f"Backfills queued: 1 — BTC-USD 1h ({retry.execution_id}). Not done: 1 — BTC-USD 1h "
                                   f"({older.execution_id}) not retried: a newer failed execution of the series is "
                                   "retried instead.")
+
+    def test_refetching_more_than_an_action_queues_counts_the_rest(self, admin_client, monkeypatch):
+        monkeypatch.setattr("integrity.admin.anomalies.REFETCH_LIMIT", 1)
+        add_instrument()
+        add_instrument("ETH-USD")
+        first, second = a_gap(), a_gap(symbol="ETH-USD")
+        response = act(admin_client, "dataanomaly", "refetch", [first.pk, second.pk])
+        [message] = messages_of(response)
+        state = BackfillState.objects.get()
+        assert message.startswith(f"Repairs queued: 1 — #{first.pk} BTC-USD 1h ({state.execution_id}). Not done: 1 — "
+                                  f"#{second.pk} not re-fetched: at most 1 repairs are queued per action.")
