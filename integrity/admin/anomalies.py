@@ -1,13 +1,17 @@
 """Anomaly review (acknowledge, resolve with a reason, the chart around an anomaly, "Re-fetch this
-range", links to what the anomaly is about) and the duplicate-cleanup log; both export as CSV."""
+range", links to what the anomaly is about) and the duplicate-cleanup log; both export as CSV.
+
+An anomaly changes only through the review service: the bulk actions of the list and the buttons of its
+page (Acknowledge, Resolve with a reason and a note, Re-fetch this range: ``integrity.admin.object_actions``).
+Its page has no Save and no Delete: a note is written with the button that acts on it, so a typed note
+can never look like a resolution that did not happen.
+"""
 
 from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.shortcuts import get_object_or_404, redirect
-from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
@@ -17,10 +21,11 @@ from ..charts import anomaly_chart_svg
 from ..exports import ANOMALIES, DUPLICATES
 from ..models import (
     AnomalyType,
+    BackfillState,
+    BackfillStatus,
     DataAnomaly,
     DuplicateRecordLog,
     Instrument,
-    InvalidTransition,
     ResolutionReason,
     ResolutionStatus,
 )
@@ -36,29 +41,62 @@ from .base import (
     export_csv_action,
     report_action,
 )
-from .queue import note_no_worker
+from .object_actions import ActionResult, ServiceOwnedAdmin, object_action
+from .queue import no_worker_sentence
 from .series import series_url
 
 # The candles linked from an anomaly: its period and this many bars either side.
 WINDOW_BARS = 10
+# Repairs one "Re-fetch this range" bulk action queues (each claims a series and queues a task).
+REFETCH_LIMIT = 1000
 
 
-class DataAnomalyForm(forms.ModelForm):
-    """The note, and "resolve as": a reason resolves the anomaly when the form is saved."""
+NOTE_HELP = "Kept on the anomaly, with who and when."
 
-    resolve_as = forms.ChoiceField(
-        required=False, choices=[("", "— leave as it is —"), *ResolutionReason.choices],
-        help_text="Resolve with this reason on save. Any reason but \"fixed\" is final: no scan reopens the "
-                  "problem; a fixed problem that comes back reopens as a regression.")
 
-    class Meta:
-        model = DataAnomaly
-        fields = ["resolution_note"]
+class AcknowledgeForm(forms.Form):
+    note = forms.CharField(required=False, max_length=10_000, help_text=NOTE_HELP,
+                           widget=forms.Textarea(attrs={"rows": 3, "cols": 70}))
+
+
+class ResolveForm(AcknowledgeForm):
+    reason = forms.ChoiceField(
+        choices=ResolutionReason.choices, widget=forms.RadioSelect,
+        help_text="Any reason but \"fixed\" is final: no scan reopens the problem; a fixed problem that comes "
+                  "back reopens as a regression.")
+    field_order = ["reason", "note"]
+
+
+def _not_open(anomaly) -> str | None:
+    if anomaly.resolution_status != ResolutionStatus.OPEN:
+        return f"it is {anomaly.resolution_status}; only open anomalies can be acknowledged"
+    return None
+
+
+def _resolved(anomaly) -> str | None:
+    if anomaly.resolution_status == ResolutionStatus.RESOLVED:
+        return f"it is already resolved ({anomaly.resolution_reason or 'no reason recorded'})"
+    return None
+
+
+def _not_repairable(anomaly) -> str | None:
+    try:
+        repair_range(anomaly)
+    except RepairError as exc:
+        return str(exc)
+    return None
+
+
+def _explain_repair(anomaly) -> str:
+    start, end = repair_range(anomaly)
+    return (f"Re-fetch {anomaly.symbol} {anomaly.timeframe} from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC "
+            "from the instrument's provider, then re-check the range: fixed bars resolve the anomaly \"fixed\", "
+            "bars the source lacks resolve it \"missing at source\", a value the source confirms leaves it open "
+            "for you to decide.")
 
 
 @admin.register(DataAnomaly)
-class DataAnomalyAdmin(IntegrityModelAdmin):
-    form = DataAnomalyForm
+class DataAnomalyAdmin(ServiceOwnedAdmin, IntegrityModelAdmin):
     list_display = (
         "symbol", "timeframe", "anomaly_type", "severity", "resolution_status", "resolution_reason", "regressions",
         "period_start", "period_end", "affected_rows", "detected_at",
@@ -74,14 +112,12 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
         "period_start", "period_end", "detected_at", "last_seen_at", "fingerprint", "details", "executions",
         "quarantined_bars",
         "resolution_status", "resolution_reason", "regressions", "acknowledged_by", "acknowledged_at",
-        "resolved_by", "resolved_at", "chart",
+        "resolved_by", "resolved_at", "resolution_note", "chart",
     ]
-    fields = ["chart", *readonly_fields[:-1], "resolution_note", "resolve_as"]
+    fields = ["chart", *readonly_fields[:-1]]
+    object_actions = ("acknowledge_this", "resolve_this", "repair_this")
 
     export_csv = export_csv_action(ANOMALIES, "anomalies")
-
-    def has_add_permission(self, request):
-        return False
 
     @admin.display(description="candles around the anomaly")
     def chart(self, obj):
@@ -140,16 +176,6 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
         return format_html('<a href="{}">bars of {} {} refused{}</a>', url, obj.symbol, obj.timeframe,
                            " by this execution" if obj.execution_id else "")
 
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        reason = form.cleaned_data.get("resolve_as")
-        if not reason:
-            return
-        try:
-            obj.resolve(by=request.user.get_username(), reason=reason)
-        except InvalidTransition as exc:
-            self.message_user(request, f"not resolved: {exc}", messages.WARNING)
-
     def _review(self, request, queryset, target: str, reason: str = ""):
         """The selection moves in one locked transaction ("select all" may be thousands of rows), and
         the one message says what moved and what was refused and why, as split before the move."""
@@ -182,62 +208,66 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
     # --- repair: "Re-fetch this range" ----------------------------------------------------------
 
     def _request_repair(self, request, anomaly) -> tuple[str | None, str | None]:
-        """(what was queued, or why not) for one anomaly."""
+        """(the execution id queued, or why not) for one anomaly."""
         try:
             state = request_repair(anomaly, by=f"admin:{request.user.get_username()}")
         except (RepairError, BackfillRefused, BackfillError) as exc:
             return None, f"#{anomaly.pk} {anomaly.symbol} {anomaly.timeframe} not re-fetched: {exc}"
-        return f"#{anomaly.pk} {anomaly.symbol} {anomaly.timeframe} ({state.execution_id})", None
+        return str(state.execution_id), None
 
     @admin.action(description="Re-fetch this range (repair selected anomalies)", permissions=["change"])
     def refetch(self, request, queryset):
         done, refused = [], []
-        for anomaly in queryset.order_by("symbol", "timeframe", "period_start", "id")[:1000]:
+        ordered = queryset.order_by("symbol", "timeframe", "period_start", "id")
+        for anomaly in ordered[:REFETCH_LIMIT]:
             queued, why = self._request_repair(request, anomaly)
-            (done if queued else refused).append(queued or why)
-        report_action(self, request, done, refused, "repairs queued")
-        if done:
-            note_no_worker(self, request)
-
-    def get_urls(self):
-        return [path("<path:object_id>/repair/", self.admin_site.admin_view(self.repair_view),
-                     name="integrity_dataanomaly_repair"), *super().get_urls()]
-
-    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
-        context["repairable"] = obj is not None and self._repairable(obj)
-        return super().render_change_form(request, context, add, change, form_url, obj)
-
-    @staticmethod
-    def _repairable(obj) -> bool:
-        try:
-            repair_range(obj)
-        except RepairError:
-            return False
-        return True
-
-    def repair_view(self, request, object_id):
-        """GET: confirm; POST: claim the series and queue the repair, then back to the anomaly."""
-        anomaly = get_object_or_404(DataAnomaly, pk=object_id) if str(object_id).isdigit() else None
-        if anomaly is None:
-            return redirect(reverse("admin:integrity_dataanomaly_changelist"))
-        if not self.has_change_permission(request, anomaly):
-            return redirect(reverse("admin:integrity_dataanomaly_change", args=[anomaly.pk]))
-        change_url = reverse("admin:integrity_dataanomaly_change", args=[anomaly.pk])
-        if request.method == "POST":
-            queued, why = self._request_repair(request, anomaly)
-            self.message_user(request, f"repair queued: {queued}" if queued else why,
-                              messages.SUCCESS if queued else messages.WARNING)
             if queued:
-                note_no_worker(self, request)
-            return redirect(change_url)
-        try:
-            start, end = repair_range(anomaly)
-        except RepairError as exc:
-            self.message_user(request, f"#{anomaly.pk} cannot be re-fetched: {exc}", messages.WARNING)
-            return redirect(change_url)
-        context = {**self.admin_site.each_context(request), "title": "Re-fetch this range", "opts": self.opts,
-                   "anomaly": anomaly, "start": start, "end": end}
-        return TemplateResponse(request, "admin/integrity/repair_confirm.html", context)
+                done.append(f"#{anomaly.pk} {anomaly.symbol} {anomaly.timeframe} ({queued})")
+            else:
+                refused.append(why)
+        # The rest are named too, so the report adds up to the selection.
+        refused += [f"#{pk} not re-fetched: at most {REFETCH_LIMIT} repairs are queued per action"
+                    for pk in ordered[REFETCH_LIMIT:].values_list("pk", flat=True)]
+        report_action(self, request, done, refused, "repairs queued", queued=True)
+
+    # --- the buttons of an anomaly's page: the same services as the bulk actions ---------------
+
+    def _review_one(self, request, obj, target: str, data, reason: str = "") -> ActionResult:
+        outcome = review_anomalies(DataAnomaly.objects.filter(pk=obj.pk), target, by=request.user.get_username(),
+                                   reason=reason, note=data.get("note", ""))
+        return ActionResult(outcome.summary(), messages.WARNING if outcome.refused else messages.SUCCESS)
+
+    @object_action(label="Acknowledge", url="acknowledge", unavailable=_not_open, form=AcknowledgeForm,
+                   explain="Acknowledge this anomaly: someone has it in hand. It stops counting in the health "
+                           "status and the open totals, and stays unresolved until it is resolved.")
+    def acknowledge_this(self, request, obj, data) -> ActionResult:
+        return self._review_one(request, obj, ResolutionStatus.ACKNOWLEDGED, data)
+
+    @object_action(label="Resolve", url="resolve", unavailable=_resolved, form=ResolveForm,
+                   explain="Resolve this anomaly with a reason (and a note, if you like).")
+    def resolve_this(self, request, obj, data) -> ActionResult:
+        return self._review_one(request, obj, ResolutionStatus.RESOLVED, data, reason=data["reason"])
+
+    @object_action(label="Re-fetch this range", url="repair", unavailable=_not_repairable, explain=_explain_repair)
+    def repair_this(self, request, obj, data) -> ActionResult:
+        """Claim the series and queue the repair (``request_repair``, as the API and the bulk action);
+        then to the execution's page, saying what it is now (a synchronous queue has already run it)."""
+        queued, why = self._request_repair(request, obj)
+        if why:
+            return ActionResult(why, messages.WARNING)
+        state = BackfillState.objects.get(execution_id=queued)
+        next_url = (reverse("admin:integrity_backfillstate_change", args=[str(state.execution_id)])
+                    if request.user.has_perm("integrity.view_backfillstate") else None)
+        if state.status == BackfillStatus.PENDING:
+            note = no_worker_sentence()
+            return ActionResult(f"Repair of anomaly #{obj.pk} queued as execution {state.execution_id}."
+                                + (f" {note}" if note else ""), messages.WARNING if note else messages.SUCCESS,
+                                next_url)
+        obj.refresh_from_db()
+        return ActionResult(
+            f"Repair of anomaly #{obj.pk} ran as execution {state.execution_id}: {state.status}; the anomaly is "
+            f"now {obj.resolution_status}" + (f" ({obj.resolution_reason})" if obj.resolution_reason else "") + ".",
+            messages.SUCCESS if state.status == BackfillStatus.COMPLETED else messages.WARNING, next_url)
 
 
 @admin.register(DuplicateRecordLog)

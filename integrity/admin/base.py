@@ -33,7 +33,7 @@ from ..backfill import BackfillError, BackfillRefused
 from ..exports import Export
 from ..models import BackfillState
 from ..tasks import request_backfill
-from .queue import note_no_worker
+from .queue import no_worker_sentence
 
 
 class BadListQuery(BadRequest):
@@ -182,6 +182,15 @@ class IntegrityModelAdmin(admin.ModelAdmin):
                 raise BadListQuery(f"selected row id {_shown(value)} is not an id: {' '.join(exc.messages)}") from None
         return super().response_action(request, queryset)
 
+    def get_actions(self, request):
+        """The reviewer's actions first: "Delete selected" (where deleting is allowed at all) comes
+        last, and is not offered alone (a row is then deleted from its own page, confirmed there)."""
+        actions = super().get_actions(request)
+        delete = actions.pop("delete_selected", None)
+        if delete is not None and actions:
+            actions["delete_selected"] = delete
+        return actions
+
     def bad_list_query(self, request, reason: str) -> TemplateResponse:
         context = {**self.admin_site.each_context(request), "title": "Bad request", "opts": self.opts,
                    "reason": reason.rstrip("."), "list_url": reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist")}
@@ -199,16 +208,41 @@ class ReadOnlyAdmin(IntegrityModelAdmin):
         return False
 
 
-def report_action(modeladmin, request, done: list[str], refused: list[str], verb: str) -> None:
-    if done:
-        modeladmin.message_user(request, f"{verb}: {len(done)} — {', '.join(done[:20])}", messages.SUCCESS)
-    for reason in refused[:20]:
-        modeladmin.message_user(request, reason, messages.WARNING)
-    if not done and not refused:
-        modeladmin.message_user(request, "nothing to do", messages.INFO)
+# Items named in an action's message; the rest are counted.
+LISTED = 20
 
 
-def request_backfills(modeladmin, request, series: list[tuple[str, str, object, object]]) -> None:
+def _listed(items: list[str], total: int | None = None) -> str:
+    total = len(items) if total is None else total
+    shown = "; ".join(items[:LISTED])
+    return f"{shown}; and {total - min(len(items), LISTED)} more" if total > min(len(items), LISTED) else shown
+
+
+def action_report(done: list[str], refused: list[str], verb: str, *, queued: bool = False,
+                  refused_total: int | None = None) -> tuple[str, int]:
+    """The one message of a bulk action, and its level: what was done (counted, the first ``LISTED``
+    named), what was not and why (``refused_total``: the count when ``refused`` is a sample), and —
+    after queuing work — that no worker would run it. Never "done: n" beside "nothing to do": the
+    counts add up to the selection."""
+    parts = [f"{verb.capitalize()}: {len(done)} — {_listed(done)}" if done else f"{verb.capitalize()}: none"]
+    if refused:
+        total = len(refused) if refused_total is None else refused_total
+        parts.append(f"Not done: {total} — {_listed(refused, total)}")
+    note = no_worker_sentence() if queued and done else ""
+    if note:
+        parts.append(note)
+    message = ". ".join(part.rstrip(".") for part in parts) + "."
+    level = messages.WARNING if refused or note else messages.SUCCESS if done else messages.INFO
+    return message, level
+
+
+def report_action(modeladmin, request, done: list[str], refused: list[str], verb: str, *,
+                  queued: bool = False, refused_total: int | None = None) -> None:
+    modeladmin.message_user(request, *action_report(done, refused, verb, queued=queued, refused_total=refused_total))
+
+
+def queue_backfills(request, series: list[tuple[str, str, object, object]]) -> tuple[list[str], list[str]]:
+    """Queue a backfill of each series (``request_backfill``, as the API does): (queued, refused)."""
     done, refused = [], []
     for symbol, timeframe, start, end in series:
         try:
@@ -217,10 +251,7 @@ def request_backfills(modeladmin, request, series: list[tuple[str, str, object, 
             done.append(f"{symbol} {timeframe} ({state.execution_id})")
         except (BackfillRefused, BackfillError) as exc:
             refused.append(f"{symbol} {timeframe} refused: {exc}")
-    report_action(modeladmin, request, done, refused, "backfills queued")
-    if done:
-        note_no_worker(modeladmin, request)
-
+    return done, refused
 
 
 def choice_filter(title: str, parameter: str, choices, lookup: str) -> type[admin.SimpleListFilter]:

@@ -7,7 +7,7 @@ and the unfiltered count comes from PostgreSQL's statistics.
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.core.paginator import Paginator
 from django.db import connection
 from django.utils.functional import cached_property
@@ -18,7 +18,7 @@ from ..providers import PROVIDER_NAMES, check_bar_alignment
 from ..quality.thresholds import validate_thresholds
 from ..series import series_of
 from ..timeframes import BarAlignment
-from .base import IntegrityModelAdmin, ReadOnlyAdmin, choice_filter, request_backfills
+from .base import IntegrityModelAdmin, ReadOnlyAdmin, choice_filter, queue_backfills, report_action
 
 
 class InstrumentForm(forms.ModelForm):
@@ -77,10 +77,8 @@ class InstrumentAdmin(IntegrityModelAdmin):
             if not instrument.timeframes:
                 refused.append(f"{instrument.symbol} refused: it has no timeframes to backfill")
             series.extend((s.symbol, s.timeframe, None, None) for s in series_of(instrument))
-        for reason in refused:
-            self.message_user(request, reason, messages.WARNING)
-        if series or not refused:
-            request_backfills(self, request, series)
+        done, busy = queue_backfills(request, series)
+        report_action(self, request, done, refused + busy, "backfills queued", queued=True)
 
 
 class EstimatedCountPaginator(Paginator):
@@ -108,8 +106,11 @@ CandleSourceFilter = choice_filter("source", "source", PROVIDER_NAMES, "source")
 
 
 @admin.register(Candle)
-class CandleAdmin(IntegrityModelAdmin):
+class CandleAdmin(ReadOnlyAdmin):
     """Built for a very large table: every query on this list can be answered from an index.
+
+    Read-only: candles are written by the backfill writer, the repair and the duplicate cleanup (which
+    records what it deletes), never by hand here, where no record would be kept.
 
     No date hierarchy (its min/max and DISTINCT years scan the whole table); the ``ts`` filter
     offers fixed ranges instead. Search is by exact symbol (served by the (symbol, timeframe, ts)

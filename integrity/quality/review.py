@@ -67,10 +67,11 @@ def _ids(pks: list[int]) -> str:
     return f"{shown} and {len(pks) - SAMPLE} more" if len(pks) > SAMPLE else shown
 
 
-def review_anomalies(selection: QuerySet, target: str, by: str, reason: str = "") -> ReviewOutcome:
+def review_anomalies(selection: QuerySet, target: str, by: str, reason: str = "", note: str = "") -> ReviewOutcome:
     """Move every anomaly of ``selection`` that may move to ``target``; report the rest with their status.
 
-    ``reason``: a resolution's ``ResolutionReason`` (default ``fixed``).
+    ``reason``: a resolution's ``ResolutionReason`` (default ``fixed``); ``note``: kept on every
+    anomaly moved (an anomaly page's Acknowledge and Resolve buttons take one).
 
     One transaction: the selection's rows are locked (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite
     runs ``IMMEDIATE`` transactions, which hold the write lock from the start), split by status, and
@@ -95,7 +96,7 @@ def review_anomalies(selection: QuerySet, target: str, by: str, reason: str = ""
                 outcome.moved.append(pk)
             else:
                 outcome.refused.append((pk, status))
-        changes = DataAnomaly.review_changes(target, by, outcome.at, reason=reason)
+        changes = DataAnomaly.review_changes(target, by, outcome.at, note=note, reason=reason)
         updated = 0
         for start in range(0, len(outcome.moved), UPDATE_BATCH):
             batch = outcome.moved[start:start + UPDATE_BATCH]

@@ -28,6 +28,7 @@ from .service import (
     repair_anomalies,
     repair_anomaly,
     repair_range,
+    repaired_anomaly_id,
     run_repair_execution,
 )
 
@@ -40,5 +41,6 @@ __all__ = [
     "repair_anomalies",
     "repair_anomaly",
     "repair_range",
+    "repaired_anomaly_id",
     "run_repair_execution",
 ]

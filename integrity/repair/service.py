@@ -5,6 +5,7 @@ recorded on its anomaly."""
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -90,6 +91,12 @@ def repair_range(anomaly: DataAnomaly, now: datetime | None = None) -> tuple[dat
 
 def requested_by(anomaly: DataAnomaly, by: str = "") -> str:
     return (f"repair of anomaly #{anomaly.pk}" + (f" for {by}" if by else ""))[:150]
+
+
+def repaired_anomaly_id(state: BackfillState) -> int | None:
+    """The anomaly an execution repairs (as ``requested_by`` names it), or None for a plain backfill."""
+    match = re.match(r"repair of anomaly #(\d+)\b", state.requested_by or "")
+    return int(match.group(1)) if match else None
 
 
 def repair_anomaly(anomaly: DataAnomaly, *, by: str = "", now: datetime | None = None) -> RepairOutcome:

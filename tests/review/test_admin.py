@@ -298,13 +298,15 @@ class TestBackfillActions:
         retry = BackfillState.objects.exclude(pk=failed.pk).get()
         assert (retry.status, retry.retry_count, retry.requested_by) == ("pending", 1, "admin:root")
         assert OrmQ.objects.count() == 1
-        assert f"backfills queued: 1 — BTC-USD 1h ({retry.execution_id})" in messages_of(response)
+        [message] = messages_of(response)
+        assert message.startswith(f"Backfills queued: 1 — BTC-USD 1h ({retry.execution_id}).")
 
     def test_retry_skips_executions_that_did_not_fail(self, admin_client):
         add_instrument()
         state = create_backfill_state("BTC-USD", "1h", "crypto")
         response = act(admin_client, "backfillstate", "retry_failed", [state.pk])
-        assert "1 selected execution(s) are not failed and were skipped" in messages_of(response)
+        assert messages_of(response) == [f"Backfills queued: none. Not done: 1 — BTC-USD 1h ({state.execution_id}) "
+                                         "not retried: it is pending; only a failed execution is retried."]
         assert BackfillState.objects.count() == 1
 
     def test_retry_refuses_a_series_that_is_busy(self, admin_client):
@@ -313,8 +315,9 @@ class TestBackfillActions:
         failed.mark_failed("boom")
         holder = create_backfill_state("BTC-USD", "1h", "crypto")
         response = act(admin_client, "backfillstate", "retry_failed", [failed.pk])
-        assert any(m.startswith("BTC-USD 1h refused:") and str(holder.execution_id) in m
-                   for m in messages_of(response))
+        [message] = messages_of(response)
+        assert message.startswith("Backfills queued: none. Not done: 1 — BTC-USD 1h refused:")
+        assert str(holder.execution_id) in message
         assert BackfillState.objects.count() == 2
 
     def test_reap_fails_dead_executions_and_reports_them(self, admin_client):
@@ -324,20 +327,24 @@ class TestBackfillActions:
         response = act(admin_client, "backfillstate", "reap_dead", [dead.pk])
         dead.refresh_from_db()
         assert dead.status == "failed" and "heartbeat timeout" in dead.error_message
-        assert any(m.startswith("reaped: 1 — BTC-USD 1h") for m in messages_of(response))
+        [message] = messages_of(response)
+        assert message.startswith(f"Reaped: 1 — BTC-USD 1h ({dead.execution_id})")
 
     def test_reap_leaves_a_live_execution_alone_and_says_why(self, admin_client):
         live = create_backfill_state("BTC-USD", "1h", "crypto")
         live.mark_started(worker="here:1")
         response = act(admin_client, "backfillstate", "reap_dead", [live.pk])
         assert BackfillState.objects.get(pk=live.pk).status == "in_progress"
-        assert any("not reaped: it is in_progress and its worker is alive" in m for m in messages_of(response))
+        [message] = messages_of(response)
+        assert message.startswith(f"Reaped: none. Not done: 1 — BTC-USD 1h ({live.execution_id}) not reaped: it is "
+                                  "in_progress and its worker is alive")
 
     def test_reap_of_a_finished_execution_is_refused(self, admin_client):
         done = create_backfill_state("BTC-USD", "1h", "crypto")
         done.mark_failed("x")
         response = act(admin_client, "backfillstate", "reap_dead", [done.pk])
-        assert "1 selected execution(s) are already finished: nothing to reap" in messages_of(response)
+        assert messages_of(response) == [f"Reaped: none. Not done: 1 — BTC-USD 1h ({done.execution_id}) not reaped: "
+                                         "it has finished (failed)."]
 
 
 class TestInstrumentAndFailureActions:
@@ -345,33 +352,36 @@ class TestInstrumentAndFailureActions:
         instrument = add_instrument(timeframes=("1h", "1d"))
         response = act(admin_client, "instrument", "backfill_now", [instrument.pk])
         assert sorted(BackfillState.objects.values_list("timeframe", flat=True)) == ["1d", "1h"]
-        assert any(m.startswith("backfills queued: 2") for m in messages_of(response))
+        [message] = messages_of(response)
+        assert message.startswith("Backfills queued: 2 — BTC-USD 1h (") and "; BTC-USD 1d (" in message
 
     def test_backfill_now_refuses_an_instrument_without_timeframes(self, admin_client):
         instrument = add_instrument(timeframes=())
         response = act(admin_client, "instrument", "backfill_now", [instrument.pk])
-        assert "BTC-USD refused: it has no timeframes to backfill" in messages_of(response)
+        assert messages_of(response) == ["Backfills queued: none. Not done: 1 — BTC-USD refused: it has no "
+                                         "timeframes to backfill."]
         assert not BackfillState.objects.exists()
 
     def test_backfill_now_refuses_a_busy_series_and_queues_the_others(self, admin_client):
         instrument = add_instrument(timeframes=("1h", "1d"))
         holder = create_backfill_state("BTC-USD", "1h", "crypto")
         response = act(admin_client, "instrument", "backfill_now", [instrument.pk])
-        texts = messages_of(response)
-        assert any(t.startswith("backfills queued: 1 — BTC-USD 1d") for t in texts)
-        assert any(t.startswith("BTC-USD 1h refused:") and str(holder.execution_id) in t for t in texts)
+        [message] = messages_of(response)
+        assert message.startswith("Backfills queued: 1 — BTC-USD 1d (")
+        assert ". Not done: 1 — BTC-USD 1h refused:" in message and str(holder.execution_id) in message
 
     def test_reset_zeroes_failures_rearms_the_alert_and_reports_it(self, admin_client):
         row = SymbolFailureTracking.objects.create(symbol="A", consecutive_failures=4, alert_sent=True)
         response = act(admin_client, "symbolfailuretracking", "reset", [row.pk])
         row.refresh_from_db()
         assert (row.consecutive_failures, row.alert_sent) == (0, False)
-        assert "reset: 1 — A" in messages_of(response)
+        assert messages_of(response) == ["Reset: 1 — A."]
 
     def test_reset_of_a_healthy_symbol_is_refused(self, admin_client):
         row = SymbolFailureTracking.objects.create(symbol="OK", consecutive_failures=0)
         response = act(admin_client, "symbolfailuretracking", "reset", [row.pk])
-        assert "OK not reset: it has no consecutive failures and no alert outstanding" in messages_of(response)
+        assert messages_of(response) == ["Reset: none. Not done: 1 — OK not reset: it has no consecutive failures "
+                                         "and no alert outstanding."]
 
 
 class TestInstrumentForm:

@@ -242,10 +242,11 @@ class TestFormsRefuseWhatTheDatabaseCannotStore:
 
     def test_an_anomaly_note_with_a_nul_is_a_field_error(self, admin_client):
         anomaly = make_anomaly()
-        response = admin_client.post(reverse("admin:integrity_dataanomaly_change", args=[anomaly.pk]),
-                                     {"resolution_note": "checked\x00"})
+        response = admin_client.post(reverse("admin:integrity_dataanomaly_resolve", args=[anomaly.pk]),
+                                     {"reason": "fixed", "note": "checked\x00"})
         assert response.status_code == 200
-        assert "Null characters are not allowed." in str(response.context["adminform"].form.errors)
+        assert "Null characters are not allowed." in str(response.context["form"].errors)
+        assert DataAnomaly.objects.get(pk=anomaly.pk).resolution_status == "open"
         assert DataAnomaly.objects.get(pk=anomaly.pk).resolution_note == ""
 
     def test_a_valid_instrument_still_saves_with_its_json(self, admin_client):

@@ -182,9 +182,15 @@ def dashboard(admin_client):
     return get
 
 
-def test_a_stale_series_links_its_candles(admin_client, dashboard, series):
+def test_a_stale_series_links_its_open_anomalies_and_its_candles(admin_client, dashboard, series):
     run_health_monitoring(scan_anomalies=False)  # 2024's bars are stale now
-    candles, coverage = section_links(dashboard(), "stale-series")
+    mine = make_anomaly(anomaly_type="stale")
+    make_anomaly(anomaly_type="gap", resolution_status="resolved")
+    make_anomaly(symbol="ETH-USD")
+    anomalies, candles, coverage = section_links(dashboard(), "stale-series")
+    shown = listed(follow(admin_client, anomalies))
+    assert mine in shown
+    assert {(a.symbol, a.timeframe, a.resolution_status) for a in shown} == {("BTC-USD", "1h", "open")}
     assert {(c.symbol, c.timeframe) for c in listed(follow(admin_client, candles))} == {("BTC-USD", "1h")}
     assert coverage == reverse("admin:integrity-series", args=["BTC-USD", "1h"])
 

@@ -61,7 +61,10 @@ class TestNoWorkerReplies:
     def test_backfill_now_in_the_admin_says_no_worker_is_running(self, admin_client):
         instrument = add_instrument()
         response = act(admin_client, "instrument", "backfill_now", [instrument.pk])
-        assert any(m.startswith(f"{NO_WORKER}: the queued backfills wait") for m in messages_of(response))
+        [message] = messages_of(response)
+        assert message.startswith("Backfills queued: 1 — BTC-USD 1h (")
+        assert message.endswith(f". {NO_WORKER[0].upper()}{NO_WORKER[1:]}: the queued backfills wait until a worker "
+                                "runs them (or cancel them: Backfill executions → “Cancel selected pending backfills”).")
 
     def test_retry_in_the_admin_with_a_worker_alive_does_not_warn(self, admin_client):
         add_instrument()
@@ -111,8 +114,8 @@ class TestCancel:
         response = act(admin_client, "backfillstate", "cancel_pending", [pending.pk, finished.pk])
         pending.refresh_from_db()
         assert (pending.status, pending.error_message) == ("failed", "cancelled: cancelled in the admin (by admin:root)")
-        assert f"cancelled: 1 — BTC-USD 1h ({pending.execution_id})" in messages_of(response)
-        assert f"ETH-USD 1h ({finished.execution_id}) not cancelled: it is failed" in messages_of(response)
+        assert messages_of(response) == [f"Cancelled: 1 — BTC-USD 1h ({pending.execution_id}). Not done: 1 — ETH-USD 1h "
+                                         f"({finished.execution_id}) not cancelled: it is failed."]
 
     def test_reap_backfills_pending_cancels_every_pending_execution(self):
         add_instrument()

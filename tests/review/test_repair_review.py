@@ -134,10 +134,10 @@ class TestAdmin:
         [message] = messages_of(response)
         assert re.fullmatch(rf"Resolved 1 \(#{anomaly.pk}, {self.STAMP}, as false_positive\)\.", message)
 
-    def test_the_anomaly_form_resolves_with_the_chosen_reason_and_note(self, admin_client):
+    def test_the_resolve_button_resolves_with_the_chosen_reason_and_note(self, admin_client):
         anomaly = make_anomaly()
-        admin_client.post(reverse("admin:integrity_dataanomaly_change", args=[anomaly.pk]),
-                          {"resolution_note": "vendor outage", "resolve_as": "missing_at_source"})
+        admin_client.post(reverse("admin:integrity_dataanomaly_resolve", args=[anomaly.pk]),
+                          {"note": "vendor outage", "reason": "missing_at_source"})
         anomaly.refresh_from_db()
         assert (anomaly.resolution_status, anomaly.resolution_reason, anomaly.resolution_note, anomaly.resolved_by) \
             == ("resolved", "missing_at_source", "vendor outage", "root")
@@ -147,9 +147,9 @@ class TestAdmin:
         response = act(admin_client, "dataanomaly", "refetch", [anomaly.pk])
         state = BackfillState.objects.get(status="pending")
         assert f"anomaly #{anomaly.pk}" in state.requested_by and OrmQ.objects.count() == 1
-        queued, no_worker = messages_of(response)
-        assert queued == f"repairs queued: 1 — #{anomaly.pk} BTC-USD 1h ({state.execution_id})"
-        assert no_worker.startswith("no worker is running: start `manage.py qcluster`")
+        [message] = messages_of(response)
+        assert message.startswith(f"Repairs queued: 1 — #{anomaly.pk} BTC-USD 1h ({state.execution_id}). No worker "
+                                  "is running: start `manage.py qcluster`")
 
     def test_the_anomaly_page_has_the_button_and_its_post_queues_the_repair(self, admin_client):
         anomaly = a_gap()
@@ -160,8 +160,12 @@ class TestAdmin:
 
         response = admin_client.post(url, follow=True)
 
-        assert BackfillState.objects.filter(status="pending").count() == 1
-        assert messages_of(response)[0].startswith("repair queued: ")
+        state = BackfillState.objects.get(status="pending")
+        assert response.redirect_chain[-1][0] == reverse("admin:integrity_backfillstate_change",
+                                                         args=[str(state.execution_id)])
+        [message] = messages_of(response)
+        assert message.startswith(f"Repair of anomaly #{anomaly.pk} queued as execution {state.execution_id}. No "
+                                  "worker is running")
 
     def test_the_button_is_refused_with_a_message_when_the_series_is_busy(self, admin_client):
         anomaly = a_gap()
