@@ -276,6 +276,11 @@ _declare("providers", [
     ("PROVIDER_HTTP_RETRY_AFTER_MAX", 60.0,
      "seconds; a `Retry-After` longer than this fails the fetch at once instead of holding the worker (the "
      "next run resumes from its checkpoint)."),
+    ("PROVIDER_SHARED_LIMITS", True,
+     "with `REDIS_URL` set, the HTTP providers' request pace (`*_MAX_REQUESTS_PER_SECOND`) and Binance's "
+     "weight budget are shared by every process on every host through that Redis (keys "
+     "`marketdata-integrity:limits:<provider>:<host:port>:…`); `false`, or Redis unreachable (a warning is "
+     "logged once), and each process keeps its own."),
     ("PROVIDER_ALLOWED_HOSTS", [],
      "comma-separated hosts (`host` or `host:port`) an instrument's `provider_options.base_url` may point "
      "at besides the host and port of the provider's own base-URL setting. Empty: endpoints come from the "
@@ -284,18 +289,24 @@ _declare("providers", [
     ("BINANCE_BASE_URL", "https://api.binance.com",
      "Binance API root (e.g. `https://api1.binance.com`, `https://data-api.binance.vision`, a proxy; tests "
      "point it at a local server)."),
-    ("BINANCE_MAX_REQUESTS_PER_SECOND", 10.0, "client-side pace of Binance requests per process (`0`: off)."),
+    ("BINANCE_MAX_REQUESTS_PER_SECOND", 10.0,
+     "client-side pace of Binance requests (`0`: off): for all processes together with `REDIS_URL` set "
+     "(`PROVIDER_SHARED_LIMITS`), else per process."),
     ("BINANCE_WEIGHT_LIMIT", 6000,
      "request weight Binance allows per IP per minute (it was `1200` before 2023)."),
     ("BINANCE_WEIGHT_THRESHOLD", 0.8,
-     "fraction of the weight limit at which the fetch waits for the next minute."),
+     "fraction of the weight limit sent per calendar minute (by all processes together with `REDIS_URL` "
+     "set, else per process); a request that would go over, or a reply whose `X-MBX-USED-WEIGHT-1M` "
+     "reaches it, waits for the next minute."),
+    ("BINANCE_KLINES_WEIGHT", 2, "request weight Binance charges for one klines request (`0`: not counted)."),
     ("ALPACA_DATA_BASE_URL", "https://data.alpaca.markets", "Alpaca market-data API root."),
     ("ALPACA_API_KEY_ID", "",
      "Alpaca key id, required by `alpaca` (never logged; missing → a clear error before any request)."),
     ("ALPACA_API_SECRET_KEY", "",
      "Alpaca secret key, required by `alpaca` (never logged; missing → a clear error before any request)."),
     ("ALPACA_MAX_REQUESTS_PER_SECOND", 3.0,
-     "client-side pace of Alpaca requests per process (`0`: off); the free plan allows 200 a minute."),
+     "client-side pace of Alpaca requests (`0`: off; for all processes together with `REDIS_URL` set, else "
+     "per process); the free plan allows 200 a minute."),
     ("ALPACA_FEED", "iex",
      "default `feed` unless an option names one (`iex` works on the free plan; `sip` needs a subscription)."),
     ("ALPACA_ADJUSTMENT", "raw",
