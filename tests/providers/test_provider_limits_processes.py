@@ -28,7 +28,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD", "ADA-USD")
 RATE, WEIGHT, BUDGET = 5, 2, 40
 PAGES = 10  # per process: 4 × 10 requests of weight 2 = 80 > BUDGET
-TOLERANCE_REQUESTS = 1  # a request booked at the end of a second may reach the server in the next
+# Slots are 1/RATE apart, but a request reaches the server a little after its slot (a busy machine may
+# hold a process back), so the ones around it arrive closer together than booked.
+TOLERANCE_REQUESTS = 2
 TOLERANCE_WEIGHT = len(SYMBOLS) * WEIGHT  # one request per process booked in a minute, arriving in the next
 
 # Waits at a barrier (so all four start together), then runs ``manage.py backfill`` of one symbol.
