@@ -1,6 +1,6 @@
 """Provider limits shared by every process: request pacing and Binance's weight budget in Redis.
 
-With ``REDIS_URL`` set (and ``PROVIDER_SHARED_LIMITS`` on, the default) the limits a provider's
+With ``REDIS_URL`` set (or ``PROVIDER_LIMITS_REDIS_URL``, which defaults to it) the limits a provider's
 settings configure are the limits of the whole deployment — every worker process on every host
 that talks to the same Redis books its requests in the same place:
 
@@ -20,8 +20,8 @@ Why not ``pyrate-limiter``'s Redis bucket: it keeps a sorted-set entry per reque
 up to the limit within its sliding window, where our pacing spreads requests evenly; and Binance's
 budget is a fixed calendar minute. Two short Lua scripts say exactly that, atomically.
 
-Fallback: without ``REDIS_URL``, or while Redis cannot be reached, each process paces itself
-(``http_policy.rate_limiter``) and keeps its own weight budget — a warning is logged once per
+Fallback: without ``REDIS_URL`` (or with ``PROVIDER_LIMITS_REDIS_URL=off``), or while Redis cannot be
+reached, each process paces itself (``http_policy.rate_limiter``) and keeps its own weight budget — a warning is logged once per
 outage and the backfill goes on; Redis is tried again after ``RETRY_AFTER_SECONDS``.
 """
 
@@ -32,8 +32,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from django.conf import settings
-
 from integrity.conf import conf
 
 from .http_policy import rate_limiter
@@ -41,6 +39,7 @@ from .http_policy import rate_limiter
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "marketdata-integrity:limits"
+OFF = ("off", "false", "no", "0")
 RETRY_AFTER_SECONDS = 30.0  # after a Redis error, the process paces itself this long before trying again
 WINDOW_SECONDS = 60  # Binance counts request weight per calendar minute
 MAX_WAITS = 3  # minutes a request waits for room in the weight budget before it goes anyway
@@ -126,9 +125,8 @@ _redis = _Redis()
 
 def shared_limits_url() -> str:
     """The Redis the limits are shared through ('' when they are per process)."""
-    if not conf.PROVIDER_SHARED_LIMITS:
-        return ""
-    return str(getattr(settings, "REDIS_URL", "") or "").strip()
+    url = conf.PROVIDER_LIMITS_REDIS_URL
+    return "" if url.lower() in OFF else url
 
 
 def _key(provider: str, host: str, what: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, django_script_report, unused_port, worker_database_url
+from tests.helpers import ROOT, django_script_report, worker_database_url
 
 # Which broker a process would use, and a task queued through it.
 QUEUE_ONE = """

@@ -20,9 +20,9 @@ from tests.helpers import unused_port
 
 @pytest.fixture
 def shared(fast_http, redis_server):
-    """REDIS_URL names the private redis-server: (settings, redis client)."""
+    """The limits are shared through the private redis-server: (settings, redis client)."""
     port, client = redis_server
-    fast_http.REDIS_URL = f"redis://127.0.0.1:{port}/0"
+    fast_http.PROVIDER_LIMITS_REDIS_URL = f"redis://127.0.0.1:{port}/0"
     return fast_http, client
 
 
@@ -102,7 +102,7 @@ class TestSharedWeightBudget:
 
 class TestFallback:
     def test_without_redis_url_each_process_paces_itself(self, fast_http):
-        fast_http.REDIS_URL = ""
+        fast_http.PROVIDER_LIMITS_REDIS_URL = ""
         assert Pacer("binance", "h:443", 2.0).reserve() == 0.0
         assert 0 < Pacer("binance", "h:443", 2.0).reserve() <= 0.5  # this process's limiter
         reset_rate_limiters()  # another process: its own limiter, nothing booked
@@ -110,13 +110,13 @@ class TestFallback:
 
     def test_shared_limits_switched_off_keep_redis_out_of_it(self, shared):
         settings, client = shared
-        settings.PROVIDER_SHARED_LIMITS = False
+        settings.PROVIDER_LIMITS_REDIS_URL = "off"
         Pacer("binance", "h:443", 2.0).reserve()
         WeightBudget("binance", "h:443", 10).reserve(2)
         assert client.keys("*") == []
 
     def test_unreachable_redis_falls_back_to_per_process_limits_with_one_warning(self, fast_http, caplog):
-        fast_http.REDIS_URL = f"redis://127.0.0.1:{unused_port()}/0"
+        fast_http.PROVIDER_LIMITS_REDIS_URL = f"redis://127.0.0.1:{unused_port()}/0"
         with caplog.at_level(logging.WARNING, logger="integrity.providers.limits"):
             pacer = Pacer("binance", "h:443", 2.0)
             waits = [pacer.reserve() for _ in range(3)]
