@@ -128,6 +128,35 @@ def stop_process_group(process) -> None:
         process.wait(timeout=10)
 
 
+def start_qcluster(log: Path, **env) -> subprocess.Popen:
+    """``manage.py qcluster`` sharing this test's database, in its own session (its process group is
+    ours alone: ``stop_process_group`` or ``os.killpg`` end all of it), output in ``log``; ``env`` on top
+    of this environment (``REDIS_URL`` empty, the database broker, unless given)."""
+    env = {**os.environ, "DATABASE_URL": worker_database_url(), "DJANGO_SETTINGS_MODULE": "marketdata_site.settings",
+           "REDIS_URL": "", "Q_WORKERS": "1", "DJANGO_Q_LOG_LEVEL": "INFO", **env}
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    process.log = log
+    return process
+
+
+def wait_for(condition, what: str, *processes, timeout: float = 60, every: float = 0.2) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` (with the tail of each process's log) when
+    ``timeout`` passes first or one of the ``processes`` (started by ``start_qcluster``) exits."""
+    def tails() -> str:
+        return "\n".join(f"--- {p.log}:\n{p.log.read_text()[-3000:]}" for p in processes)
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        for process in processes:
+            assert process.poll() is None, f"qcluster exited early:\n{tails()}"
+        time.sleep(every)
+    pytest.fail(f"{what} within {timeout} s:\n{tails()}")
+
+
 def django_script_report(script: str, tag: str, **env) -> dict:
     """Run ``script`` in a fresh Python process with the project's settings and ``env`` on top of this
     environment; return the JSON it printed on its last line starting with ``TAG ``."""
