@@ -301,7 +301,7 @@ _declare("providers", [
      "point it at a local server)."),
     ("BINANCE_MAX_REQUESTS_PER_SECOND", 10.0,
      "client-side pace of Binance requests (`0`: off): for all processes together with `REDIS_URL` set "
-     "(`PROVIDER_SHARED_LIMITS`), else per process."),
+     "(`PROVIDER_LIMITS_REDIS_URL`), else per process."),
     ("BINANCE_WEIGHT_LIMIT", 6000,
      "request weight Binance allows per IP per minute (it was `1200` before 2023)."),
     ("BINANCE_WEIGHT_THRESHOLD", 0.8,

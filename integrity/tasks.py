@@ -117,8 +117,9 @@ def recover_backfills_task() -> dict[str, Any]:
 
 
 def backfill_series_task(symbol: str, timeframe: str) -> dict[str, Any]:
-    """Incremental backfill of one series (``integrity.backfill.run_backfill``)."""
-    result = run_backfill(symbol, timeframe, requested_by="schedule")
+    """Incremental backfill of one series, claimed when it starts (``integrity.backfill.run_backfill``).
+    The fan-out queued this before it claimed up front; kept so tasks queued by that release still run."""
+    result = run_backfill(symbol, timeframe, requested_by=SCHEDULED)
     return result.as_dict()
 
 
