@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, django_script_report, worker_database_url
+from tests.helpers import ROOT, django_script_report, start_qcluster, worker_database_url
 
 # Which broker a process would use, and a task queued through it.
 QUEUE_ONE = """
@@ -87,9 +87,7 @@ class TestRedisWorkers:
             return done.stdout.strip().rsplit(" ", 1)[-1]
 
         log = tmp_path / "qcluster.log"
-        with open(log, "wb") as out:
-            cluster = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=out,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+        cluster = start_qcluster(log, REDIS_URL=env["REDIS_URL"], LOG_LEVEL="WARNING")
         try:
             deadline = time.monotonic() + 60
             while alive() != "True":
