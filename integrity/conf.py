@@ -169,6 +169,13 @@ _declare("backfill", [
     ("BACKFILL_PENDING_TIMEOUT_SECONDS", 3600,
      "a pending execution no worker picked up this long is reaped as failed (\"never started\"; not a "
      "failure of the symbol)."),
+    ("BACKFILL_REQUEUE_MAX_RETRIES", 3,
+     "a scheduled run whose worker was lost (reaped) is claimed and queued again by the recovery schedule "
+     "(`integrity.recover`), resuming from its checkpoint, until the series has failed this many times in a "
+     "row; then it waits for its next scheduled run."),
+    ("WORKER_NAME", "",
+     "how this process names itself in an execution's `worker` (`<name>:<pid>`): empty, the machine's host "
+     "name. Give each host (container) a stable, distinct name.", {"shown_default": "the host name"}),
     ("BACKFILL_FINISH_RETRIES", 5,
      "a database outage while a run records how it ended: retries of those writes, so the execution keeps "
      "the real error instead of waiting for the reaper."),
@@ -259,6 +266,9 @@ _declare("health", [
      "enrichment schedule (UTC, five-field cron), written by `setup_schedules`."),
     ("SCHEDULE_BACKFILL_CRON", "0 2 * * *", "daily incremental backfill schedule (UTC)."),
     ("SCHEDULE_HEALTH_CRON", "0 0,6,12,18 * * *", "health-monitoring schedule (UTC)."),
+    ("SCHEDULE_RECOVER_CRON", "*/5 * * * *",
+     "recovery schedule (UTC): executions of lost workers reaped, scheduled series claimed again, lost "
+     "queued tasks queued again (`integrity.backfill.recover`)."),
     ("WORKER_QUEUE_WAIT_WARNING_SECONDS", 900,
      "with a django-q2 cluster alive, a queued task waiting longer than this many seconds makes the health "
      "job warn (the workers are busy or stuck); with none alive, any waiting work does."),
@@ -276,6 +286,11 @@ _declare("providers", [
     ("PROVIDER_HTTP_RETRY_AFTER_MAX", 60.0,
      "seconds; a `Retry-After` longer than this fails the fetch at once instead of holding the worker (the "
      "next run resumes from its checkpoint)."),
+    ("PROVIDER_LIMITS_REDIS_URL", "",
+     "the Redis through which the HTTP providers' request pace (`*_MAX_REQUESTS_PER_SECOND`) and Binance's "
+     "weight budget are shared by every process on every host (keys "
+     "`marketdata-integrity:limits:<provider>:<host:port>:…`); `off`: each process keeps its own, as it "
+     "does while that Redis is unreachable (a warning is logged once).", {"shown_default": "`REDIS_URL`"}),
     ("PROVIDER_ALLOWED_HOSTS", [],
      "comma-separated hosts (`host` or `host:port`) an instrument's `provider_options.base_url` may point "
      "at besides the host and port of the provider's own base-URL setting. Empty: endpoints come from the "
@@ -284,18 +299,24 @@ _declare("providers", [
     ("BINANCE_BASE_URL", "https://api.binance.com",
      "Binance API root (e.g. `https://api1.binance.com`, `https://data-api.binance.vision`, a proxy; tests "
      "point it at a local server)."),
-    ("BINANCE_MAX_REQUESTS_PER_SECOND", 10.0, "client-side pace of Binance requests per process (`0`: off)."),
+    ("BINANCE_MAX_REQUESTS_PER_SECOND", 10.0,
+     "client-side pace of Binance requests (`0`: off): for all processes together with `REDIS_URL` set "
+     "(`PROVIDER_LIMITS_REDIS_URL`), else per process."),
     ("BINANCE_WEIGHT_LIMIT", 6000,
      "request weight Binance allows per IP per minute (it was `1200` before 2023)."),
     ("BINANCE_WEIGHT_THRESHOLD", 0.8,
-     "fraction of the weight limit at which the fetch waits for the next minute."),
+     "fraction of the weight limit sent per calendar minute (by all processes together with `REDIS_URL` "
+     "set, else per process); a request that would go over, or a reply whose `X-MBX-USED-WEIGHT-1M` "
+     "reaches it, waits for the next minute."),
+    ("BINANCE_KLINES_WEIGHT", 2, "request weight Binance charges for one klines request (`0`: not counted)."),
     ("ALPACA_DATA_BASE_URL", "https://data.alpaca.markets", "Alpaca market-data API root."),
     ("ALPACA_API_KEY_ID", "",
      "Alpaca key id, required by `alpaca` (never logged; missing → a clear error before any request)."),
     ("ALPACA_API_SECRET_KEY", "",
      "Alpaca secret key, required by `alpaca` (never logged; missing → a clear error before any request)."),
     ("ALPACA_MAX_REQUESTS_PER_SECOND", 3.0,
-     "client-side pace of Alpaca requests per process (`0`: off); the free plan allows 200 a minute."),
+     "client-side pace of Alpaca requests (`0`: off; for all processes together with `REDIS_URL` set, else "
+     "per process); the free plan allows 200 a minute."),
     ("ALPACA_FEED", "iex",
      "default `feed` unless an option names one (`iex` works on the free plan; `sip` needs a subscription)."),
     ("ALPACA_ADJUSTMENT", "raw",

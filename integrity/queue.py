@@ -150,6 +150,34 @@ def workers_alive() -> bool | None:
         return None
 
 
+def queued_task_ids() -> set[str] | None:
+    """The ids of the tasks the broker still holds for a worker to take (database broker: every
+    ``OrmQ`` row of this queue, taken or not, since the broker hands an unacknowledged one out again;
+    Redis: the list). Read once, whatever the queue's length; None when it cannot be read (another
+    broker, or an error: said in the log)."""
+    broker = get_broker()
+    try:
+        if _broker_name(broker) == "ORM":
+            from django_q.models import OrmQ
+
+            with _savepoint():
+                rows = list(OrmQ.objects.using(Conf.ORM).filter(key=broker.list_key).only("id", "payload"))
+            return {row.task_id() for row in rows}
+        if _broker_name(broker) == "Redis":
+            ids = set()
+            for payload in broker.connection.lrange(broker.list_key, 0, -1):
+                try:
+                    package = SignedPackage.loads(payload)
+                except Exception:  # noqa: BLE001 — not ours to judge: skip it
+                    continue
+                if isinstance(package, dict) and package.get("id"):
+                    ids.add(package["id"])
+            return ids
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("cannot read the django-q2 queue: %s", exc)
+    return None
+
+
 def remove_queued_tasks(task_ids) -> int:
     """Take tasks no worker has taken yet out of the queue (database and Redis brokers), reading the
     queue once whatever their number; how many were removed. One not there (taken, finished, or

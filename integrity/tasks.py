@@ -17,12 +17,22 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from django.utils import timezone
 from django_q.tasks import async_task
 
-from .backfill import BackfillError, claim_backfill, reap_dead_backfills, run_backfill, run_backfill_execution
+from .backfill import (
+    BackfillError,
+    BackfillRefused,
+    claim_backfill,
+    reap_dead_backfills,
+    run_backfill,
+    run_backfill_execution,
+)
+from .backfill.recover import SCHEDULED, lost_pending_executions, reclaim_reaped
 from .health.job import run_health_monitoring
 from .models import BackfillState, BackfillStatus, DataAnomaly
 from .quality.enrichment import enrich_series
+from .queue import queued_task_ids
 from .repair import claim_repair, run_repair_execution
 from .series import active_series
 
@@ -47,23 +57,69 @@ def enrichment_task() -> dict[str, Any]:
 
 
 def backfill_all_task() -> dict[str, Any]:
-    """Fan out: one queued ``backfill_series_task`` per active series (instrument × timeframe).
+    """Fan out: claim every active series (instrument × timeframe) now — a pending execution each —
+    and queue one ``backfill_execution_task`` per claim.
 
-    Series run in parallel on however many workers there are. No series runs twice at once even if
-    two fan-outs overlap: the claim (a partial unique index) refuses the second.
+    Series run in parallel on however many workers there are, on however many hosts. The claims are
+    the ledger of the fan-out: a task a lost cluster took with it is found by ``recover_backfills_task``
+    and queued again, and a series already active (an overlapping fan-out, an API run) is refused by
+    the claim (a partial unique index) and left to that run.
     """
     reap_dead_backfills()
-    series = active_series()
-    for s in series:
-        async_task(BACKFILL_SERIES_TASK, s.symbol, s.timeframe, group="integrity.backfill",
-                   task_name=f"backfill {s.symbol} {s.timeframe}"[:100])
-    logger.info("backfill fan-out: %s series queued", len(series))
-    return {"enqueued": len(series)}
+    queued = refused = failed = 0
+    for s in active_series():
+        try:
+            state = claim_backfill(s.symbol, s.timeframe, requested_by=SCHEDULED, reap=False)
+        except BackfillRefused:
+            refused += 1
+            continue
+        except BackfillError as exc:
+            logger.warning("backfill fan-out: %s %s not claimed: %s", s.symbol, s.timeframe, exc)
+            failed += 1
+            continue
+        try:
+            _queue_execution(state, group="integrity.backfill")
+        except BackfillError as exc:
+            logger.warning("backfill fan-out: %s %s not queued: %s", s.symbol, s.timeframe, exc)
+            failed += 1
+            continue
+        queued += 1
+    logger.info("backfill fan-out: %s series queued, %s already active, %s not queued", queued, refused, failed)
+    return {"enqueued": queued, "already_active": refused, "not_queued": failed}
+
+
+def recover_backfills_task() -> dict[str, Any]:
+    """Hand the work of lost workers to the others (``integrity.backfill.recover``): reap executions
+    whose worker stopped heartbeating and claim their scheduled series again, and queue again the
+    pending executions whose task left the queue but never started. Run by schedule
+    ``integrity.recover`` (every few minutes), so a cluster killed mid-run costs minutes, not a day."""
+    reaped = reap_dead_backfills()
+    reclaimed = 0
+    for state in reclaim_reaped(reaped):
+        try:
+            _queue_execution(state, group="integrity.backfill")
+            reclaimed += 1
+        except BackfillError as exc:
+            logger.warning("recovery: %s %s not queued again: %s", state.symbol, state.timeframe, exc)
+    requeued = 0
+    queued_ids = queued_task_ids()
+    if queued_ids is not None:  # an unreadable queue: nothing is known lost
+        for state in lost_pending_executions(queued_ids, task=EXECUTION_TASK):
+            try:
+                _queue_execution(state, group="integrity.backfill", requeued=True)
+                requeued += 1
+            except BackfillError as exc:
+                logger.warning("recovery: execution %s not queued again: %s", state.execution_id, exc)
+    if reaped or reclaimed or requeued:
+        logger.warning("recovery: %s execution(s) reaped, %s series claimed again, %s lost task(s) queued again",
+                       len(reaped), reclaimed, requeued)
+    return {"reaped": len(reaped), "reclaimed": reclaimed, "requeued": requeued}
 
 
 def backfill_series_task(symbol: str, timeframe: str) -> dict[str, Any]:
-    """Incremental backfill of one series (``integrity.backfill.run_backfill``)."""
-    result = run_backfill(symbol, timeframe, requested_by="schedule")
+    """Incremental backfill of one series, claimed when it starts (``integrity.backfill.run_backfill``).
+    The fan-out queued this before it claimed up front; kept so tasks queued by that release still run."""
+    result = run_backfill(symbol, timeframe, requested_by=SCHEDULED)
     return result.as_dict()
 
 
@@ -71,21 +127,32 @@ def request_backfill(symbol: str, timeframe: str, *, start: datetime | None = No
                      provider: str | None = None, requested_by: str = "") -> BackfillState:
     """Claim a series now and queue its run (API and admin). Raises BackfillRefused / BackfillError."""
     state = claim_backfill(symbol, timeframe, start=start, end=end, provider=provider, requested_by=requested_by)
-    try:
-        task_id = async_task(EXECUTION_TASK, str(state.execution_id), task_name=f"backfill {symbol} {timeframe}",
-                             group="backfill")
-    except Exception as exc:
-        # Without a queue the claim would block the series until the pending timeout: release it.
-        state.mark_failed(f"could not enqueue: {exc}")
-        raise BackfillError(f"the task queue is unavailable: {exc}") from exc
-    _remember_task(state, task_id)
+    _queue_execution(state, group="backfill")
     return state
 
 
-def _remember_task(state: BackfillState, task_id: str) -> None:
-    """Cancelling the execution takes this task out of the queue (integrity.backfill.cancel). Only while
-    pending: a worker that has already started it owns its details."""
-    details = {**(state.details or {}), "task_id": task_id}
+def _queue_execution(state: BackfillState, *, group: str, requeued: bool = False) -> None:
+    """Queue the run of a claimed (pending) execution. Without a queue the claim would block the series
+    until the pending timeout, so a first enqueue that fails releases it (BackfillError); a repeated one
+    leaves it for the next recovery."""
+    try:
+        task_id = async_task(EXECUTION_TASK, str(state.execution_id), group=group,
+                             task_name=f"backfill {state.symbol} {state.timeframe}"[:100])
+    except Exception as exc:
+        if not requeued:
+            state.mark_failed(f"could not enqueue: {exc}")
+        raise BackfillError(f"the task queue is unavailable: {exc}") from exc
+    _remember_task(state, task_id, EXECUTION_TASK, requeued=requeued)
+
+
+def _remember_task(state: BackfillState, task_id: str, task: str, *, requeued: bool = False) -> None:
+    """Cancelling the execution takes this task out of the queue (integrity.backfill.cancel), and recovery
+    tells a lost task by it (integrity.backfill.recover). Only while pending: a worker that has already
+    started it owns its details."""
+    details = {**(state.details or {}), "task_id": task_id, "task": task}
+    if requeued:
+        details["requeued_at"] = timezone.now().isoformat()
+        details["requeues"] = int(details.get("requeues", 0)) + 1
     if BackfillState.objects.filter(pk=state.pk, status=BackfillStatus.PENDING).update(details=details):
         state.details = details
 
@@ -105,7 +172,7 @@ def request_repair(anomaly: DataAnomaly, *, by: str = "") -> BackfillState:
     except Exception as exc:
         state.mark_failed(f"could not enqueue: {exc}")
         raise BackfillError(f"the task queue is unavailable: {exc}") from exc
-    _remember_task(state, task_id)
+    _remember_task(state, task_id, REPAIR_TASK)
     return state
 
 

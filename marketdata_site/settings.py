@@ -173,7 +173,8 @@ LOGGING = {
 # Every setting integrity.conf declares (its default, type and meaning: docs/configuration.md) is
 # read from the environment variable of its name; the few with another form are set below.
 own_form = {"API_NUM_PROXIES", "API_THROTTLE_ANON", "API_THROTTLE_FAILED_AUTH", "BACKFILL_LOOKBACK_DAYS",
-            "BACKFILL_MAX_BARS", "QUALITY_THRESHOLDS", "STALE_AVAILABILITY_DELAY_MINUTES"}
+            "BACKFILL_MAX_BARS", "PROVIDER_LIMITS_REDIS_URL", "QUALITY_THRESHOLDS",
+            "STALE_AVAILABILITY_DELAY_MINUTES"}
 globals().update({name: envsetting(name) for name in declared_settings if name not in own_form})
 # Per timeframe: BACKFILL_LOOKBACK_DAYS_1M … _1D.
 BACKFILL_LOOKBACK_DAYS = {tf: envint(f"BACKFILL_LOOKBACK_DAYS_{tf.upper()}", days)
@@ -188,6 +189,9 @@ BACKFILL_MAX_BARS = {tf: envint(f"BACKFILL_MAX_BARS_{tf.upper()}", envint("BACKF
 QUALITY_THRESHOLDS = conf.default("QUALITY_THRESHOLDS")
 
 # --- Market-data providers (integrity.providers; docs/providers.md) -------------------------------
+# Request pace and Binance's weight budget shared through this Redis (integrity.providers.limits): the
+# broker's unless set ("off": per process).
+PROVIDER_LIMITS_REDIS_URL = envstr("PROVIDER_LIMITS_REDIS_URL", "") or REDIS_URL
 # Per exchange, read where used (settings, else the environment): CCXT_<EXCHANGE>_API_URL and the
 # keys CCXT_<EXCHANGE>_API_KEY / _SECRET / _PASSWORD / _UID.
 
@@ -195,6 +199,9 @@ QUALITY_THRESHOLDS = conf.default("QUALITY_THRESHOLDS")
 Q_CLUSTER = {
     "name": envstr("Q_CLUSTER_NAME", "marketdata"),
     "workers": envint("Q_WORKERS", 2),
+    # Tasks a cluster takes from the queue ahead of its free workers (django-q2's default: workers²). Kept
+    # small so that clusters on several hosts share the work and a lost cluster takes little with it.
+    "queue_limit": envint("Q_QUEUE_LIMIT", envint("Q_WORKERS", 2), minimum=1),
     "timeout": envint("Q_TIMEOUT", 3300),
     "retry": envint("Q_RETRY", 3600),
     "max_attempts": 1,

@@ -7,7 +7,14 @@ from django.conf import settings
 from django.contrib.auth.models import User
 
 from integrity.providers.http_policy import reset_rate_limiters
-from tests.helpers import ALPACA_KEY_ID, ALPACA_SECRET, record_http_sleeps, use_default_thresholds
+from integrity.providers.limits import reset_shared_limits
+from tests.helpers import (
+    ALPACA_KEY_ID,
+    ALPACA_SECRET,
+    record_http_sleeps,
+    running_redis_server,
+    use_default_thresholds,
+)
 
 
 def is_postgres() -> bool:
@@ -41,6 +48,13 @@ def no_cluster_heartbeats():
 
 
 @pytest.fixture
+def redis_server(tmp_path):
+    """A private ``redis-server`` for this test: (port, client); skipped where it is not installed."""
+    with running_redis_server(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
 def admin_client(client):
     """A client logged in as a superuser (made without a password: no slow hashing)."""
     client.force_login(User.objects.create_superuser("root", "root@example.com", None))
@@ -60,8 +74,10 @@ def fast_http(settings):
     settings.PROVIDER_HTTP_READ_TIMEOUT = 2
     settings.PROVIDER_HTTP_BACKOFF_BASE = 0.01
     reset_rate_limiters()
+    reset_shared_limits()
     yield settings
     reset_rate_limiters()
+    reset_shared_limits()
 
 
 @pytest.fixture

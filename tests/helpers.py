@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 from pathlib import Path
@@ -126,6 +128,35 @@ def stop_process_group(process) -> None:
         process.wait(timeout=10)
 
 
+def start_qcluster(log: Path, **env) -> subprocess.Popen:
+    """``manage.py qcluster`` sharing this test's database, in its own session (its process group is
+    ours alone: ``stop_process_group`` or ``os.killpg`` end all of it), output in ``log``; ``env`` on top
+    of this environment (``REDIS_URL`` empty, the database broker, unless given)."""
+    env = {**os.environ, "DATABASE_URL": worker_database_url(), "DJANGO_SETTINGS_MODULE": "marketdata_site.settings",
+           "REDIS_URL": "", "Q_WORKERS": "1", "DJANGO_Q_LOG_LEVEL": "INFO", **env}
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    process.log = log
+    return process
+
+
+def wait_for(condition, what: str, *processes, timeout: float = 60, every: float = 0.2) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` (with the tail of each process's log) when
+    ``timeout`` passes first or one of the ``processes`` (started by ``start_qcluster``) exits."""
+    def tails() -> str:
+        return "\n".join(f"--- {p.log}:\n{p.log.read_text()[-3000:]}" for p in processes)
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        for process in processes:
+            assert process.poll() is None, f"qcluster exited early:\n{tails()}"
+        time.sleep(every)
+    pytest.fail(f"{what} within {timeout} s:\n{tails()}")
+
+
 def django_script_report(script: str, tag: str, **env) -> dict:
     """Run ``script`` in a fresh Python process with the project's settings and ``env`` on top of this
     environment; return the JSON it printed on its last line starting with ``TAG ``."""
@@ -135,6 +166,41 @@ def django_script_report(script: str, tag: str, **env) -> dict:
     lines = [line for line in done.stdout.splitlines() if line.startswith(f"{tag} ")]
     assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-2000:]
     return json.loads(lines[-1][len(tag) + 1:])
+
+
+@contextmanager
+def running_redis_server(directory: Path):
+    """A private ``redis-server`` on a free loopback port (no persistence, files in ``directory``) for
+    as long as the block runs: yields (port, client). Skips the test where redis-server is absent."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    import redis
+
+    port = unused_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(directory)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    pytest.fail("redis-server did not start")
+                time.sleep(0.05)
+        yield port, client
+    finally:
+        client.close()
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def unused_port() -> int:

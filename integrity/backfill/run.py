@@ -274,10 +274,11 @@ def run_backfill_execution(execution_id: str) -> dict[str, Any]:
 
 
 def claim_backfill(symbol: str, timeframe: str, *, start: datetime | None = None, end: datetime | None = None,
-                   provider: str | None = None, requested_by: str = "") -> BackfillState:
-    """Claim a series now for a run later (a pending execution; ``integrity.tasks.request_backfill``
-    queues it). Raises BackfillRefused / BackfillError before anything is claimed."""
+                   provider: str | None = None, requested_by: str = "", reap: bool = True) -> BackfillState:
+    """Claim a series now for a run later (a pending execution; ``integrity.tasks`` queues it). Raises
+    BackfillRefused / BackfillError before anything is claimed. ``reap=False``: the caller has just
+    reaped (a fan-out claiming many series reaps once)."""
     spec = resolve_series(symbol, timeframe, provider=provider)
     check_range(spec, start, end)
     return create_backfill_state(symbol, timeframe, spec.asset_class, provider=spec.provider,
-                                 range_start=start, range_end=end, requested_by=requested_by)
+                                 range_start=start, range_end=end, requested_by=requested_by, reap=reap)

@@ -24,6 +24,7 @@ from ..models import (
     InvalidTransition,
     Timeframe,
 )
+from ..queue import queued_task_ids
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ class BackfillResult:
 
 
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``<WORKER_NAME or host name>:<pid>``: which process on which host holds an execution."""
+    return f"{conf.WORKER_NAME or socket.gethostname()}:{os.getpid()}"
 
 
 # --- the service API ---------------------------------------------------------------------------
@@ -105,7 +107,8 @@ def reap_dead_backfills(timeout_seconds: int | None = None, now: datetime | None
     """Fail executions whose worker is gone, so their series is free again.
 
     in_progress with a heartbeat older than the timeout → failed "worker lost: heartbeat timeout";
-    pending never picked up within BACKFILL_PENDING_TIMEOUT_SECONDS → failed "never started".
+    pending never picked up within BACKFILL_PENDING_TIMEOUT_SECONDS → failed "never started", unless its
+    task is still in the broker's queue (it waits its turn; the queue is read only when such a row exists).
     A reaped in_progress execution counts as a failure of its symbol; a never-started one does not
     (nothing was tried: no worker ran it, see ``integrity.health.workers``).
     """
@@ -118,7 +121,14 @@ def reap_dead_backfills(timeout_seconds: int | None = None, now: datetime | None
     )
     never_started = Q(status=BackfillStatus.PENDING, created_at__lt=pending_cutoff)
     reaped: list[BackfillState] = []
+    queued: set[str] | None = None
     for state in BackfillState.objects.filter(dead_running | never_started):
+        if state.status == BackfillStatus.PENDING and (state.details or {}).get("task_id"):
+            # Still in the broker's queue (a long fan-out, workers busy): it will run; not "never started".
+            if queued is None:
+                queued = queued_task_ids() or set()
+            if state.details["task_id"] in queued:
+                continue
         if state.status == BackfillStatus.IN_PROGRESS:
             last = state.heartbeat_at or state.started_at
             message = (

@@ -23,13 +23,17 @@ Symbol mapping (default): upper-case, split at ``-`` or ``/``, quote ``USD`` bec
 joined: ``BTC-USD`` → ``BTCUSDT``, ``ETH/BTC`` → ``ETHBTC``, ``BNBUSDT`` stays.
 
 Limits, as Binance documents them:
-    - request weight: every reply carries ``X-MBX-USED-WEIGHT-1M`` (weight used by this IP in the
-      current minute). At ``BINANCE_WEIGHT_THRESHOLD`` × ``BINANCE_WEIGHT_LIMIT`` (default
-      0.8 × 6000) the next request waits for the next minute window.
+    - request weight: each klines request costs ``BINANCE_KLINES_WEIGHT`` (2); at most
+      ``BINANCE_WEIGHT_THRESHOLD`` × ``BINANCE_WEIGHT_LIMIT`` (default 0.8 × 6000) is sent per
+      calendar minute — by every process together when ``REDIS_URL`` is set (``limits.WeightBudget``),
+      else by each process — and a request that would go over waits for the next minute. Every reply
+      also carries ``X-MBX-USED-WEIGHT-1M`` (weight used by this IP in the current minute, whoever sent
+      it): at the same ceiling the next request waits for the next minute window too.
     - 429: back off; the shared HTTP client honours ``Retry-After`` (see ``http_policy``).
     - 418: the IP is banned for having kept going after 429s. Never retried: the fetch fails at once
       with an error naming the ban and its ``Retry-After``.
-    - a client-side pace of ``BINANCE_MAX_REQUESTS_PER_SECOND`` (default 10) requests a second.
+    - a client-side pace of ``BINANCE_MAX_REQUESTS_PER_SECOND`` (default 10) requests a second (for all
+      processes together when ``REDIS_URL`` is set, ``limits.Pacer``).
 
 Parsing: a reply that is not a JSON array of arrays, a kline with fewer than 6 fields, an open
 time that is not an integer, or a price of a non-scalar JSON type fails the fetch (nothing from
@@ -56,6 +60,7 @@ from . import base
 from .base import FetchRequest, ProviderConfigError, ProviderError, excerpt, make_bar_frame, reading_reply
 from .http import HttpClient
 from .http_policy import HttpConfig, number_setting
+from .limits import WeightBudget
 from .options import check_option_names, page_limit, resolve_base_url
 
 logger = logging.getLogger(__name__)
@@ -193,16 +198,21 @@ class BinanceProvider:
         config = HttpConfig.from_settings(NAME, "BINANCE_MAX_REQUESTS_PER_SECOND")
         weight_limit = number_setting("BINANCE_WEIGHT_LIMIT", provider=NAME, minimum=1)
         weight_threshold = number_setting("BINANCE_WEIGHT_THRESHOLD", provider=NAME)
-        return self._pages(request, symbol, interval, limit, base_url, config, weight_limit * weight_threshold)
+        weight = int(number_setting("BINANCE_KLINES_WEIGHT", provider=NAME, minimum=0, integer=True))
+        return self._pages(request, symbol, interval, limit, base_url, config, weight_limit * weight_threshold,
+                           weight)
 
     def _pages(self, request: FetchRequest, symbol: str, interval: str, limit: int, base_url: str,
-               config: HttpConfig, weight_ceiling: float) -> Iterator[pd.DataFrame]:
+               config: HttpConfig, weight_ceiling: float, weight: int) -> Iterator[pd.DataFrame]:
         step_ms = timeframe_seconds(request.timeframe) * 1000
         start_ms = _ms(request.start)
         end_ms = _ms(request.end)
         cursor = -(-start_ms // step_ms) * step_ms  # first bar open time at or after start
         previous_last: int | None = None
-        with HttpClient(NAME, base_url, config, explain_status=explain_status) as client:
+        client = HttpClient(NAME, base_url, config, explain_status=explain_status, request_weight=weight)
+        if weight:
+            client.weight_budget = WeightBudget(NAME, client.endpoint_key, weight_ceiling)
+        with client:
             while cursor < end_ms:
                 params = {"symbol": symbol, "interval": interval, "startTime": cursor,
                           "endTime": end_ms - 1, "limit": limit}

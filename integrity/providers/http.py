@@ -2,7 +2,9 @@
 
 ``HttpClient`` wraps one ``httpx.Client`` per fetch and gives every HTTP provider the same
 resilience and the same error reporting: GET requests with the timeouts, retries, ``Retry-After``
-handling and client-side rate limit of ``http_policy`` (its ``HttpConfig``), redirects never
+handling and client-side rate limit of ``http_policy`` (its ``HttpConfig``; shared by every process
+through Redis when ``REDIS_URL`` is set, ``limits``), an optional request-weight budget (Binance's,
+``limits.WeightBudget``), redirects never
 followed, ``User-Agent: marketdata-integrity/1.0``, and a request never sent off the endpoint's
 host, nor with API keys over plain http (the rules of ``options``).
 
@@ -31,7 +33,8 @@ from urllib.parse import unquote_plus
 import httpx
 
 from .base import ProviderConfigError, ProviderError, excerpt, redact
-from .http_policy import HttpConfig, backoff_delay, is_retryable_status, parse_retry_after, rate_limiter
+from .http_policy import HttpConfig, backoff_delay, is_retryable_status, parse_retry_after
+from .limits import Pacer, WeightBudget
 from .options import check_keys_transport, host_port, parse_base_url
 
 logger = logging.getLogger(__name__)
@@ -86,6 +89,8 @@ class HttpClient:
         secrets: Iterable[str] = (),
         explain_status: Callable[[httpx.Response, str], str | None] | None = None,
         retry_after_of: Callable[[httpx.Response], float | None] | None = None,
+        weight_budget: WeightBudget | None = None,
+        request_weight: int = 1,
     ):
         self.provider = provider
         self.base_url = base_url.rstrip("/")
@@ -97,13 +102,20 @@ class HttpClient:
             check_keys_transport(self._endpoint, provider, "base_url")
         self.explain_status = explain_status
         self.retry_after_of = retry_after_of
-        self.limiter = rate_limiter(provider, config.max_requests_per_second)
+        self.limiter = Pacer(provider, self.endpoint_key, config.max_requests_per_second)
+        self.weight_budget, self.request_weight = weight_budget, request_weight
         self._client = httpx.Client(
             headers={"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})},
             timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
             follow_redirects=False,
             verify=_ssl_context(),
         )
+
+    @property
+    def endpoint_key(self) -> str:
+        """``host:port`` of the endpoint: what the shared limits are kept per (``limits``)."""
+        host, port = host_port(self._endpoint)
+        return f"{host}:{port}"
 
     def __enter__(self) -> HttpClient:
         return self
@@ -141,6 +153,9 @@ class HttpClient:
         return backoff_delay(self.config, attempt, self.jitter())
 
     def _throttle(self) -> None:
+        """Before every attempt: room in the weight budget (may wait for the next minute), then a slot."""
+        if self.weight_budget is not None:
+            self.weight_budget.take(self.request_weight, self.sleep)
         wait = self.limiter.reserve()
         if wait > 0:
             self.sleep(wait)

@@ -18,8 +18,9 @@ What this module owns, all read from settings at fetch time (``HttpConfig.from_s
   followed, so API keys in headers never travel to another host);
 - a client-side rate limit per provider (``<PROVIDER>_MAX_REQUESTS_PER_SECOND``, ``rate_limiter``):
   request starts are spaced at least 1/rate apart, shared by every fetch of that provider in the
-  process (the threads of ``backfill --concurrency`` included). It is per process: N worker
-  processes may together send N × rate.
+  process (the threads of ``backfill --concurrency`` included). With ``REDIS_URL`` set the rate is
+  shared by every process on every host instead (``limits.Pacer``); this per-process limiter is
+  the fallback when Redis is not configured or not reachable.
 
 The client that applies the policy to HTTP requests is ``http.HttpClient``; ``ccxt_calls`` applies
 it to ccxt's calls.

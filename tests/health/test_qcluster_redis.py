@@ -9,7 +9,6 @@ test on a free loopback port (skipped where redis-server is not installed).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, django_script_report, unused_port, worker_database_url
+from tests.helpers import ROOT, django_script_report, start_qcluster, worker_database_url
 
 # Which broker a process would use, and a task queued through it.
 QUEUE_ONE = """
@@ -42,39 +41,6 @@ print("BROKER " + json.dumps(report))
 def broker_report(redis_url: str, tmp_path: Path) -> dict:
     return django_script_report(QUEUE_ONE, "BROKER", REDIS_URL=redis_url, LOG_LEVEL="WARNING",
                                 DATABASE_URL=f"sqlite:///{tmp_path / 'unused.sqlite3'}")
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    import redis
-
-    port = unused_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", str(tmp_path)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(host="127.0.0.1", port=port)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail("redis-server did not start")
-                time.sleep(0.05)
-        yield port, client
-    finally:
-        client.close()
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.mark.slow  # starts processes
@@ -121,9 +87,7 @@ class TestRedisWorkers:
             return done.stdout.strip().rsplit(" ", 1)[-1]
 
         log = tmp_path / "qcluster.log"
-        with open(log, "wb") as out:
-            cluster = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=out,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+        cluster = start_qcluster(log, REDIS_URL=env["REDIS_URL"], LOG_LEVEL="WARNING")
         try:
             deadline = time.monotonic() + 60
             while alive() != "True":

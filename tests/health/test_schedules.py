@@ -26,6 +26,7 @@ from integrity.models import BackfillState, Candle, HealthCheckRun, SeriesStats
 from integrity.schedules import SCHEDULES, setup_schedules
 from integrity.tasks import (
     BACKFILL_SERIES_TASK,
+    EXECUTION_TASK,
     backfill_all_task,
     backfill_series_task,
     enrichment_task,
@@ -38,6 +39,7 @@ EXPECTED = {
     "integrity.enrichment": ("integrity.tasks.enrichment_task", "30 1 * * *"),
     "integrity.backfill": ("integrity.tasks.backfill_all_task", "0 2 * * *"),
     "integrity.health": ("integrity.tasks.health_task", "0 0,6,12,18 * * *"),
+    "integrity.recover": ("integrity.tasks.recover_backfills_task", "*/5 * * * *"),
 }
 
 
@@ -58,11 +60,11 @@ def schedules() -> dict[str, Schedule]:
 
 @pytest.mark.django_db
 class TestSetupSchedules:
-    def test_running_it_twice_leaves_exactly_the_three_schedules(self):
+    def test_running_it_twice_leaves_exactly_the_four_schedules(self):
         first = setup_schedules(now=NOW)
-        second = setup_schedules(now=NOW + timedelta(minutes=5))
-        assert [r["action"] for r in first] == ["created"] * 3
-        assert [r["action"] for r in second] == ["unchanged"] * 3
+        second = setup_schedules(now=NOW + timedelta(minutes=1))
+        assert [r["action"] for r in first] == ["created"] * 4
+        assert [r["action"] for r in second] == ["unchanged"] * 4
         found = schedules()
         assert set(found) == set(EXPECTED)
         for name, (func, cron) in EXPECTED.items():
@@ -86,7 +88,7 @@ class TestSetupSchedules:
         health = Schedule.objects.get(name="integrity.health")
         assert health.cron == "15 */2 * * *"
         assert health.next_run == utc(2024, 6, 5, 12, 15)
-        assert Schedule.objects.count() == 3
+        assert Schedule.objects.count() == 4
 
     def test_a_schedule_whose_next_run_passed_is_moved_to_the_future_not_replayed(self):
         setup_schedules(now=NOW)
@@ -198,11 +200,19 @@ class TestTasks:
         retired = add_instrument("OLD-USD", timeframes=("1h",))
         retired.active = False
         retired.save()
-        assert backfill_all_task() == {"enqueued": 3}
-        queued = sorted((q.func(), tuple(q.args())) for q in OrmQ.objects.all())
-        assert queued == [("integrity.tasks.backfill_series_task", ("AAPL", "1d")),
-                          ("integrity.tasks.backfill_series_task", ("AAPL", "1h")),
-                          ("integrity.tasks.backfill_series_task", ("BTC-USD", "1h"))]
+        assert backfill_all_task() == {"enqueued": 3, "already_active": 0, "not_queued": 0}
+        claims = {(s.symbol, s.timeframe): s for s in BackfillState.objects.all()}
+        assert sorted(claims) == [("AAPL", "1d"), ("AAPL", "1h"), ("BTC-USD", "1h")]
+        assert {(s.status, s.requested_by) for s in claims.values()} == {("pending", "schedule")}
+        queued = {q.task_id(): (q.func(), tuple(q.args())) for q in OrmQ.objects.all()}
+        assert sorted(queued.values()) == sorted((EXECUTION_TASK, (str(s.execution_id),)) for s in claims.values())
+        assert {s.details["task_id"] for s in claims.values()} == set(queued)
+
+    def test_the_backfill_task_leaves_a_series_already_running_to_its_run(self, orm_queue):
+        add_instrument("BTC-USD", timeframes=("1h",))
+        running = BackfillState.objects.create(symbol="BTC-USD", timeframe="1h", asset_class="crypto")
+        assert backfill_all_task() == {"enqueued": 0, "already_active": 1, "not_queued": 0}
+        assert list(BackfillState.objects.all()) == [running] and not OrmQ.objects.exists()
 
     def test_the_series_task_runs_an_incremental_backfill(self, settings):
         settings.BACKFILL_LOOKBACK_DAYS = {**settings.BACKFILL_LOOKBACK_DAYS, "1h": 2}
