@@ -137,6 +137,13 @@ def django_script_report(script: str, tag: str, **env) -> dict:
     return json.loads(lines[-1][len(tag) + 1:])
 
 
+class TtyStringIO(StringIO):
+    """A captured stream that says it is a terminal (where commands draw progress bars)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 def unused_port() -> int:
     """A local TCP port nothing listens on (the socket that found it is closed)."""
     with socket.socket() as sock:

@@ -15,15 +15,18 @@ from django.utils import timezone
 from integrity.backfill import create_backfill_state
 from integrity.calendars import expected_bars
 from integrity.models import BackfillState, Candle, DataAnomaly, Instrument
-from tests.helpers import ROOT, add_instrument, on_each_page, refused_backfill, utc, worker_database_url
+from tests.helpers import (
+    ROOT,
+    TtyStringIO,
+    add_instrument,
+    on_each_page,
+    refused_backfill,
+    utc,
+    worker_database_url,
+)
 from tests.helpers import run_backfill_command as run
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class TtyStringIO(StringIO):
-    def isatty(self) -> bool:
-        return True
 
 
 def write_daily_csv(path, start, end, extra_lines=()):
@@ -188,19 +191,40 @@ class TestCommandOutput:
         [result] = json.loads(out)
         assert result["status"] == "failed" and result["error"].startswith("--strict")
 
-    def test_a_terminal_gets_a_progress_bar(self):
+    def test_a_terminal_gets_a_progress_bar_with_rate_and_eta_not_in_error_red(self):
         add_instrument("A")
         err = TtyStringIO()
         call_command("backfill", "--symbols", "A", "--start", "2024-01-01", "--end", "2024-01-03",
-                     "--batch-size", "12", stdout=StringIO(), stderr=err)
+                     "--batch-size", "12", stdout=StringIO(), stderr=err, force_color=True)
         text = err.getvalue()
-        assert "[0/1] A 1h [" in text and "]  50% 24 inserted" in text and "100% 48 inserted" in text
-        assert "\r\033[K[1/1] A 1h: completed +48 inserted" in text
+        final = text.rsplit("\r", 1)[-1]
+        assert final.startswith("[1/1] A 1h: 100%") and "48/48" in final
+        assert "bar/s" in final and "<00:00" in final  # rate and ETA
+        assert "completed: +48 inserted, 0 updated, 0 invalid" in final
+        assert "\x1b[31" not in text  # Django's error style (red) is for errors
 
-    def test_without_a_terminal_there_is_no_progress_bar(self):
+    def test_a_terminal_gets_one_line_per_series_when_they_run_at_once(self):
+        for symbol in "AB":
+            add_instrument(symbol)
+        err = TtyStringIO()
+        call_command("backfill", "--all", "--start", "2024-01-01", "--end", "2024-01-02", "--concurrency", "2",
+                     stdout=StringIO(), stderr=err)
+        text = err.getvalue()
+        assert "A 1h" in text and "B 1h" in text
+        assert text.count("completed: +24 inserted") == 2
+
+    def test_without_a_terminal_stderr_stays_quiet(self):
         add_instrument("A")
-        _, _, err = run("--symbols", "A", "--start", "2024-01-01", "--end", "2024-01-02", "--batch-size", "6")
-        assert "#" not in err and "\r" not in err
+        code, out, err = run("--symbols", "A", "--start", "2024-01-01", "--end", "2024-01-02", "--batch-size", "6")
+        assert code == 0 and err == ""
+        assert "completed" in out
+
+    def test_json_output_draws_no_bar_even_on_a_terminal(self):
+        add_instrument("A")
+        err = TtyStringIO()
+        call_command("backfill", "--symbols", "A", "--start", "2024-01-01", "--end", "2024-01-02", "--format",
+                     "json", stdout=StringIO(), stderr=err)
+        assert err.getvalue() == ""
 
     def test_json_output_has_one_object_per_execution(self):
         add_instrument("A", timeframes=("1h",))
@@ -235,12 +259,13 @@ class TestCommandOutput:
         assert code == 1
         assert "refused" in out and str(holder.execution_id) in out
 
-    def test_text_output_reports_progress_and_a_summary_table(self):
+    def test_text_output_is_a_summary_table(self):
         add_instrument("A")
         code, out, err = run("--symbols", "A", "--start", "2024-01-01", "--end", "2024-01-02")
         assert code == 0
-        assert "[1/1] A 1h: completed +24 inserted" in err
-        assert out.splitlines()[0].split()[:4] == ["symbol", "tf", "status", "inserted"]
+        lines = out.splitlines()
+        assert lines[0].split()[:4] == ["symbol", "tf", "status", "inserted"]
+        assert lines[2].split()[:4] == ["A", "1h", "completed", "24"]
 
 
 class TestCommandArguments:

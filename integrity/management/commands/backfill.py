@@ -12,12 +12,20 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import connections
 
 from integrity.backfill import BackfillError, BackfillResult, run_backfill
 from integrity.calendars import calendar_for_asset_class, validate_calendar_code
-from integrity.management.output import backfill_table, keep_stdout_for_json, parse_when
+from integrity.management.output import (
+    IntegrityCommand,
+    add_format_argument,
+    backfill_table,
+    keep_stdout_for_json,
+    parse_when,
+    progress_bar,
+    progress_stream,
+)
 from integrity.models import AssetClass, Instrument, Timeframe
 from integrity.providers import PROVIDER_NAMES, FetchRequest, ProviderConfigError, ProviderError, get_provider
 from integrity.providers.csv import (
@@ -32,8 +40,15 @@ from integrity.series import InstrumentRuleError, active_instruments, check_symb
 from integrity.timeframes import EPOCH, BarAlignment, timeframe_delta
 
 
-class Command(BaseCommand):
+class Command(IntegrityCommand):
     help = "Backfill candles for symbols/timeframes; every run is tracked in backfill_state_persistent."
+    exit_codes = {
+        0: "every series completed",
+        1: "a series failed or was refused (another execution holds it), or the --file cannot be loaded "
+           "(then nothing was registered or claimed)",
+        2: "the arguments are unusable: an option, the range, a missing file, an unknown timeframe of an "
+           "instrument (nothing was registered or claimed)",
+    }
 
     def add_arguments(self, parser):
         target = parser.add_mutually_exclusive_group()
@@ -62,7 +77,7 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, default=1, help="series run in parallel (default 1)")
         parser.add_argument("--strict", action="store_true", help="any invalid bar fails the run")
         parser.add_argument("--batch-size", type=int, help="bars per committed batch")
-        parser.add_argument("--format", choices=["text", "json"], default="text")
+        add_format_argument(parser)
 
     # --- small methods that tests call directly ------------------------------------------------
     def plan(self, options) -> list[tuple[str, str, dict]]:
@@ -257,30 +272,40 @@ class Command(BaseCommand):
         parse_when(options.get("start"), "--start")
         parse_when(options.get("end"), "--end")
         plans = self.plan(options)
-        text = options["format"] == "text"
-        tty = text and self.stderr.isatty()
+        stream = progress_stream(self, options)  # None: quiet (not a terminal, or --format json)
         results: list[BackfillResult] = []
+        bars: dict[tuple[str, str], object] = {}
         lock = threading.Lock()
+        number = {(s, tf): i for i, (s, tf, _) in enumerate(plans, start=1)}
+
+        def bar_for(symbol: str, timeframe: str, total: int | None):
+            key = (symbol, timeframe)
+            if key not in bars:
+                bars[key] = progress_bar(stream, total=total, unit="bar",
+                                         desc=f"[{number[key]}/{len(plans)}] {symbol} {timeframe}")
+            return bars[key]
 
         def done(result: BackfillResult):
             with lock:
                 results.append(result)
-                if text:
-                    line = (f"[{len(results)}/{len(plans)}] {result.symbol} {result.timeframe}: {result.status}"
-                            f" +{result.inserted} inserted, {result.updated} updated, {result.invalid} invalid")
-                    if result.error:
-                        line += f" — {result.error}"
-                    self.stderr.write(("\r\033[K" if tty else "") + line)
+                bar = bar_for(result.symbol, result.timeframe, None)
+                if result.ok and bar.total:
+                    bar.update(bar.total - bar.n)  # a range ending in closed time is still done
+                line = (f"{result.status}: +{result.inserted} inserted, {result.updated} updated, "
+                        f"{result.invalid} invalid")
+                bar.set_postfix_str(line + (f" — {result.error}" if result.error else ""), refresh=False)
+                bar.close()
 
         def progress_for(symbol: str, timeframe: str):
-            if not tty:
+            if stream is None:
                 return None
 
             def progress(state, totals):
                 with lock:
-                    self.stderr.write("\r\033[K" + self.progress_line(symbol, timeframe, state, totals,
-                                                                        len(results), len(plans)), ending="")
-                    self.stderr.flush()
+                    done_bars, total_bars = self.range_position(timeframe, state)
+                    bar = bar_for(symbol, timeframe, total_bars)
+                    bar.set_postfix_str(f"{totals.inserted:,} inserted, {totals.updated:,} updated", refresh=False)
+                    bar.update(done_bars - bar.n)
             return progress
 
         if options["concurrency"] == 1 or len(plans) == 1:
@@ -295,7 +320,7 @@ class Command(BaseCommand):
         order = {(s, tf): i for i, (s, tf, _) in enumerate(plans)}
         results.sort(key=lambda r: order[(r.symbol, r.timeframe)])
         self.withdraw_empty_registrations(results)
-        if text:
+        if options["format"] == "text":
             self.stdout.write(backfill_table(results))
         else:
             self.stdout.write(json.dumps([r.as_dict() for r in results], indent=2))
@@ -304,15 +329,15 @@ class Command(BaseCommand):
             raise CommandError(f"{failed} of {len(results)} series failed or were refused", returncode=1)
 
     @staticmethod
-    def progress_line(symbol: str, timeframe: str, state, totals, finished: int, total: int,
-                      width: int = 30) -> str:
-        """``[1/3] AAPL 1d [#########.....]  64% 1,234 inserted, 5 updated``: the share of the range
-        up to the last committed bar."""
-        fraction = 0.0
+    def range_position(timeframe: str, state) -> tuple[int, int | None]:
+        """(bars of the range up to the last committed bar, bars of the whole range) in steps of the
+        timeframe (calendar time: closed hours count), for the progress bar's count, rate and ETA."""
         start, end, checkpoint = state.range_start, state.range_end, state.checkpoint_ts
-        if start and end and checkpoint and end > start:
-            covered = checkpoint + timeframe_delta(timeframe) - start  # the checkpoint bar is written
-            fraction = min(max(covered / (end - start), 0.0), 1.0)
-        filled = int(round(fraction * width))
-        return (f"[{finished}/{total}] {symbol} {timeframe} [{'#' * filled}{'.' * (width - filled)}] "
-                f"{fraction:4.0%} {totals.inserted:,} inserted, {totals.updated:,} updated")
+        if not (start and end and end > start):
+            return 0, None
+        step = timeframe_delta(timeframe)
+        total = max(1, -(-(end - start) // step))
+        if not checkpoint:
+            return 0, total
+        covered = (checkpoint + step - start) // step  # the checkpoint bar is written
+        return min(max(covered, 0), total), total

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand
-
-from integrity.management.output import keep_stdout_for_json
+from integrity.management.output import IntegrityCommand, add_format_argument, keep_stdout_for_json
 from integrity.quality.enrichment import enrich_series
 
 
-class Command(BaseCommand):
+class Command(IntegrityCommand):
     help = "Recompute series_stats (first/last bar, bar count, expected bars, coverage, robust volatility)."
+    exit_codes = {
+        0: "the statistics were recomputed",
+        2: "the arguments are unusable: an unknown symbol or timeframe (nothing was written)",
+    }
 
     def add_arguments(self, parser):
         parser.add_argument("--symbol")
         parser.add_argument("--timeframe")
-        parser.add_argument("--format", choices=["text", "json"], default="text")
+        add_format_argument(parser)
 
     def handle(self, *args, **options):
         keep_stdout_for_json(options)
