@@ -88,6 +88,16 @@ def progress_stream(command: BaseCommand, options) -> TextIO | None:
     return stream if isatty is not None and isatty() else None
 
 
+def note(command: BaseCommand, text: str) -> None:
+    """An informational line on stderr (registered an instrument, a file's date order…): plain, not in
+    the error style Django gives whatever ``command.stderr`` writes on a terminal."""
+    command.stderr.write(text, style_func=_plain)
+
+
+def _plain(text: str) -> str:
+    return text
+
+
 def progress_bar(stream: TextIO | None, *, total: float | None, desc: str, unit: str, **kwargs) -> tqdm:
     """A progress bar with count, rate and ETA (tqdm) on ``stream``; with no stream, a bar that draws
     nothing (every method a no-op)."""
@@ -95,13 +105,16 @@ def progress_bar(stream: TextIO | None, *, total: float | None, desc: str, unit:
                 **kwargs)
 
 
-def check_known_symbol(symbol: str, known: list[str], option: str = "--symbol") -> None:
+def check_known_symbol(symbol: str, option: str = "--symbol") -> None:
     """A symbol that no instrument has: a usage error (exit 2) naming it and the known ones."""
-    if symbol in known:
+    from integrity.models import Instrument
+
+    if Instrument.objects.filter(symbol=symbol).exists():
         return
-    shown = ", ".join(known[:20]) + (f" … and {len(known) - 20} more" if len(known) > 20 else "")
-    raise CommandError(f"{option} {symbol!r}: no such instrument; known: {shown or '(none yet)'} "
-                       "(the admin or GET /api/v1/instruments/ lists them)", returncode=2)
+    known = list(Instrument.objects.order_by("symbol").values_list("symbol", flat=True)[:21])
+    shown = ", ".join(known[:20]) + (" …" if len(known) > 20 else "")
+    raise CommandError(f"{option} {symbol!r}: no instrument has this symbol; known: {shown or '(none yet)'} "
+                       "(all of them: the admin or GET /api/v1/instruments/)", returncode=2)
 
 
 def parse_when(value: str | None, label: str) -> datetime | None:

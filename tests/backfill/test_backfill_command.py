@@ -15,6 +15,7 @@ from django.utils import timezone
 from integrity.backfill import create_backfill_state
 from integrity.calendars import expected_bars
 from integrity.models import BackfillState, Candle, DataAnomaly, Instrument
+from integrity.providers import ProviderError
 from tests.helpers import (
     ROOT,
     TtyStringIO,
@@ -401,3 +402,50 @@ class TestAFailedCsvLoadRegistersNothing:
         assert "the file cannot be loaded (nothing was registered or claimed)" in done.stderr
         assert "a binary file, not CSV text (a NUL byte at offset 8)" in done.stderr
         self.assert_nothing_registered()
+
+
+class TestTimeframeNotListed:
+    """``--timeframe`` the instrument does not list: refused (exit 2), or added with ``--add-timeframe``."""
+
+    def test_it_is_a_usage_error_saying_so_and_how_to_add_it(self):
+        add_instrument("A", timeframes=("1h",))
+        error = refused_backfill("--symbols", "A", "--timeframe", "1d", "--start", "2024-01-01", "--end", "2024-01-05",
+                                 match=r"--timeframe 1d is not in the timeframes of A \(1h\)")
+        assert error.returncode == 2
+        assert "--add-timeframe" in str(error)
+        assert not BackfillState.objects.exists() and not Candle.objects.exists()
+        assert Instrument.objects.get(symbol="A").timeframes == ["1h"]
+
+    def test_with_all_it_names_every_instrument_lacking_it(self):
+        add_instrument("A", timeframes=("1h",))
+        add_instrument("B", timeframes=("1h", "1d"))
+        add_instrument("C", timeframes=("4h",))
+        error = refused_backfill("--all", "--timeframe", "1d", "--start", "2024-01-01", "--end", "2024-01-05")
+        assert "A (1h), C (4h)" in str(error) and "B" not in str(error).split("timeframes of")[1].split(":")[0]
+
+    def test_add_timeframe_adds_it_and_backfills_it(self):
+        add_instrument("A", timeframes=("1h",))
+        code, out, err = run("--symbols", "A", "--timeframe", "1d", "--add-timeframe", "--start", "2024-01-01",
+                             "--end", "2024-01-05", "--format", "json")
+        assert code == 0
+        assert [(r["timeframe"], r["inserted"]) for r in json.loads(out)] == [("1d", 4)]
+        assert Instrument.objects.get(symbol="A").timeframes == ["1h", "1d"]
+        assert "A: added timeframe 1d to the instrument's timeframes (now 1h, 1d)" in err
+
+    def test_an_added_timeframe_whose_load_stores_nothing_is_removed_again(self, monkeypatch):
+        add_instrument("A", timeframes=("1h",))
+
+        def failing(page):
+            raise ProviderError("the source is down")
+
+        on_each_page(monkeypatch, failing)
+        code, _, err = run("--symbols", "A", "--timeframe", "1d", "--add-timeframe", "--start", "2024-01-01",
+                           "--end", "2024-01-05")
+        assert code == 1
+        assert Instrument.objects.get(symbol="A").timeframes == ["1h"]
+        assert "timeframe 1d not added after all" in err
+
+    def test_a_listed_timeframe_needs_no_flag(self):
+        add_instrument("A", timeframes=("1h", "1d"))
+        code, _, err = run("--symbols", "A", "--timeframe", "1d", "--start", "2024-01-01", "--end", "2024-01-05")
+        assert code == 0 and "added" not in err

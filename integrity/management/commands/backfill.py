@@ -22,6 +22,7 @@ from integrity.management.output import (
     add_format_argument,
     backfill_table,
     keep_stdout_for_json,
+    note,
     parse_when,
     progress_bar,
     progress_stream,
@@ -55,7 +56,11 @@ class Command(IntegrityCommand):
         target.add_argument("--symbols", "--symbol", dest="symbols",
                             help="comma-separated symbols, e.g. AAPL,MSFT")
         target.add_argument("--all", action="store_true", help="every active instrument of the watchlist")
-        parser.add_argument("--timeframe", help="1m, 5m, 15m, 1h, 4h or 1d (default: the instrument's own)")
+        parser.add_argument("--timeframe", help="1m, 5m, 15m, 1h, 4h or 1d (default: the instrument's own); "
+                                                "one the instrument does not list is refused without --add-timeframe")
+        parser.add_argument("--add-timeframe", action="store_true", dest="add_timeframe",
+                            help="with --timeframe: add it to the instrument's timeframes when they do not list it "
+                                 "(removed again if its load stores nothing)")
         parser.add_argument("--provider", choices=PROVIDER_NAMES, help="override the instrument's provider")
         parser.add_argument("--file", help="CSV file (provider csv)")
         parser.add_argument("--tz", help="time zone of naive CSV timestamps (default UTC)")
@@ -124,6 +129,7 @@ class Command(IntegrityCommand):
             if not timeframes:
                 raise CommandError(f"{symbol}: no timeframe given and the instrument lists none", returncode=2)
             series.append((symbol, instrument, timeframes))
+        unlisted = self.unlisted_timeframe(series, timeframe, options)
         for symbol, instrument, timeframes in series:
             provider = options.get("provider") or (instrument.provider if instrument else "synthetic")
             for tf in timeframes:
@@ -136,14 +142,43 @@ class Command(IntegrityCommand):
 
         plans = []
         self.registered = []  # instruments this run registered: withdrawn again if they load nothing
+        self.added_timeframes = []  # (symbol, timeframe) this run added: removed again if they load nothing
         for symbol, instrument, timeframes in series:
             if instrument is None:
                 self.ensure_instrument(symbol, options, timeframe)
                 self.registered.append(symbol)
+            elif symbol in unlisted:
+                self.add_timeframe(instrument, timeframe)
             for tf in timeframes:
                 plans.append((symbol, tf, {"provider": options.get("provider"),
                                            "provider_options": provider_options}))
         return plans
+
+    @staticmethod
+    def unlisted_timeframe(series, timeframe: str | None, options) -> list[str]:
+        """The instruments (symbols) whose timeframes do not list ``--timeframe``: a usage error (exit 2)
+        saying so, unless ``--add-timeframe`` asks to add it. Bars of an unlisted timeframe would be a
+        series no schedule keeps up to date and no health check watches."""
+        if not timeframe:
+            return []
+        unlisted = [(symbol, [s.timeframe for s in series_of(instrument)]) for symbol, instrument, _ in series
+                    if instrument is not None and timeframe not in [s.timeframe for s in series_of(instrument)]]
+        if unlisted and not options.get("add_timeframe"):
+            which = ", ".join(f"{symbol} ({', '.join(listed) or 'none'})" for symbol, listed in unlisted)
+            raise CommandError(
+                f"--timeframe {timeframe} is not in the timeframes of {which}: add it with --add-timeframe "
+                "(or in the admin, or PATCH /api/v1/instruments/SYMBOL/), or leave --timeframe out to "
+                "backfill the listed ones", returncode=2)
+        return [symbol for symbol, _ in unlisted]
+
+    def add_timeframe(self, instrument: Instrument, timeframe: str) -> None:
+        """``--add-timeframe``: append ``timeframe`` to the instrument's list (said on stderr)."""
+        listed = [s.timeframe for s in series_of(instrument)]
+        instrument.timeframes = [*listed, timeframe]
+        instrument.save(update_fields=["timeframes", "updated_at"])
+        self.added_timeframes.append((instrument.symbol, timeframe))
+        note(self, f"{instrument.symbol}: added timeframe {timeframe} to the instrument's timeframes "
+                   f"(now {', '.join(instrument.timeframes)})")
 
     @staticmethod
     def provider_options(options) -> dict:
@@ -195,8 +230,8 @@ class Command(IntegrityCommand):
                                    returncode=1) from None
             if inspection.note and inspection.note not in notes:
                 notes.append(inspection.note)
-        for note in notes:
-            self.stderr.write(f"{symbol}: {note}")
+        for line in notes:
+            note(self, f"{symbol}: {line}")
 
     @staticmethod
     def new_asset_class(symbol: str, options) -> str:
@@ -217,13 +252,21 @@ class Command(IntegrityCommand):
 
     def withdraw_empty_registrations(self, results: list[BackfillResult]) -> None:
         """An instrument this run registered whose every series failed without storing a bar is removed
-        again: left on the watchlist, the nightly schedule would fail on it every day until a false
-        failure alert fired. The failed executions stay, with their reasons."""
+        again (and so is a timeframe ``--add-timeframe`` added): left on the watchlist, the nightly
+        schedule would fail on it every day until a false failure alert fired. The failed executions
+        stay, with their reasons."""
         for symbol in getattr(self, "registered", []):
             own = [r for r in results if r.symbol == symbol]
             if own and all(not r.ok and not r.inserted and not r.updated for r in own):
                 Instrument.objects.filter(symbol=symbol).delete()
-                self.stderr.write(f"{symbol}: not registered after all — its load stored nothing")
+                note(self, f"{symbol}: not registered after all — its load stored nothing")
+        for symbol, timeframe in getattr(self, "added_timeframes", []):
+            own = [r for r in results if (r.symbol, r.timeframe) == (symbol, timeframe)]
+            if own and all(not r.ok and not r.inserted and not r.updated for r in own):
+                instrument = Instrument.objects.get(symbol=symbol)
+                instrument.timeframes = [tf for tf in instrument.timeframes if tf != timeframe]
+                instrument.save(update_fields=["timeframes", "updated_at"])
+                note(self, f"{symbol}: timeframe {timeframe} not added after all — its load stored nothing")
 
     def ensure_instrument(self, symbol: str, options, timeframe: str | None) -> Instrument:
         instrument = Instrument.objects.filter(symbol=symbol).first()
@@ -241,7 +284,7 @@ class Command(IntegrityCommand):
             provider_options={k: v for k, v in stored if v},
             bar_alignment=options.get("bar_alignment") or BarAlignment.CLOCK,
         )
-        self.stderr.write(f"registered instrument {symbol} ({asset_class}, calendar {instrument.calendar})")
+        note(self, f"registered instrument {symbol} ({asset_class}, calendar {instrument.calendar})")
         return instrument
 
     def run_one(self, symbol: str, timeframe: str, kwargs: dict, options, progress=None) -> BackfillResult:
