@@ -40,8 +40,7 @@ _IDENTITY: dict[type, tuple[type, ...]] = {
 def _plain_iso_datetime(field: drf.Field) -> bool:
     """A ``DateTimeField`` with the default ISO output and the current time zone."""
     return (type(field) is drf.DateTimeField and not hasattr(field, "timezone")
-            and str(getattr(field, "format", api_settings.DATETIME_FORMAT)).lower() == drf.ISO_8601
-            and settings.USE_TZ)
+            and str(getattr(field, "format", api_settings.DATETIME_FORMAT)).lower() == drf.ISO_8601)
 
 
 @cache
@@ -60,7 +59,6 @@ def _plan(serializer_class: type[serializers.Serializer]) -> tuple[tuple[str, st
     return tuple(plan)
 
 
-
 def value_columns(serializer_class: type[serializers.Serializer]) -> list[str]:
     """The ``.values()`` columns ``represent_rows`` reads for ``serializer_class``."""
     return [source for _, source, _, _ in _plan(serializer_class)]
@@ -69,7 +67,7 @@ def value_columns(serializer_class: type[serializers.Serializer]) -> list[str]:
 def represent_rows(serializer_class: type[serializers.Serializer], rows: Iterable[dict]) -> list[dict]:
     """``serializer_class(instances, many=True).data`` of the rows ``.values(*value_columns(...))`` gave."""
     plan = _plan(serializer_class)
-    tz = timezone.get_current_timezone()
+    tz = timezone.get_current_timezone() if settings.USE_TZ else None  # without USE_TZ: the field's way
     return [{name: _convert(row[source], kind, field, tz) for name, source, kind, field in plan} for row in rows]
 
 
@@ -77,7 +75,7 @@ def _convert(value: Any, kind: Any, field: drf.Field, tz) -> Any:
     if value is None:
         return None
     if kind is DATETIME:
-        if isinstance(value, datetime) and value.tzinfo is not None:
+        if tz is not None and isinstance(value, datetime) and value.tzinfo is not None:
             text = value.astimezone(tz).isoformat()
             return text[:-6] + "Z" if text.endswith("+00:00") else text
     elif type(value) in kind:
