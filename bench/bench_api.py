@@ -48,7 +48,8 @@ def load(rows: int) -> None:
             "fingerprint": [f"bench-{offset + i}" for i in range(n)],
             "details": "{}",
             "last_seen_at": detected.strftime("%Y-%m-%d %H:%M:%S+00"),
-            "acknowledged_by": "", "resolved_by": "", "resolution_note": "",
+            "acknowledged_by": "", "resolved_by": "", "resolution_note": "", "regressions": 0,
+            "resolution_reason": "",
             "updated_at": detected.strftime("%Y-%m-%d %H:%M:%S+00"),
         })
         with connection.cursor() as cursor:

@@ -27,13 +27,17 @@ Gauges:
     marketdata_workers_alive                           1 when a django-q2 cluster is alive (its heartbeat is current)
     marketdata_worker_clusters                         live django-q2 clusters
     marketdata_worker_processes                        worker processes of the live clusters
+    marketdata_worker_heartbeat_age_seconds            since the freshest heartbeat of a live cluster (no sample: none)
     marketdata_queued_tasks                            tasks waiting in the django-q2 queue
     marketdata_oldest_queued_task_age_seconds          how long the oldest of them has waited (0: none; NaN: unknown)
     marketdata_metrics_collector_errors{collector}     1 when a collector failed in this scrape
 
-Histograms (backfill executions completed in the last ``RECENT_BACKFILLS`` window):
-    marketdata_backfill_duration_seconds               started_at → completed_at
-    marketdata_backfill_rows                           rows inserted
+Histograms:
+    marketdata_series_lag_distribution_seconds         the lags of marketdata_series_lag_seconds across the
+                                                       watchlist (series with bars): how many series are at most
+                                                       N seconds behind, without a label per series
+    marketdata_backfill_duration_seconds               started_at → completed_at  } backfill executions completed
+    marketdata_backfill_rows                           rows inserted              } in the last RECENT_BACKFILLS
 
 Staleness is computed live (one index-backed query for the watchlist), so it is current between
 health runs; everything else is one aggregate query over an indexed column.
@@ -46,7 +50,7 @@ import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
@@ -79,6 +83,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_lates
 RECENT_BACKFILLS = timedelta(hours=24)
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 ROWS_BUCKETS = (0, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
+# 0 (nothing due is missing), a minute, 5 and 15 minutes, an hour, 4 and 12 hours, a day, 3 days, a week.
+LAG_BUCKETS = (0, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400, 7 * 86400)
 
 
 def _is_loopback(address: str | None) -> bool:
@@ -129,11 +135,13 @@ def _stale() -> Iterator[Metric]:
     yield _gauge("marketdata_stale_series",
                  "Series with a bar due at a scheduled backfill missing for more than STALE_GRACE_MINUTES, "
                  "or with no bar at all.", sum(1 for s in series if s.stale))
+    lags = [(f"{s.symbol}/{s.timeframe}", (s.lag_hours or 0.0) * 3600) for s in series if s.last_bar is not None]
     yield _gauge("marketdata_series_lag_seconds",
                  "Per series (SYMBOL/TIMEFRAME): seconds since its oldest missing bar was due (0: nothing due is "
-                 "missing; no sample for a series with no bar at all).", label="series",
-                 samples=[(f"{s.symbol}/{s.timeframe}", (s.lag_hours or 0.0) * 3600)
-                          for s in series if s.last_bar is not None])
+                 "missing; no sample for a series with no bar at all).", label="series", samples=lags)
+    yield _histogram("marketdata_series_lag_distribution_seconds",
+                     "The watchlist's series (those with bars) by lag: seconds since their oldest missing bar was due.",
+                     [lag for _, lag in lags], LAG_BUCKETS)
 
 
 def _anomalies() -> Iterator[Metric]:
@@ -197,6 +205,12 @@ def _workers() -> Iterator[Metric]:
     yield _gauge("marketdata_worker_clusters", "Live django-q2 clusters.", len(state.clusters))
     yield _gauge("marketdata_worker_processes", "Worker processes of the live django-q2 clusters.",
                  sum(c["workers"] for c in state.clusters))
+    beats = [datetime.fromisoformat(c["heartbeat_at"]) for c in state.clusters if c.get("heartbeat_at")]
+    beats = [beat if beat.tzinfo else beat.replace(tzinfo=UTC) for beat in beats]
+    if beats:  # no sample when no cluster is alive (marketdata_workers_alive 0 says so)
+        yield _gauge("marketdata_worker_heartbeat_age_seconds",
+                     "Seconds since the freshest heartbeat of a live django-q2 cluster.",
+                     max(0.0, (now - max(beats)).total_seconds()))
     if state.queued is not None:
         yield _gauge("marketdata_queued_tasks", "Tasks waiting in the django-q2 queue (not yet taken by a worker).",
                      state.queued)

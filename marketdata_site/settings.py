@@ -123,6 +123,10 @@ CACHES = {
 }
 REDIS_URL = envstr("REDIS_URL", "") or ""
 
+# Django's ModelBackend reading a user's permissions in one query instead of two (every API request
+# checks one): integrity/auth.py.
+AUTHENTICATION_BACKENDS = ["integrity.auth.ModelBackendOneQuery"]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -203,6 +203,13 @@ def running_redis_server(directory: Path):
             process.wait(timeout=10)
 
 
+class TtyStringIO(StringIO):
+    """A captured stream that says it is a terminal (where commands draw progress bars)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 def unused_port() -> int:
     """A local TCP port nothing listens on (the socket that found it is closed)."""
     with socket.socket() as sock:

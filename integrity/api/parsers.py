@@ -107,4 +107,16 @@ class StorableQueryFilterBackend(DjangoFilterBackend):
         for value in view.kwargs.values():
             if isinstance(value, str) and unstorable_reason(value):
                 raise NotFound(f"no such object: the URL holds text no object can have ({unstorable_reason(value)})")
+        filterset_class = self.get_filterset_class(view, queryset)
+        if filterset_class is not None and not self.names_a_filter(request, filterset_class):
+            # No parameter of the filter set given: nothing to filter or to refuse. Building the
+            # filter set and its form per request cost more than the whole page's query.
+            return queryset
         return super().filter_queryset(request, queryset, view)
+
+    @staticmethod
+    def names_a_filter(request, filterset_class) -> bool:
+        """Whether a query parameter is (or starts with, as ``x_min``/``x_after`` widgets' do) the name
+        of one of the set's filters."""
+        names = tuple(filterset_class.base_filters)
+        return any(param.startswith(names) for param in request.query_params)

@@ -15,15 +15,19 @@ from django.utils import timezone
 from integrity.backfill import create_backfill_state
 from integrity.calendars import expected_bars
 from integrity.models import BackfillState, Candle, DataAnomaly, Instrument
-from tests.helpers import ROOT, add_instrument, on_each_page, refused_backfill, utc, worker_database_url
+from integrity.providers import ProviderError
+from tests.helpers import (
+    ROOT,
+    TtyStringIO,
+    add_instrument,
+    on_each_page,
+    refused_backfill,
+    utc,
+    worker_database_url,
+)
 from tests.helpers import run_backfill_command as run
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class TtyStringIO(StringIO):
-    def isatty(self) -> bool:
-        return True
 
 
 def write_daily_csv(path, start, end, extra_lines=()):
@@ -188,19 +192,40 @@ class TestCommandOutput:
         [result] = json.loads(out)
         assert result["status"] == "failed" and result["error"].startswith("--strict")
 
-    def test_a_terminal_gets_a_progress_bar(self):
+    def test_a_terminal_gets_a_progress_bar_with_rate_and_eta_not_in_error_red(self):
         add_instrument("A")
         err = TtyStringIO()
         call_command("backfill", "--symbols", "A", "--start", "2024-01-01", "--end", "2024-01-03",
-                     "--batch-size", "12", stdout=StringIO(), stderr=err)
+                     "--batch-size", "12", stdout=StringIO(), stderr=err, force_color=True)
         text = err.getvalue()
-        assert "[0/1] A 1h [" in text and "]  50% 24 inserted" in text and "100% 48 inserted" in text
-        assert "\r\033[K[1/1] A 1h: completed +48 inserted" in text
+        final = text.rsplit("\r", 1)[-1]
+        assert final.startswith("[1/1] A 1h: 100%") and "48/48" in final
+        assert "bar/s" in final and "<00:00" in final  # rate and ETA
+        assert "completed: +48 inserted, 0 updated, 0 invalid" in final
+        assert "\x1b[31" not in text  # Django's error style (red) is for errors
 
-    def test_without_a_terminal_there_is_no_progress_bar(self):
+    def test_a_terminal_gets_one_line_per_series_when_they_run_at_once(self):
+        for symbol in "AB":
+            add_instrument(symbol)
+        err = TtyStringIO()
+        call_command("backfill", "--all", "--start", "2024-01-01", "--end", "2024-01-02", "--concurrency", "2",
+                     stdout=StringIO(), stderr=err)
+        text = err.getvalue()
+        assert "A 1h" in text and "B 1h" in text
+        assert text.count("completed: +24 inserted") == 2
+
+    def test_without_a_terminal_stderr_stays_quiet(self):
         add_instrument("A")
-        _, _, err = run("--symbols", "A", "--start", "2024-01-01", "--end", "2024-01-02", "--batch-size", "6")
-        assert "#" not in err and "\r" not in err
+        code, out, err = run("--symbols", "A", "--start", "2024-01-01", "--end", "2024-01-02", "--batch-size", "6")
+        assert code == 0 and err == ""
+        assert "completed" in out
+
+    def test_json_output_draws_no_bar_even_on_a_terminal(self):
+        add_instrument("A")
+        err = TtyStringIO()
+        call_command("backfill", "--symbols", "A", "--start", "2024-01-01", "--end", "2024-01-02", "--format",
+                     "json", stdout=StringIO(), stderr=err)
+        assert err.getvalue() == ""
 
     def test_json_output_has_one_object_per_execution(self):
         add_instrument("A", timeframes=("1h",))
@@ -235,12 +260,13 @@ class TestCommandOutput:
         assert code == 1
         assert "refused" in out and str(holder.execution_id) in out
 
-    def test_text_output_reports_progress_and_a_summary_table(self):
+    def test_text_output_is_a_summary_table(self):
         add_instrument("A")
         code, out, err = run("--symbols", "A", "--start", "2024-01-01", "--end", "2024-01-02")
         assert code == 0
-        assert "[1/1] A 1h: completed +24 inserted" in err
-        assert out.splitlines()[0].split()[:4] == ["symbol", "tf", "status", "inserted"]
+        lines = out.splitlines()
+        assert lines[0].split()[:4] == ["symbol", "tf", "status", "inserted"]
+        assert lines[2].split()[:4] == ["A", "1h", "completed", "24"]
 
 
 class TestCommandArguments:
@@ -376,3 +402,50 @@ class TestAFailedCsvLoadRegistersNothing:
         assert "the file cannot be loaded (nothing was registered or claimed)" in done.stderr
         assert "a binary file, not CSV text (a NUL byte at offset 8)" in done.stderr
         self.assert_nothing_registered()
+
+
+class TestTimeframeNotListed:
+    """``--timeframe`` the instrument does not list: refused (exit 2), or added with ``--add-timeframe``."""
+
+    def test_it_is_a_usage_error_saying_so_and_how_to_add_it(self):
+        add_instrument("A", timeframes=("1h",))
+        error = refused_backfill("--symbols", "A", "--timeframe", "1d", "--start", "2024-01-01", "--end", "2024-01-05",
+                                 match=r"--timeframe 1d is not in the timeframes of A \(1h\)")
+        assert error.returncode == 2
+        assert "--add-timeframe" in str(error)
+        assert not BackfillState.objects.exists() and not Candle.objects.exists()
+        assert Instrument.objects.get(symbol="A").timeframes == ["1h"]
+
+    def test_with_all_it_names_every_instrument_lacking_it(self):
+        add_instrument("A", timeframes=("1h",))
+        add_instrument("B", timeframes=("1h", "1d"))
+        add_instrument("C", timeframes=("4h",))
+        error = refused_backfill("--all", "--timeframe", "1d", "--start", "2024-01-01", "--end", "2024-01-05")
+        assert "A (1h), C (4h)" in str(error) and "B" not in str(error).split("timeframes of")[1].split(":")[0]
+
+    def test_add_timeframe_adds_it_and_backfills_it(self):
+        add_instrument("A", timeframes=("1h",))
+        code, out, err = run("--symbols", "A", "--timeframe", "1d", "--add-timeframe", "--start", "2024-01-01",
+                             "--end", "2024-01-05", "--format", "json")
+        assert code == 0
+        assert [(r["timeframe"], r["inserted"]) for r in json.loads(out)] == [("1d", 4)]
+        assert Instrument.objects.get(symbol="A").timeframes == ["1h", "1d"]
+        assert "A: added timeframe 1d to the instrument's timeframes (now 1h, 1d)" in err
+
+    def test_an_added_timeframe_whose_load_stores_nothing_is_removed_again(self, monkeypatch):
+        add_instrument("A", timeframes=("1h",))
+
+        def failing(page):
+            raise ProviderError("the source is down")
+
+        on_each_page(monkeypatch, failing)
+        code, _, err = run("--symbols", "A", "--timeframe", "1d", "--add-timeframe", "--start", "2024-01-01",
+                           "--end", "2024-01-05")
+        assert code == 1
+        assert Instrument.objects.get(symbol="A").timeframes == ["1h"]
+        assert "timeframe 1d not added after all" in err
+
+    def test_a_listed_timeframe_needs_no_flag(self):
+        add_instrument("A", timeframes=("1h", "1d"))
+        code, _, err = run("--symbols", "A", "--timeframe", "1d", "--start", "2024-01-01", "--end", "2024-01-05")
+        assert code == 0 and "added" not in err

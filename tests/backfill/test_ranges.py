@@ -172,7 +172,7 @@ class TestTheCommand:
         (("--start", "0001-01-01"), "before 1970-01-01"),
         (("--start", "9999-01-01"), "in the future"),
         (("--start", "2024-02-01", "--end", "2024-01-01"), "must be after start"),
-        (("--timeframe", "1m", "--start", "1970-01-01"), "BACKFILL_MAX_BARS_1M"),
+        (("--timeframe", "1m", "--add-timeframe", "--start", "1970-01-01"), "BACKFILL_MAX_BARS_1M"),
     ])
     def test_a_range_out_of_bounds_is_exit_code_2_with_the_reason(self, args, words):
         add_instrument()

@@ -42,6 +42,22 @@ class TestSeriesLag:
     def test_a_series_without_bars_has_no_lag_sample(self, watchlist):
         assert not any("ETH-USD" in name for name in scrape())
 
+    def test_the_lags_are_also_a_histogram_across_the_series(self):
+        add_instrument("BTC-USD")
+        add_instrument("ETH-USD")
+        add_instrument("SOL-USD")  # no bars: left out, as from the per-series gauge
+        now = timezone.now().replace(minute=0, second=0, microsecond=0)
+        for symbol, hours_ago in (("BTC-USD", 1), ("ETH-USD", 24 * 30)):
+            Candle.objects.create(symbol=symbol, timeframe="1h", ts=now - timedelta(hours=hours_ago), open=1, high=1,
+                                  low=1, close=1, volume=1)
+        lags = {s.symbol: (s.lag_hours or 0) * 3600 for s in assess_staleness(timezone.now()) if s.last_bar}
+        found = scrape()
+        assert found["marketdata_series_lag_distribution_seconds_count"] == 2
+        assert found["marketdata_series_lag_distribution_seconds_sum"] == pytest.approx(sum(lags.values()), abs=60)
+        assert found['marketdata_series_lag_distribution_seconds_bucket{le="3600.0"}'] == 1  # BTC-USD, current
+        assert found['marketdata_series_lag_distribution_seconds_bucket{le="604800.0"}'] == 1
+        assert found['marketdata_series_lag_distribution_seconds_bucket{le="+Inf"}'] == 2
+
 
 class TestBackfillHistograms:
     @pytest.fixture(autouse=True)

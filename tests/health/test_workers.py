@@ -134,3 +134,7 @@ class TestMetrics:
         assert sample(text, "marketdata_workers_alive") == 1
         assert sample(text, "marketdata_worker_processes") == 1
         assert sample(text, "marketdata_oldest_queued_task_age_seconds") == 0
+        assert 0 <= sample(text, "marketdata_worker_heartbeat_age_seconds") < 60
+
+    def test_without_a_live_cluster_there_is_no_heartbeat_age(self):
+        assert "marketdata_worker_heartbeat_age_seconds " not in render_metrics()

@@ -18,7 +18,7 @@ from integrity import cleanup as cleanup_module
 from integrity.cleanup import CleanupConflict, CleanupError, cleanup_duplicate_records
 from integrity.models import Candle, DuplicateKeptBy, DuplicateRecordLog
 from integrity.validation import validate_bars
-from tests.helpers import utc
+from tests.helpers import TtyStringIO, utc
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -533,6 +533,21 @@ class TestCommand:
         code, out, _ = run("--symbol", "ETH-USD", "--timeframe", "1d", "--format", "json")
         assert code == 0
         assert [g["symbol"] for g in json.loads(out)["groups"]] == ["ETH-USD"]
+
+    def test_a_terminal_gets_a_progress_bar_with_rate_and_eta_not_in_error_red(self):
+        duplicate_groups(3)
+        err = TtyStringIO()
+        call_command("cleanup_duplicates", "--batch-size", "1", stdout=StringIO(), stderr=err, force_color=True)
+        final = err.getvalue().rsplit("\r", 1)[-1]
+        assert final.startswith("duplicate groups: 100%") and "3/3" in final
+        assert "group/s" in final and "<00:00" in final
+        assert "\x1b[31" not in err.getvalue()
+
+    @pytest.mark.parametrize("args", [(), ("--format", "json")])
+    def test_without_a_terminal_or_with_json_stderr_stays_quiet(self, args):
+        duplicate_groups(2)
+        code, _, err = run("--batch-size", "1", *args)
+        assert code == 0 and err == ""
 
     def test_an_unknown_timeframe_exits_2(self):
         code, _, _ = run_with_returncode("--timeframe", "7m")

@@ -6,7 +6,7 @@ import json
 from io import StringIO
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from integrity.models import Candle, SeriesStats
 from integrity.providers.synthetic import synthetic_bars
@@ -80,3 +80,29 @@ class TestEnrichSeries:
             "symbol": "AAPL", "timeframe": "1d", "first_ts": "2024-01-02T00:00:00+00:00",
             "last_ts": "2024-12-31T00:00:00+00:00", "bar_count": 252, "expected_bars": 252}
         assert row["robust_volatility"] > 0
+
+
+class TestEnrichCommandArguments:
+    def test_an_unknown_symbol_is_a_usage_error_naming_it_and_the_known_ones(self):
+        add_instrument("AAPL", "equity", "XNYS", timeframes=("1d",))
+        add_instrument("BTC-USD")
+        with pytest.raises(CommandError) as caught:
+            call_command("enrich", "--symbol", "UNKNOWN", stdout=StringIO())
+        assert caught.value.returncode == 2
+        assert "'UNKNOWN'" in str(caught.value) and "AAPL, BTC-USD" in str(caught.value)
+        assert not SeriesStats.objects.exists()
+
+    def test_without_any_instrument_the_error_says_there_is_none(self):
+        with pytest.raises(CommandError, match=r"known: \(none yet\)"):
+            call_command("enrich", "--symbol", "AAPL", stdout=StringIO())
+
+    def test_an_unknown_timeframe_is_a_usage_error(self):
+        with pytest.raises(CommandError, match="unknown timeframe '7m'") as caught:
+            call_command("enrich", "--timeframe", "7m", stdout=StringIO())
+        assert caught.value.returncode == 2
+
+    def test_a_known_symbol_without_bars_enriches_nothing_and_succeeds(self):
+        add_instrument("BTC-USD")
+        out = StringIO()
+        call_command("enrich", "--symbol", "BTC-USD", stdout=out)
+        assert out.getvalue().startswith("enriched 0 series")

@@ -12,12 +12,21 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import connections
 
 from integrity.backfill import BackfillError, BackfillResult, run_backfill
 from integrity.calendars import calendar_for_asset_class, validate_calendar_code
-from integrity.management.output import backfill_table, keep_stdout_for_json, parse_when
+from integrity.management.output import (
+    IntegrityCommand,
+    add_format_argument,
+    backfill_table,
+    keep_stdout_for_json,
+    note,
+    parse_when,
+    progress_bar,
+    progress_stream,
+)
 from integrity.models import AssetClass, Instrument, Timeframe
 from integrity.providers import PROVIDER_NAMES, FetchRequest, ProviderConfigError, ProviderError, get_provider
 from integrity.providers.csv import (
@@ -32,15 +41,26 @@ from integrity.series import InstrumentRuleError, active_instruments, check_symb
 from integrity.timeframes import EPOCH, BarAlignment, timeframe_delta
 
 
-class Command(BaseCommand):
+class Command(IntegrityCommand):
     help = "Backfill candles for symbols/timeframes; every run is tracked in backfill_state_persistent."
+    exit_codes = {
+        0: "every series completed",
+        1: "a series failed or was refused (another execution holds it), or the --file cannot be loaded "
+           "(then nothing was registered or claimed)",
+        2: "the arguments are unusable: an option, the range, a missing file, an unknown timeframe of an "
+           "instrument (nothing was registered or claimed)",
+    }
 
     def add_arguments(self, parser):
         target = parser.add_mutually_exclusive_group()
         target.add_argument("--symbols", "--symbol", dest="symbols",
                             help="comma-separated symbols, e.g. AAPL,MSFT")
         target.add_argument("--all", action="store_true", help="every active instrument of the watchlist")
-        parser.add_argument("--timeframe", help="1m, 5m, 15m, 1h, 4h or 1d (default: the instrument's own)")
+        parser.add_argument("--timeframe", help="1m, 5m, 15m, 1h, 4h or 1d (default: the instrument's own); "
+                                                "one the instrument does not list is refused without --add-timeframe")
+        parser.add_argument("--add-timeframe", action="store_true", dest="add_timeframe",
+                            help="with --timeframe: add it to the instrument's timeframes when they do not list it "
+                                 "(removed again if its load stores nothing)")
         parser.add_argument("--provider", choices=PROVIDER_NAMES, help="override the instrument's provider")
         parser.add_argument("--file", help="CSV file (provider csv)")
         parser.add_argument("--tz", help="time zone of naive CSV timestamps (default UTC)")
@@ -62,7 +82,7 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, default=1, help="series run in parallel (default 1)")
         parser.add_argument("--strict", action="store_true", help="any invalid bar fails the run")
         parser.add_argument("--batch-size", type=int, help="bars per committed batch")
-        parser.add_argument("--format", choices=["text", "json"], default="text")
+        add_format_argument(parser)
 
     # --- small methods that tests call directly ------------------------------------------------
     def plan(self, options) -> list[tuple[str, str, dict]]:
@@ -109,6 +129,7 @@ class Command(BaseCommand):
             if not timeframes:
                 raise CommandError(f"{symbol}: no timeframe given and the instrument lists none", returncode=2)
             series.append((symbol, instrument, timeframes))
+        unlisted = self.unlisted_timeframe(series, timeframe, options)
         for symbol, instrument, timeframes in series:
             provider = options.get("provider") or (instrument.provider if instrument else "synthetic")
             for tf in timeframes:
@@ -121,14 +142,43 @@ class Command(BaseCommand):
 
         plans = []
         self.registered = []  # instruments this run registered: withdrawn again if they load nothing
+        self.added_timeframes = []  # (symbol, timeframe) this run added: removed again if they load nothing
         for symbol, instrument, timeframes in series:
             if instrument is None:
                 self.ensure_instrument(symbol, options, timeframe)
                 self.registered.append(symbol)
+            elif symbol in unlisted:
+                self.add_timeframe(instrument, timeframe)
             for tf in timeframes:
                 plans.append((symbol, tf, {"provider": options.get("provider"),
                                            "provider_options": provider_options}))
         return plans
+
+    @staticmethod
+    def unlisted_timeframe(series, timeframe: str | None, options) -> list[str]:
+        """The instruments (symbols) whose timeframes do not list ``--timeframe``: a usage error (exit 2)
+        saying so, unless ``--add-timeframe`` asks to add it. Bars of an unlisted timeframe would be a
+        series no schedule keeps up to date and no health check watches."""
+        if not timeframe:
+            return []
+        unlisted = [(symbol, [s.timeframe for s in series_of(instrument)]) for symbol, instrument, _ in series
+                    if instrument is not None and timeframe not in [s.timeframe for s in series_of(instrument)]]
+        if unlisted and not options.get("add_timeframe"):
+            which = ", ".join(f"{symbol} ({', '.join(listed) or 'none'})" for symbol, listed in unlisted)
+            raise CommandError(
+                f"--timeframe {timeframe} is not in the timeframes of {which}: add it with --add-timeframe "
+                "(or in the admin, or PATCH /api/v1/instruments/SYMBOL/), or leave --timeframe out to "
+                "backfill the listed ones", returncode=2)
+        return [symbol for symbol, _ in unlisted]
+
+    def add_timeframe(self, instrument: Instrument, timeframe: str) -> None:
+        """``--add-timeframe``: append ``timeframe`` to the instrument's list (said on stderr)."""
+        listed = [s.timeframe for s in series_of(instrument)]
+        instrument.timeframes = [*listed, timeframe]
+        instrument.save(update_fields=["timeframes", "updated_at"])
+        self.added_timeframes.append((instrument.symbol, timeframe))
+        note(self, f"{instrument.symbol}: added timeframe {timeframe} to the instrument's timeframes "
+                   f"(now {', '.join(instrument.timeframes)})")
 
     @staticmethod
     def provider_options(options) -> dict:
@@ -180,8 +230,8 @@ class Command(BaseCommand):
                                    returncode=1) from None
             if inspection.note and inspection.note not in notes:
                 notes.append(inspection.note)
-        for note in notes:
-            self.stderr.write(f"{symbol}: {note}")
+        for line in notes:
+            note(self, f"{symbol}: {line}")
 
     @staticmethod
     def new_asset_class(symbol: str, options) -> str:
@@ -202,13 +252,21 @@ class Command(BaseCommand):
 
     def withdraw_empty_registrations(self, results: list[BackfillResult]) -> None:
         """An instrument this run registered whose every series failed without storing a bar is removed
-        again: left on the watchlist, the nightly schedule would fail on it every day until a false
-        failure alert fired. The failed executions stay, with their reasons."""
+        again (and so is a timeframe ``--add-timeframe`` added): left on the watchlist, the nightly
+        schedule would fail on it every day until a false failure alert fired. The failed executions
+        stay, with their reasons."""
         for symbol in getattr(self, "registered", []):
             own = [r for r in results if r.symbol == symbol]
             if own and all(not r.ok and not r.inserted and not r.updated for r in own):
                 Instrument.objects.filter(symbol=symbol).delete()
-                self.stderr.write(f"{symbol}: not registered after all — its load stored nothing")
+                note(self, f"{symbol}: not registered after all — its load stored nothing")
+        for symbol, timeframe in getattr(self, "added_timeframes", []):
+            own = [r for r in results if (r.symbol, r.timeframe) == (symbol, timeframe)]
+            if own and all(not r.ok and not r.inserted and not r.updated for r in own):
+                instrument = Instrument.objects.get(symbol=symbol)
+                instrument.timeframes = [tf for tf in instrument.timeframes if tf != timeframe]
+                instrument.save(update_fields=["timeframes", "updated_at"])
+                note(self, f"{symbol}: timeframe {timeframe} not added after all — its load stored nothing")
 
     def ensure_instrument(self, symbol: str, options, timeframe: str | None) -> Instrument:
         instrument = Instrument.objects.filter(symbol=symbol).first()
@@ -226,7 +284,7 @@ class Command(BaseCommand):
             provider_options={k: v for k, v in stored if v},
             bar_alignment=options.get("bar_alignment") or BarAlignment.CLOCK,
         )
-        self.stderr.write(f"registered instrument {symbol} ({asset_class}, calendar {instrument.calendar})")
+        note(self, f"registered instrument {symbol} ({asset_class}, calendar {instrument.calendar})")
         return instrument
 
     def run_one(self, symbol: str, timeframe: str, kwargs: dict, options, progress=None) -> BackfillResult:
@@ -257,30 +315,40 @@ class Command(BaseCommand):
         parse_when(options.get("start"), "--start")
         parse_when(options.get("end"), "--end")
         plans = self.plan(options)
-        text = options["format"] == "text"
-        tty = text and self.stderr.isatty()
+        stream = progress_stream(self, options)  # None: quiet (not a terminal, or --format json)
         results: list[BackfillResult] = []
+        bars: dict[tuple[str, str], object] = {}
         lock = threading.Lock()
+        number = {(s, tf): i for i, (s, tf, _) in enumerate(plans, start=1)}
+
+        def bar_for(symbol: str, timeframe: str, total: int | None):
+            key = (symbol, timeframe)
+            if key not in bars:
+                bars[key] = progress_bar(stream, total=total, unit="bar",
+                                         desc=f"[{number[key]}/{len(plans)}] {symbol} {timeframe}")
+            return bars[key]
 
         def done(result: BackfillResult):
             with lock:
                 results.append(result)
-                if text:
-                    line = (f"[{len(results)}/{len(plans)}] {result.symbol} {result.timeframe}: {result.status}"
-                            f" +{result.inserted} inserted, {result.updated} updated, {result.invalid} invalid")
-                    if result.error:
-                        line += f" — {result.error}"
-                    self.stderr.write(("\r\033[K" if tty else "") + line)
+                bar = bar_for(result.symbol, result.timeframe, None)
+                if result.ok and bar.total:
+                    bar.update(bar.total - bar.n)  # a range ending in closed time is still done
+                line = (f"{result.status}: +{result.inserted} inserted, {result.updated} updated, "
+                        f"{result.invalid} invalid")
+                bar.set_postfix_str(line + (f" — {result.error}" if result.error else ""), refresh=False)
+                bar.close()
 
         def progress_for(symbol: str, timeframe: str):
-            if not tty:
+            if stream is None:
                 return None
 
             def progress(state, totals):
                 with lock:
-                    self.stderr.write("\r\033[K" + self.progress_line(symbol, timeframe, state, totals,
-                                                                        len(results), len(plans)), ending="")
-                    self.stderr.flush()
+                    done_bars, total_bars = self.range_position(timeframe, state)
+                    bar = bar_for(symbol, timeframe, total_bars)
+                    bar.set_postfix_str(f"{totals.inserted:,} inserted, {totals.updated:,} updated", refresh=False)
+                    bar.update(done_bars - bar.n)
             return progress
 
         if options["concurrency"] == 1 or len(plans) == 1:
@@ -295,7 +363,7 @@ class Command(BaseCommand):
         order = {(s, tf): i for i, (s, tf, _) in enumerate(plans)}
         results.sort(key=lambda r: order[(r.symbol, r.timeframe)])
         self.withdraw_empty_registrations(results)
-        if text:
+        if options["format"] == "text":
             self.stdout.write(backfill_table(results))
         else:
             self.stdout.write(json.dumps([r.as_dict() for r in results], indent=2))
@@ -304,15 +372,15 @@ class Command(BaseCommand):
             raise CommandError(f"{failed} of {len(results)} series failed or were refused", returncode=1)
 
     @staticmethod
-    def progress_line(symbol: str, timeframe: str, state, totals, finished: int, total: int,
-                      width: int = 30) -> str:
-        """``[1/3] AAPL 1d [#########.....]  64% 1,234 inserted, 5 updated``: the share of the range
-        up to the last committed bar."""
-        fraction = 0.0
+    def range_position(timeframe: str, state) -> tuple[int, int | None]:
+        """(bars of the range up to the last committed bar, bars of the whole range) in steps of the
+        timeframe (calendar time: closed hours count), for the progress bar's count, rate and ETA."""
         start, end, checkpoint = state.range_start, state.range_end, state.checkpoint_ts
-        if start and end and checkpoint and end > start:
-            covered = checkpoint + timeframe_delta(timeframe) - start  # the checkpoint bar is written
-            fraction = min(max(covered / (end - start), 0.0), 1.0)
-        filled = int(round(fraction * width))
-        return (f"[{finished}/{total}] {symbol} {timeframe} [{'#' * filled}{'.' * (width - filled)}] "
-                f"{fraction:4.0%} {totals.inserted:,} inserted, {totals.updated:,} updated")
+        if not (start and end and end > start):
+            return 0, None
+        step = timeframe_delta(timeframe)
+        total = max(1, -(-(end - start) // step))
+        if not checkpoint:
+            return 0, total
+        covered = (checkpoint + step - start) // step  # the checkpoint bar is written
+        return min(max(covered, 0), total), total

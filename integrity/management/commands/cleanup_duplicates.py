@@ -10,9 +10,8 @@ back, earlier batches stay committed: re-run to finish); 2 the arguments are unu
 from __future__ import annotations
 
 import json
-import sys
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from integrity.cleanup import (
     DEFAULT_BATCH_SIZE,
@@ -20,14 +19,16 @@ from integrity.cleanup import (
     CleanupResult,
     cleanup_duplicate_records,
 )
-from integrity.management.output import keep_stdout_for_json
+from integrity.management.output import (
+    IntegrityCommand,
+    add_format_argument,
+    keep_stdout_for_json,
+    progress_bar,
+    progress_stream,
+)
 from integrity.models import DuplicateKeptBy, Timeframe
 
 SHOWN_GROUPS = 10
-
-
-def _plain(text: str) -> str:
-    return text  # progress lines on stderr are not errors: no red
 
 
 def _rule(kept_by: str) -> str:
@@ -36,10 +37,16 @@ def _rule(kept_by: str) -> str:
             DuplicateKeptBy.NEWEST_NONE_VALID: "newest (none valid)"}.get(kept_by, kept_by)
 
 
-class Command(BaseCommand):
+class Command(IntegrityCommand):
     help = ("Delete duplicate candles (same symbol, timeframe, ts), keeping the latest ingested row of each "
             "group that passes the OHLC rules (the latest overall when none does); every cleaned group is "
             "logged in duplicate_records_log with the rule that chose the kept row.")
+    exit_codes = {
+        0: "the cleanup (or dry run) finished",
+        1: "it stopped on a failed batch: that batch was rolled back, earlier ones stay committed (re-run to "
+           "finish)",
+        2: "the arguments are unusable (nothing ran)",
+    }
 
     def add_arguments(self, parser):
         parser.add_argument("--symbol", help="only this symbol")
@@ -47,7 +54,7 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="report what would be deleted; write nothing")
         parser.add_argument("--batch-size", default=str(DEFAULT_BATCH_SIZE),
                             help=f"duplicate groups per transaction (default {DEFAULT_BATCH_SIZE})")
-        parser.add_argument("--format", choices=["text", "json"], default="text")
+        add_format_argument(parser)
 
     # --- small methods that tests call directly ------------------------------------------------
     def parse_options(self, options) -> dict:
@@ -71,20 +78,16 @@ class Command(BaseCommand):
         keep_stdout_for_json(options)
         kwargs = self.parse_options(options)
         text = options["format"] == "text"
-        tty = text and sys.stderr.isatty()
+        bar = progress_bar(progress_stream(self, options), total=None, desc="duplicate groups", unit="group")
 
         def progress(done: int, total: int) -> None:
-            if tty:
-                width = 30
-                filled = width * done // total if total else width
-                self.stderr.write(f"\r\033[K[{'#' * filled}{'.' * (width - filled)}] {done}/{total} groups",
-                                  style_func=_plain, ending="")
+            bar.total = total
+            bar.update(done - bar.n)
 
         try:
             result = cleanup_duplicate_records(progress=progress, **kwargs)
         except CleanupError as exc:
-            if tty:
-                self.stderr.write("", style_func=_plain)
+            bar.close()
             partial = exc.result
             if text:
                 if partial is not None:
@@ -95,8 +98,7 @@ class Command(BaseCommand):
                 payload["error"] = str(exc)
                 self.stdout.write(json.dumps(payload, indent=2))
             raise CommandError("cleanup stopped on a failed batch", returncode=1) from None
-        if tty:
-            self.stderr.write("", style_func=_plain)
+        bar.close()
         if text:
             self.stdout.write(self.summary(result))
         else:

@@ -14,10 +14,15 @@ from __future__ import annotations
 import json
 import re
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from integrity.closures import PRESETS, ClosureError, add_closure, add_preset, remove_closure
-from integrity.management.output import keep_stdout_for_json, parse_when
+from integrity.management.output import (
+    IntegrityCommand,
+    add_format_argument,
+    keep_stdout_for_json,
+    parse_when,
+)
 from integrity.models import InstrumentClosure
 from integrity.timeframes import iso
 
@@ -42,9 +47,13 @@ def closure_row(closure: InstrumentClosure) -> dict:
             "reason": closure.reason, "created_by": closure.created_by, "created_at": iso(closure.created_at)}
 
 
-class Command(BaseCommand):
+class Command(IntegrityCommand):
     help = ("Record, list and remove closures: extra closed time of an instrument (holidays, outages) that the "
             "gap, off-calendar and staleness checks do not expect bars in.")
+    exit_codes = {
+        0: "done",
+        2: "the arguments are unusable or a closure breaks the rules (nothing recorded)",
+    }
 
     def add_arguments(self, parser):
         actions = parser.add_subparsers(dest="action", required=True)
@@ -59,7 +68,7 @@ class Command(BaseCommand):
                          help="with --preset: only this instrument (repeatable; default: all forex instruments)")
         listing = actions.add_parser("list", help="list closures")
         listing.add_argument("--symbol", help="only this instrument")
-        listing.add_argument("--format", choices=["text", "json"], default="text")
+        add_format_argument(listing)
         remove = actions.add_parser("remove", help="remove closures by id")
         remove.add_argument("ids", nargs="+", type=int, metavar="ID")
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.core.management.base import BaseCommand
 from django.db.models import Count
 from django.utils import timezone
 
 from integrity.backfill import BackfillResult, run_backfill
 from integrity.cleanup import cleanup_duplicate_records
 from integrity.health.job import run_health_monitoring
-from integrity.management.output import backfill_table
+from integrity.management.output import IntegrityCommand, backfill_table
 from integrity.models import BackfillState, Candle, DataAnomaly, DuplicateRecordLog, Instrument
 from integrity.quality.anomalies import detect_data_anomalies
 from integrity.quality.enrichment import enrich_series
@@ -35,8 +34,12 @@ LOOKBACK = {"1d": timedelta(days=730), "1h": timedelta(days=60)}
 LEGACY_DUPLICATES = 3  # bars a simulated legacy loader writes twice, for the cleanup step to find
 
 
-class Command(BaseCommand):
+class Command(IntegrityCommand):
     help = "Load a synthetic watchlist, run every job over it and print a summary (for a first look)."
+    exit_codes = {
+        0: "the demo ran and printed its summary",
+        1: "a step failed (its error is printed)",
+    }
 
     def handle(self, *args, **options):
         self.section("1. Watchlist")

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from integrity.management.output import keep_stdout_for_json, parse_as_of
+from integrity.management.output import (
+    IntegrityCommand,
+    add_format_argument,
+    keep_stdout_for_json,
+    parse_as_of,
+)
 from integrity.models import Severity, Timeframe
 from integrity.quality.anomalies import detect_data_anomalies
 
@@ -23,8 +28,13 @@ FINDING_FIELDS = ("symbol", "timeframe", "anomaly_type", "severity", "period_sta
                   "affected_rows", "description")
 
 
-class Command(BaseCommand):
+class Command(IntegrityCommand):
     help = "Detect gaps, off-calendar bars, outliers, stale series, invalid OHLC rows and duplicates."
+    exit_codes = {
+        0: "no unresolved finding of high or critical severity",
+        1: "high or critical findings",
+        2: "the arguments are unusable (nothing was scanned)",
+    }
 
     def add_arguments(self, parser):
         parser.add_argument("--symbol")
@@ -35,7 +45,7 @@ class Command(BaseCommand):
         parser.add_argument("--as-of", help="judge as of this UTC time (ISO; default now): replays the "
                                                  "judgement of a past moment; implies --dry-run (a replay "
                                                  "records and resolves nothing)")
-        parser.add_argument("--format", choices=["text", "json"], default="text")
+        add_format_argument(parser)
         parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
                             help=f"text output: list at most this many findings, most severe first "
                                  f"(default {DEFAULT_LIMIT}; JSON always lists all)")

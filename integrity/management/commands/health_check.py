@@ -7,21 +7,31 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from integrity.health.job import run_health_monitoring
 from integrity.health.report import HealthReport
 from integrity.health.workers import worker_line
-from integrity.management.output import keep_stdout_for_json, parse_as_of
+from integrity.management.output import (
+    IntegrityCommand,
+    add_format_argument,
+    keep_stdout_for_json,
+    parse_as_of,
+)
 
 EXIT_CODES = {"healthy": 0, "warning": 1, "critical": 2}
 
 
-class Command(BaseCommand):
+class Command(IntegrityCommand):
     help = "Run the health-monitoring job now (staleness, failures, anomaly scan, alerts). Exit 0/1/2."
+    exit_codes = {
+        0: "healthy",
+        1: "warning",
+        2: "critical — or the arguments are unusable (usage error; then nothing ran)",
+    }
 
     def add_arguments(self, parser):
-        parser.add_argument("--format", choices=["text", "json"], default="text")
+        add_format_argument(parser)
         parser.add_argument("--skip-scan", action="store_true",
                             help="leave the anomaly scan out (stored anomalies still count)")
         parser.add_argument("--as-of", help="judge as of this UTC time (ISO; default now): replays the "

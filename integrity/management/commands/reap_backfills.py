@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand
-
 from integrity.backfill import cancel_pending_backfills, reap_dead_backfills
-from integrity.management.output import keep_stdout_for_json
+from integrity.management.output import IntegrityCommand, add_format_argument, keep_stdout_for_json
 
 
-class Command(BaseCommand):
+class Command(IntegrityCommand):
     help = "Mark in_progress backfills with a stale heartbeat (and never-started pending ones) as failed."
+    exit_codes = {
+        0: "always when it ran (reaping nothing is fine); the output lists what was reaped and cancelled",
+    }
 
     def add_arguments(self, parser):
         parser.add_argument("--timeout", type=int, help="heartbeat timeout in seconds (default: setting)")
         parser.add_argument("--pending", action="store_true",
                             help="also cancel every pending execution no worker has started (not a symbol failure)")
-        parser.add_argument("--format", choices=["text", "json"], default="text")
+        add_format_argument(parser)
 
     def handle(self, *args, **options):
         keep_stdout_for_json(options)

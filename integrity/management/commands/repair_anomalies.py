@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from integrity.management.output import keep_stdout_for_json
+from integrity.management.output import IntegrityCommand, add_format_argument, keep_stdout_for_json
 from integrity.models import Timeframe
 from integrity.repair import REPAIRABLE_TYPES, RepairError, repair_anomalies
 
 
-class Command(BaseCommand):
+class Command(IntegrityCommand):
     help = "Re-fetch the range of each unresolved gap, outlier, invalid-bar or off-calendar anomaly and re-check it."
+    exit_codes = {
+        0: "every repaired anomaly is resolved (or there was nothing to repair, or --dry-run)",
+        1: "some stay open (the source confirmed them, the provider failed, the series was busy)",
+        2: "the arguments are unusable (nothing was fetched)",
+    }
 
     def add_arguments(self, parser):
         parser.add_argument("--symbol")
         parser.add_argument("--timeframe")
         parser.add_argument("--types", help=f"comma-separated, of {','.join(REPAIRABLE_TYPES)} (default: all)")
         parser.add_argument("--dry-run", action="store_true", help="list what would be re-fetched, fetch nothing")
-        parser.add_argument("--format", choices=["text", "json"], default="text")
+        add_format_argument(parser)
 
     def handle(self, *args, **options):
         keep_stdout_for_json(options)

@@ -5,13 +5,18 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from integrity.management.output import IntegrityCommand
 from integrity.settings_doc import CONFIGURATION_MD, with_tables
 
 
-class Command(BaseCommand):
+class Command(IntegrityCommand):
     help = "Write the settings tables of docs/configuration.md from the declarations in integrity/conf.py."
+    exit_codes = {
+        0: "the tables were written (with --check: they match integrity.conf)",
+        1: "with --check: the committed tables differ from integrity.conf",
+    }
 
     def add_arguments(self, parser):
         parser.add_argument("--check", action="store_true", help="only compare; exit 1 when they differ")

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from integrity.management.output import keep_stdout_for_json
+from integrity.management.output import IntegrityCommand, add_format_argument, keep_stdout_for_json
 from integrity.schedules import ScheduleConfigError, setup_schedules
 
 
-class Command(BaseCommand):
+class Command(IntegrityCommand):
     help = "Create or update the django-q2 schedules (enrichment, backfill, health) from settings."
+    exit_codes = {
+        0: "the schedules were created or updated",
+        2: "a cron setting is invalid (nothing changed)",
+    }
 
     def add_arguments(self, parser):
-        parser.add_argument("--format", choices=["text", "json"], default="text")
+        add_format_argument(parser)
 
     def handle(self, *args, **options):
         keep_stdout_for_json(options)
