@@ -199,7 +199,7 @@ class Classifier:
         side = {True: "missing_stored", False: "missing_reference"}
         for run in _runs(on_calendar, lambda p: side[p.stored is None]):
             first, last, count = run.pairs[0].ts, run.pairs[-1].ts, len(run.pairs)
-            bars = "bar" if count == 1 else f"{count} bars"
+            bars = "1 bar" if count == 1 else f"{count} bars"
             if run.key == "missing_stored":
                 text = f"{bars} the reference ({self.series.provider}) has {'is' if count == 1 else 'are'} " \
                        f"missing from the stored series {bar_span(first, last, self.tf)}"
