@@ -24,6 +24,7 @@ automatic. See docs/reconciliation.md.
 """
 
 from .reference import ReconcileError, ReferenceSeries, fetch_reference, reference_series
+from .repair import reference_range, repair_from_reference
 from .service import ReconcileReport, SeriesReconciliation, parse_since, reconcile, reconcile_series
 
 __all__ = [
@@ -35,5 +36,7 @@ __all__ = [
     "parse_since",
     "reconcile",
     "reconcile_series",
+    "reference_range",
     "reference_series",
+    "repair_from_reference",
 ]
