@@ -25,6 +25,7 @@ from ..models import (
     ResolutionStatus,
 )
 from ..quality.review import review_anomalies
+from ..reconcile import ReconcileError, reference_range, repair_from_reference
 from ..repair import RepairError, repair_range
 from ..tasks import request_repair
 from ..timeframes import timeframe_delta
@@ -195,11 +196,47 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
 
     def get_urls(self):
         return [path("<path:object_id>/repair/", self.admin_site.admin_view(self.repair_view),
-                     name="integrity_dataanomaly_repair"), *super().get_urls()]
+                     name="integrity_dataanomaly_repair"),
+                path("<path:object_id>/repair-from-reference/",
+                     self.admin_site.admin_view(self.reference_repair_view),
+                     name="integrity_dataanomaly_repair_from_reference"), *super().get_urls()]
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         context["repairable"] = obj is not None and self._repairable(obj)
+        context["from_reference"] = obj is not None and _takes_reference(obj)
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def reference_repair_view(self, request, object_id):
+        """GET: the range and a note field; POST with a note: take the reference's bars for the range
+        now (a tracked backfill, ``integrity.reconcile.repair_from_reference``), then back to the anomaly."""
+        anomaly = get_object_or_404(DataAnomaly, pk=object_id) if str(object_id).isdigit() else None
+        if anomaly is None:
+            return redirect(reverse("admin:integrity_dataanomaly_changelist"))
+        change_url = reverse("admin:integrity_dataanomaly_change", args=[anomaly.pk])
+        if not self.has_change_permission(request, anomaly):
+            return redirect(change_url)
+        try:
+            start, end = reference_range(anomaly)
+        except ReconcileError as exc:
+            self.message_user(request, f"#{anomaly.pk} cannot be taken from the reference: {exc}", messages.WARNING)
+            return redirect(change_url)
+        form = ReferenceRepairForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                outcome = repair_from_reference(anomaly, form.cleaned_data["note"],
+                                                by=f"admin:{request.user.get_username()}")
+            except ReconcileError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+                return redirect(change_url)
+            ok = outcome["resolved"]
+            self.message_user(request, f"reference bars written ({outcome['inserted']} inserted, {outcome['updated']} "
+                              f"updated; execution {outcome['execution_id']}): anomaly resolved" if ok else
+                              f"the reference repair did not complete: {outcome['error'] or outcome['status']}",
+                              messages.SUCCESS if ok else messages.WARNING)
+            return redirect(change_url)
+        context = {**self.admin_site.each_context(request), "title": "Take the reference's bars",
+                   "opts": self.opts, "anomaly": anomaly, "start": start, "end": end, "form": form}
+        return TemplateResponse(request, "admin/integrity/reference_repair_confirm.html", context)
 
     @staticmethod
     def _repairable(obj) -> bool:
@@ -232,6 +269,20 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
         context = {**self.admin_site.each_context(request), "title": "Re-fetch this range", "opts": self.opts,
                    "anomaly": anomaly, "start": start, "end": end}
         return TemplateResponse(request, "admin/integrity/repair_confirm.html", context)
+
+
+class ReferenceRepairForm(forms.Form):
+    note = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 80}), max_length=2000,
+                           help_text="required: why the reference's bars are the right ones (kept on the "
+                                     "execution and the anomaly)")
+
+
+def _takes_reference(obj) -> bool:
+    try:
+        reference_range(obj)
+    except ReconcileError:
+        return False
+    return True
 
 
 @admin.register(DuplicateRecordLog)

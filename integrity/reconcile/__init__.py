@@ -25,7 +25,14 @@ automatic. See docs/reconciliation.md.
 
 from .reference import ReconcileError, ReferenceSeries, fetch_reference, reference_series
 from .repair import reference_range, repair_from_reference
-from .service import ReconcileReport, SeriesReconciliation, parse_since, reconcile, reconcile_series
+from .service import (
+    ReconcileReport,
+    SeriesReconciliation,
+    parse_since,
+    plan_reconcile,
+    reconcile,
+    reconcile_series,
+)
 
 __all__ = [
     "ReconcileError",
@@ -34,6 +41,7 @@ __all__ = [
     "SeriesReconciliation",
     "fetch_reference",
     "parse_since",
+    "plan_reconcile",
     "reconcile",
     "reconcile_series",
     "reference_range",

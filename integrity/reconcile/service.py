@@ -177,15 +177,14 @@ def record(outcome: SeriesReconciliation, findings: list[Finding], start: dateti
     outcome.resolved, outcome.dismissed = result.resolved, result.dismissed
 
 
-def reconcile(symbol: str | None = None, timeframe: str | None = None, *, start: datetime | None = None,
-              end: datetime | None = None, since: str | timedelta | None = None, dry_run: bool = False,
-              now: datetime | None = None) -> ReconcileReport:
-    """Reconcile every active instrument with a reference source (or the one named, active or not),
-    each of its timeframes (or ``timeframe``), over the window (default ``RECONCILE_WINDOW_DAYS``).
-
-    Raises ``ReconcileError`` for a request that cannot run (unknown symbol or timeframe, a named
-    instrument without a reference, a bad window); a reference that fails to deliver fails only its
-    series (``status`` failed, the redacted error)."""
+def plan_reconcile(symbol: str | None = None, timeframe: str | None = None, *, start: datetime | None = None,
+                   end: datetime | None = None, since: str | timedelta | None = None,
+                   now: datetime | None = None) -> tuple[list[tuple[ReferenceSeries, datetime, datetime]], list[str]]:
+    """The series a reconciliation compares, each with its window, and the instruments skipped for
+    having no reference: every active instrument with a reference source (or the one named, active or
+    not), each of its timeframes (or ``timeframe``), over ``[start, end)`` or ``since`` (default
+    ``RECONCILE_WINDOW_DAYS``). Raises ``ReconcileError`` for a request that cannot run (unknown symbol
+    or timeframe, a named instrument without a reference, a bad window) — before anything is fetched."""
     from ..conf import conf
 
     now = now or timezone.now()
@@ -193,7 +192,6 @@ def reconcile(symbol: str | None = None, timeframe: str | None = None, *, start:
         raise ReconcileError(f"unknown timeframe {timeframe!r}; expected one of {', '.join(Timeframe.values)}")
     if isinstance(since, str):
         since = parse_since(since)
-    report = ReconcileReport(dry_run=dry_run)
     if symbol:
         instrument = Instrument.objects.filter(symbol=symbol).first()
         if instrument is None:
@@ -203,10 +201,10 @@ def reconcile(symbol: str | None = None, timeframe: str | None = None, *, start:
         instruments = [instrument]
     else:
         instruments = list(Instrument.objects.filter(active=True).order_by("symbol"))
-    jobs = []
+    jobs, skipped = [], []
     for instrument in instruments:
         if not instrument.reference_provider:
-            report.skipped.append(instrument.symbol)
+            skipped.append(instrument.symbol)
             continue
         timeframes = list(dict.fromkeys(instrument.timeframes or []))
         if timeframe is not None:
@@ -216,8 +214,20 @@ def reconcile(symbol: str | None = None, timeframe: str | None = None, *, start:
             timeframes = [t for t in timeframes if t == timeframe]
         for tf in timeframes:
             series = reference_series(instrument, tf)
-            jobs.append((series, reconcile_window(series, start, end, since, now,
-                                                  timedelta(days=conf.RECONCILE_WINDOW_DAYS))))
-    for series, (lo, hi) in jobs:  # every window checked before any fetch
+            lo, hi = reconcile_window(series, start, end, since, now, timedelta(days=conf.RECONCILE_WINDOW_DAYS))
+            jobs.append((series, lo, hi))
+    return jobs, skipped
+
+
+def reconcile(symbol: str | None = None, timeframe: str | None = None, *, start: datetime | None = None,
+              end: datetime | None = None, since: str | timedelta | None = None, dry_run: bool = False,
+              now: datetime | None = None) -> ReconcileReport:
+    """Reconcile the series ``plan_reconcile`` chooses, one after the other, and record what disagrees.
+
+    A reference that fails to deliver fails only its series (``status`` failed, the redacted error)."""
+    now = now or timezone.now()
+    jobs, skipped = plan_reconcile(symbol, timeframe, start=start, end=end, since=since, now=now)
+    report = ReconcileReport(dry_run=dry_run, skipped=skipped)
+    for series, lo, hi in jobs:
         report.series.append(reconcile_series(series, lo, hi, dry_run=dry_run, now=now))
     return report

@@ -15,7 +15,7 @@ from integrity.schedules import ScheduleConfigError, setup_schedules
 
 
 class Command(BaseCommand):
-    help = "Create or update the django-q2 schedules (enrichment, backfill, health) from settings."
+    help = "Create or update the django-q2 schedules (enrichment, backfill, health, reconcile) from settings."
 
     def add_arguments(self, parser):
         parser.add_argument("--format", choices=["text", "json"], default="text")
