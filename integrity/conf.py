@@ -239,7 +239,7 @@ def _per_asset_class_pct(name: str, default: Mapping[str, float], doc: str) -> N
     """A mapping asset class -> percent; the environment sets it per class (``NAME_EQUITY`` …)."""
     SETTINGS[name] = Setting(
         name, dict(default), _PerKey(default, "asset classes", ASSET_CLASSES, _float), doc, "quality",
-        ", ".join(f"{k} {v:g}" for k, v in default.items()),
+        ", ".join(f"{k} {v:g}" if v >= 0 else f"{k} off (-1)" for k, v in default.items()),
         f"`{name}` (settings: a mapping asset class → percent; environment: "
         + ", ".join(f"`{name}_{k.upper()}`" for k in ASSET_CLASSES) + ")")
 
