@@ -23,7 +23,7 @@ from ..calendars import is_expected_bar
 from ..models import AnomalyType, Severity
 from ..quality.findings import Finding
 from ..timeframes import bar_label, bar_span, iso, ns_to_datetime, timeframe_seconds
-from .compare import FIELDS, Pair
+from .compare import FIELDS, Pair, ReferenceLookup
 from .reference import ReferenceSeries
 
 NS_PER_HOUR = 3_600_000_000_000
@@ -69,7 +69,7 @@ def shift_candidates(timeframe: str) -> list[int]:
 
 
 class Classifier:
-    def __init__(self, series: ReferenceSeries, lookup: dict[int, tuple[float, ...]]):
+    def __init__(self, series: ReferenceSeries, lookup: ReferenceLookup):
         self.series, self.lookup = series, lookup
         self.tf = series.timeframe
         self.findings: list[Finding] = []
@@ -210,7 +210,7 @@ class Classifier:
                           iso(first), bars=count)
 
 
-def classify(series: ReferenceSeries, pairs: list[Pair], lookup: dict[int, tuple[float, ...]]) -> list[Finding]:
+def classify(series: ReferenceSeries, pairs: list[Pair], lookup: ReferenceLookup) -> list[Finding]:
     """The findings of a series' disagreeing pairs (``compare.disagreements``), ``lookup`` the
     reference's bars by time (its fetched window, padded by ``MAX_SHIFT_HOURS``)."""
     return Classifier(series, lookup).classify(pairs)

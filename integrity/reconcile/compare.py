@@ -1,8 +1,9 @@
 """The set-based part of a reconciliation: stage the reference's bars (``reference_bars``, keyed by
 the run), then one statement joins them with the stored series over the window and returns only the
-bar pairs that disagree — a price (or volume) beyond the tolerance, or a bar one side lacks —
-numbered by their place in the union of both sides' bar times, so the Python post-pass
-(``classify``) can tell consecutive bars without reading the agreeing ones."""
+bar pairs that disagree — a price (or volume) beyond the tolerance, or a bar one side lacks. Each is
+numbered by its place among the calendar's expected bars of the window (and the disagreeing bars off
+it), so the Python post-pass (``classify``) can tell consecutive bars without reading the agreeing
+ones (and without a sort of the whole window in the statement)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ FIELDS = ("open", "high", "low", "close", "volume")
 
 @dataclass
 class Pair:
-    """A disagreeing bar: its place ``n`` in the window's union of bar times, its time (ns) and each
-    side's (open, high, low, close, volume), None for the side that lacks it."""
+    """A disagreeing bar: its place ``n`` among the window's bar times (``number``), its time (ns) and
+    each side's (open, high, low, close, volume), None for the side that lacks it."""
 
     n: int
     ts: int
@@ -58,8 +59,9 @@ def _differs(side: str, ref: str) -> str:
 
 
 def disagreements_sql(volume: bool) -> str:
-    """The classification statement; parameters: symbol, timeframe, start, end (stored), run, start,
-    end (reference), then the price tolerance four times and, with ``volume``, the volume tolerance."""
+    """The classification statement: the pairs of a full outer join on ``ts`` where a side is missing
+    or a field differs beyond the tolerance. Parameters: symbol, timeframe, start, end (stored), run,
+    start, end (reference), then the price tolerance four times and, with ``volume``, the volume one."""
     candles, staged = Candle._meta.db_table, ReferenceBar._meta.db_table
     differs = " OR ".join(_differs(f, f) for f in ("open", "high", "low", "close"))
     if volume:
@@ -71,22 +73,18 @@ def disagreements_sql(volume: bool) -> str:
         ), r AS (
             SELECT ts, open, high, low, close, volume FROM {staged}
             WHERE run_id = %s AND ts >= %s AND ts < %s
-        ), pairs AS (
-            SELECT COALESCE(s.ts, r.ts) AS ts,
-                   s.open AS so, s.high AS sh, s.low AS sl, s.close AS sc, s.volume AS sv,
-                   r.open AS ro, r.high AS rh, r.low AS rl, r.close AS rc, r.volume AS rv,
-                   CASE WHEN s.ts IS NULL OR r.ts IS NULL OR {differs} THEN 1 ELSE 0 END AS bad
-            FROM s FULL OUTER JOIN r ON r.ts = s.ts
-        ), numbered AS (
-            SELECT pairs.*, ROW_NUMBER() OVER (ORDER BY ts) AS n FROM pairs
         )
-        SELECT n, ts, so, sh, sl, sc, sv, ro, rh, rl, rc, rv FROM numbered WHERE bad = 1 ORDER BY n
+        SELECT COALESCE(s.ts, r.ts) AS ts, s.open, s.high, s.low, s.close, s.volume,
+               r.open, r.high, r.low, r.close, r.volume
+        FROM s FULL OUTER JOIN r ON r.ts = s.ts
+        WHERE s.ts IS NULL OR r.ts IS NULL OR {differs}
     """
 
 
 def disagreements(symbol: str, timeframe: str, run_id: uuid.UUID, start: datetime, end: datetime,
-                  tolerance: float, volume_tolerance: float | None) -> list[Pair]:
-    """The disagreeing bar pairs of the series against the run's staged bars in ``[start, end)``."""
+                  tolerance: float, volume_tolerance: float | None, expected: np.ndarray) -> list[Pair]:
+    """The disagreeing bar pairs of the series against the run's staged bars in ``[start, end)``,
+    in time order, numbered among ``expected`` (the calendar's bar times of the window, ns)."""
     params = [symbol, timeframe, to_db(start), to_db(end), _run_param(run_id), to_db(start), to_db(end),
               *[tolerance] * 4]
     if volume_tolerance is not None:
@@ -94,18 +92,37 @@ def disagreements(symbol: str, timeframe: str, run_id: uuid.UUID, start: datetim
     with connection.cursor() as cursor:
         cursor.execute(disagreements_sql(volume_tolerance is not None), params)
         rows = cursor.fetchall()
-    pairs = []
-    for n, ts, *values in rows:
-        stored, reference = tuple(values[:5]), tuple(values[5:])
-        pairs.append(Pair(int(n), ns_value(ts), None if stored[3] is None else stored,
-                          None if reference[3] is None else reference))
-    return pairs
+    rows = sorted(((ns_value(ts), values) for ts, *values in rows), key=lambda row: row[0])
+    times = np.fromiter((ts for ts, _ in rows), dtype="int64", count=len(rows))
+    numbers = number(times, expected)
+    return [Pair(int(n), ts, None if values[3] is None else tuple(values[:5]),
+                 None if values[8] is None else tuple(values[5:]))
+            for n, (ts, values) in zip(numbers, rows, strict=True)]
 
 
-def reference_lookup(frame: pd.DataFrame) -> dict[int, tuple[float, ...]]:
-    """The reference's bars by time (ns): what the time-shift test looks bars up in."""
-    if frame.empty:
-        return {}
-    times = frame["ts"].array.asi8
-    values = frame[list(FIELDS)].to_numpy(dtype="float64")
-    return dict(zip(np.asarray(times).tolist(), map(tuple, values.tolist()), strict=True))
+def number(times: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """The place of each of ``times`` (sorted) among the union of ``expected`` and ``times``: two
+    disagreeing bars are consecutive when no other expected bar lies between them."""
+    if not len(times):
+        return np.empty(0, dtype="int64")
+    return np.searchsorted(np.union1d(expected, times), times)
+
+
+class ReferenceLookup:
+    """The reference's bars by time (ns), looked up by binary search over the fetched frame (no
+    per-bar dict is built: only the few disagreeing bars are ever looked up, by the time-shift test)."""
+
+    def __init__(self, times: np.ndarray, values: np.ndarray):
+        self.times, self.values = times, values
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> ReferenceLookup:
+        if frame.empty:
+            return cls(np.empty(0, dtype="int64"), np.empty((0, len(FIELDS))))
+        return cls(np.asarray(frame["ts"].array.asi8), frame[list(FIELDS)].to_numpy(dtype="float64"))
+
+    def get(self, ts: int) -> tuple[float, ...] | None:
+        index = int(np.searchsorted(self.times, ts))
+        if index < len(self.times) and self.times[index] == ts:
+            return tuple(self.values[index].tolist())
+        return None

@@ -15,16 +15,16 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from ..calendars import last_completed_bar
+from ..calendars import expected_ns, last_completed_bar
 from ..models import AnomalyType, DataAnomaly, Instrument, ResolutionReason, ResolutionStatus, Timeframe
 from ..providers import ProviderError
 from ..quality.anomalies import DetectionResult
 from ..quality.findings import Finding
 from ..quality.record import AUTO, UNRESOLVED, drop_dismissed, record_findings
 from ..ranges import RangeError, check_backfill_range
-from ..timeframes import floor_to_timeframe, iso, timeframe_delta
+from ..timeframes import floor_to_timeframe, iso, timeframe_delta, to_ns
 from .classify import MAX_SHIFT_HOURS, classify
-from .compare import disagreements, reference_lookup, stage, unstage
+from .compare import ReferenceLookup, disagreements, stage, unstage
 from .reference import ReconcileError, ReferenceSeries, fetch_reference, reference_series
 
 logger = logging.getLogger(__name__)
@@ -113,11 +113,13 @@ class ReconcileReport:
                 "series": [s.as_dict() for s in self.series]}
 
 
-def compare_staged(series: ReferenceSeries, run_id: uuid.UUID, lookup: dict[int, tuple[float, ...]],
+def compare_staged(series: ReferenceSeries, run_id: uuid.UUID, lookup: ReferenceLookup,
                    start: datetime, end: datetime) -> tuple[int, list[Finding]]:
     """The disagreeing pairs (count) and findings of the series against the run's staged bars."""
+    expected = expected_ns(series.calendar, series.timeframe, to_ns(start), to_ns(end), series.alignment,
+                           series.closures)
     pairs = disagreements(series.symbol, series.timeframe, run_id, start, end, series.tolerance,
-                          series.volume_tolerance)
+                          series.volume_tolerance, expected)
     return len(pairs), classify(series, pairs, lookup)
 
 
@@ -141,7 +143,7 @@ def reconcile_series(series: ReferenceSeries, start: datetime, end: datetime, *,
     with transaction.atomic():
         stage(run_id, frame)
         try:
-            outcome.disagreeing_bars, findings = compare_staged(series, run_id, reference_lookup(frame), start, end)
+            outcome.disagreeing_bars, findings = compare_staged(series, run_id, ReferenceLookup.of(frame), start, end)
         finally:
             unstage(run_id)
     record(outcome, findings, start, end, dry_run=dry_run, now=now)
