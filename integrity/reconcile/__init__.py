@@ -15,8 +15,8 @@ A run (``reconcile``; the doors: ``manage.py reconcile``, the scheduled job, the
    transaction);
 3. ``classify``: a Python post-pass over those few pairs — one finding per time-shifted range, per
    split/unit ratio range, per price mismatch, per run of missing bars;
-4. ``service.record``: ``source_mismatch`` anomalies through ``quality.record``; those of the window
-   no longer found are resolved ``fixed``.
+4. ``service.record``: ``source_mismatch`` anomalies through ``quality.record``, for every series of
+   the run at once; those of each series' window no longer found are resolved ``fixed``.
 
 ``repair.repair_from_reference``: a person's explicit action, with a note, that writes the
 reference's bars for an anomaly's range through the normal backfill (a tracked execution) — never
@@ -28,10 +28,10 @@ from .repair import reference_range, repair_from_reference
 from .service import (
     ReconcileReport,
     SeriesReconciliation,
+    compare_series,
     parse_since,
     plan_reconcile,
     reconcile,
-    reconcile_series,
 )
 
 __all__ = [
@@ -43,7 +43,7 @@ __all__ = [
     "parse_since",
     "plan_reconcile",
     "reconcile",
-    "reconcile_series",
+    "compare_series",
     "reference_range",
     "reference_series",
     "repair_from_reference",

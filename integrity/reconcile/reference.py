@@ -65,8 +65,9 @@ class ReferenceSeries:
         return None if self.volume_tolerance_pct is None else self.volume_tolerance_pct / 100.0
 
 
-def reference_series(instrument: Instrument, timeframe: str) -> ReferenceSeries:
-    """The series ``(instrument, timeframe)`` with its reference; ``ReconcileError`` when it has none."""
+def reference_series(instrument: Instrument, timeframe: str, closures: Closures | None = None) -> ReferenceSeries:
+    """The series ``(instrument, timeframe)`` with its reference; ``ReconcileError`` when it has none.
+    ``closures``: the instrument's, when the caller read them for many instruments at once."""
     if not instrument.reference_provider:
         raise ReconcileError(f"{instrument.symbol} has no reference source (reference_provider is empty)")
     if timeframe not in (instrument.timeframes or []):
@@ -77,7 +78,7 @@ def reference_series(instrument: Instrument, timeframe: str) -> ReferenceSeries:
         calendar=instrument.calendar, provider=instrument.reference_provider,
         options=dict(instrument.reference_options or {}), tolerance_pct=price_tolerance_pct(instrument),
         volume_tolerance_pct=volume_tolerance_pct(instrument), alignment=instrument.bar_alignment,
-        closures=closures_for(instrument.symbol))
+        closures=closures_for(instrument.symbol) if closures is None else closures)
 
 
 def fetch_reference(series: ReferenceSeries, start: datetime, end: datetime, now: datetime,

@@ -15,13 +15,22 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from ..calendars import expected_ns, last_completed_bar
-from ..models import AnomalyType, DataAnomaly, Instrument, ResolutionReason, ResolutionStatus, Timeframe
+from ..calendars import NO_CLOSURES, expected_ns, last_completed_bar
+from ..models import (
+    AnomalyType,
+    DataAnomaly,
+    Instrument,
+    ResolutionReason,
+    ResolutionStatus,
+    Timeframe,
+    closures_by_symbol,
+)
 from ..providers import ProviderError
 from ..quality.anomalies import DetectionResult
 from ..quality.findings import Finding
 from ..quality.record import AUTO, UNRESOLVED, drop_dismissed, record_findings
 from ..ranges import RangeError, check_backfill_range
+from ..series import chunks
 from ..timeframes import floor_to_timeframe, iso, timeframe_delta, to_ns
 from .classify import MAX_SHIFT_HOURS, classify
 from .compare import ReferenceLookup, disagreements, stage, unstage
@@ -74,10 +83,6 @@ class SeriesReconciliation:
     invalid_reference_bars: int = 0
     disagreeing_bars: int = 0
     findings: list[Finding] = field(default_factory=list)
-    created: int = 0
-    updated: int = 0
-    resolved: int = 0
-    dismissed: int = 0
 
     def by_kind(self) -> dict[str, int]:
         return dict(Counter(f.details["kind"] for f in self.findings))
@@ -93,6 +98,12 @@ class ReconcileReport:
     dry_run: bool
     series: list[SeriesReconciliation] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # instruments without a reference source
+    # What recording did (``record``): anomalies created, updated, resolved (agreeing again), and
+    # findings left out because a reviewer resolved them for good.
+    created: int = 0
+    updated: int = 0
+    resolved: int = 0
+    dismissed: int = 0
 
     @property
     def found(self) -> int:
@@ -106,8 +117,7 @@ class ReconcileReport:
         kinds: Counter = Counter()
         for s in self.series:
             kinds.update(s.by_kind())
-        totals = {name: sum(getattr(s, name) for s in self.series)
-                  for name in ("created", "updated", "resolved", "dismissed")}
+        totals = {name: getattr(self, name) for name in ("created", "updated", "resolved", "dismissed")}
         return {"dry_run": self.dry_run, "series_reconciled": len(self.series), "failed": len(self.failed),
                 "found": self.found, "by_kind": dict(kinds), **totals, "skipped": self.skipped,
                 "series": [s.as_dict() for s in self.series]}
@@ -123,12 +133,12 @@ def compare_staged(series: ReferenceSeries, run_id: uuid.UUID, lookup: Reference
     return len(pairs), classify(series, pairs, lookup)
 
 
-def reconcile_series(series: ReferenceSeries, start: datetime, end: datetime, *, dry_run: bool = False,
-                     now: datetime | None = None) -> SeriesReconciliation:
-    """Compare one series with its reference over ``[start, end)`` and record what disagrees.
+def compare_series(series: ReferenceSeries, start: datetime, end: datetime,
+                   now: datetime) -> tuple[SeriesReconciliation, list[Finding]]:
+    """Fetch the reference, stage it, compare and classify (nothing recorded yet).
 
-    The reference bars are staged and deleted in one transaction: a run that dies leaves none."""
-    now = now or timezone.now()
+    The reference bars are staged and deleted in one transaction: a run that dies leaves none. A
+    reference that cannot be fetched gives a ``failed`` outcome with the (redacted) error."""
     outcome = SeriesReconciliation(series.symbol, series.timeframe, series.provider, iso(start), iso(end))
     try:
         frame = fetch_reference(series, start, end, now, pad=timedelta(hours=MAX_SHIFT_HOURS))
@@ -136,7 +146,7 @@ def reconcile_series(series: ReferenceSeries, start: datetime, end: datetime, *,
         outcome.status, outcome.error = "failed", str(exc)
         logger.warning("reconcile %s %s: the reference could not be fetched: %s", series.symbol,
                        series.timeframe, exc)
-        return outcome
+        return outcome, []
     outcome.invalid_reference_bars = series.invalid_reference_bars
     outcome.reference_bars = int(((frame["ts"] >= start) & (frame["ts"] < end)).sum()) if len(frame) else 0
     run_id = uuid.uuid4()
@@ -146,37 +156,57 @@ def reconcile_series(series: ReferenceSeries, start: datetime, end: datetime, *,
             outcome.disagreeing_bars, findings = compare_staged(series, run_id, ReferenceLookup.of(frame), start, end)
         finally:
             unstage(run_id)
-    record(outcome, findings, start, end, dry_run=dry_run, now=now)
-    return outcome
+    return outcome, findings
 
 
-def record(outcome: SeriesReconciliation, findings: list[Finding], start: datetime, end: datetime, *,
-           dry_run: bool, now: datetime) -> None:
-    """Record the findings (a dry run: only leave out those resolved for good) and resolve the
-    series' unresolved ``source_mismatch`` anomalies in the window that were not found again."""
-    result = DetectionResult(dry_run=dry_run, full=False, findings=findings)
-    if dry_run:
+Compared = tuple[SeriesReconciliation, list[Finding], datetime, datetime]
+
+
+def record(report: ReconcileReport, compared: list[Compared], *, now: datetime) -> None:
+    """Record the findings of every compared series at once (a dry run: only leave out those resolved
+    for good), then resolve the unresolved ``source_mismatch`` anomalies of each series' window that
+    were not found again. Counts go on ``report``; each outcome keeps the findings recorded."""
+    result = DetectionResult(dry_run=report.dry_run, full=False,
+                             findings=[f for _, findings, _, _ in compared for f in findings])
+    if report.dry_run:
         drop_dismissed(result)
     else:
+        seen = {f.fingerprint for f in result.findings}
         record_findings(result, [], [], now)
-        seen = {f.fingerprint for f in findings}
-        agreeing = DataAnomaly.objects.filter(
-            symbol=outcome.symbol, timeframe=outcome.timeframe, anomaly_type=AnomalyType.SOURCE_MISMATCH,
-            resolution_status__in=UNRESOLVED, period_start__gte=start, period_start__lt=end,
-        ).exclude(fingerprint__in=seen) if len(seen) < 5000 else None
-        if agreeing is None:  # very many findings: compare in Python rather than in a huge NOT IN
-            agreeing = DataAnomaly.objects.filter(id__in=[
-                pk for pk, fp in DataAnomaly.objects.filter(
-                    symbol=outcome.symbol, timeframe=outcome.timeframe, anomaly_type=AnomalyType.SOURCE_MISMATCH,
-                    resolution_status__in=UNRESOLVED, period_start__gte=start, period_start__lt=end,
-                ).values_list("id", "fingerprint") if fp not in seen])
-        result.resolved = agreeing.update(
+        result.resolved = _resolve_agreeing(compared, seen, now)
+    kept: dict[tuple[str, str], list[Finding]] = {}
+    for finding in result.findings:
+        kept.setdefault((finding.symbol, finding.timeframe), []).append(finding)
+    for outcome, _, _, _ in compared:
+        outcome.findings = kept.get((outcome.symbol, outcome.timeframe), [])
+    report.created += result.created
+    report.updated += result.updated
+    report.resolved += result.resolved
+    report.dismissed += result.dismissed
+
+
+def _resolve_agreeing(compared: list[Compared], seen: set[str], now: datetime) -> int:
+    windows = {(o.symbol, o.timeframe): (start, end) for o, _, start, end in compared if o.status == "ok"}
+    if not windows:
+        return 0
+    candidates = DataAnomaly.objects.filter(anomaly_type=AnomalyType.SOURCE_MISMATCH,
+                                            resolution_status__in=UNRESOLVED, period_start__isnull=False)
+    symbols = {symbol for symbol, _ in windows}
+    if len(symbols) <= 500:
+        candidates = candidates.filter(symbol__in=symbols)
+    ids = []
+    for pk, symbol, timeframe, fingerprint, period_start in candidates.values_list(
+            "id", "symbol", "timeframe", "fingerprint", "period_start"):
+        window = windows.get((symbol, timeframe))
+        if window is not None and fingerprint not in seen and window[0] <= period_start < window[1]:
+            ids.append(pk)
+    resolved = 0
+    for part in chunks(ids):
+        resolved += DataAnomaly.objects.filter(id__in=part, resolution_status__in=UNRESOLVED).update(
             resolution_status=ResolutionStatus.RESOLVED, resolution_reason=ResolutionReason.FIXED,
             resolved_by=AUTO, resolved_at=now, resolution_note="no longer detected: agrees with the reference",
             updated_at=now)
-    outcome.findings = result.findings
-    outcome.created, outcome.updated = result.created, result.updated
-    outcome.resolved, outcome.dismissed = result.resolved, result.dismissed
+    return resolved
 
 
 def plan_reconcile(symbol: str | None = None, timeframe: str | None = None, *, start: datetime | None = None,
@@ -204,6 +234,7 @@ def plan_reconcile(symbol: str | None = None, timeframe: str | None = None, *, s
     else:
         instruments = list(Instrument.objects.filter(active=True).order_by("symbol"))
     jobs, skipped = [], []
+    closures = closures_by_symbol([i.symbol for i in instruments if i.reference_provider])
     for instrument in instruments:
         if not instrument.reference_provider:
             skipped.append(instrument.symbol)
@@ -215,7 +246,7 @@ def plan_reconcile(symbol: str | None = None, timeframe: str | None = None, *, s
                                      f"{', '.join(timeframes) or 'none'})")
             timeframes = [t for t in timeframes if t == timeframe]
         for tf in timeframes:
-            series = reference_series(instrument, tf)
+            series = reference_series(instrument, tf, closures.get(instrument.symbol, NO_CLOSURES))
             lo, hi = reconcile_window(series, start, end, since, now, timedelta(days=conf.RECONCILE_WINDOW_DAYS))
             jobs.append((series, lo, hi))
     return jobs, skipped
@@ -230,6 +261,10 @@ def reconcile(symbol: str | None = None, timeframe: str | None = None, *, start:
     now = now or timezone.now()
     jobs, skipped = plan_reconcile(symbol, timeframe, start=start, end=end, since=since, now=now)
     report = ReconcileReport(dry_run=dry_run, skipped=skipped)
+    compared = []
     for series, lo, hi in jobs:
-        report.series.append(reconcile_series(series, lo, hi, dry_run=dry_run, now=now))
+        outcome, findings = compare_series(series, lo, hi, now)
+        report.series.append(outcome)
+        compared.append((outcome, findings, lo, hi))
+    record(report, compared, now=now)
     return report

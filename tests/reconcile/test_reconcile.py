@@ -111,21 +111,21 @@ class TestLifecycle:
         Candle.objects.filter(pk=candle.pk).update(**{f["field"]: f["reference"] for f in anomaly.details["fields"]})
         report = reconcile("BTC-USD", "1h", start=START, end=END)
         anomaly.refresh_from_db()
-        assert (report.series[0].resolved, anomaly.resolution_status, anomaly.resolution_reason) == (
+        assert (report.resolved, anomaly.resolution_status, anomaly.resolution_reason) == (
             1, "resolved", "fixed")
 
     def test_the_same_mismatch_found_again_updates_its_anomaly(self, httpserver):
         stored_pair(httpserver, Plant(price={7: 1.01}))
         found()
         report = reconcile("BTC-USD", "1h", start=START, end=END)
-        assert (report.series[0].created, report.series[0].updated, mismatches().count()) == (0, 1, 1)
+        assert (report.created, report.updated, mismatches().count()) == (0, 1, 1)
 
     def test_a_mismatch_resolved_as_expected_is_never_recorded_again(self, httpserver):
         stored_pair(httpserver, Plant(price={7: 1.01}))
         found()
         mismatches().get().resolve(by="ann", reason="expected")
         report = reconcile("BTC-USD", "1h", start=START, end=END)
-        assert (report.series[0].dismissed, report.series[0].findings, mismatches().count()) == (1, [], 1)
+        assert (report.dismissed, report.series[0].findings, mismatches().count()) == (1, [], 1)
 
     def test_a_mismatch_outside_the_window_is_left_alone(self, httpserver):
         stored_pair(httpserver, Plant(price={7: 1.01}))
