@@ -36,6 +36,9 @@ def reference_range(anomaly: DataAnomaly) -> tuple[datetime, datetime]:
                              conflict=True)
     if anomaly.period_start is None:
         raise ReconcileError(f"anomaly {anomaly.pk} has no period to take from the reference")
+    if (anomaly.details or {}).get("kind") == "missing_reference":
+        raise ReconcileError(f"anomaly {anomaly.pk}: the reference lacks these bars, there is nothing to take "
+                             "from it (a backfill never deletes stored bars)")
     if not Instrument.objects.filter(symbol=anomaly.symbol).exclude(reference_provider="").exists():
         raise ReconcileError(f"{anomaly.symbol} has no reference source")
     tf = anomaly.timeframe

@@ -224,9 +224,46 @@ class TestRepairFromReference:
                    .values_list("source", flat=True)) == {"ccxt"}
         assert found() == []
 
+    def test_bars_the_reference_lacks_cannot_be_taken_from_it(self, httpserver):
+        stored_pair(httpserver, Plant(missing_reference={9}))
+        found()
+        with pytest.raises(ReconcileError, match="the reference lacks these bars"):
+            repair_from_reference(mismatches().get(), "take them")
+
     def test_only_a_source_mismatch_can_be_repaired_from_the_reference(self, httpserver):
         stored_pair(httpserver)
         gap = DataAnomaly.objects.create(symbol="BTC-USD", timeframe="1h", anomaly_type="gap", severity="low",
                                          description="gap", fingerprint="g", period_start=START)
         with pytest.raises(ReconcileError, match="only a source_mismatch"):
             repair_from_reference(gap, "why not")
+
+
+class TestClassification:
+    """The post-pass alone, on hand-made pairs (no database)."""
+
+    @staticmethod
+    def equity_series():
+        from integrity.reconcile.reference import ReferenceSeries
+
+        return ReferenceSeries(symbol="AAPL", timeframe="1d", asset_class="equity", calendar="XNYS", provider="csv",
+                               options={}, tolerance_pct=0.05, volume_tolerance_pct=None)
+
+    def test_a_bar_missing_where_the_calendar_expects_none_is_no_finding(self):
+        import numpy as np
+
+        from integrity.reconcile.classify import classify
+        from integrity.reconcile.compare import Pair, ReferenceLookup
+        from integrity.timeframes import to_ns
+
+        saturday, monday = to_ns(utc(2024, 1, 6)), to_ns(utc(2024, 1, 8))
+        bar = (185.0, 186.0, 184.0, 185.5, 1e6)
+        pairs = [Pair(1, saturday, None, bar), Pair(2, monday, None, bar)]
+        findings = classify(self.equity_series(), pairs, ReferenceLookup(np.empty(0, "int64"), np.empty((0, 5))))
+        assert [(f.details["kind"], f.period_start) for f in findings] == [("missing_stored", utc(2024, 1, 8))]
+
+    def test_daily_bars_are_never_read_as_time_shifted(self):
+        from integrity.reconcile.classify import shift_candidates
+
+        assert shift_candidates("1d") == [] and shift_candidates("4h") == [
+            4 * 3_600_000_000_000, -4 * 3_600_000_000_000, 8 * 3_600_000_000_000, -8 * 3_600_000_000_000,
+            12 * 3_600_000_000_000, -12 * 3_600_000_000_000]
