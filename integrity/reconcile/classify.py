@@ -1,10 +1,10 @@
 """The Python post-pass over the (few) disagreeing bar pairs of a reconciliation: findings, each
 ``source_mismatch``, in this order, a bar taken by one kind is not reported again by the next:
 
-1. ``time_shift`` — at least ``SHIFT_MIN_BARS`` consecutive stored bars that match the reference's
-   bars ``k`` whole hours earlier or later (and not at their own time): one finding for the range,
-   which also takes the one-sided bars within ``k`` of its ends (the bar a relabelled range pushes
-   out or in). Intraday only: ``k`` is a whole number of hours (1 … ``MAX_SHIFT_HOURS``) and of bars.
+1. ``time_shift`` — at least ``SHIFT_MIN_BARS`` consecutive stored bars, mostly present on both sides,
+   that match the reference's bars ``k`` whole hours earlier or later (and not at their own time):
+   one finding for the range, which also takes the one-sided bars within ``k`` of its ends (the bar
+   a relabelled range pushes out or in). Intraday only: ``k`` is a whole number of hours (1 … ``MAX_SHIFT_HOURS``) and of bars.
 2. ``ratio`` — at least ``RATIO_MIN_BARS`` consecutive bars whose stored/reference close and open
    are both within ``RATIO_TOLERANCE`` of one of ``RATIOS`` (2, 3, ½, ⅓, 100, 1/100): one finding
    for the range, a probable unadjusted split or unit error.
@@ -108,7 +108,10 @@ class Classifier:
         shift = 0
 
         def close() -> None:
-            if len(current) >= SHIFT_MIN_BARS:
+            # Mostly bars both sides have (that differ at their own time): a run of bars the reference
+            # lacks in a flat stretch would match its neighbours too, and is missing, not shifted.
+            paired = sum(p.reference is not None for p in current)
+            if len(current) >= SHIFT_MIN_BARS and 2 * paired >= len(current):
                 self._shift_finding(current, shift, pairs, taken)
 
         for pair in pairs:

@@ -267,3 +267,21 @@ class TestClassification:
         assert shift_candidates("1d") == [] and shift_candidates("4h") == [
             4 * 3_600_000_000_000, -4 * 3_600_000_000_000, 8 * 3_600_000_000_000, -8 * 3_600_000_000_000,
             12 * 3_600_000_000_000, -12 * 3_600_000_000_000]
+
+    def test_bars_the_reference_lacks_in_a_flat_stretch_are_missing_not_shifted(self):
+        import numpy as np
+
+        from integrity.reconcile.classify import classify
+        from integrity.reconcile.compare import Pair, ReferenceLookup
+        from integrity.reconcile.reference import ReferenceSeries
+        from integrity.timeframes import to_ns
+
+        series = ReferenceSeries(symbol="BTC-USD", timeframe="1h", asset_class="crypto", calendar="24/7",
+                                 provider="ccxt", options={}, tolerance_pct=0.1, volume_tolerance_pct=None)
+        hours = [to_ns(utc(2024, 1, 1, h)) for h in range(12)]
+        flat = (100.0, 100.0, 100.0, 100.0, 1.0)
+        lookup = ReferenceLookup(np.array([t for h, t in enumerate(hours) if not 3 <= h <= 6], dtype="int64"),
+                                 np.array([flat] * 8))
+        pairs = [Pair(h, hours[h], flat, None) for h in range(3, 7)]
+        [finding] = classify(series, pairs, lookup)
+        assert (finding.details["kind"], finding.affected_rows) == ("missing_reference", 4)
