@@ -257,7 +257,9 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {"TimeframeEnum": "integrity.timeframes.Timeframe",
                             "BackfillStatusEnum": "integrity.models.BackfillStatus",
-                            "ResolutionReasonEnum": "integrity.models.anomalies.ResolutionReason"},
+                            "ResolutionReasonEnum": "integrity.models.anomalies.ResolutionReason",
+                            # provider and reference_provider: one choice set, one name
+                            "ProviderEnum": "integrity.providers.PROVIDER_NAMES"},
     "COMPONENT_SPLIT_REQUEST": True,
 }
 

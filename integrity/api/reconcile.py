@@ -79,7 +79,13 @@ class ReconcilingAnomalyViewSet(RepairableAnomalyViewSet):
     the reference's bars for the range."""
 
     @extend_schema(request=NoteSerializer, responses={
-        200: serializers.DictField(),
+        200: inline_serializer("ReferenceRepair", {
+            "anomaly_id": serializers.IntegerField(), "symbol": serializers.CharField(),
+            "timeframe": serializers.CharField(), "range_start": serializers.DateTimeField(),
+            "range_end": serializers.DateTimeField(), "execution_id": serializers.UUIDField(allow_null=True),
+            "status": serializers.CharField(), "inserted": serializers.IntegerField(),
+            "updated": serializers.IntegerField(), "error": serializers.CharField(),
+            "note": serializers.CharField(), "by": serializers.CharField(), "resolved": serializers.BooleanField()}),
         400: OpenApiResponse(description="no note, or not a source_mismatch anomaly with a period"),
         409: OpenApiResponse(description="the anomaly is resolved, or its series is busy")})
     @action(detail=True, methods=["post"], url_path="repair-from-reference")
