@@ -15,8 +15,9 @@ price findings to classify and record). Then, per series —
   disagreeing pairs; then ``record`` once: the findings recorded as anomalies and the windows'
   others resolved).
 
-Each phase runs twice, alternating (baseline, reconcile, baseline, reconcile: the first pair warms the
-cache); the figure is the second reconcile over the second baseline; target at most 2. Exit status:
+The phases run ROUNDS times, alternating (baseline, reconcile, baseline, …; the first pair warms the
+cache); the figure is the fastest reconcile over the fastest baseline of the later rounds (the
+least disturbed by other load on a shared machine); target at most 2. Exit status:
 0 figures printed (the target reported, not asserted); 1 a phase errored or the findings are not the
 planted ones; 2 cannot run here (not PostgreSQL, not a benchmark database).
 """
@@ -31,6 +32,7 @@ import common
 from common import BenchFailure, timer, truncate
 
 TARGET_RATIO = 2.0
+ROUNDS = 4
 START = datetime(2023, 1, 1, tzinfo=UTC)
 TABLES = ("candles", "data_anomalies", "reference_bars", "instruments")
 
@@ -163,7 +165,7 @@ def run(args, report: dict) -> None:
     lookups = lookups_for(runs, args.bars)
     timings: dict[str, list[float]] = {"baseline": [], "reconcile": []}
     result: dict = {}
-    for _ in range(2):
+    for _ in range(ROUNDS):
         with timer() as t:
             joined = baseline(runs, end)
         timings["baseline"].append(round(t["seconds"], 3))
@@ -172,12 +174,14 @@ def run(args, report: dict) -> None:
         timings["reconcile"].append(round(t["seconds"], 3))
         print(f"  baseline {timings['baseline'][-1]:.3f}s ({joined:,} joined rows), reconcile "
               f"{timings['reconcile'][-1]:.3f}s ({result})", flush=True)
-    ratio = round(timings["reconcile"][-1] / timings["baseline"][-1], 2)
+    best = {phase: min(times[1:]) for phase, times in timings.items()}
+    ratio = round(best["reconcile"] / best["baseline"], 2)
     report["results"] = {"series": args.series, "bars": args.bars, "planted": args.planted, "timings": timings,
-                         "ratio": ratio, **result}
+                         "best": best, "ratio": ratio, **result}
     verdict = "meets" if ratio <= TARGET_RATIO else "MISSES"
-    print(f"\n== summary\n  reconcile / one join pass = {ratio} ({timings['reconcile'][-1]:.2f}s vs "
-          f"{timings['baseline'][-1]:.2f}s) [{verdict} the ≤ {TARGET_RATIO:g} target]", flush=True)
+    print(f"\n== summary\n  reconcile / one join pass = {ratio} ({best['reconcile']:.2f}s vs "
+          f"{best['baseline']:.2f}s, fastest of rounds 2–{ROUNDS}) [{verdict} the ≤ {TARGET_RATIO:g} target]",
+          flush=True)
     if result["findings"] != args.series * args.planted or joined != args.series * args.bars:
         raise BenchFailure(f"expected {args.series * args.planted} findings over {args.series * args.bars} "
                            f"joined rows, got {result['findings']} over {joined}")
@@ -193,7 +197,7 @@ def summary(args, report: dict) -> list[dict]:
     return [common.summary_row(
         f"`bench_reconcile.py`, {r['series']} series × {r['bars']:,} bars, {r['planted']} planted each",
         f"reconcile (against staged bars, findings recorded) / one join pass = {r['ratio']:.2f} "
-        f"({r['timings']['reconcile'][-1]:.2f} s vs {r['timings']['baseline'][-1]:.2f} s)", f"≤ {TARGET_RATIO:g}")]
+        f"({r['best']['reconcile']:.2f} s vs {r['best']['baseline']:.2f} s)", f"≤ {TARGET_RATIO:g}")]
 
 
 def main(argv=None) -> int:
