@@ -32,6 +32,12 @@ from django.core.exceptions import ImproperlyConfigured
 TIMEFRAMES = ("1m", "5m", "15m", "1h", "4h", "1d")  # the keys of the per-timeframe settings
 ASSET_CLASSES = ("equity", "crypto", "forex")  # the keys of the per-asset-class settings
 AVAILABILITY_DELAY_MINUTES = {"equity": 15, "crypto": 1, "forex": 5}
+# Reconciliation tolerances, percent. Prices: crypto venues differ by a few basis points (0.1 % is
+# agreement, not a finding); an equity's vendors and forex feeds round alike. Volume (-1: not
+# compared): venues trade different volumes, so crypto and forex (tick counts) are off; an equity's
+# consolidated volume differs between vendors by late trades and odd lots, hence a loose 10 %.
+RECONCILE_TOLERANCE_PCT = {"equity": 0.05, "crypto": 0.1, "forex": 0.05}
+RECONCILE_VOLUME_TOLERANCE_PCT = {"equity": 10.0, "crypto": -1.0, "forex": -1.0}
 
 
 class SettingError(ImproperlyConfigured, ValueError):
@@ -90,17 +96,19 @@ class Setting:
 
 
 class _PerKey:
-    """A mapping key -> integer (timeframes, asset classes); a key the setting leaves out keeps its
-    default. ``what`` names the keys in the error."""
+    """A mapping key -> integer (timeframes, asset classes), or -> number with ``number=_float``; a key
+    the setting leaves out keeps its default. ``what`` names the keys in the error."""
 
-    def __init__(self, default: Mapping[str, int], what: str, keys: tuple[str, ...]):
-        self.default, self.what, self.keys = dict(default), what, keys
+    def __init__(self, default: Mapping[str, Any], what: str, keys: tuple[str, ...],
+                 number: Callable[[str, Any], Any] = _int):
+        self.default, self.what, self.keys, self.number = dict(default), what, keys, number
 
-    def __call__(self, name: str, value: Any) -> dict[str, int]:
+    def __call__(self, name: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, Mapping):
-            raise SettingError(f"setting {name} must map {self.what} ({', '.join(self.keys)}) to integers, "
+            kind = "integers" if self.number is _int else "numbers"
+            raise SettingError(f"setting {name} must map {self.what} ({', '.join(self.keys)}) to {kind}, "
                                f"got {value!r}")
-        return {**self.default, **{str(k): _int(f"{name}[{k!r}]", v) for k, v in value.items()}}
+        return {**self.default, **{str(k): self.number(f"{name}[{k!r}]", v) for k, v in value.items()}}
 
 
 # The sections of docs/configuration.md the app's settings are listed in: title, then a line of prose.
@@ -233,6 +241,30 @@ SETTINGS["STALE_AVAILABILITY_DELAY_MINUTES"] = Setting(
     ", ".join(f"{k} {v}" for k, v in AVAILABILITY_DELAY_MINUTES.items()),
     "`STALE_AVAILABILITY_DELAY_MINUTES` (settings: a mapping asset class → minutes; environment: "
     + ", ".join(f"`STALE_AVAILABILITY_DELAY_MINUTES_{k.upper()}`" for k in ASSET_CLASSES) + ")")
+
+def _per_asset_class_pct(name: str, default: Mapping[str, float], doc: str) -> None:
+    """A mapping asset class -> percent; the environment sets it per class (``NAME_EQUITY`` …)."""
+    SETTINGS[name] = Setting(
+        name, dict(default), _PerKey(default, "asset classes", ASSET_CLASSES, _float), doc, "quality",
+        ", ".join(f"{k} {v:g}" if v >= 0 else f"{k} off (-1)" for k, v in default.items()),
+        f"`{name}` (settings: a mapping asset class → percent; environment: "
+        + ", ".join(f"`{name}_{k.upper()}`" for k in ASSET_CLASSES) + ")")
+
+
+_per_asset_class_pct("RECONCILE_TOLERANCE_PCT", RECONCILE_TOLERANCE_PCT,
+                     "reconciliation: the relative price difference (open, high, low, close), in percent of the "
+                     "reference's price, that still counts as agreement, per asset class, unless the instrument "
+                     "sets its own `reconcile_tolerance` ([reconciliation.md](reconciliation.md)).")
+_per_asset_class_pct("RECONCILE_VOLUME_TOLERANCE_PCT", RECONCILE_VOLUME_TOLERANCE_PCT,
+                     "reconciliation: the relative volume difference, in percent, that still counts as "
+                     "agreement, per asset class; a negative value compares no volume (two venues trade "
+                     "different volumes).")
+_declare("quality", [
+    ("RECONCILE_WINDOW_DAYS", 7,
+     "the window the scheduled reconciliation (and `manage.py reconcile` without `--start`/`--since`) "
+     "compares: the last this-many days up to the last completed bar."),
+])
+
 _declare("health", [
     ("FAILURE_ALERT_THRESHOLD", 3,
      "consecutive failures of a symbol that raise an alert (once, re-armed after a success)."),
@@ -269,6 +301,9 @@ _declare("health", [
     ("SCHEDULE_RECOVER_CRON", "*/5 * * * *",
      "recovery schedule (UTC): executions of lost workers reaped, scheduled series claimed again, lost "
      "queued tasks queued again (`integrity.backfill.recover`)."),
+    ("SCHEDULE_RECONCILE_CRON", "0 4 * * *",
+     "reconciliation with the reference sources (UTC), after the daily backfill; it skips instruments "
+     "without a reference. `off`: not scheduled."),
     ("WORKER_QUEUE_WAIT_WARNING_SECONDS", 900,
      "with a django-q2 cluster alive, a queued task waiting longer than this many seconds makes the health "
      "job warn (the workers are busy or stuck); with none alive, any waiting work does."),

@@ -9,6 +9,7 @@ computes cron times in it):
     integrity.backfill   integrity.tasks.backfill_all_task     SCHEDULE_BACKFILL_CRON
     integrity.health     integrity.tasks.health_task           SCHEDULE_HEALTH_CRON
     integrity.recover    integrity.tasks.recover_backfills_task SCHEDULE_RECOVER_CRON
+    integrity.reconcile  integrity.tasks.reconcile_task        SCHEDULE_RECONCILE_CRON (``off``: none)
 
 ``setup_schedules`` is idempotent: it creates missing schedules, updates changed ones (a new cron
 expression moves ``next_run`` to the expression's next time), leaves unchanged ones alone and deletes
@@ -57,7 +58,15 @@ SCHEDULES: tuple[ScheduleSpec, ...] = (
                  "health monitoring: staleness, failures, anomalies, alerts"),
     ScheduleSpec("integrity.recover", "integrity.tasks.recover_backfills_task", "SCHEDULE_RECOVER_CRON",
                  "recovery: the runs and queued tasks of lost workers handed to the others"),
+    ScheduleSpec("integrity.reconcile", "integrity.tasks.reconcile_task", "SCHEDULE_RECONCILE_CRON",
+                 "reconciliation with the reference sources (instruments without one are skipped)"),
 )
+OFF = "off"  # a schedule whose setting says this is not scheduled (and deleted if it was)
+
+
+def scheduled() -> tuple[ScheduleSpec, ...]:
+    """The entries of ``SCHEDULES`` that are switched on."""
+    return tuple(spec for spec in SCHEDULES if spec.cron.strip().lower() != OFF)
 
 
 class ScheduleConfigError(ValueError):
@@ -96,10 +105,11 @@ def setup_schedules(now: datetime | None = None) -> list[dict[str, Any]]:
     from django_q.models import Schedule
 
     now = now or timezone.now()
-    crons = {spec.name: validate_cron(spec) for spec in SCHEDULES}  # all valid, or change nothing
+    specs = scheduled()
+    crons = {spec.name: validate_cron(spec) for spec in specs}  # all valid, or change nothing
     report = []
     with transaction.atomic():
-        for spec in SCHEDULES:
+        for spec in specs:
             cron = crons[spec.name]
             existing = Schedule.objects.select_for_update().filter(name=spec.name).order_by("id")
             schedule = existing.first()
@@ -125,7 +135,7 @@ def setup_schedules(now: datetime | None = None) -> list[dict[str, Any]]:
             report.append({"name": spec.name, "func": spec.func, "cron": cron, "setting": spec.setting,
                            "next_run": schedule.next_run.astimezone(UTC).isoformat(), "action": action,
                            "description": spec.description})
-        known = [spec.name for spec in SCHEDULES]
+        known = [spec.name for spec in specs]
         for name in Schedule.objects.filter(name__startswith=PREFIX).exclude(name__in=known).values_list(
                 "name", flat=True):
             report.append({"name": name, "action": "deleted"})

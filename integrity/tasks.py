@@ -33,6 +33,7 @@ from .health.job import run_health_monitoring
 from .models import BackfillState, BackfillStatus, DataAnomaly
 from .quality.enrichment import enrich_series
 from .queue import queued_task_ids
+from .reconcile import plan_reconcile, reconcile
 from .repair import claim_repair, run_repair_execution
 from .series import active_series
 
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 BACKFILL_SERIES_TASK = "integrity.tasks.backfill_series_task"
 EXECUTION_TASK = "integrity.tasks.backfill_execution_task"  # what request_backfill queues
 REPAIR_TASK = "integrity.tasks.repair_execution_task"  # what request_repair queues
+RECONCILE_TASK = "integrity.tasks.reconcile_task"  # what request_reconcile queues
 
 
 def health_task() -> dict[str, Any]:
@@ -179,3 +181,31 @@ def request_repair(anomaly: DataAnomaly, *, by: str = "") -> BackfillState:
 def repair_execution_task(anomaly_id: int, execution_id: str) -> dict[str, Any]:
     """Run a repair ``request_repair`` claimed (``integrity.repair.run_repair_execution``)."""
     return run_repair_execution(anomaly_id, execution_id)
+
+
+def reconcile_task(symbol: str | None = None, timeframe: str | None = None, start: str | None = None,
+                   end: str | None = None, since: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """Reconcile with the reference sources (``integrity.reconcile.reconcile``): the schedule's run
+    (every instrument with a reference, ``RECONCILE_WINDOW_DAYS``) or one requested by the API/admin.
+    The result counts what was found; the findings themselves are the anomalies."""
+    parse = datetime.fromisoformat
+    report = reconcile(symbol, timeframe, start=parse(start) if start else None, end=parse(end) if end else None,
+                       since=since, dry_run=dry_run)
+    summary = report.as_dict()
+    summary["series"] = [{k: v for k, v in s.items() if k != "findings"} for s in summary["series"]]
+    return summary
+
+
+def request_reconcile(symbol: str, timeframe: str | None = None, *, start: datetime | None = None,
+                      end: datetime | None = None, since: str | None = None, dry_run: bool = False,
+                      by: str = "") -> dict[str, Any]:
+    """Check the request (``ReconcileError`` before anything is queued), then queue ``reconcile_task``."""
+    jobs, _ = plan_reconcile(symbol, timeframe, start=start, end=end, since=since)
+    task_id = async_task(RECONCILE_TASK, symbol, timeframe, start.isoformat() if start else None,
+                         end.isoformat() if end else None, since, dry_run, group="integrity.reconcile",
+                         task_name=f"reconcile {symbol} {timeframe or ''}".strip()[:100])
+    logger.info("reconcile of %s %s queued (task %s)%s", symbol, timeframe or "(every timeframe)", task_id,
+                f" for {by}" if by else "")
+    return {"task_id": task_id, "symbol": symbol, "dry_run": dry_run,
+            "series": [{"timeframe": s.timeframe, "reference_provider": s.provider, "start": lo.isoformat(),
+                        "end": hi.isoformat()} for s, lo, hi in jobs]}

@@ -17,7 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from integrity.conf import SETTINGS as declared_settings
 from integrity.conf import conf
 
-from .env import envbool, envint, envlist, envproxyheader, envrate, envsetting, envstr
+from .env import envbool, envfloat, envint, envlist, envproxyheader, envrate, envsetting, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -178,7 +178,7 @@ LOGGING = {
 # read from the environment variable of its name; the few with another form are set below.
 own_form = {"API_NUM_PROXIES", "API_THROTTLE_ANON", "API_THROTTLE_FAILED_AUTH", "BACKFILL_LOOKBACK_DAYS",
             "BACKFILL_MAX_BARS", "PROVIDER_LIMITS_REDIS_URL", "QUALITY_THRESHOLDS",
-            "STALE_AVAILABILITY_DELAY_MINUTES"}
+            "STALE_AVAILABILITY_DELAY_MINUTES", "RECONCILE_TOLERANCE_PCT", "RECONCILE_VOLUME_TOLERANCE_PCT"}
 globals().update({name: envsetting(name) for name in declared_settings if name not in own_form})
 # Per timeframe: BACKFILL_LOOKBACK_DAYS_1M … _1D.
 BACKFILL_LOOKBACK_DAYS = {tf: envint(f"BACKFILL_LOOKBACK_DAYS_{tf.upper()}", days)
@@ -191,6 +191,11 @@ BACKFILL_MAX_BARS = {tf: envint(f"BACKFILL_MAX_BARS_{tf.upper()}", envint("BACKF
 # Per asset class detector thresholds: a Python mapping, set it here (or in a settings module that
 # imports this one); no environment form.
 QUALITY_THRESHOLDS = conf.default("QUALITY_THRESHOLDS")
+# Reconciliation tolerances per asset class (percent): RECONCILE_TOLERANCE_PCT_EQUITY, _CRYPTO, _FOREX
+# and RECONCILE_VOLUME_TOLERANCE_PCT_EQUITY, … (negative: volume not compared).
+RECONCILE_TOLERANCE_PCT, RECONCILE_VOLUME_TOLERANCE_PCT = (
+    {asset_class: envfloat(f"{name}_{asset_class.upper()}", pct) for asset_class, pct in conf.default(name).items()}
+    for name in ("RECONCILE_TOLERANCE_PCT", "RECONCILE_VOLUME_TOLERANCE_PCT"))
 
 # --- Market-data providers (integrity.providers; docs/providers.md) -------------------------------
 # Request pace and Binance's weight budget shared through this Redis (integrity.providers.limits): the
@@ -262,7 +267,9 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {"TimeframeEnum": "integrity.timeframes.Timeframe",
                             "BackfillStatusEnum": "integrity.models.BackfillStatus",
-                            "ResolutionReasonEnum": "integrity.models.anomalies.ResolutionReason"},
+                            "ResolutionReasonEnum": "integrity.models.anomalies.ResolutionReason",
+                            # provider and reference_provider: one choice set, one name
+                            "ProviderEnum": "integrity.providers.PROVIDER_NAMES"},
     "COMPONENT_SPLIT_REQUEST": True,
 }
 

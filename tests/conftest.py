@@ -6,8 +6,10 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
 
+from integrity.providers.ccxt_exchange import reset_venues
 from integrity.providers.http_policy import reset_rate_limiters
 from integrity.providers.limits import reset_shared_limits
+from tests.exchanges import COINBASE_URL_SETTING
 from tests.helpers import (
     ALPACA_KEY_ID,
     ALPACA_SECRET,
@@ -95,3 +97,27 @@ def default_thresholds(settings):
     """The detectors' thresholds, staleness settings and backfill schedule at their defaults, whatever
     the environment sets (``pytestmark = pytest.mark.usefixtures("default_thresholds")``)."""
     use_default_thresholds(settings)
+
+
+@pytest.fixture
+def local_binance(fast_http, sleeps, httpserver):
+    """The operator points the Binance provider at the local server (``tests.exchanges.FakeBinance``;
+    options may then name the same endpoint); its limiter is off (it has its own tests)."""
+    fast_http.BINANCE_BASE_URL = httpserver.url_for("")
+    fast_http.BINANCE_MAX_REQUESTS_PER_SECOND = 0
+    return fast_http
+
+
+@pytest.fixture
+def local_coinbase(fast_http, sleeps, httpserver):
+    """The operator points ccxt's Coinbase Exchange at the local server (``tests.exchanges.FakeCoinbase``);
+    retries are fast and never sleep, ccxt's own limiter is off (it has its own test)."""
+    settings = fast_http
+    setattr(settings, COINBASE_URL_SETTING, httpserver.url_for(""))
+    settings.PROVIDER_HTTP_MAX_RETRIES = 4
+    settings.PROVIDER_ALLOWED_HOSTS = []
+    settings.CCXT_ENABLE_RATE_LIMIT = False
+    settings.CCXT_DEFAULT_EXCHANGE = ""
+    reset_venues()
+    yield settings
+    reset_venues()

@@ -30,6 +30,7 @@ from ..models import (
     ResolutionStatus,
 )
 from ..quality.review import review_anomalies
+from ..reconcile import ReconcileError, reference_range, repair_from_reference
 from ..repair import RepairError, repair_range
 from ..tasks import request_repair
 from ..timeframes import timeframe_delta
@@ -87,6 +88,27 @@ def _not_repairable(anomaly) -> str | None:
     return None
 
 
+class ReferenceRepairForm(forms.Form):
+    note = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 80}), max_length=2000,
+                           help_text="required: why the reference's bars are the right ones (kept on the "
+                                     "execution and the anomaly)")
+
+
+def _no_reference_repair(anomaly) -> str | None:
+    try:
+        reference_range(anomaly)
+    except ReconcileError as exc:
+        return str(exc)
+    return None
+
+
+def _explain_reference_repair(anomaly) -> str:
+    start, end = reference_range(anomaly)
+    return (f"Write the reference source's bars of {anomaly.symbol} {anomaly.timeframe} from {start:%Y-%m-%d %H:%M} "
+            f"to {end:%Y-%m-%d %H:%M} UTC over the stored ones, as a tracked backfill that keeps your note, then "
+            "resolve this anomaly \"fixed\". Nothing is taken from the reference without this.")
+
+
 def _explain_repair(anomaly) -> str:
     start, end = repair_range(anomaly)
     return (f"Re-fetch {anomaly.symbol} {anomaly.timeframe} from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC "
@@ -115,7 +137,7 @@ class DataAnomalyAdmin(ServiceOwnedAdmin, IntegrityModelAdmin):
         "resolved_by", "resolved_at", "resolution_note", "chart",
     ]
     fields = ["chart", *readonly_fields[:-1]]
-    object_actions = ("acknowledge_this", "resolve_this", "repair_this")
+    object_actions = ("acknowledge_this", "resolve_this", "repair_this", "take_reference_this")
 
     export_csv = export_csv_action(ANOMALIES, "anomalies")
 
@@ -268,6 +290,21 @@ class DataAnomalyAdmin(ServiceOwnedAdmin, IntegrityModelAdmin):
             f"Repair of anomaly #{obj.pk} ran as execution {state.execution_id}: {state.status}; the anomaly is "
             f"now {obj.resolution_status}" + (f" ({obj.resolution_reason})" if obj.resolution_reason else "") + ".",
             messages.SUCCESS if state.status == BackfillStatus.COMPLETED else messages.WARNING, next_url)
+
+    @object_action(label="Take the reference's bars", url="repair_from_reference", unavailable=_no_reference_repair,
+                   form=ReferenceRepairForm, explain=_explain_reference_repair)
+    def take_reference_this(self, request, obj, data) -> ActionResult:
+        """A source mismatch repaired from the reference (``integrity.reconcile.repair_from_reference``,
+        as the API's repair-from-reference): only on a person's word, with a note."""
+        try:
+            outcome = repair_from_reference(obj, data["note"], by=f"admin:{request.user.get_username()}")
+        except ReconcileError as exc:
+            return ActionResult(str(exc), messages.WARNING)
+        if outcome["resolved"]:
+            return ActionResult(f"Reference bars written ({outcome['inserted']} inserted, {outcome['updated']} "
+                                f"updated; execution {outcome['execution_id']}): anomaly #{obj.pk} resolved.")
+        return ActionResult(f"The reference repair did not complete: {outcome['error'] or outcome['status']}",
+                            messages.WARNING)
 
 
 @admin.register(DuplicateRecordLog)

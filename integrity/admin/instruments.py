@@ -12,11 +12,13 @@ from django.core.paginator import Paginator
 from django.db import connection
 from django.utils.functional import cached_property
 
-from ..api.validators import validate_provider_options
+from ..api.validators import validate_provider_options, validate_reference
 from ..models import Candle, Instrument, SeriesStats
 from ..providers import PROVIDER_NAMES, check_bar_alignment
 from ..quality.thresholds import validate_thresholds
+from ..reconcile import ReconcileError
 from ..series import series_of
+from ..tasks import request_reconcile
 from ..timeframes import BarAlignment
 from .base import IntegrityModelAdmin, ReadOnlyAdmin, choice_filter, queue_backfills, report_action
 
@@ -26,13 +28,17 @@ class InstrumentForm(forms.ModelForm):
     rules); the form adds provider and thresholds."""
 
     provider = forms.ChoiceField(choices=[(name, name) for name in PROVIDER_NAMES], initial="synthetic")
+    reference_provider = forms.ChoiceField(choices=[("", "— none —"), *((name, name) for name in PROVIDER_NAMES)],
+                                           required=False,
+                                           help_text=Instrument._meta.get_field("reference_provider").help_text)
     bar_alignment = forms.ChoiceField(choices=BarAlignment.choices, initial=BarAlignment.CLOCK, required=False,
                                       help_text=Instrument._meta.get_field("bar_alignment").help_text)
 
     class Meta:
         model = Instrument
         fields = ["symbol", "asset_class", "calendar", "timeframes", "bar_alignment", "provider",
-                  "provider_options", "quality_thresholds", "availability_delay_minutes", "active"]
+                  "provider_options", "reference_provider", "reference_options", "reconcile_tolerance",
+                  "quality_thresholds", "availability_delay_minutes", "active"]
 
     def clean(self):
         cleaned = super().clean()
@@ -41,6 +47,12 @@ class InstrumentForm(forms.ModelForm):
                 validate_provider_options(cleaned["provider"], cleaned["provider_options"], cleaned.get("symbol", ""))
             except ValueError as exc:
                 self.add_error("provider_options", str(exc))
+        if "reference_provider" in cleaned and "reference_options" in cleaned:
+            try:
+                validate_reference(cleaned["reference_provider"] or "", cleaned["reference_options"] or {},
+                                   cleaned.get("symbol", ""))
+            except ValueError as exc:
+                self.add_error("reference_options", str(exc))
         if "provider" in cleaned and "bar_alignment" in cleaned:
             try:
                 check_bar_alignment(cleaned["provider"], cleaned["bar_alignment"])
@@ -63,12 +75,12 @@ class InstrumentForm(forms.ModelForm):
 @admin.register(Instrument)
 class InstrumentAdmin(IntegrityModelAdmin):
     form = InstrumentForm
-    list_display = ("symbol", "asset_class", "calendar", "timeframes", "bar_alignment", "provider", "active",
-                    "updated_at")
+    list_display = ("symbol", "asset_class", "calendar", "timeframes", "bar_alignment", "provider",
+                    "reference_provider", "active", "updated_at")
     list_filter = ("asset_class", "provider", "bar_alignment", "active", "calendar", "created_at")
     search_fields = ("symbol",)
     date_hierarchy = "created_at"
-    actions = ["backfill_now"]
+    actions = ["backfill_now", "reconcile_now"]
 
     @admin.action(description="Backfill selected instruments now (every timeframe)", permissions=["change"])
     def backfill_now(self, request, queryset):
@@ -79,6 +91,20 @@ class InstrumentAdmin(IntegrityModelAdmin):
             series.extend((s.symbol, s.timeframe, None, None) for s in series_of(instrument))
         done, busy = queue_backfills(request, series)
         report_action(self, request, done, refused + busy, "backfills queued", queued=True)
+
+
+    @admin.action(description="Reconcile selected instruments with their reference source (queued)",
+                  permissions=["change"])
+    def reconcile_now(self, request, queryset):
+        done, refused = [], []
+        for instrument in queryset.order_by("symbol"):
+            try:
+                queued = request_reconcile(instrument.symbol, by=f"admin:{request.user.get_username()}")
+            except ReconcileError as exc:
+                refused.append(f"{instrument.symbol} not reconciled: {exc}")
+                continue
+            done.append(f"{instrument.symbol} ({len(queued['series'])} series)")
+        report_action(self, request, done, refused, "reconciliations queued", queued=True)
 
 
 class EstimatedCountPaginator(Paginator):

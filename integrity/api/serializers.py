@@ -23,7 +23,7 @@ from ..quality.thresholds import validate_thresholds
 from ..ranges import RangeError, check_backfill_range
 from ..series import InstrumentRuleError, check_symbol, check_timeframes
 from ..timeframes import BarAlignment
-from .validators import validate_provider_options
+from .validators import validate_provider_options, validate_reference
 
 
 class ReadOnlyModelSerializer(serializers.ModelSerializer):
@@ -135,13 +135,19 @@ class InstrumentSerializer(serializers.ModelSerializer):
     timeframes = serializers.ListField(child=serializers.ChoiceField(choices=Timeframe.choices), allow_empty=True)
     provider = serializers.ChoiceField(choices=PROVIDER_NAMES, default="synthetic")
     provider_options = serializers.DictField(required=False)
+    reference_provider = serializers.ChoiceField(choices=["", *PROVIDER_NAMES], required=False, allow_blank=True,
+                                                 help_text="a second source to reconcile with (empty: none)")
+    reference_options = serializers.DictField(required=False)
+    reconcile_tolerance = serializers.FloatField(
+        required=False, allow_null=True, min_value=0, max_value=99.999,
+        help_text="percent; null: the asset class default (RECONCILE_TOLERANCE_PCT)")
     quality_thresholds = serializers.DictField(required=False)
 
     class Meta:
         model = Instrument
         fields = ["id", "symbol", "asset_class", "calendar", "timeframes", "bar_alignment", "provider",
-                  "provider_options", "quality_thresholds", "availability_delay_minutes", "active", "created_at",
-                  "updated_at"]
+                  "provider_options", "reference_provider", "reference_options", "reconcile_tolerance",
+                  "quality_thresholds", "availability_delay_minutes", "active", "created_at", "updated_at"]
         read_only_fields = ["id", "created_at", "updated_at"]
 
     def validate_symbol(self, value):
@@ -165,6 +171,12 @@ class InstrumentSerializer(serializers.ModelSerializer):
             validate_provider_options(provider, options, symbol)
         except ValueError as exc:
             raise serializers.ValidationError({"provider_options": [str(exc)]}) from None
+        reference = attrs.get("reference_provider", getattr(self.instance, "reference_provider", ""))
+        reference_options = attrs.get("reference_options", getattr(self.instance, "reference_options", {}))
+        try:
+            validate_reference(reference, reference_options, symbol)
+        except ValueError as exc:
+            raise serializers.ValidationError({"reference_options": [str(exc)]}) from None
         alignment = attrs.get("bar_alignment", getattr(self.instance, "bar_alignment", BarAlignment.CLOCK))
         try:
             check_bar_alignment(provider, alignment)

@@ -1,16 +1,16 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from . import repair, views
+from . import reconcile, views
 from .closures import ClosureViewSet
 from .rejected import RejectedCandleViewSet
 
 router = DefaultRouter()
 router.register("backfills", views.BackfillViewSet, basename="backfill")
-router.register("anomalies", repair.RepairableAnomalyViewSet, basename="anomaly")
+router.register("anomalies", reconcile.ReconcilingAnomalyViewSet, basename="anomaly")
 router.register("duplicates", views.DuplicateLogViewSet, basename="duplicate")
 router.register("symbol-failures", views.SymbolFailureViewSet, basename="symbol-failure")
-router.register("instruments", views.InstrumentViewSet, basename="instrument")
+router.register("instruments", reconcile.ReconcilingInstrumentViewSet, basename="instrument")
 router.register("series", views.SeriesViewSet, basename="series")
 router.register("rejected-candles", RejectedCandleViewSet, basename="rejected-candle")
 router.register("closures", ClosureViewSet, basename="closure")

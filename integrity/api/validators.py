@@ -25,3 +25,13 @@ def validate_provider_options(provider: str, options: Any, symbol: str = "") -> 
         check(options, symbol)
     except ProviderConfigError as exc:
         raise ValueError(str(exc)) from None
+
+
+def validate_reference(provider: str, options: Any, symbol: str = "") -> None:
+    """A reference source (``Instrument.reference_provider`` / ``reference_options``): no options
+    without a provider; otherwise the same rules as the primary's options (``validate_provider_options``)."""
+    if not provider:
+        if options:
+            raise ValueError("reference_options need a reference_provider")
+        return
+    validate_provider_options(provider, options, symbol)

@@ -36,6 +36,9 @@ class SeriesOverrides(TypedDict, total=False):
     provider_options: dict[str, Any] | None
     asset_class: str | None
     calendar: str | None
+    # Fetch from the instrument's reference source (its provider and options, not merged with the
+    # primary's): a person's repair from the reference (``integrity.reconcile.repair``).
+    reference: bool
 
 
 def resolve_series(symbol: str, timeframe: str, **overrides: Unpack[SeriesOverrides]) -> SeriesSpec:
@@ -46,6 +49,10 @@ def resolve_series(symbol: str, timeframe: str, **overrides: Unpack[SeriesOverri
     provider, provider_options = overrides.get("provider"), overrides.get("provider_options")
     asset_class, calendar = overrides.get("asset_class"), overrides.get("calendar")
     instrument = Instrument.objects.filter(symbol=symbol).first()
+    if overrides.get("reference"):
+        if instrument is None or not instrument.reference_provider:
+            raise BackfillError(f"{symbol} has no reference source to fetch from")
+        provider, provider_options = instrument.reference_provider, None
     if instrument is None and asset_class is None:
         raise BackfillError(
             f"unknown instrument {symbol!r}: add it to the watchlist or pass --asset-class (and --calendar)"
@@ -56,8 +63,11 @@ def resolve_series(symbol: str, timeframe: str, **overrides: Unpack[SeriesOverri
         validate_calendar_code(calendar)
     except ValueError as exc:
         raise BackfillError(str(exc)) from None
-    options = dict(instrument.provider_options) if instrument else {}
-    options.update(provider_options or {})
+    if overrides.get("reference"):
+        options = dict(instrument.reference_options or {})
+    else:
+        options = dict(instrument.provider_options) if instrument else {}
+        options.update(provider_options or {})
     return SeriesSpec(
         symbol=symbol,
         timeframe=timeframe,

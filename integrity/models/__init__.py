@@ -11,6 +11,7 @@ database can enforce (one active backfill per series, status values) are enforce
 - ``logs``: the duplicate cleanup audit log, health job runs
 - ``closures``: extra closed time per instrument (holidays, outages) and their loader
 - ``rejected``: the quarantine of bars refused at ingest (``rejected_candles``)
+- ``reconcile``: the staging table of reference bars a reconciliation joins with (``reference_bars``)
 - ``base``: what they share (the choices CHECK, asset classes, InvalidTransition)
 """
 
@@ -21,6 +22,7 @@ from .base import AssetClass, InvalidTransition
 from .closures import InstrumentClosure, closures_by_symbol, closures_for
 from .instruments import Candle, Instrument, SeriesStats
 from .logs import BigIntegerArrayField, DuplicateKeptBy, DuplicateRecordLog, HealthCheckRun, HealthStatus
+from .reconcile import ReferenceBar
 from .rejected import RejectedCandle
 
 __all__ = [
@@ -50,4 +52,5 @@ __all__ = [
     "closures_by_symbol",
     "closures_for",
     "RejectedCandle",
+    "ReferenceBar",
 ]

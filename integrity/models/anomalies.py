@@ -25,6 +25,7 @@ class AnomalyType(models.TextChoices):
     STALE = "stale", "Stale series"
     INVALID_OHLC = "invalid_ohlc", "Invalid OHLC"
     DUPLICATE = "duplicate", "Duplicate candles"
+    SOURCE_MISMATCH = "source_mismatch", "Disagrees with the reference source"
 
 
 class ResolutionStatus(models.TextChoices):

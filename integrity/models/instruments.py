@@ -35,6 +35,20 @@ class Instrument(models.Model):
         help_text="minutes the source needs to publish a closed bar; empty: the asset class default "
                   "(STALE_AVAILABILITY_DELAY_MINUTES)",
     )
+    # A second source the stored bars are compared with (``integrity.reconcile``); its bars are
+    # fetched through the same provider layer but never written to ``candles``.
+    reference_provider = models.CharField(
+        max_length=32, default="", blank=True,
+        help_text="a second source to reconcile the stored bars with (empty: none), e.g. ccxt",
+    )
+    reference_options = models.JSONField(
+        default=dict, blank=True, help_text='the reference provider\'s options, e.g. {"exchange": "coinbaseexchange"}'
+    )
+    reconcile_tolerance = models.FloatField(
+        null=True, blank=True,
+        help_text="relative price difference, in percent, that still counts as agreement with the reference; "
+                  "empty: the asset class default (RECONCILE_TOLERANCE_PCT)",
+    )
     active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -45,6 +59,10 @@ class Instrument(models.Model):
         constraints = [
             choices_check("asset_class", AssetClass, "instrument_asset_class_valid"),
             choices_check("bar_alignment", BarAlignment, "instrument_bar_alignment_valid"),
+            models.CheckConstraint(
+                condition=models.Q(reconcile_tolerance__isnull=True)
+                | models.Q(reconcile_tolerance__gte=0, reconcile_tolerance__lt=100),
+                name="instrument_reconcile_tolerance_valid"),
         ]
 
     def __str__(self) -> str:
@@ -60,6 +78,10 @@ class Instrument(models.Model):
             errors["calendar"] = str(exc)
         if not isinstance(self.provider_options, dict):
             errors["provider_options"] = "a JSON object"
+        if not isinstance(self.reference_options, dict):
+            errors["reference_options"] = "a JSON object"
+        if self.reconcile_tolerance is not None and not 0 <= self.reconcile_tolerance < 100:
+            errors["reconcile_tolerance"] = "a percentage from 0 to below 100"
         if errors:
             raise ValidationError(errors)
 

@@ -40,6 +40,7 @@ EXPECTED = {
     "integrity.backfill": ("integrity.tasks.backfill_all_task", "0 2 * * *"),
     "integrity.health": ("integrity.tasks.health_task", "0 0,6,12,18 * * *"),
     "integrity.recover": ("integrity.tasks.recover_backfills_task", "*/5 * * * *"),
+    "integrity.reconcile": ("integrity.tasks.reconcile_task", "0 4 * * *"),
 }
 
 
@@ -60,11 +61,11 @@ def schedules() -> dict[str, Schedule]:
 
 @pytest.mark.django_db
 class TestSetupSchedules:
-    def test_running_it_twice_leaves_exactly_the_four_schedules(self):
+    def test_running_it_twice_leaves_exactly_one_of_each_schedule(self):
         first = setup_schedules(now=NOW)
         second = setup_schedules(now=NOW + timedelta(minutes=1))
-        assert [r["action"] for r in first] == ["created"] * 4
-        assert [r["action"] for r in second] == ["unchanged"] * 4
+        assert [r["action"] for r in first] == ["created"] * len(EXPECTED)
+        assert [r["action"] for r in second] == ["unchanged"] * len(EXPECTED)
         found = schedules()
         assert set(found) == set(EXPECTED)
         for name, (func, cron) in EXPECTED.items():
@@ -88,7 +89,7 @@ class TestSetupSchedules:
         health = Schedule.objects.get(name="integrity.health")
         assert health.cron == "15 */2 * * *"
         assert health.next_run == utc(2024, 6, 5, 12, 15)
-        assert Schedule.objects.count() == 4
+        assert Schedule.objects.count() == len(EXPECTED)
 
     def test_a_schedule_whose_next_run_passed_is_moved_to_the_future_not_replayed(self):
         setup_schedules(now=NOW)
@@ -130,6 +131,13 @@ class TestSetupSchedules:
             assert (rows[name]["func"], rows[name]["cron"], rows[name]["action"]) == (func, cron, "created")
             possible = {croniter(cron, t).get_next(type(t)).isoformat() for t in (before, after)}
             assert rows[name]["next_run"] in possible
+
+    def test_a_schedule_switched_off_is_not_created_and_is_deleted_if_it_was(self, settings):
+        setup_schedules(now=NOW)
+        settings.SCHEDULE_RECONCILE_CRON = "off"
+        report = {row["name"]: row["action"] for row in setup_schedules(now=NOW)}
+        assert report["integrity.reconcile"] == "deleted"
+        assert set(schedules()) == set(EXPECTED) - {"integrity.reconcile"}
 
     def test_the_table_names_a_real_function_for_every_schedule(self):
         import importlib

@@ -11,13 +11,15 @@ import json
 
 import pandas as pd
 import pytest
-from werkzeug import Request, Response
+from werkzeug import Response
 
 from integrity.backfill import run_backfill
 from integrity.models import BackfillState, Candle, Instrument
 from integrity.providers import FetchRequest, ProviderConfigError, ProviderError, get_provider
 from integrity.providers.binance import binance_symbol, parse_klines, validate_options
 from integrity.timeframes import timeframe_seconds
+from tests.exchanges import KLINES, START, FakeBinance, frame_of, kline
+from tests.exchanges import serve_binance as serve
 from tests.helpers import (
     Hang,
     ProviderFetch,
@@ -32,65 +34,14 @@ from tests.helpers import (
 # The classes that touch the database (backfill runs, stored candles, executions).
 end_to_end = pytest.mark.django_db(transaction=True)
 
-KLINES = "/api/v3/klines"
-START, END = utc(2024, 1, 1), utc(2024, 1, 3)  # 48 hourly klines
+END = utc(2024, 1, 3)  # 48 hourly klines from START
 
 
 @pytest.fixture(autouse=True)
-def local_binance(fast_http, sleeps, httpserver):
-    # The operator points the provider at the local server (options may then name the same endpoint).
-    fast_http.BINANCE_BASE_URL = httpserver.url_for("")
-    fast_http.BINANCE_MAX_REQUESTS_PER_SECOND = 0  # the limiter has its own tests; keep sleeps clean here
+def _local_binance(local_binance):
+    pass
 
 
-def kline(open_ms: int, step_ms: int) -> list:
-    """A deterministic, valid kline in Binance's format (numbers as strings)."""
-    i = open_ms // step_ms
-    o = 42_000 + (i % 97) * 3.5
-    c = o + ((i % 7) - 3) * 1.25
-    h, low = max(o, c) + 10.5, min(o, c) - 9.25
-    return [open_ms, f"{o:.2f}", f"{h:.2f}", f"{low:.2f}", f"{c:.2f}", f"{12.5 + i % 11:.5f}",
-            open_ms + step_ms - 1, "1000.0", 42, "6.0", "250.0", "0"]
-
-
-def frame_of(klines: list[list]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "ts": pd.to_datetime([k[0] for k in klines], unit="ms", utc=True).astype("datetime64[ns, UTC]"),
-        **{name: [float(k[j]) for k in klines] for j, name in enumerate(["open", "high", "low", "close", "volume"],
-                                                                         start=1)},
-    })
-
-
-class FakeBinance:
-    """Serves klines from ``first`` to ``last`` (open times, inclusive) as Binance does."""
-
-    def __init__(self, first=START, last=None, weight: int | None = None, edit=None):
-        self.first_ms = int(pd.Timestamp(first).value // 1_000_000)
-        self.last_ms = int(pd.Timestamp(last).value // 1_000_000) if last is not None else None
-        self.weight = weight
-        self.edit = edit  # callable(list of klines) -> list, to corrupt a page
-        self.queries: list[dict] = []
-
-    def klines(self, start_ms: int, end_ms: int, step_ms: int, limit: int) -> list[list]:
-        first = max(start_ms, self.first_ms)
-        first = -(-first // step_ms) * step_ms
-        last = end_ms if self.last_ms is None else min(end_ms, self.last_ms)
-        return [kline(t, step_ms) for t in range(first, last + 1, step_ms)][:limit]
-
-    def __call__(self, request: Request) -> Response:
-        args = request.args
-        self.queries.append(dict(args))
-        step_ms = timeframe_seconds(args["interval"]) * 1000
-        rows = self.klines(int(args["startTime"]), int(args["endTime"]), step_ms, int(args.get("limit", 500)))
-        if self.edit is not None:
-            rows = self.edit(rows)
-        headers = {"X-MBX-USED-WEIGHT-1M": str(self.weight)} if self.weight is not None else {}
-        return Response(json.dumps(rows), content_type="application/json", headers=headers)
-
-
-def serve(httpserver, fake: FakeBinance) -> FakeBinance:
-    httpserver.expect_request(KLINES, method="GET").respond_with_handler(fake)
-    return fake
 
 
 _binance = ProviderFetch("binance", symbol="BTC-USD", timeframe="1h", start=START, end=END, calendar="24/7",

@@ -15,29 +15,29 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from io import StringIO
 
 import pandas as pd
 import pytest
 from django.core.management import call_command
-from werkzeug import Request, Response
+from werkzeug import Response
 
 from integrity.backfill import run_backfill
 from integrity.models import BackfillState, Instrument, SymbolFailureTracking
 from integrity.providers import FetchRequest, ProviderConfigError, get_provider
 from integrity.providers.ccxt import parse_ohlcv, validate_options
-from integrity.providers.ccxt_exchange import TIMEFRAMES, api_urls, reset_venues
+from integrity.providers.ccxt_exchange import TIMEFRAMES, api_urls
 from integrity.timeframes import timeframe_seconds
+from tests.exchanges import CANDLES, CURRENCIES, PRODUCTS, START, FakeCoinbase, candle, serve_markets
+from tests.exchanges import COINBASE_URL_SETTING as URL_SETTING
+from tests.exchanges import serve_coinbase as serve
 from tests.helpers import ProviderFetch, SlowFirst, add_instrument, assert_same_bars, stored_bars, utc
 
 end_to_end = pytest.mark.django_db(transaction=True)
 
 EXCHANGE = "coinbaseexchange"
-URL_SETTING = "CCXT_COINBASEEXCHANGE_API_URL"
-CANDLES = re.compile(r"^/products/(?P<product>[^/]+)/candles$")
-START, END = utc(2024, 1, 1), utc(2024, 1, 3)  # 48 hourly bars
+END = utc(2024, 1, 3)  # 48 hourly bars from START
 HOUR = 3600
 INSTRUMENTS = "/api/v1/instruments/"
 
@@ -47,29 +47,8 @@ PASSPHRASE = "pass-phrase-9f8e7d"
 
 
 @pytest.fixture(autouse=True)
-def local_exchange(fast_http, sleeps, httpserver):
-    """The operator points ccxt's Coinbase Exchange at the local server; retries are fast and never sleep."""
-    settings = fast_http
-    setattr(settings, URL_SETTING, httpserver.url_for(""))
-    settings.PROVIDER_HTTP_MAX_RETRIES = 4
-    settings.PROVIDER_ALLOWED_HOSTS = []
-    # ccxt's own limiter sleeps rateLimit ms between requests; it has its own test below.
-    settings.CCXT_ENABLE_RATE_LIMIT = False
-    settings.CCXT_DEFAULT_EXCHANGE = ""
-    reset_venues()
-    yield settings
-    reset_venues()
-
-
-# --- a Coinbase Exchange ------------------------------------------------------------------------
-
-
-def candle(t: int, step: int) -> list:
-    """A deterministic, valid candle in Coinbase's order: [time, low, high, open, close, volume]."""
-    i = t // step
-    o = 42_000 + (i % 97) * 3.5
-    c = o + ((i % 7) - 3) * 1.25
-    return [t, min(o, c) - 9.25, max(o, c) + 10.5, o, c, 12.5 + (i % 11) * 0.125]
+def local_exchange(local_coinbase):
+    return local_coinbase
 
 
 def expected(start=START, end=END, step=HOUR) -> pd.DataFrame:
@@ -79,67 +58,6 @@ def expected(start=START, end=END, step=HOUR) -> pd.DataFrame:
         "open": [r[3] for r in rows], "high": [r[2] for r in rows], "low": [r[1] for r in rows],
         "close": [r[4] for r in rows], "volume": [r[5] for r in rows],
     })
-
-
-PRODUCTS = [
-    {"id": product, "base_currency": product.split("-")[0], "quote_currency": product.split("-")[1],
-     "quote_increment": "0.01", "base_increment": "0.00000001", "display_name": product.replace("-", "/"),
-     "min_market_funds": "1", "margin_enabled": False, "post_only": False, "limit_only": False,
-     "cancel_only": False, "trading_disabled": False, "status": "online", "status_message": "",
-     "auction_mode": False}
-    for product in ("BTC-USD", "ETH-USD")
-]
-CURRENCIES = [{"id": code, "name": code, "min_size": "0.00000001", "status": "online", "message": "",
-               "max_precision": "0.00000001", "details": {"type": "crypto"}}
-              for code in ("BTC", "ETH", "USD")]
-
-
-class FakeCoinbase:
-    """Coinbase Exchange's candles endpoint over bars from ``first`` on (inclusive ``start``/``end``)."""
-
-    def __init__(self, first=START, last=None, edit=None, replies=()):
-        self.first = int(first.timestamp())
-        self.last = int(last.timestamp()) if last is not None else None
-        self.edit = edit
-        self.replies = list(replies)  # Responses for the first requests (an outage, a rate limit)
-        self.queries: list[dict] = []
-
-    def __call__(self, request: Request) -> Response:
-        product = CANDLES.match(request.path).group("product")
-        args = dict(request.args)
-        self.queries.append({"product": product, **args})
-        if self.replies:
-            return self.replies.pop(0)
-        if product not in {p["id"] for p in PRODUCTS}:
-            return Response('{"message":"NotFound"}', status=404, content_type="application/json")
-        step = int(args["granularity"])
-        start = int(pd.Timestamp(args["start"]).timestamp())
-        end = int(pd.Timestamp(args["end"]).timestamp())
-        if (end - start) // step + 1 > 300:
-            return Response('{"message":"granularity too small for the requested time range. Count of '
-                            'aggregations requested exceeds 300"}', status=400, content_type="application/json")
-        first = max(start, self.first)
-        first = -(-first // step) * step
-        last = end if self.last is None else min(end, self.last)
-        rows = [candle(t, step) for t in range(first, last + 1, step)][::-1]  # newest first
-        if self.edit is not None:
-            rows = self.edit(rows)
-        return Response(json.dumps(rows), content_type="application/json")
-
-    def candle_queries(self) -> list[dict]:
-        return [q for q in self.queries if q["product"] in {p["id"] for p in PRODUCTS}]
-
-
-def serve_markets(httpserver) -> None:
-    httpserver.expect_request("/products", method="GET").respond_with_json(PRODUCTS)
-    httpserver.expect_request("/currencies", method="GET").respond_with_json(CURRENCIES)
-
-
-def serve(httpserver, fake: FakeCoinbase | None = None) -> FakeCoinbase:
-    fake = fake or FakeCoinbase()
-    serve_markets(httpserver)
-    httpserver.expect_request(CANDLES, method="GET").respond_with_handler(fake)
-    return fake
 
 
 def candle_requests(httpserver) -> int:

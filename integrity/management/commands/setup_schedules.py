@@ -15,7 +15,7 @@ from integrity.schedules import ScheduleConfigError, setup_schedules
 
 
 class Command(IntegrityCommand):
-    help = "Create or update the django-q2 schedules (enrichment, backfill, health) from settings."
+    help = "Create or update the django-q2 schedules (enrichment, backfill, health, recover, reconcile) from settings."
     exit_codes = {
         0: "the schedules were created or updated",
         2: "a cron setting is invalid (nothing changed)",
