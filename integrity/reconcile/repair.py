@@ -13,16 +13,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from django.db import transaction
 from django.utils import timezone
 
 from ..backfill import BackfillError, run_backfill
 from ..models import AnomalyType, BackfillState, BackfillStatus, DataAnomaly, Instrument, ResolutionStatus
 from ..quality.record import UNRESOLVED
+from ..repair.service import REPAIRER, record_repair_attempt
 from ..timeframes import floor_to_timeframe, iso, timeframe_delta
 from .reference import ReconcileError
-
-REPAIRER = "repair"
 
 
 def reference_range(anomaly: DataAnomaly) -> tuple[datetime, datetime]:
@@ -80,18 +78,7 @@ def _record_attempt(anomaly: DataAnomaly, outcome: dict[str, Any], completed: bo
                "outcome": "fixed" if completed else outcome["status"],
                "range": [outcome["range_start"], outcome["range_end"]], "note": outcome["note"],
                "by": outcome["by"]}
-    with transaction.atomic():
-        row = DataAnomaly.objects.select_for_update().filter(pk=anomaly.pk).values(
-            "details", "resolution_status").first()
-        if row is None:
-            return
-        details = dict(row["details"] or {})
-        details["repairs"] = [*details.get("repairs", []), attempt]
-        changes: dict[str, Any] = {"details": details, "updated_at": now}
-        if completed and row["resolution_status"] in UNRESOLVED:
-            changes.update(resolution_status=ResolutionStatus.RESOLVED, resolution_reason="fixed",
-                           resolved_by=outcome["by"] or REPAIRER, resolved_at=now,
-                           resolution_note=f"taken from the reference: {outcome['note']}")
-        DataAnomaly.objects.filter(pk=anomaly.pk).update(**changes)
-    for name, value in changes.items():
-        setattr(anomaly, name, value)
+    resolution = dict(resolution_status=ResolutionStatus.RESOLVED, resolution_reason="fixed",
+                      resolved_by=outcome["by"] or REPAIRER, resolved_at=now,
+                      resolution_note=f"taken from the reference: {outcome['note']}") if completed else {}
+    record_repair_attempt(anomaly, attempt, now=now, resolution=resolution)

@@ -159,22 +159,33 @@ def finish_repair(anomaly: DataAnomaly, result: BackfillResult, start: datetime,
 def _record_attempt(anomaly: DataAnomaly, outcome: RepairOutcome, verdict: Verdict | None, now: datetime) -> None:
     attempt = {"at": iso(now), "execution_id": outcome.execution_id, "outcome": outcome.outcome,
                "range": [outcome.range_start, outcome.range_end], "note": outcome.note}
+    resolution: dict[str, Any] = {}
+    if outcome.resolved:
+        resolution.update(resolution_status=ResolutionStatus.RESOLVED, resolution_reason=outcome.outcome,
+                          resolved_by=REPAIRER, resolved_at=now)
+    if verdict is not None:
+        resolution["resolution_note"] = verdict.note
+    confirmed = {"confirmed_at_source": verdict.value} if verdict is not None and verdict.value is not None else {}
+    record_repair_attempt(anomaly, attempt, now=now, details_update=confirmed, resolution=resolution)
+
+
+def record_repair_attempt(anomaly: DataAnomaly, attempt: dict[str, Any], *, now: datetime,
+                          details_update: dict[str, Any] | None = None,
+                          resolution: dict[str, Any] | None = None) -> None:
+    """Append ``attempt`` to the anomaly's ``details["repairs"]`` (the row locked, so concurrent repairs
+    never lose one), merge ``details_update`` into its details and, while it is unresolved, apply
+    ``resolution`` (its review fields); ``anomaly`` is updated in memory too. Used by the re-fetch
+    repair and by the repair from a reference source."""
     with transaction.atomic():
         row = DataAnomaly.objects.select_for_update().filter(pk=anomaly.pk).values(
             "details", "resolution_status").first()
         if row is None:
             return
-        details = dict(row["details"] or {})
+        details = {**(row["details"] or {}), **(details_update or {})}
         details["repairs"] = [*details.get("repairs", []), attempt]
         changes: dict[str, Any] = {"details": details, "updated_at": now}
-        if verdict is not None and verdict.value is not None:
-            details["confirmed_at_source"] = verdict.value
         if row["resolution_status"] in UNRESOLVED:
-            if outcome.resolved:
-                changes.update(resolution_status=ResolutionStatus.RESOLVED, resolution_reason=outcome.outcome,
-                               resolved_by=REPAIRER, resolved_at=now)
-            if verdict is not None:
-                changes["resolution_note"] = verdict.note
+            changes.update(resolution or {})
         DataAnomaly.objects.filter(pk=anomaly.pk).update(**changes)
     for name, value in changes.items():
         setattr(anomaly, name, value)
