@@ -34,6 +34,7 @@ from .base import (
     ReadOnlyAdmin,
     execution_link,
     export_csv_action,
+    export_xlsx_action,
     report_action,
 )
 from .queue import note_no_worker
@@ -67,7 +68,7 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
     search_fields = ("symbol", "description")
     date_hierarchy = "detected_at"
     actions = ["acknowledge", "resolve", "resolve_false_positive", "resolve_expected", "resolve_missing_at_source",
-               "refetch", "export_csv"]
+               "refetch", "export_csv", "export_xlsx"]
     readonly_fields = [
         "symbol", "instrument", "timeframe", "candles", "anomaly_type", "severity", "description", "affected_rows",
         "period_start", "period_end", "detected_at", "last_seen_at", "fingerprint", "details", "executions",
@@ -78,6 +79,7 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
     fields = ["chart", *readonly_fields[:-1], "resolution_note", "resolve_as"]
 
     export_csv = export_csv_action(ANOMALIES, "anomalies")
+    export_xlsx = export_xlsx_action(ANOMALIES, "anomalies")
 
     def has_add_permission(self, request):
         return False
@@ -241,8 +243,9 @@ class DuplicateRecordLogAdmin(ReadOnlyAdmin):
     list_filter = ("timeframe", "kept_by", "cleaned_at")
     search_fields = ("symbol",)
     date_hierarchy = "cleaned_at"
-    actions = ["export_csv"]
+    actions = ["export_csv", "export_xlsx"]
     export_csv = export_csv_action(DUPLICATES, "duplicate-log entries")
+    export_xlsx = export_xlsx_action(DUPLICATES, "duplicate-log entries")
 
     @admin.display(description="deleted ids")
     def deleted(self, obj):

@@ -293,6 +293,17 @@ class ExecutionFilter(admin.SimpleListFilter):
         return queryset.filter(execution_id=execution_id)
 
 
+def export_xlsx_action(export: Export, what: str):
+    """The admin action "Export selected {what} as XLSX": the CSV export's columns and rows as a
+    spreadsheet (``integrity.exports.xlsx_response``)."""
+
+    @admin.action(description=f"Export selected {what} as XLSX", permissions=["view"])
+    def export_xlsx(modeladmin, request, queryset):
+        return export.xlsx_response(queryset)
+
+    return export_xlsx
+
+
 def export_csv_action(export: Export, what: str):
     """The admin action "Export selected {what} as CSV": the rows in ``export``'s layout, the same
     file as the API's ``?format=csv`` (``integrity.exports``)."""

@@ -9,7 +9,14 @@ from django.contrib import admin
 from ..models import BackfillState, RejectedCandle
 from ..rejected import REJECTED_EXPORT
 from ..validation import REASON_CODES
-from .base import ExecutionFilter, ReadOnlyAdmin, choice_filter, execution_link, export_csv_action
+from .base import (
+    ExecutionFilter,
+    ReadOnlyAdmin,
+    choice_filter,
+    execution_link,
+    export_csv_action,
+    export_xlsx_action,
+)
 
 RECENT_EXECUTIONS = 20
 
@@ -52,7 +59,7 @@ class RejectedCandleAdmin(ReadOnlyAdmin):
     search_help_text = "symbol, e.g. BTC-USD"
     date_hierarchy = "rejected_at"
     ordering = ("symbol", "timeframe", "ts")
-    actions = ["export_csv"]
+    actions = ["export_csv", "export_xlsx"]
     exclude = ("execution_id",)  # shown as ``execution``, a link
     readonly_fields = ("execution",)
 
@@ -80,3 +87,4 @@ class RejectedCandleAdmin(ReadOnlyAdmin):
     shown_open, shown_high, shown_low, shown_close, shown_volume = (_shown(column) for column in VALUE_COLUMNS)
 
     export_csv = export_csv_action(REJECTED_EXPORT, "rejected bars")
+    export_xlsx = export_xlsx_action(REJECTED_EXPORT, "rejected bars")

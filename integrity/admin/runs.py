@@ -29,6 +29,7 @@ from .base import (
     ReadOnlyAdmin,
     backfill_by_execution_id,
     export_csv_action,
+    export_xlsx_action,
     report_action,
     request_backfills,
 )
@@ -46,8 +47,9 @@ class BackfillStateAdmin(IntegrityModelAdmin):
     date_hierarchy = "created_at"
     readonly_fields = [*(f.name for f in BackfillState._meta.fields), "anomalies", "quarantined_bars",
                        "failure_tracking"]
-    actions = ["retry_failed", "reap_dead", "cancel_pending", "export_csv"]
+    actions = ["retry_failed", "reap_dead", "cancel_pending", "export_csv", "export_xlsx"]
     export_csv = export_csv_action(BACKFILLS, "backfill executions")
+    export_xlsx = export_xlsx_action(BACKFILLS, "backfill executions")
 
     def get_object(self, request, object_id, from_field=None):
         """By primary key, or by execution id (the links ``execution_link`` makes)."""
