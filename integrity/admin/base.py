@@ -6,6 +6,11 @@ hand-made URL or value is a 400 page or a field error that says what was wrong, 
 (tests/test_admin_hardening.py). Also the actions' shared reporting, backfill requests and CSV export,
 the one way an execution id is shown: a link to that execution (``execution_link``), and the one
 way a list is filtered by execution (``ExecutionFilter``).
+
+How values read: instants in UTC and labelled so (``utc_text``; Django's own rendering follows the
+same ``DATETIME_FORMAT``, marketdata_site/formats), JSON pretty-printed (``pretty_json``), severities
+as coloured badges (``severity_badge``, styles in static/integrity/admin.css), date ranges filtered by
+``UTCDateRangeFilter``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from django.db import models
 from django.forms.fields import InvalidJSONInput
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import formats, timezone
 from django.utils.html import format_html
+from rangefilter.filters import DateRangeFilter
 from rest_framework.exceptions import ParseError
 
 from ..api.parsers import MAX_JSON_DEPTH, check_storable, unstorable_reason
@@ -156,6 +163,9 @@ class IntegrityModelAdmin(admin.ModelAdmin):
     """The base of every integrity screen (see ``integrity.admin.base``)."""
 
     formfield_overrides = {models.JSONField: {"form_class": StorableJSONField}}
+
+    class Media:
+        css = {"all": ["integrity/admin.css"]}
 
     def get_changelist(self, request, **kwargs):
         return StrictChangeList
@@ -313,3 +323,43 @@ def export_csv_action(export: Export, what: str):
         return export.response(queryset)
 
     return export_csv
+
+
+# --- how values read ----------------------------------------------------------------------------
+
+
+def utc_text(value) -> str:
+    """An instant as every screen shows it, ``2026-03-02 14:00 UTC`` (``-`` for none): the
+    ``DATETIME_FORMAT`` Django's own columns use, so a built string reads like a field."""
+    if value is None:
+        return "-"
+    return formats.date_format(timezone.localtime(value), "DATETIME_FORMAT")
+
+
+def pretty_json(value) -> str:
+    """A JSON value as an indented block with sorted keys (escaped), not one long line."""
+    if value in (None, {}, []):
+        return "-"
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    return format_html('<pre class="pretty-json">{}</pre>', text)
+
+
+def severity_badge(severity: str, label: str = "") -> str:
+    """A severity (low, medium, high, critical) as a coloured badge."""
+    return format_html('<span class="badge severity-{}">{}</span>', severity, label or severity)
+
+
+class UTCDateRangeFilter(DateRangeFilter):
+    """From and to dates (UTC days, both included) of a date-time column, as django-admin-rangefilter
+    draws them; a date that does not parse is a 400 naming it, not a filter silently dropped."""
+
+    def __init__(self, field, request, params, model, model_admin, field_path):
+        super().__init__(field, request, params, model, model_admin, field_path)
+        self.title = f"{self.title} (UTC dates)"
+
+    def queryset(self, request, queryset):
+        if self.form.is_bound and not self.form.is_valid():
+            problems = "; ".join(f"{name}={_shown(str(self.form.data.get(name, '')))}: {' '.join(errors)}"
+                                 for name, errors in self.form.errors.items())
+            raise IncorrectLookupParameters(ValidationError(f"a date range value is not a date ({problems})"))
+        return super().queryset(request, queryset)
