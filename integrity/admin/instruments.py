@@ -6,6 +6,8 @@ and the unfiltered count comes from PostgreSQL's statistics.
 
 from __future__ import annotations
 
+import importlib
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
@@ -13,18 +15,50 @@ from django.db import connection
 from django.utils.functional import cached_property
 
 from ..api.validators import validate_provider_options
+from ..calendars import calendar_choices
 from ..models import Candle, Instrument, SeriesStats
 from ..providers import PROVIDER_NAMES, check_bar_alignment
 from ..quality.thresholds import validate_thresholds
 from ..series import series_of
-from ..timeframes import BarAlignment
+from ..timeframes import BarAlignment, Timeframe
 from .base import IntegrityModelAdmin, ReadOnlyAdmin, choice_filter, request_backfills
+
+
+def provider_options_help() -> str:
+    """The option names each provider accepts (its own list, the one its ``validate_options`` checks)."""
+    lines = []
+    for name in PROVIDER_NAMES:
+        module = importlib.import_module(f"integrity.providers.{name}")
+        names = getattr(module, "OPTIONS", None) or getattr(module, "OPTION_NAMES", None)
+        lines.append(f"{name}: {', '.join(names)}" if names else f"{name}: any")
+    return ("A JSON object of the provider's options, checked against the provider's own rules on save. "
+            "Accepted — " + "; ".join(lines) + ".")
+
+
+class SearchableSelect(forms.Select):
+    """A select with a search box (the admin's own select2, as its autocomplete fields use it)."""
+
+    class Media:
+        css = {"all": ["admin/css/vendor/select2/select2.min.css", "admin/css/autocomplete.css"]}
+        js = ["admin/js/vendor/jquery/jquery.min.js", "admin/js/vendor/select2/select2.full.min.js",
+              "admin/js/jquery.init.js", "integrity/searchable_select.js"]
+
+    def __init__(self, attrs=None, choices=()):
+        super().__init__({"class": "integrity-searchable", "data-placeholder": "search a calendar", **(attrs or {})},
+                         choices)
 
 
 class InstrumentForm(forms.ModelForm):
     """The model's clean() checks calendar, symbol and timeframes (``integrity.series``' instrument
-    rules); the form adds provider and thresholds."""
+    rules); the form offers the calendar as a searchable choice and the timeframes as checkboxes,
+    and checks provider options (the provider's own ``validate_options``), bar alignment and thresholds."""
 
+    calendar = forms.ChoiceField(choices=calendar_choices, widget=SearchableSelect,
+                                 help_text="24/7 for crypto, 24/5 for the forex week, else the exchange's "
+                                           "calendar (type to search: XNYS, XLON, NYSE …)")
+    timeframes = forms.MultipleChoiceField(
+        choices=Timeframe.choices, required=False, widget=forms.CheckboxSelectMultiple,
+        help_text="the bar sizes to keep for this instrument")
     provider = forms.ChoiceField(choices=[(name, name) for name in PROVIDER_NAMES], initial="synthetic")
     bar_alignment = forms.ChoiceField(choices=BarAlignment.choices, initial=BarAlignment.CLOCK, required=False,
                                       help_text=Instrument._meta.get_field("bar_alignment").help_text)
@@ -32,7 +66,15 @@ class InstrumentForm(forms.ModelForm):
     class Meta:
         model = Instrument
         fields = ["symbol", "asset_class", "calendar", "timeframes", "bar_alignment", "provider",
-                  "provider_options", "quality_thresholds", "availability_delay_minutes", "active"]
+                  "provider_options", "quality_thresholds", "availability_delay_minutes", "price_decimals", "active"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["provider_options"].help_text = provider_options_help()
+
+    def clean_timeframes(self):
+        chosen = set(self.cleaned_data.get("timeframes") or ())
+        return [value for value in Timeframe.values if value in chosen]  # the canonical order, shortest first
 
     def clean(self):
         cleaned = super().clean()

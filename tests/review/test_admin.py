@@ -381,8 +381,8 @@ class TestInstrumentForm:
 
     @pytest.mark.parametrize("field,value,message", [
         ("provider", "nasdaq-ftp", "Select a valid choice"),
-        ("calendar", "MOON", "unknown calendar"),
-        ("timeframes", '["7m"]', "a list of timeframes"),
+        ("calendar", "MOON", "Select a valid choice. MOON is not one of the available choices."),
+        ("timeframes", "7m", "Select a valid choice. 7m is not one of the available choices."),
         ("quality_thresholds", '{"outlier_mvoe": 0.3}', "unknown threshold"),
         ("provider_options", '{"limt": 500}', "unknown option(s) limt"),
     ])
