@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from django.db.models import OuterRef, QuerySet, Subquery
+
 MAX_DECIMALS = 12
 
 # The keys of an anomaly's ``details`` that hold prices (the outlier and invalid-OHLC detectors').
@@ -52,3 +54,19 @@ def prices_shown(value: Any, decimals: int | None = None, asset_class: str | Non
     if isinstance(value, list):
         return [prices_shown(item, decimals, asset_class) for item in value]
     return value
+
+
+def with_price_precision(queryset: QuerySet) -> QuerySet:
+    """Rows of a table keyed by ``symbol`` (candles, rejected bars) with their instrument's
+    ``price_decimals`` and ``asset_class`` (``instrument_decimals``, ``instrument_asset_class``): one
+    indexed look-up per row shown, inside the page's own query."""
+    from .models import Instrument  # the models import MAX_DECIMALS from here
+
+    instrument = Instrument.objects.filter(symbol=OuterRef("symbol"))
+    return queryset.annotate(instrument_decimals=Subquery(instrument.values("price_decimals")[:1]),
+                             instrument_asset_class=Subquery(instrument.values("asset_class")[:1]))
+
+
+def row_price(row, value) -> str:
+    """``value`` of a row ``with_price_precision`` annotated, as ``format_price`` shows it."""
+    return format_price(value, getattr(row, "instrument_decimals", None), getattr(row, "instrument_asset_class", None))

@@ -17,6 +17,7 @@ from django.utils.functional import cached_property
 from ..api.validators import validate_provider_options
 from ..calendars import calendar_choices
 from ..models import Candle, Instrument, SeriesStats
+from ..prices import row_price, with_price_precision
 from ..providers import PROVIDER_NAMES, check_bar_alignment
 from ..quality.thresholds import validate_thresholds
 from ..series import series_of
@@ -125,6 +126,17 @@ class InstrumentAdmin(IntegrityModelAdmin):
             request_backfills(self, request, series)
 
 
+def price_column(column: str):
+    """A list column showing the price ``column`` at its instrument's precision (``integrity.prices``)."""
+
+    @admin.display(description=column, ordering=column)
+    def shown(self, obj):
+        return row_price(obj, getattr(obj, column))
+
+    shown.__name__ = f"{column}_shown"
+    return shown
+
+
 class EstimatedCountPaginator(Paginator):
     """The unfiltered candle list counts from PostgreSQL's statistics (``pg_class.reltuples``)
     instead of a COUNT(*) over a table of hundreds of millions of rows; filtered lists and small
@@ -158,13 +170,19 @@ class CandleAdmin(IntegrityModelAdmin):
     index; a substring search would scan).
     """
 
-    list_display = ("symbol", "timeframe", "ts", "open", "high", "low", "close", "volume", "source", "ingested_at")
+    list_display = ("symbol", "timeframe", "ts", "open_shown", "high_shown", "low_shown", "close_shown", "volume",
+                    "source", "ingested_at")
     list_filter = ("timeframe", CandleSourceFilter, "ts")
     search_fields = ("symbol",)
     search_help_text = "exact symbol, e.g. BTC-USD"
     show_full_result_count = False  # no second COUNT(*) of the whole table on a filtered page
     show_facets = admin.ShowFacets.NEVER  # facet counts (?_facets) would count the whole table per choice
     paginator = EstimatedCountPaginator
+
+    def get_queryset(self, request):
+        return with_price_precision(super().get_queryset(request))
+
+    open_shown, high_shown, low_shown, close_shown = (price_column(column) for column in ("open", "high", "low", "close"))
 
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()

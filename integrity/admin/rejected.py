@@ -7,6 +7,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from ..models import BackfillState, RejectedCandle
+from ..prices import row_price, with_price_precision
 from ..rejected import REJECTED_EXPORT
 from ..validation import REASON_CODES
 from .base import (
@@ -69,10 +70,15 @@ class RejectedCandleAdmin(ReadOnlyAdmin):
             return queryset, False
         return queryset.filter(symbol__in={term, term.upper()}), False
 
+    def get_queryset(self, request):
+        return with_price_precision(super().get_queryset(request))
+
     def _value(self, obj, column):
-        """The value as it came (``nan``, ``inf`` as text), numbers to 10 significant digits (the
-        detail page and the CSV export keep every digit)."""
+        """The value as it came (``nan``, ``inf`` as text), prices at the instrument's precision,
+        volume to 10 significant digits (the detail page and the exports keep every digit)."""
         value = (obj.raw_values or {}).get(column, getattr(obj, column))
+        if column != "volume":
+            return row_price(obj, value)
         return f"{value:.10g}" if isinstance(value, float) else value
 
     @admin.display(description="rules broken", ordering="rules")
