@@ -40,7 +40,7 @@ def format_price(value: Any, decimals: int | None = None, asset_class: str | Non
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return str(value)
     places = decimals if decimals is not None else default_decimals(float(value), asset_class)
-    return f"{value:,.{places}f}"
+    return f"{value:.{places}f}"
 
 
 def prices_shown(value: Any, decimals: int | None = None, asset_class: str | None = None) -> Any:

@@ -47,7 +47,7 @@ from .queue import note_no_worker
 # The candles linked from an anomaly: its period and this many bars either side.
 WINDOW_BARS = 10
 # The list shows this many characters of a description (all of it on hover and on the anomaly's page).
-DESCRIPTION_SHOWN = 70
+DESCRIPTION_SHOWN = 60
 
 
 class ResolutionStatusFilter(admin.SimpleListFilter):
@@ -101,8 +101,8 @@ class DataAnomalyForm(forms.ModelForm):
 class DataAnomalyAdmin(IntegrityModelAdmin):
     form = DataAnomalyForm
     list_display = (
-        "symbol", "timeframe", "anomaly_type", "severity_shown", "status_shown", "description_short",
-        "period_start", "period_end", "affected_rows", "detected_at",
+        "symbol", "timeframe", "anomaly_type", "severity_shown", "status_shown", "period_start", "period_end",
+        "affected_rows", "detected_at", "description_short",
     )
     list_filter = ("severity", ResolutionStatusFilter, "resolution_reason", "anomaly_type", "timeframe", "detected_at",
                    ("detected_at", UTCDateRangeFilter), ("period_start", UTCDateRangeFilter), ExecutionFilter)

@@ -148,6 +148,12 @@ class StorableJSONField(forms.JSONField):
             raise ValidationError(problem, code="invalid")
         return converted
 
+    def prepare_value(self, value):
+        """Shown indented, one key a line, as typed when it was refused."""
+        if isinstance(value, InvalidJSONInput):
+            return value
+        return json.dumps(value, indent=2, ensure_ascii=False, cls=self.encoder)
+
     def bound_data(self, data, initial):
         # A refused value is shown again as typed: re-encoding a lone surrogate would break the page.
         try:

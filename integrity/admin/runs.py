@@ -45,8 +45,8 @@ ERROR_SHOWN = 120
 @admin.register(BackfillState)
 class BackfillStateAdmin(IntegrityModelAdmin):
     list_display = (
-        "execution", "symbol", "timeframe", "status", "records_inserted", "records_updated",
-        "invalid_bars", "retry_count", "started_at", "completed_at", "heartbeat_at", "short_error",
+        "execution", "symbol", "timeframe", "status", "started_at", "completed_at", "records_inserted",
+        "records_updated", "invalid_bars", "retry_count", "short_error",
     )
     list_filter = ("status", "timeframe", "asset_class", "provider", ("created_at", UTCDateRangeFilter),
                    ("started_at", UTCDateRangeFilter))
