@@ -367,5 +367,5 @@ class UTCDateRangeFilter(DateRangeFilter):
         if self.form.is_bound and not self.form.is_valid():
             problems = "; ".join(f"{name}={_shown(str(self.form.data.get(name, '')))}: {' '.join(errors)}"
                                  for name, errors in self.form.errors.items())
-            raise IncorrectLookupParameters(ValidationError(f"a date range value is not a date ({problems})"))
+            raise IncorrectLookupParameters(ValidationError(problems))
         return super().queryset(request, queryset)
