@@ -140,8 +140,8 @@ class InstrumentSerializer(serializers.ModelSerializer):
     class Meta:
         model = Instrument
         fields = ["id", "symbol", "asset_class", "calendar", "timeframes", "bar_alignment", "provider",
-                  "provider_options", "quality_thresholds", "availability_delay_minutes", "active", "created_at",
-                  "updated_at"]
+                  "provider_options", "quality_thresholds", "availability_delay_minutes", "price_decimals", "active",
+                  "created_at", "updated_at"]
         read_only_fields = ["id", "created_at", "updated_at"]
 
     def validate_symbol(self, value):

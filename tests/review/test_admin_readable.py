@@ -263,3 +263,17 @@ class TestInstrumentForm:
     def test_price_decimals_are_saved(self, admin_client):
         assert post_instrument(admin_client, price_decimals="4").status_code == 302
         assert Instrument.objects.get(symbol="ETH-USD").price_decimals == 4
+
+
+# --- price_decimals through the API ---------------------------------------------------------------
+
+
+def test_the_api_saves_an_instruments_price_decimals_and_refuses_more_than_twelve():
+    from tests.helpers import client_for, user_with
+
+    api = client_for(user_with("view_instrument", "change_instrument", "add_instrument"))
+    body = {"symbol": "AAPL", "asset_class": "equity", "calendar": "XNYS", "timeframes": ["1d"]}
+    refused = api.post("/api/v1/instruments/", {**body, "price_decimals": 13}, format="json")
+    assert refused.status_code == 400 and "price_decimals" in refused.json()
+    saved = api.post("/api/v1/instruments/", {**body, "price_decimals": 4}, format="json")
+    assert saved.status_code == 201 and saved.json()["price_decimals"] == 4
