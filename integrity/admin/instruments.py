@@ -74,8 +74,8 @@ class InstrumentForm(forms.ModelForm):
         self.fields["provider_options"].help_text = provider_options_help()
 
     def clean_timeframes(self):
-        chosen = set(self.cleaned_data.get("timeframes") or ())
-        return [value for value in Timeframe.values if value in chosen]  # the canonical order, shortest first
+        # Shortest first; a timeframe sent twice (a hand-made POST) stays twice for the model's rule to refuse.
+        return sorted(self.cleaned_data.get("timeframes") or (), key=Timeframe.values.index)
 
     def clean(self):
         cleaned = super().clean()
