@@ -41,6 +41,7 @@ from .base import (
     pretty_json,
     report_action,
     severity_badge,
+    shortened,
 )
 from .queue import note_no_worker
 
@@ -143,7 +144,7 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
     @admin.display(description="status", ordering="resolution_status")
     def status_shown(self, obj):
         """The status, the reason it was resolved with, and how often it came back."""
-        extra = [obj.get_resolution_reason_display()] if obj.resolution_reason else []
+        extra = [obj.resolution_reason.replace("_", " ")] if obj.resolution_reason else []
         if obj.regressions:
             extra.append(f"came back {obj.regressions}×")
         return format_html('<span class="status-{}">{}</span>{}', obj.resolution_status,
@@ -151,10 +152,7 @@ class DataAnomalyAdmin(IntegrityModelAdmin):
 
     @admin.display(description="description", ordering="description")
     def description_short(self, obj):
-        text = obj.description or ""
-        if len(text) <= DESCRIPTION_SHOWN:
-            return text
-        return format_html('<span title="{}">{}…</span>', text, text[:DESCRIPTION_SHOWN].rstrip())
+        return shortened(obj.description, DESCRIPTION_SHOWN)
 
     @admin.display(description="details")
     def details_shown(self, obj):

@@ -8,7 +8,8 @@ the one way an execution id is shown: a link to that execution (``execution_link
 way a list is filtered by execution (``ExecutionFilter``).
 
 How values read: instants in UTC and labelled so (``utc_text``; Django's own rendering follows the
-same ``DATETIME_FORMAT``, marketdata_site/formats), JSON pretty-printed (``pretty_json``), severities
+same ``DATETIME_FORMAT``, marketdata_site/formats), JSON pretty-printed (``pretty_json``), long text
+cut with the whole on hover (``shortened``), severities
 as coloured badges (``severity_badge``, styles in static/integrity/admin.css), date ranges filtered by
 ``UTCDateRangeFilter``.
 """
@@ -340,6 +341,14 @@ def utc_text(value) -> str:
     if value is None:
         return "-"
     return formats.date_format(timezone.localtime(value), "DATETIME_FORMAT")
+
+
+def shortened(text: str | None, limit: int) -> str:
+    """Long text (a description, an error) cut to ``limit`` characters for a list, whole on hover."""
+    text = text or ""
+    if len(text) <= limit:
+        return text
+    return format_html('<span title="{}">{}…</span>', text, text[:limit].rstrip())
 
 
 def pretty_json(value) -> str:

@@ -35,6 +35,7 @@ from .base import (
     pretty_json,
     report_action,
     request_backfills,
+    shortened,
 )
 from .queue import cancel_selected_pending
 
@@ -107,10 +108,7 @@ class BackfillStateAdmin(IntegrityModelAdmin):
 
     @admin.display(description="error", ordering="error_message")
     def short_error(self, obj):
-        text = obj.error_message or ""
-        if len(text) <= ERROR_SHOWN:
-            return text
-        return format_html('<span title="{}">{}…</span>', text, text[:ERROR_SHOWN].rstrip())
+        return shortened(obj.error_message, ERROR_SHOWN)
 
     @admin.action(description="Retry selected failed backfills (resume from checkpoint)", permissions=["retry"])
     def retry_failed(self, request, queryset):

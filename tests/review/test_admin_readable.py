@@ -86,6 +86,12 @@ def test_severity_is_a_coloured_badge(admin_client):
     assert "integrity/admin.css" in page
 
 
+def test_the_status_column_names_the_reason_and_the_regressions(admin_client):
+    make_anomaly(resolution_status="resolved", resolution_reason="false_positive", regressions=2)
+    page = admin_client.get(ANOMALIES, {"resolution_status__exact": "resolved"}).content.decode()
+    assert '<span class="status-resolved">Resolved</span> (false positive, came back 2×)' in page
+
+
 def test_the_list_shows_the_description_cut_with_the_whole_on_hover(admin_client):
     text = "5 missing 1h bars from 2024-01-03 05:00 UTC to 2024-01-03 09:00 UTC (the provider had none)"
     make_anomaly(description=text)
