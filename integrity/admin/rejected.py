@@ -5,6 +5,8 @@ layout, the same as the API's)."""
 from __future__ import annotations
 
 from django.contrib import admin
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
 
 from ..models import BackfillState, RejectedCandle
 from ..prices import row_price, with_price_precision
@@ -83,7 +85,8 @@ class RejectedCandleAdmin(ReadOnlyAdmin):
 
     @admin.display(description="rules broken", ordering="rules")
     def rules_broken(self, obj):
-        return ", ".join(obj.rules.split(","))
+        """One rule a line (the list stays narrow enough to show every column at 1,400 px)."""
+        return format_html_join(mark_safe("<br>"), "{}", ((rule,) for rule in obj.rules.split(",")))
 
     @admin.display(description="execution", ordering="execution_id")
     def execution(self, obj):
