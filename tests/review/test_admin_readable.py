@@ -283,3 +283,13 @@ def test_the_api_saves_an_instruments_price_decimals_and_refuses_more_than_twelv
     assert refused.status_code == 400 and "price_decimals" in refused.json()
     saved = api.post("/api/v1/instruments/", {**body, "price_decimals": 4}, format="json")
     assert saved.status_code == 201 and saved.json()["price_decimals"] == 4
+
+
+@pytest.mark.parametrize("options,message", [
+    ('{"seed": "x"}', "seed must be a whole number"),
+    ('{"gaps": [["2024-01-03", "soon"]]}', "gaps, spikes and invalid must hold bar times"),
+])
+def test_synthetic_options_are_checked_by_the_providers_own_rules(admin_client, options, message):
+    response = post_instrument(admin_client, provider_options=options)
+    assert response.status_code == 200
+    assert message in " ".join(response.context["adminform"].form.errors["provider_options"])
