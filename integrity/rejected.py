@@ -84,25 +84,38 @@ def quarantine_bars(symbol: str, timeframe: str, invalid: pd.DataFrame, *, execu
 
 def _csv_value(row: dict, column: str) -> str:
     if column in VALUE_COLUMNS:
-        raw = (row["raw_values"] or {}).get(column, row[column])
+        raw = _as_came(row, column)
         return "" if raw is None else safe_cell(str(raw))
     return cell(row[column])
+
+
+def _quarantine_rows(queryset, chunk_size: int) -> Iterator[dict]:
+    qs = RejectedCandle.objects.all() if queryset is None else queryset
+    if not qs.query.order_by:
+        qs = qs.order_by("symbol", "timeframe", "ts")
+    return qs.values(*CSV_COLUMNS, "raw_values").iterator(chunk_size=chunk_size)
 
 
 def csv_lines(queryset: Iterable[RejectedCandle] | None = None, chunk_size: int = 2000) -> Iterator[str]:
     """The quarantine rows of ``queryset`` (default: all, by series and time) as CSV text lines,
     header first; values as they came (``nan``, ``inf``). Streams: reads ``chunk_size`` rows at a time."""
-    qs = RejectedCandle.objects.all() if queryset is None else queryset
-    if not qs.query.order_by:
-        qs = qs.order_by("symbol", "timeframe", "ts")
-    fields = [c for c in CSV_COLUMNS if c not in ("execution_id",)] + ["execution_id", "raw_values"]
-    rows = qs.values(*dict.fromkeys(fields)).iterator(chunk_size=chunk_size)
+    rows = _quarantine_rows(queryset, chunk_size)
     return csv_text(CSV_COLUMNS, ([_csv_value(row, column) for column in CSV_COLUMNS] for row in rows))
+
+
+def _as_came(row: dict, column: str):
+    if column in VALUE_COLUMNS:
+        return (row["raw_values"] or {}).get(column, row[column])
+    return row[column]
 
 
 class _RejectedExport(Export):
     def lines(self, queryset, chunk_size: int = 2000) -> Iterator[str]:
         return csv_lines(queryset, chunk_size)
+
+    def rows(self, queryset, chunk_size: int = 2000) -> Iterator[list]:
+        """Values as they came (``nan``, ``inf`` as text), for the XLSX export."""
+        return ([_as_came(row, column) for column in CSV_COLUMNS] for row in _quarantine_rows(queryset, chunk_size))
 
 
 # The quarantine's export, for the admin action and the API (``integrity.exports``).

@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_q",
+    "rangefilter",  # the admin's date-range list filters (integrity.admin.base.UTCDateRangeFilter)
     "integrity",
 ]
 
@@ -138,6 +139,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Dates and times as the admin shows them: "2026-03-02 14:00 UTC", "2026-03-02" (marketdata_site/formats).
+FORMAT_MODULE_PATH = ["marketdata_site.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(envstr("STATIC_ROOT", str(BASE_DIR / "staticfiles")))

@@ -405,7 +405,7 @@ def client_for(user: User | None, token: bool = False) -> APIClient:
 
 def post_instrument(client, **overrides):
     """Submit the admin's add-instrument form: a valid ETH-USD unless ``overrides`` change a field."""
-    data = {"symbol": "ETH-USD", "asset_class": "crypto", "calendar": "24/7", "timeframes": '["1h"]',
+    data = {"symbol": "ETH-USD", "asset_class": "crypto", "calendar": "24/7", "timeframes": ["1h"],
             "provider": "synthetic", "provider_options": "{}", "quality_thresholds": "{}", "active": "on"}
     data.update(overrides)
     return client.post(reverse("admin:integrity_instrument_add"), data)

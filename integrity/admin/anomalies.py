@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
@@ -29,6 +31,7 @@ from ..models import (
     ResolutionReason,
     ResolutionStatus,
 )
+from ..prices import prices_shown
 from ..quality.review import review_anomalies
 from ..reconcile import ReconcileError, reference_range, repair_from_reference
 from ..repair import RepairError, repair_range
@@ -38,9 +41,14 @@ from .base import (
     ExecutionFilter,
     IntegrityModelAdmin,
     ReadOnlyAdmin,
+    UTCDateRangeFilter,
     execution_link,
     export_csv_action,
+    export_xlsx_action,
+    pretty_json,
     report_action,
+    severity_badge,
+    shortened,
 )
 from .object_actions import ActionResult, ServiceOwnedAdmin, object_action
 from .queue import no_worker_sentence
@@ -50,6 +58,42 @@ from .series import series_url
 WINDOW_BARS = 10
 # Repairs one "Re-fetch this range" bulk action queues (each claims a series and queues a task).
 REFETCH_LIMIT = 1000
+# The list shows this many characters of a description (all of it on hover and on the anomaly's page).
+DESCRIPTION_SHOWN = 60
+
+
+class ResolutionStatusFilter(admin.SimpleListFilter):
+    """By status; "All" is ``resolution_status__exact=all`` (or no status in a query). The list opened
+    bare is sent to the open ones (``DataAnomalyAdmin.changelist_view``): the page's URL names the
+    status, so an action or "select all" acts on the rows shown. The parameter is the one Django's own
+    field filter used: existing links (the dashboard's) keep working."""
+
+    title = "status"
+    parameter_name = "resolution_status__exact"
+    ALL = "all"
+
+    def lookups(self, request, model_admin):
+        return [*ResolutionStatus.choices, (self.ALL, "All")]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value in (None, self.ALL):
+            return queryset
+        if value not in ResolutionStatus.values:
+            raise IncorrectLookupParameters(
+                f"resolution_status__exact {value[:40]!r} is not a status: use one of "
+                f"{', '.join([*ResolutionStatus.values, self.ALL])}")
+        return queryset.filter(resolution_status=value)
+
+    def choices(self, changelist):
+        # No choice that drops the parameter (that would send the list back to "open"): "All" has a value.
+        counts = self.get_facet_queryset(changelist) if changelist.add_facets else None
+        chosen = self.value() or self.ALL
+        for i, (lookup, title) in enumerate(self.lookup_choices):
+            if counts is not None:
+                title = f"{title} ({counts[f'{i}__c']})"
+            yield {"selected": chosen == lookup, "query_string": changelist.get_query_string(
+                {self.parameter_name: lookup}), "display": title}
 
 
 NOTE_HELP = "Kept on the anomaly, with who and when."
@@ -120,18 +164,19 @@ def _explain_repair(anomaly) -> str:
 @admin.register(DataAnomaly)
 class DataAnomalyAdmin(ServiceOwnedAdmin, IntegrityModelAdmin):
     list_display = (
-        "symbol", "timeframe", "anomaly_type", "severity", "resolution_status", "resolution_reason", "regressions",
-        "period_start", "period_end", "affected_rows", "detected_at",
+        "symbol", "timeframe", "anomaly_type", "severity_shown", "status_shown", "period_start", "period_end",
+        "affected_rows", "detected_at", "description_short",
     )
-    list_filter = ("severity", "resolution_status", "resolution_reason", "anomaly_type", "timeframe", "detected_at",
-                   ExecutionFilter)
+    list_filter = ("severity", ResolutionStatusFilter, "resolution_reason", "anomaly_type", "timeframe", "detected_at",
+                   ("detected_at", UTCDateRangeFilter), ("period_start", UTCDateRangeFilter), ExecutionFilter)
     search_fields = ("symbol", "description")
     date_hierarchy = "detected_at"
     actions = ["acknowledge", "resolve", "resolve_false_positive", "resolve_expected", "resolve_missing_at_source",
-               "refetch", "export_csv"]
+               "refetch", "export_csv", "export_xlsx"]
     readonly_fields = [
-        "symbol", "instrument", "timeframe", "candles", "anomaly_type", "severity", "description", "affected_rows",
-        "period_start", "period_end", "detected_at", "last_seen_at", "fingerprint", "details", "executions",
+        "symbol", "instrument", "timeframe", "candles", "anomaly_type", "severity_shown", "description",
+        "affected_rows", "period_start", "period_end", "detected_at", "last_seen_at", "fingerprint", "details_shown",
+        "executions",
         "quarantined_bars",
         "resolution_status", "resolution_reason", "regressions", "acknowledged_by", "acknowledged_at",
         "resolved_by", "resolved_at", "resolution_note", "chart",
@@ -140,6 +185,41 @@ class DataAnomalyAdmin(ServiceOwnedAdmin, IntegrityModelAdmin):
     object_actions = ("acknowledge_this", "resolve_this", "repair_this", "take_reference_this")
 
     export_csv = export_csv_action(ANOMALIES, "anomalies")
+    export_xlsx = export_xlsx_action(ANOMALIES, "anomalies")
+
+    def changelist_view(self, request, extra_context=None):
+        """Opened bare (the menu, a bookmark), the list shows the open anomalies: a redirect to
+        ``?resolution_status__exact=open``. A query is taken as given: one without a status (a
+        search, a link from elsewhere) covers every status, and the status filter says "All"."""
+        if request.method == "GET" and not request.GET:
+            return redirect(f"{request.path}?{ResolutionStatusFilter.parameter_name}={ResolutionStatus.OPEN}")
+        return super().changelist_view(request, extra_context)
+
+    # --- how the columns read -------------------------------------------------------------------
+
+    @admin.display(description="severity", ordering="severity")
+    def severity_shown(self, obj):
+        return severity_badge(obj.severity, obj.get_severity_display())
+
+    @admin.display(description="status", ordering="resolution_status")
+    def status_shown(self, obj):
+        """The status, the reason it was resolved with, and how often it came back."""
+        extra = [obj.resolution_reason.replace("_", " ")] if obj.resolution_reason else []
+        if obj.regressions:
+            extra.append(f"came back {obj.regressions}×")
+        return format_html('<span class="status-{}">{}</span>{}', obj.resolution_status,
+                           obj.get_resolution_status_display(), f" ({', '.join(extra)})" if extra else "")
+
+    @admin.display(description="description", ordering="description")
+    def description_short(self, obj):
+        return shortened(obj.description, DESCRIPTION_SHOWN)
+
+    @admin.display(description="details")
+    def details_shown(self, obj):
+        """The details, pretty-printed, prices at the instrument's precision."""
+        instrument = Instrument.objects.filter(symbol=obj.symbol).values("price_decimals", "asset_class").first()
+        instrument = instrument or {"price_decimals": None, "asset_class": None}
+        return pretty_json(prices_shown(obj.details, instrument["price_decimals"], instrument["asset_class"]))
 
     @admin.display(description="candles around the anomaly")
     def chart(self, obj):
@@ -314,8 +394,9 @@ class DuplicateRecordLogAdmin(ReadOnlyAdmin):
     list_filter = ("timeframe", "kept_by", "cleaned_at")
     search_fields = ("symbol",)
     date_hierarchy = "cleaned_at"
-    actions = ["export_csv"]
+    actions = ["export_csv", "export_xlsx"]
     export_csv = export_csv_action(DUPLICATES, "duplicate-log entries")
+    export_xlsx = export_xlsx_action(DUPLICATES, "duplicate-log entries")
 
     @admin.display(description="deleted ids")
     def deleted(self, obj):

@@ -6,6 +6,12 @@ hand-made URL or value is a 400 page or a field error that says what was wrong, 
 (tests/test_admin_hardening.py). Also the actions' shared reporting, backfill requests and CSV export,
 the one way an execution id is shown: a link to that execution (``execution_link``), and the one
 way a list is filtered by execution (``ExecutionFilter``).
+
+How values read: instants in UTC and labelled so (``utc_text``; Django's own rendering follows the
+same ``DATETIME_FORMAT``, marketdata_site/formats), JSON pretty-printed (``pretty_json``), long text
+cut with the whole on hover (``shortened``), severities
+as coloured badges (``severity_badge``, styles in static/integrity/admin.css), date ranges filtered by
+``UTCDateRangeFilter``.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from django.db import models
 from django.forms.fields import InvalidJSONInput
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import formats, timezone
 from django.utils.html import format_html
+from rangefilter.filters import DateRangeFilter
 from rest_framework.exceptions import ParseError
 
 from ..api.parsers import MAX_JSON_DEPTH, check_storable, unstorable_reason
@@ -141,6 +149,12 @@ class StorableJSONField(forms.JSONField):
             raise ValidationError(problem, code="invalid")
         return converted
 
+    def prepare_value(self, value):
+        """Shown indented, one key a line, as typed when it was refused."""
+        if isinstance(value, InvalidJSONInput):
+            return value
+        return json.dumps(value, indent=2, ensure_ascii=False, cls=self.encoder)
+
     def bound_data(self, data, initial):
         # A refused value is shown again as typed: re-encoding a lone surrogate would break the page.
         try:
@@ -156,6 +170,9 @@ class IntegrityModelAdmin(admin.ModelAdmin):
     """The base of every integrity screen (see ``integrity.admin.base``)."""
 
     formfield_overrides = {models.JSONField: {"form_class": StorableJSONField}}
+
+    class Media:
+        css = {"all": ["integrity/admin.css"]}
 
     def get_changelist(self, request, **kwargs):
         return StrictChangeList
@@ -324,6 +341,17 @@ class ExecutionFilter(admin.SimpleListFilter):
         return queryset.filter(execution_id=execution_id)
 
 
+def export_xlsx_action(export: Export, what: str):
+    """The admin action "Export selected {what} as XLSX": the CSV export's columns and rows as a
+    spreadsheet (``integrity.exports.xlsx_response``)."""
+
+    @admin.action(description=f"Export selected {what} as XLSX", permissions=["view"])
+    def export_xlsx(modeladmin, request, queryset):
+        return export.xlsx_response(queryset)
+
+    return export_xlsx
+
+
 def export_csv_action(export: Export, what: str):
     """The admin action "Export selected {what} as CSV": the rows in ``export``'s layout, the same
     file as the API's ``?format=csv`` (``integrity.exports``)."""
@@ -333,3 +361,51 @@ def export_csv_action(export: Export, what: str):
         return export.response(queryset)
 
     return export_csv
+
+
+# --- how values read ----------------------------------------------------------------------------
+
+
+def utc_text(value) -> str:
+    """An instant as every screen shows it, ``2026-03-02 14:00 UTC`` (``-`` for none): the
+    ``DATETIME_FORMAT`` Django's own columns use, so a built string reads like a field."""
+    if value is None:
+        return "-"
+    return formats.date_format(timezone.localtime(value), "DATETIME_FORMAT")
+
+
+def shortened(text: str | None, limit: int) -> str:
+    """Long text (a description, an error) cut to ``limit`` characters for a list, whole on hover."""
+    text = text or ""
+    if len(text) <= limit:
+        return text
+    return format_html('<span title="{}">{}…</span>', text, text[:limit].rstrip())
+
+
+def pretty_json(value) -> str:
+    """A JSON value as an indented block with sorted keys (escaped), not one long line."""
+    if value in (None, {}, []):
+        return "-"
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    return format_html('<pre class="pretty-json">{}</pre>', text)
+
+
+def severity_badge(severity: str, label: str = "") -> str:
+    """A severity (low, medium, high, critical) as a coloured badge."""
+    return format_html('<span class="badge severity-{}">{}</span>', severity, label or severity)
+
+
+class UTCDateRangeFilter(DateRangeFilter):
+    """From and to dates (UTC days, both included) of a date-time column, as django-admin-rangefilter
+    draws them; a date that does not parse is a 400 naming it, not a filter silently dropped."""
+
+    def __init__(self, field, request, params, model, model_admin, field_path):
+        super().__init__(field, request, params, model, model_admin, field_path)
+        self.title = f"{self.title} (UTC dates)"
+
+    def queryset(self, request, queryset):
+        if self.form.is_bound and not self.form.is_valid():
+            problems = "; ".join(f"{name}={_shown(str(self.form.data.get(name, '')))}: {' '.join(errors)}"
+                                 for name, errors in self.form.errors.items())
+            raise IncorrectLookupParameters(ValidationError(problems))
+        return super().queryset(request, queryset)

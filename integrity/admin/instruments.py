@@ -6,6 +6,8 @@ and the unfiltered count comes from PostgreSQL's statistics.
 
 from __future__ import annotations
 
+import importlib
+
 from django import forms
 from django.contrib import admin
 from django.core.paginator import Paginator
@@ -13,20 +15,53 @@ from django.db import connection
 from django.utils.functional import cached_property
 
 from ..api.validators import validate_provider_options, validate_reference
+from ..calendars import calendar_choices
 from ..models import Candle, Instrument, SeriesStats
+from ..prices import row_price, with_price_precision
 from ..providers import PROVIDER_NAMES, check_bar_alignment
 from ..quality.thresholds import validate_thresholds
 from ..reconcile import ReconcileError
 from ..series import series_of
 from ..tasks import request_reconcile
-from ..timeframes import BarAlignment
+from ..timeframes import BarAlignment, Timeframe
 from .base import IntegrityModelAdmin, ReadOnlyAdmin, choice_filter, queue_backfills, report_action
+
+
+def provider_options_help() -> str:
+    """The option names each provider accepts (its own list, the one its ``validate_options`` checks)."""
+    lines = []
+    for name in PROVIDER_NAMES:
+        module = importlib.import_module(f"integrity.providers.{name}")
+        names = getattr(module, "OPTIONS", None) or getattr(module, "OPTION_NAMES", None)
+        lines.append(f"{name}: {', '.join(names)}" if names else f"{name}: any")
+    return ("A JSON object of the provider's options, checked against the provider's own rules on save. "
+            "Accepted — " + "; ".join(lines) + ".")
+
+
+class SearchableSelect(forms.Select):
+    """A select with a search box (the admin's own select2, as its autocomplete fields use it)."""
+
+    class Media:
+        css = {"all": ["admin/css/vendor/select2/select2.min.css", "admin/css/autocomplete.css"]}
+        js = ["admin/js/vendor/jquery/jquery.min.js", "admin/js/vendor/select2/select2.full.min.js",
+              "admin/js/jquery.init.js", "integrity/searchable_select.js"]
+
+    def __init__(self, attrs=None, choices=()):
+        super().__init__({"class": "integrity-searchable", "data-placeholder": "search a calendar", **(attrs or {})},
+                         choices)
 
 
 class InstrumentForm(forms.ModelForm):
     """The model's clean() checks calendar, symbol and timeframes (``integrity.series``' instrument
-    rules); the form adds provider and thresholds."""
+    rules); the form offers the calendar as a searchable choice and the timeframes as checkboxes,
+    and checks provider options (the provider's own ``validate_options``), bar alignment and thresholds."""
 
+    calendar = forms.ChoiceField(choices=calendar_choices, widget=SearchableSelect,
+                                 help_text="24/7 for crypto, 24/5 for the forex week, else the exchange's "
+                                           "calendar (type to search: XNYS, XLON, NYSE …)")
+    timeframes = forms.MultipleChoiceField(
+        choices=Timeframe.choices, required=False, widget=forms.CheckboxSelectMultiple,
+        help_text="the bar sizes to keep for this instrument")
     provider = forms.ChoiceField(choices=[(name, name) for name in PROVIDER_NAMES], initial="synthetic")
     reference_provider = forms.ChoiceField(choices=[("", "— none —"), *((name, name) for name in PROVIDER_NAMES)],
                                            required=False,
@@ -38,7 +73,15 @@ class InstrumentForm(forms.ModelForm):
         model = Instrument
         fields = ["symbol", "asset_class", "calendar", "timeframes", "bar_alignment", "provider",
                   "provider_options", "reference_provider", "reference_options", "reconcile_tolerance",
-                  "quality_thresholds", "availability_delay_minutes", "active"]
+                  "quality_thresholds", "availability_delay_minutes", "price_decimals", "active"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["provider_options"].help_text = provider_options_help()
+
+    def clean_timeframes(self):
+        # Shortest first; a timeframe sent twice (a hand-made POST) stays twice for the model's rule to refuse.
+        return sorted(self.cleaned_data.get("timeframes") or (), key=Timeframe.values.index)
 
     def clean(self):
         cleaned = super().clean()
@@ -107,6 +150,17 @@ class InstrumentAdmin(IntegrityModelAdmin):
         report_action(self, request, done, refused, "reconciliations queued", queued=True)
 
 
+def price_column(column: str):
+    """A list column showing the price ``column`` at its instrument's precision (``integrity.prices``)."""
+
+    @admin.display(description=column, ordering=column)
+    def shown(self, obj):
+        return row_price(obj, getattr(obj, column))
+
+    shown.__name__ = f"{column}_shown"
+    return shown
+
+
 class EstimatedCountPaginator(Paginator):
     """The unfiltered candle list counts from PostgreSQL's statistics (``pg_class.reltuples``)
     instead of a COUNT(*) over a table of hundreds of millions of rows; filtered lists and small
@@ -143,13 +197,19 @@ class CandleAdmin(ReadOnlyAdmin):
     index; a substring search would scan).
     """
 
-    list_display = ("symbol", "timeframe", "ts", "open", "high", "low", "close", "volume", "source", "ingested_at")
+    list_display = ("symbol", "timeframe", "ts", "open_shown", "high_shown", "low_shown", "close_shown", "volume",
+                    "source", "ingested_at")
     list_filter = ("timeframe", CandleSourceFilter, "ts")
     search_fields = ("symbol",)
     search_help_text = "exact symbol, e.g. BTC-USD"
     show_full_result_count = False  # no second COUNT(*) of the whole table on a filtered page
     show_facets = admin.ShowFacets.NEVER  # facet counts (?_facets) would count the whole table per choice
     paginator = EstimatedCountPaginator
+
+    def get_queryset(self, request):
+        return with_price_precision(super().get_queryset(request))
+
+    open_shown, high_shown, low_shown, close_shown = (price_column(column) for column in ("open", "high", "low", "close"))
 
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()

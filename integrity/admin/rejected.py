@@ -5,11 +5,21 @@ layout, the same as the API's)."""
 from __future__ import annotations
 
 from django.contrib import admin
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
 
 from ..models import BackfillState, RejectedCandle
+from ..prices import row_price, with_price_precision
 from ..rejected import REJECTED_EXPORT
 from ..validation import REASON_CODES
-from .base import ExecutionFilter, ReadOnlyAdmin, choice_filter, execution_link, export_csv_action
+from .base import (
+    ExecutionFilter,
+    ReadOnlyAdmin,
+    choice_filter,
+    execution_link,
+    export_csv_action,
+    export_xlsx_action,
+)
 
 RECENT_EXECUTIONS = 20
 
@@ -52,7 +62,7 @@ class RejectedCandleAdmin(ReadOnlyAdmin):
     search_help_text = "symbol, e.g. BTC-USD"
     date_hierarchy = "rejected_at"
     ordering = ("symbol", "timeframe", "ts")
-    actions = ["export_csv"]
+    actions = ["export_csv", "export_xlsx"]
     exclude = ("execution_id",)  # shown as ``execution``, a link
     readonly_fields = ("execution",)
 
@@ -62,15 +72,21 @@ class RejectedCandleAdmin(ReadOnlyAdmin):
             return queryset, False
         return queryset.filter(symbol__in={term, term.upper()}), False
 
+    def get_queryset(self, request):
+        return with_price_precision(super().get_queryset(request))
+
     def _value(self, obj, column):
-        """The value as it came (``nan``, ``inf`` as text), numbers to 10 significant digits (the
-        detail page and the CSV export keep every digit)."""
+        """The value as it came (``nan``, ``inf`` as text), prices at the instrument's precision,
+        volume to 10 significant digits (the detail page and the exports keep every digit)."""
         value = (obj.raw_values or {}).get(column, getattr(obj, column))
+        if column != "volume":
+            return row_price(obj, value)
         return f"{value:.10g}" if isinstance(value, float) else value
 
     @admin.display(description="rules broken", ordering="rules")
     def rules_broken(self, obj):
-        return ", ".join(obj.rules.split(","))
+        """One rule a line (the list stays narrow enough to show every column at 1,400 px)."""
+        return format_html_join(mark_safe("<br>"), "{}", ((rule,) for rule in obj.rules.split(",")))
 
     @admin.display(description="execution", ordering="execution_id")
     def execution(self, obj):
@@ -80,3 +96,4 @@ class RejectedCandleAdmin(ReadOnlyAdmin):
     shown_open, shown_high, shown_low, shown_close, shown_volume = (_shown(column) for column in VALUE_COLUMNS)
 
     export_csv = export_csv_action(REJECTED_EXPORT, "rejected bars")
+    export_xlsx = export_xlsx_action(REJECTED_EXPORT, "rejected bars")

@@ -33,10 +33,15 @@ from .base import (
     LISTED,
     IntegrityModelAdmin,
     ReadOnlyAdmin,
+    UTCDateRangeFilter,
     backfill_by_execution_id,
+    execution_link,
     export_csv_action,
+    export_xlsx_action,
+    pretty_json,
     queue_backfills,
     report_action,
+    shortened,
 )
 from .object_actions import ActionResult, ObjectActionsMixin, ServiceOwnedAdmin, object_action
 from .queue import cancel_selected_pending, no_worker_sentence
@@ -58,32 +63,47 @@ def _not_pending(state) -> str | None:
 class CancelForm(forms.Form):
     reason = forms.CharField(required=False, max_length=500, help_text="Kept on the execution with who and when.")
 
+# The list shows this many characters of an execution's error (all of it on hover and on its page).
+ERROR_SHOWN = 120
+
 
 @admin.register(BackfillState)
 class BackfillStateAdmin(ObjectActionsMixin, IntegrityModelAdmin):
     list_display = (
-        "execution_id", "symbol", "timeframe", "status", "records_inserted", "records_updated",
-        "invalid_bars", "retry_count", "started_at", "completed_at", "heartbeat_at", "short_error",
+        "execution", "symbol", "timeframe", "status", "started_at", "completed_at", "records_inserted",
+        "records_updated", "invalid_bars", "retry_count", "short_error",
     )
-    list_filter = ("status", "timeframe", "asset_class", "provider", "created_at")
+    list_filter = ("status", "timeframe", "asset_class", "provider", ("created_at", UTCDateRangeFilter),
+                   ("started_at", UTCDateRangeFilter))
     search_fields = ("symbol", "execution_id", "error_message")
     date_hierarchy = "created_at"
-    readonly_fields = [*(f.name for f in BackfillState._meta.fields), "anomalies", "repairs", "quarantined_bars",
-                       "failure_tracking"]
-    actions = ["retry_failed", "reap_dead", "cancel_pending", "export_csv"]
+    readonly_fields = [*(f.name if f.name != "details" else "details_shown" for f in BackfillState._meta.fields),
+                       "anomalies", "repairs", "quarantined_bars", "failure_tracking"]
+    actions = ["retry_failed", "reap_dead", "cancel_pending", "export_csv", "export_xlsx"]
     object_actions = ("retry_this", "cancel_this")
     export_csv = export_csv_action(BACKFILLS, "backfill executions")
+    export_xlsx = export_xlsx_action(BACKFILLS, "backfill executions")
 
     def get_object(self, request, object_id, from_field=None):
         """By primary key, or by execution id (the links ``execution_link`` makes)."""
         return backfill_by_execution_id(object_id) or super().get_object(request, object_id, from_field)
+
+    @admin.display(description="execution", ordering="execution_id")
+    def execution(self, obj):
+        """Its first 8 characters, linking to its page (the whole id on hover)."""
+        return execution_link(obj.execution_id)
+
+    @admin.display(description="details")
+    def details_shown(self, obj):
+        return pretty_json(obj.details)
 
     @admin.display(description="anomalies it produced")
     def anomalies(self, obj):
         count = DataAnomaly.objects.filter(execution_id=obj.execution_id).count()
         if not count:
             return "none"
-        url = reverse("admin:integrity_dataanomaly_changelist") + f"?execution_id={obj.execution_id}"
+        url = (reverse("admin:integrity_dataanomaly_changelist")
+               + f"?execution_id={obj.execution_id}&resolution_status__exact=all")
         return format_html('<a href="{}">{} anomal{}</a>', url, count, "y" if count == 1 else "ies")
 
     @admin.display(description="anomaly it repairs")
@@ -124,9 +144,9 @@ class BackfillStateAdmin(ObjectActionsMixin, IntegrityModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # the execution history is the audit trail of what ran, when, and why it failed
 
-    @admin.display(description="error")
+    @admin.display(description="error", ordering="error_message")
     def short_error(self, obj):
-        return (obj.error_message or "")[:80]
+        return shortened(obj.error_message, ERROR_SHOWN)
 
     @admin.action(description="Retry selected failed backfills (resume from checkpoint)", permissions=["retry"])
     def retry_failed(self, request, queryset):
@@ -238,3 +258,13 @@ class HealthCheckRunAdmin(ReadOnlyAdmin):
     list_display = ("started_at", "status", "duration_ms", "alerts_sent", "finished_at")
     list_filter = ("status", "started_at")
     date_hierarchy = "started_at"
+    fields = readonly_fields = ("started_at", "finished_at", "duration_ms", "status", "alerts_sent", "results_shown",
+                                "errors_shown")
+
+    @admin.display(description="results")
+    def results_shown(self, obj):
+        return pretty_json(obj.results)
+
+    @admin.display(description="errors")
+    def errors_shown(self, obj):
+        return pretty_json(obj.errors)

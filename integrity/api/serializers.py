@@ -147,7 +147,8 @@ class InstrumentSerializer(serializers.ModelSerializer):
         model = Instrument
         fields = ["id", "symbol", "asset_class", "calendar", "timeframes", "bar_alignment", "provider",
                   "provider_options", "reference_provider", "reference_options", "reconcile_tolerance",
-                  "quality_thresholds", "availability_delay_minutes", "active", "created_at", "updated_at"]
+                  "quality_thresholds", "availability_delay_minutes", "price_decimals", "active", "created_at",
+                  "updated_at"]
         read_only_fields = ["id", "created_at", "updated_at"]
 
     def validate_symbol(self, value):

@@ -35,6 +35,24 @@ def validate_calendar_code(code: str) -> None:
         )
 
 
+OWN_CALENDAR_LABELS = {CRYPTO_CALENDAR: "24/7 — every day, all day (crypto)",
+                       FOREX_CALENDAR: "24/5 — the forex week, Sunday 17:00 to Friday 17:00 New York"}
+
+
+def calendar_choices() -> list[tuple[str, list[tuple[str, str]]]]:
+    """Every known code as grouped form choices: ours, the exchange_calendars codes, their aliases
+    (each naming the calendar it stands for)."""
+    import exchange_calendars as xcals
+
+    codes = sorted(set(xcals.get_calendar_names(include_aliases=False)) - set(OWN_CALENDARS))
+    aliases = sorted(_exchange_calendar_names() - set(codes))
+    return [
+        ("Around the clock", list(OWN_CALENDAR_LABELS.items())),
+        ("Exchanges", [(code, code) for code in codes]),
+        ("Aliases", [(alias, f"{alias} (= {xcals.resolve_alias(alias)})") for alias in aliases]),
+    ]
+
+
 def calendar_for_asset_class(asset_class: str) -> str:
     """The default calendar of an asset class: equity XNYS, crypto 24/7, forex 24/5."""
     try:

@@ -4,10 +4,12 @@ statistics the scans keep (``series_stats``)."""
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator
 from django.db import models
 from django.utils import timezone
 
 from ..calendars import validate_calendar_code
+from ..prices import MAX_DECIMALS
 from ..timeframes import BarAlignment, Timeframe
 from .base import AssetClass, choices_check
 
@@ -48,6 +50,11 @@ class Instrument(models.Model):
         null=True, blank=True,
         help_text="relative price difference, in percent, that still counts as agreement with the reference; "
                   "empty: the asset class default (RECONCILE_TOLERANCE_PCT)",
+    )
+    price_decimals = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MaxValueValidator(MAX_DECIMALS)],
+        help_text="decimals a price of this instrument shows in the admin (its tick: 0.01 is 2); empty: "
+                  "the asset class default (equity 2, forex 5, crypto six significant digits)",
     )
     active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -189,6 +189,33 @@ class _Series:
         return _uniform(self.keys[stream], t)
 
 
+OPTION_NAMES = tuple(_DEFAULTS)
+_WHOLE_OPTIONS = ("seed", "page_size", "revision", "fail_after_pages")
+_NUMBER_OPTIONS = ("base_price", "volatility", "gap_rate", "spike_rate", "invalid_rate", "page_delay")
+
+
+def validate_options(options: Any, symbol: str = "") -> None:
+    """Check an instrument's ``provider_options`` (admin/API edits): the values of the options it knows
+    are ones a fetch can read (whole numbers, numbers, [start, end) gap pairs, bar times). Other names
+    are ignored, as the provider ignores them (options left from another provider do no harm here)."""
+    if not isinstance(options, dict):
+        raise ProviderConfigError("provider_options must be a JSON object", provider="synthetic")
+    options = {name: value for name, value in options.items() if name in _DEFAULTS}
+    for name in _WHOLE_OPTIONS:
+        value = options.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ProviderConfigError(f"{name} must be a whole number, got {value!r}", provider="synthetic")
+    for name in _NUMBER_OPTIONS:
+        value = options.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ProviderConfigError(f"{name} must be a number, got {value!r}", provider="synthetic")
+    opts = SyntheticProvider(**options)._resolve(None)
+    try:
+        _as_ns_pairs(opts["gaps"]), _as_ns_list(opts["spikes"]), _as_ns_list(opts["invalid"])
+    except (TypeError, ValueError) as exc:
+        raise ProviderConfigError(f"gaps, spikes and invalid must hold bar times: {exc}", provider="synthetic") from None
+
+
 class SyntheticProvider:
     name = "synthetic"
 

@@ -302,7 +302,7 @@ class TestAlignmentOnTheReviewSurfaces:
 
         form = InstrumentForm(data={**self.instrument(bar_alignment="session", provider="binance",
                                                       asset_class="crypto", calendar="24/7"),
-                                    "timeframes": '["1h"]', "provider_options": "{}", "quality_thresholds": "{}",
+                                    "timeframes": ["1h"], "provider_options": "{}", "quality_thresholds": "{}",
                                     "active": True})
         assert not form.is_valid()
         assert "delivers clock-aligned bars" in str(form.errors["bar_alignment"])

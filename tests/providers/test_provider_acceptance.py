@@ -137,7 +137,7 @@ class TestProviderConfigurationThroughTheApi:
 
 
 def admin_form(**overrides) -> dict[str, str]:
-    data = {"symbol": "ETH-USD", "asset_class": "crypto", "calendar": "24/7", "timeframes": '["1h"]',
+    data = {"symbol": "ETH-USD", "asset_class": "crypto", "calendar": "24/7", "timeframes": ["1h"],
             "provider": "binance", "provider_options": '{"limit": 500}', "quality_thresholds": "{}", "active": "on"}
     data.update(overrides)
     return data

@@ -167,7 +167,7 @@ class TestEveryLinkTheListMakesStillWorks:
     def test_every_filter_choice_sort_and_page_link_answers_200(self, admin_client, model, monkeypatch):
         monkeypatch.setattr(model_admin(model), "list_per_page", 2)
         rows_for_every_choice(model)
-        links = links_of_the_list(admin_client.get(changelist(model)).context["cl"])
+        links = links_of_the_list(admin_client.get(changelist(model), follow=True).context["cl"])
         assert len(links) > 5
         pages = {link: admin_client.get(changelist(model) + link) for link in links}
         for link, response in pages.items():
@@ -185,7 +185,7 @@ class TestEveryLinkTheListMakesStillWorks:
         while level:
             below = []
             for link in level:
-                response = admin_client.get(changelist(model) + link)
+                response = admin_client.get(changelist(model) + link, follow=True)
                 assert response.status_code == 200, (link, response.content.decode()[:300])
                 hierarchy = date_hierarchy(response.context["cl"])
                 if hierarchy.get("back"):
@@ -196,8 +196,8 @@ class TestEveryLinkTheListMakesStillWorks:
                     below += [choice["link"] for choice in hierarchy["choices"]]
             level = below
         field = model_admin(model).date_hierarchy
-        assert {(f"{field}__year", "2024"), (f"{field}__month", "1"), (f"{field}__day", "16")} in [
-            set(parse_qsl(link[1:])) for link in days]
+        day = {(f"{field}__year", "2024"), (f"{field}__month", "1"), (f"{field}__day", "16")}
+        assert any(day <= set(parse_qsl(link[1:])) for link in days)  # beside a status filter the list keeps
 
     @pytest.mark.parametrize("model", [m for m in MODELS if model_admin(m).search_fields])
     def test_search_answers_200(self, admin_client, model):
@@ -228,10 +228,10 @@ class TestFormsRefuseWhatTheDatabaseCannotStore:
 
     @pytest.mark.parametrize("field,value,message", [
         ("symbol", "ETH\x00USD", "Null characters are not allowed."),
-        ("calendar", "24/7\x00", "Null characters are not allowed."),
+        ("calendar", "24/7\x00", "Select a valid choice."),
         *(("provider_options", value, message) for value, message in OPTIONS_REFUSED.items()),
         ("quality_thresholds", '{"stale_hours": "\\u0000"}', "JSON: stale_hours: text may not contain the NUL"),
-        ("timeframes", '["1h\\u0000"]', "JSON: [0]: text may not contain the NUL character"),
+        ("timeframes", "1h\x00", "Select a valid choice."),
     ])
     def test_an_instrument_value_no_database_can_store_is_a_field_error(self, admin_client, field, value, message):
         response = post_instrument(admin_client, **{field: value})
