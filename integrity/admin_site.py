@@ -24,6 +24,7 @@ from .models import (
     SeriesStats,
     SymbolFailureTracking,
 )
+from .timeframes import aware, utc_text
 
 
 def dashboard_context() -> dict:
@@ -38,7 +39,7 @@ def dashboard_context() -> dict:
         "by_type": [{"anomaly_type": k, "n": n} for k, n in totals.by_type.items()],
         "open_total": totals.open,
         "acknowledged_total": DataAnomaly.objects.filter(resolution_status=ResolutionStatus.ACKNOWLEDGED).count(),
-        "stale_series": stale.get("series") or [],
+        "stale_series": [_readable_instants(row) for row in stale.get("series") or [] if isinstance(row, dict)],
         "stale_count": stale.get("count", 0),
         "stale_truncated": bool(stale.get("truncated")),
         "failing": list(SymbolFailureTracking.objects.filter(consecutive_failures__gt=0)
@@ -48,6 +49,23 @@ def dashboard_context() -> dict:
         "workers": worker_status(),
         "coverage": list(SeriesStats.objects.order_by("coverage_pct", "symbol", "timeframe")[:100]),
     }
+
+
+STALE_ROW_INSTANTS = ("last_bar", "expected_bar", "due_at")
+
+
+def _readable_instants(row: dict) -> dict:
+    """A stale series of the health run's report with its ISO instants as every screen shows them
+    (``2026-03-02 14:00 UTC``); a value that is not an instant is shown as it is."""
+    shown = dict(row)
+    for key in STALE_ROW_INSTANTS:
+        try:
+            instant = aware(row.get(key))
+        except (TypeError, ValueError):
+            continue
+        if instant is not None:
+            shown[key] = utc_text(instant)
+    return shown
 
 
 class IntegrityAdminSite(admin.AdminSite):

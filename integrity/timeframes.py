@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 from django.db import models
+from django.utils import formats, timezone
 from django.utils.dateparse import parse_datetime
 
 
@@ -89,6 +90,14 @@ def aware(value) -> datetime | None:
     if value is not None and value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value
+
+
+def utc_text(value) -> str:
+    """An instant as every screen shows it, ``2026-03-02 14:00 UTC`` (``-`` for none): the
+    ``DATETIME_FORMAT`` Django's own columns use, so a built string reads like a field."""
+    if value is None:
+        return "-"
+    return formats.date_format(timezone.localtime(value), "DATETIME_FORMAT")
 
 
 def utc_timestamp(value) -> pd.Timestamp:

@@ -31,7 +31,6 @@ from django.db import models
 from django.forms.fields import InvalidJSONInput
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils import formats, timezone
 from django.utils.html import format_html
 from rangefilter.filters import DateRangeFilter
 from rest_framework.exceptions import ParseError
@@ -364,14 +363,6 @@ def export_csv_action(export: Export, what: str):
 
 
 # --- how values read ----------------------------------------------------------------------------
-
-
-def utc_text(value) -> str:
-    """An instant as every screen shows it, ``2026-03-02 14:00 UTC`` (``-`` for none): the
-    ``DATETIME_FORMAT`` Django's own columns use, so a built string reads like a field."""
-    if value is None:
-        return "-"
-    return formats.date_format(timezone.localtime(value), "DATETIME_FORMAT")
 
 
 def shortened(text: str | None, limit: int) -> str:

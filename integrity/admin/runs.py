@@ -63,6 +63,10 @@ def _not_pending(state) -> str | None:
 class CancelForm(forms.Form):
     reason = forms.CharField(required=False, max_length=500, help_text="Kept on the execution with who and when.")
 
+# An execution's page: what it is and how it ended first (and, for a repair, the anomaly it repairs),
+# then its links, then the rest of its columns; ``details`` once, pretty-printed.
+EXECUTION_FIRST = ("execution_id", "symbol", "timeframe", "status", "repairs", "error_message", "started_at",
+                   "completed_at", "records_inserted", "records_updated", "invalid_bars")
 # The list shows this many characters of an execution's error (all of it on hover and on its page).
 ERROR_SHOWN = 120
 
@@ -77,8 +81,10 @@ class BackfillStateAdmin(ObjectActionsMixin, IntegrityModelAdmin):
                    ("started_at", UTCDateRangeFilter))
     search_fields = ("symbol", "execution_id", "error_message")
     date_hierarchy = "created_at"
-    readonly_fields = [*(f.name if f.name != "details" else "details_shown" for f in BackfillState._meta.fields),
-                       "anomalies", "repairs", "quarantined_bars", "failure_tracking"]
+    readonly_fields = fields = [
+        *EXECUTION_FIRST, "anomalies", "quarantined_bars", "failure_tracking",
+        *(f.name for f in BackfillState._meta.fields if f.name not in {*EXECUTION_FIRST, "id", "details"}),
+        "details_shown"]
     actions = ["retry_failed", "reap_dead", "cancel_pending", "export_csv", "export_xlsx"]
     object_actions = ("retry_this", "cancel_this")
     export_csv = export_csv_action(BACKFILLS, "backfill executions")

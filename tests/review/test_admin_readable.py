@@ -10,9 +10,10 @@ import uuid
 import pytest
 from django.urls import reverse
 
-from integrity.admin.base import pretty_json, utc_text
+from integrity.admin.base import pretty_json
 from integrity.models import BackfillState, Candle, HealthCheckRun, Instrument, RejectedCandle
 from integrity.prices import format_price
+from integrity.timeframes import utc_text
 from tests.helpers import add_instrument, changelist, make_anomaly, post_instrument, utc
 
 pytestmark = pytest.mark.django_db
@@ -220,6 +221,13 @@ def test_a_backfills_details_are_pretty(admin_client):
     assert "{\n  &quot;validation&quot;: {\n    &quot;checked&quot;: 10\n  }\n}" in page
 
 
+def test_a_backfills_details_are_shown_once_not_also_as_one_json_line(admin_client):
+    state = backfill(details={"validation": {"checked": 10}})
+    page = admin_client.get(reverse("admin:integrity_backfillstate_change", args=[state.pk])).content.decode()
+    assert page.count("&quot;checked&quot;") == 1
+    assert page.index("Execution id") < page.index("Anomalies it produced") < page.index("Details")
+
+
 # --- the instrument form --------------------------------------------------------------------------
 
 
@@ -293,3 +301,13 @@ def test_synthetic_options_are_checked_by_the_providers_own_rules(admin_client, 
     response = post_instrument(admin_client, provider_options=options)
     assert response.status_code == 200
     assert message in " ".join(response.context["adminform"].form.errors["provider_options"])
+
+
+def test_the_dashboards_stale_series_read_their_instants_in_utc(admin_client):
+    HealthCheckRun.objects.create(status="warning", results={"stale_series": {"count": 1, "series": [{
+        "symbol": "BTC-USD", "timeframe": "1h", "hours_stale": 34.0, "last_bar": "2024-01-04T23:00:00+00:00",
+        "expected_bar": "2024-01-06T00:00:00+00:00", "due_at": "2024-01-05T02:00:00+00:00"}]}})
+    page = admin_client.get(reverse("admin:integrity-dashboard")).content.decode()
+    assert "last bar 2024-01-04 23:00 UTC" in page
+    assert "expected 2024-01-06 00:00 UTC, due at the 2024-01-05 02:00 UTC backfill" in page
+    assert "+00:00" not in page
