@@ -8,6 +8,7 @@ computes cron times in it):
     integrity.enrichment integrity.tasks.enrichment_task       SCHEDULE_ENRICHMENT_CRON
     integrity.backfill   integrity.tasks.backfill_all_task     SCHEDULE_BACKFILL_CRON
     integrity.health     integrity.tasks.health_task           SCHEDULE_HEALTH_CRON
+    integrity.partitions integrity.tasks.candle_partitions_task SCHEDULE_PARTITIONS_CRON
 
 ``setup_schedules`` is idempotent: it creates missing schedules, updates changed ones (a new cron
 expression moves ``next_run`` to the expression's next time), leaves unchanged ones alone and deletes
@@ -54,6 +55,8 @@ SCHEDULES: tuple[ScheduleSpec, ...] = (
                  "incremental backfill: one task per active series"),
     ScheduleSpec("integrity.health", "integrity.tasks.health_task", "SCHEDULE_HEALTH_CRON",
                  "health monitoring: staleness, failures, anomalies, alerts"),
+    ScheduleSpec("integrity.partitions", "integrity.tasks.candle_partitions_task", "SCHEDULE_PARTITIONS_CRON",
+                 "candle partitions (PostgreSQL): create ahead, empty the default partitions, retention"),
 )
 
 

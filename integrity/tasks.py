@@ -19,6 +19,7 @@ from typing import Any
 
 from django_q.tasks import async_task
 
+from . import partitions
 from .backfill import BackfillError, claim_backfill, reap_dead_backfills, run_backfill, run_backfill_execution
 from .health.job import run_health_monitoring
 from .models import BackfillState, BackfillStatus, DataAnomaly
@@ -39,6 +40,15 @@ def health_task() -> dict[str, Any]:
     return {"run_id": report.run_id, "status": report.status, "stale_series": report.stale_series.count,
             "failing_symbols": report.failing_symbols.count, "alerts": len(report.alerts),
             "errors": len(report.errors), "duration_ms": report.duration_ms}
+
+
+def candle_partitions_task() -> dict[str, Any]:
+    """Maintain the candle partitions (``integrity.partitions.maintain_partitions``); on SQLite (no
+    partitions) it says so and does nothing."""
+    if not partitions.postgres():
+        return {"skipped": "candle partitioning is PostgreSQL-only"}
+    report = partitions.maintain_partitions()
+    return {key: value for key, value in report.as_dict().items() if key != "partitions"}
 
 
 def enrichment_task() -> dict[str, Any]:

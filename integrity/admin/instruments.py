@@ -14,6 +14,7 @@ from django.utils.functional import cached_property
 
 from ..api.validators import validate_provider_options
 from ..models import Candle, Instrument, SeriesStats
+from ..partitions import estimated_rows
 from ..providers import PROVIDER_NAMES, check_bar_alignment
 from ..quality.thresholds import validate_thresholds
 from ..series import series_of
@@ -94,12 +95,9 @@ class EstimatedCountPaginator(Paginator):
     def count(self):
         queryset = self.object_list
         if connection.vendor == "postgresql" and not queryset.query.where:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                               [queryset.model._meta.db_table])
-                row = cursor.fetchone()
-            if row and row[0] >= self.estimate_from:
-                return row[0]
+            estimate = estimated_rows(queryset.model._meta.db_table)  # summed over partitions
+            if estimate >= self.estimate_from:
+                return estimate
         return super().count
 
 

@@ -38,6 +38,7 @@ EXPECTED = {
     "integrity.enrichment": ("integrity.tasks.enrichment_task", "30 1 * * *"),
     "integrity.backfill": ("integrity.tasks.backfill_all_task", "0 2 * * *"),
     "integrity.health": ("integrity.tasks.health_task", "0 0,6,12,18 * * *"),
+    "integrity.partitions": ("integrity.tasks.candle_partitions_task", "45 0 * * *"),
 }
 
 
