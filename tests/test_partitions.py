@@ -290,3 +290,14 @@ class TestCommand:
         report = json.loads(out.getvalue())
         assert report["default_rows"] == {} and report["warning"] is None
         assert {p["name"] for p in report["partitions"]} >= {"candles_1h_p2011", "candles_default"}
+
+
+class TestDailyTask:
+    def test_the_scheduled_task_maintains_the_partitions_or_says_why_not(self):
+        from integrity.tasks import candle_partitions_task
+
+        result = candle_partitions_task()
+        if is_postgres():
+            assert result["warning"] is None and "created" in result
+        else:
+            assert result == {"skipped": "candle partitioning is PostgreSQL-only"}
