@@ -49,6 +49,7 @@ def load(rows: int) -> None:
             "details": "{}",
             "last_seen_at": detected.strftime("%Y-%m-%d %H:%M:%S+00"),
             "acknowledged_by": "", "resolved_by": "", "resolution_note": "",
+            "regressions": 0, "resolution_reason": "",
             "updated_at": detected.strftime("%Y-%m-%d %H:%M:%S+00"),
         })
         with connection.cursor() as cursor:
