@@ -25,8 +25,9 @@ At each size, timed in the same run:
   target ≤ 50 ms), then the anomalies are emptied again;
 - disk: bytes per bar (table + indexes) of the partitioned store and of the unpartitioned twin.
 
-The 2-core development machine runs 10M and 25M in about 10 and 20 minutes; 50M needs ~40 minutes
-and ~25 GB of disk (both stores): ``--sizes 10M,25M,50M``. Sizes must increase (the store grows).
+On the shared 2-core development machine (load ≈ 12) the 10M size took 12 minutes and 25M another 23
+(growing the store, both copies, is most of it: ``--no-flat`` halves that); 50M needs about an hour
+more and ~30 GB of disk for both stores: ``--sizes 10M,25M,50M``. Sizes must increase (the store grows).
 It ends with a markdown table of the curve (paste it into bench/README.md).
 """
 
