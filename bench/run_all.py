@@ -1,4 +1,5 @@
-"""Run every bench/bench_*.py in turn (``make bench``), against one PostgreSQL benchmark database.
+"""Run every bench/bench_*.py in turn (``make bench``), against one PostgreSQL benchmark database
+(``bench_scale.py``, most of an hour, only with ``--only scale``).
 
     python bench/run_all.py [--json] [--markdown] [--only NAME] [-- extra args passed to every benchmark]
     python bench/run_all.py --markdown --from-json FILE [FILE …]   # the table from saved output, no run
@@ -23,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
+# Run only when named (``--only scale``): it grows the store to tens of millions of bars (most of an hour).
+ONLY_WHEN_NAMED = {"bench_scale"}
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/marketdata_bench"
 
 
@@ -113,6 +116,8 @@ def main(argv=None) -> int:
         if args.only:
             wanted = {name if name.startswith("bench_") else f"bench_{name}" for name in args.only}
             scripts = [s for s in scripts if s.stem in wanted]
+        else:
+            scripts = [s for s in scripts if s.stem not in ONLY_WHEN_NAMED]
         if not scripts:
             print("run_all: no benchmark to run", file=sys.stderr)
             return 2

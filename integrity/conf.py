@@ -126,6 +126,8 @@ GROUPS: dict[str, tuple[str, str]] = {
                 "row — medium, anything less low."),
     "health": ("Health monitoring, alerts and schedules",
                "The email channel sends through Django's mail backend (`EMAIL_*`, above)."),
+    "storage": ("Candle storage (PostgreSQL partitions)",
+                "PostgreSQL only (SQLite keeps one plain table): see [operations.md](operations.md#candle-partitions)."),
     "providers": ("Market-data providers",
                   "Read when a provider runs; see [providers.md](providers.md) for how the providers use them."),
 }
@@ -308,6 +310,18 @@ _declare("health", [
      "with a django-q2 cluster alive, a queued task waiting longer than this many seconds makes the health "
      "job warn (the workers are busy or stuck); with none alive, any waiting work does."),
 ])
+
+_declare("storage", [
+    ("CANDLE_PARTITIONS_AHEAD", 3,
+     "months of candle partitions `candle_partitions` (daily) keeps created ahead of today, per timeframe."),
+    ("SCHEDULE_PARTITIONS_CRON", "45 0 * * *",
+     "candle partition maintenance schedule (UTC): create ahead, move default-partition rows, retention."),
+])
+_per_timeframe("storage", "CANDLE_RETENTION", dict.fromkeys(TIMEFRAMES, 0), "days",
+               "days of bars kept per timeframe; `candle_partitions` drops each partition (a month of "
+               "1m/5m/15m bars, a year of 1h/4h/1d bars) whose every bar is older, and lists what it "
+               "dropped. `0`: keep everything (the default). Deleting a partition is instant and leaves no "
+               "bloat; keep it longer than `BACKFILL_LOOKBACK_DAYS` or backfills fetch the bars again.")
 
 _declare("providers", [
     ("PROVIDER_HTTP_CONNECT_TIMEOUT", 5.0, "seconds to open a connection."),

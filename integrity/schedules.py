@@ -10,6 +10,7 @@ computes cron times in it):
     integrity.health     integrity.tasks.health_task           SCHEDULE_HEALTH_CRON
     integrity.recover    integrity.tasks.recover_backfills_task SCHEDULE_RECOVER_CRON
     integrity.reconcile  integrity.tasks.reconcile_task        SCHEDULE_RECONCILE_CRON (``off``: none)
+    integrity.partitions integrity.tasks.candle_partitions_task SCHEDULE_PARTITIONS_CRON
 
 ``setup_schedules`` is idempotent: it creates missing schedules, updates changed ones (a new cron
 expression moves ``next_run`` to the expression's next time), leaves unchanged ones alone and deletes
@@ -60,6 +61,8 @@ SCHEDULES: tuple[ScheduleSpec, ...] = (
                  "recovery: the runs and queued tasks of lost workers handed to the others"),
     ScheduleSpec("integrity.reconcile", "integrity.tasks.reconcile_task", "SCHEDULE_RECONCILE_CRON",
                  "reconciliation with the reference sources (instruments without one are skipped)"),
+    ScheduleSpec("integrity.partitions", "integrity.tasks.candle_partitions_task", "SCHEDULE_PARTITIONS_CRON",
+                 "candle partitions (PostgreSQL): create ahead, empty the default partitions, retention"),
 )
 OFF = "off"  # a schedule whose setting says this is not scheduled (and deleted if it was)
 

@@ -20,6 +20,7 @@ from typing import Any
 from django.utils import timezone
 from django_q.tasks import async_task
 
+from . import partitions
 from .backfill import (
     BackfillError,
     BackfillRefused,
@@ -51,6 +52,15 @@ def health_task() -> dict[str, Any]:
     return {"run_id": report.run_id, "status": report.status, "stale_series": report.stale_series.count,
             "failing_symbols": report.failing_symbols.count, "alerts": len(report.alerts),
             "errors": len(report.errors), "duration_ms": report.duration_ms}
+
+
+def candle_partitions_task() -> dict[str, Any]:
+    """Maintain the candle partitions (``integrity.partitions.maintain_partitions``); on SQLite (no
+    partitions) it says so and does nothing."""
+    if not partitions.postgres():
+        return {"skipped": "candle partitioning is PostgreSQL-only"}
+    report = partitions.maintain_partitions()
+    return {key: value for key, value in report.as_dict().items() if key != "partitions"}
 
 
 def enrichment_task() -> dict[str, Any]:

@@ -27,6 +27,7 @@ from django.db import connection
 from django.utils import timezone
 
 from .models import Candle
+from .partitions import ensure_partitions
 
 _CANDLES = Candle._meta.db_table
 _TEMP = "integrity_incoming_bars"
@@ -49,6 +50,9 @@ def write_bars(symbol: str, timeframe: str, frame: pd.DataFrame, source: str = "
     if not connection.in_atomic_block:
         raise RuntimeError("write_bars must run inside transaction.atomic(): a batch is all-or-nothing")
     if connection.vendor == "postgresql":
+        # First, before the batch touches candles: the partitions its bars belong in (a catalog probe
+        # when they exist), so our own bars never land in a default partition.
+        ensure_partitions(timeframe, frame["ts"].min().to_pydatetime(), frame["ts"].max().to_pydatetime())
         return _write_postgresql(symbol, timeframe, frame, source)
     return _write_sqlite(symbol, timeframe, frame, source)
 

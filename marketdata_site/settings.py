@@ -180,12 +180,15 @@ LOGGING = {
 # Every setting integrity.conf declares (its default, type and meaning: docs/configuration.md) is
 # read from the environment variable of its name; the few with another form are set below.
 own_form = {"API_NUM_PROXIES", "API_THROTTLE_ANON", "API_THROTTLE_FAILED_AUTH", "BACKFILL_LOOKBACK_DAYS",
-            "BACKFILL_MAX_BARS", "PROVIDER_LIMITS_REDIS_URL", "QUALITY_THRESHOLDS",
+            "BACKFILL_MAX_BARS", "CANDLE_RETENTION", "PROVIDER_LIMITS_REDIS_URL", "QUALITY_THRESHOLDS",
             "STALE_AVAILABILITY_DELAY_MINUTES", "RECONCILE_TOLERANCE_PCT", "RECONCILE_VOLUME_TOLERANCE_PCT"}
 globals().update({name: envsetting(name) for name in declared_settings if name not in own_form})
 # Per timeframe: BACKFILL_LOOKBACK_DAYS_1M … _1D.
 BACKFILL_LOOKBACK_DAYS = {tf: envint(f"BACKFILL_LOOKBACK_DAYS_{tf.upper()}", days)
                           for tf, days in conf.default("BACKFILL_LOOKBACK_DAYS").items()}
+# Candle retention in days per timeframe (PostgreSQL partitions): CANDLE_RETENTION_1M … _1D; 0 keeps all.
+CANDLE_RETENTION = {tf: envint(f"CANDLE_RETENTION_{tf.upper()}", days)
+                    for tf, days in conf.default("CANDLE_RETENTION").items()}
 # BACKFILL_MAX_BARS for every timeframe, BACKFILL_MAX_BARS_1M … _1D for one.
 BACKFILL_MAX_BARS = {tf: envint(f"BACKFILL_MAX_BARS_{tf.upper()}", envint("BACKFILL_MAX_BARS", bars))
                      for tf, bars in conf.default("BACKFILL_MAX_BARS").items()}

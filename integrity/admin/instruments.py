@@ -17,6 +17,7 @@ from django.utils.functional import cached_property
 from ..api.validators import validate_provider_options, validate_reference
 from ..calendars import calendar_choices
 from ..models import Candle, Instrument, SeriesStats
+from ..partitions import estimated_rows
 from ..prices import row_price, with_price_precision
 from ..providers import PROVIDER_NAMES, check_bar_alignment
 from ..quality.thresholds import validate_thresholds
@@ -172,12 +173,9 @@ class EstimatedCountPaginator(Paginator):
     def count(self):
         queryset = self.object_list
         if connection.vendor == "postgresql" and not queryset.query.where:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                               [queryset.model._meta.db_table])
-                row = cursor.fetchone()
-            if row and row[0] >= self.estimate_from:
-                return row[0]
+            estimate = estimated_rows(queryset.model._meta.db_table)  # summed over partitions
+            if estimate >= self.estimate_from:
+                return estimate
         return super().count
 
 

@@ -16,7 +16,9 @@ in the run's ``errors`` (and makes the run critical) while the others still run.
 6. ``anomaly_totals`` — open anomalies by severity and by type.
 7. ``workers`` — whether a django-q2 cluster is alive and what waits for one
    (``integrity.health.workers``); a problem there makes the run a warning.
-8. ``alerts`` — the due alerts, each sent once (``integrity.health.alerting``).
+8. ``storage`` — on PostgreSQL, bars sitting in a default candle partition (outside every partition:
+   ``integrity.partitions.storage_status``) make the run a warning.
+9. ``alerts`` — the due alerts, each sent once (``integrity.health.alerting``).
 
 The status is ``HealthReport.compute_status``. Acknowledged anomalies do not count: a human has
 them in hand.
@@ -35,6 +37,7 @@ from django.utils import timezone
 from ..backfill import reap_dead_backfills
 from ..conf import conf
 from ..models import HealthCheckRun, HealthStatus
+from ..partitions import storage_status
 from ..quality import anomalies as quality_anomalies
 from ..repair import auto_repair
 from .alerting import MAX_LISTED, alert_critical_anomalies, alert_stale_transitions, alert_unsent_failures
@@ -124,6 +127,9 @@ def run_health_monitoring(as_of: datetime | None = None, *, scan_anomalies: bool
     def workers():
         report.workers = worker_status(now=started_at).as_dict()
 
+    def storage():
+        report.storage = storage_status()
+
     def alerts():
         # Each kind on its own, so one failing does not stop the next.
         for name, due in (("stale", lambda: alert_stale_transitions(series)),
@@ -142,6 +148,7 @@ def run_health_monitoring(as_of: datetime | None = None, *, scan_anomalies: bool
                 _run_check("auto_repair", report, repairs)
         _run_check("anomaly_totals", report, anomaly_totals)
         _run_check("workers", report, workers)
+        _run_check("storage", report, storage)
         if not replay:
             alerts()  # times and records its parts itself
     finally:

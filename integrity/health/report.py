@@ -79,6 +79,7 @@ class HealthReport:
     repairs: dict[str, Any] | None = None  # the automatic repairs (integrity.repair.auto_repair)
     anomalies: AnomalyTotals = field(default_factory=AnomalyTotals)
     workers: dict[str, Any] | None = None  # integrity.health.workers.WorkerStatus.as_dict(); None: not checked
+    storage: dict[str, Any] | None = None  # integrity.partitions.storage_status(); None: not checked
     alerts: list[dict[str, Any]] = field(default_factory=list)  # {kind, subject, severity, channels}
     errors: list[dict[str, Any]] = field(default_factory=list)  # {check, error[, traceback]}
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -89,13 +90,15 @@ class HealthReport:
     def compute_status(self) -> str:
         """``critical``: a check errored, an open critical anomaly, a symbol at the failure threshold;
         ``warning``: a stale series, an open high anomaly, a failing symbol, a worker problem (none running
-        while work waits, or the queue stuck); else ``healthy``."""
+        while work waits, or the queue stuck), bars in a default candle partition; else ``healthy``."""
         severities = self.anomalies.by_severity
         failing = self.failing_symbols
         if self.errors or severities.get("critical", 0) or failing.at_threshold:
             return HealthStatus.CRITICAL.value
         worker_problem = bool(self.workers and self.workers.get("problem"))
-        if self.stale_series.count or severities.get("high", 0) or failing.count or worker_problem:
+        storage_problem = bool(self.storage and self.storage.get("problem"))
+        if (self.stale_series.count or severities.get("high", 0) or failing.count or worker_problem
+                or storage_problem):
             return HealthStatus.WARNING.value
         return HealthStatus.HEALTHY.value
 
@@ -112,6 +115,7 @@ class HealthReport:
             "anomaly_scan": self.anomaly_scan,
             "anomalies": self.anomalies.as_dict(),
             "workers": self.workers,
+            "storage": self.storage,
             "alerts": self.alerts,
             "errors": self.errors,
             "timings_ms": self.timings_ms,

@@ -17,8 +17,9 @@ Incremental detection (the default, what the health job runs) costs what changed
   ids, and a backfill still writing during a scan makes the series changed for the next one too).
   A changed series is read from its last scanned bar minus an overlap (window checks need
   neighbours), widened to its oldest new row (or the backfill's range start) and to every anomaly
-  still unresolved, so fixed problems (a back-filled gap) are noticed. Duplicates are judged on the
-  whole changed series.
+  still unresolved, so fixed problems (a back-filled gap) are noticed. Duplicates are looked for in
+  the same window (every row written since has its bar time there), or on the whole changed series
+  while it has an unresolved duplicate anomaly (whose finding counts every group).
 - An unchanged series is not read at all and its window/duplicate anomalies stay as they are.
 
 What only ``full=True`` finds: rows deleted from, or updated in place in, history by another writer

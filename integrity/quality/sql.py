@@ -84,40 +84,45 @@ def invalid_ohlc_sql() -> str:
 # --- small whole-series queries ----------------------------------------------------------------
 
 
-def _series_rows(pairs: Sequence[tuple[int, str, str]], select: str, tail: str = "") -> list[tuple]:
-    """Run ``SELECT {select} FROM u ... {tail}`` with ``u(idx, symbol, timeframe)`` the given series."""
+def _series_rows(pairs: Sequence[tuple[int, str, str, datetime | None]], select: str, tail: str = "") -> list[tuple]:
+    """Run ``SELECT {select} FROM u ... {tail}`` with ``u(idx, symbol, timeframe, since)`` the given series."""
     if not pairs:
         return []
     if is_postgres():
-        sql = (f"WITH u AS (SELECT * FROM unnest(%s::int[], %s::text[], %s::text[]) AS x(idx, symbol, timeframe)) "
-               f"SELECT {select} FROM u {tail}")
-        params = [[p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs]]
+        sql = (f"WITH u AS (SELECT * FROM unnest(%s::int[], %s::text[], %s::text[], %s::timestamptz[]) "
+               f"AS x(idx, symbol, timeframe, since)) SELECT {select} FROM u {tail}")
+        params = [[p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs], [p[3] for p in pairs]]
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.fetchall()
+    # SQLite compares the stored text form: ``since`` in the same form (Django's adaptation).
+    pairs = [(i, s, t, None if since is None else connection.ops.adapt_datetimefield_value(since))
+             for i, s, t, since in pairs]
     rows: list[tuple] = []
     for chunk in chunks(pairs, SQLITE_CHUNK * 2):
-        values, params = values_cte("u", ("idx", "symbol", "timeframe"), chunk)
+        values, params = values_cte("u", ("idx", "symbol", "timeframe", "since"), chunk)
         with connection.cursor() as cursor:
             cursor.execute(f"WITH {values} SELECT {select} FROM u {tail}", params)
             rows.extend(cursor.fetchall())
     return rows
 
 
-def duplicate_groups(table: str, pairs: Sequence[tuple[int, str, str]]) -> list[tuple[int, int, int]]:
-    """(idx, ts ns, rows) of every (symbol, timeframe, ts) stored more than once, whole series."""
+def duplicate_groups(table: str, pairs: Sequence[tuple[int, str, str, datetime | None]]) -> list[tuple[int, int, int]]:
+    """(idx, ts ns, rows) of every (symbol, timeframe, ts) stored more than once, for each
+    (idx, symbol, timeframe, since) from its ``since`` on (None: the whole series)."""
     if is_postgres():
-        # Per series: a sorted group over an index-only scan, no hash table over the selection.
+        # Per series: a sorted group over an index-only scan, no hash table over the selection; the
+        # coalesce keeps ``since`` an index bound (an OR with IS NULL would read the whole series).
         rows = _series_rows(
             pairs, "u.idx, g.ts, g.n",
             f"CROSS JOIN LATERAL (SELECT c.ts, count(*) AS n FROM {table} c "
-            "WHERE c.symbol = u.symbol AND c.timeframe = u.timeframe GROUP BY c.ts HAVING count(*) > 1) g "
-            "ORDER BY u.idx, g.ts",
+            "WHERE c.symbol = u.symbol AND c.timeframe = u.timeframe AND c.ts >= coalesce(u.since, '-infinity') "
+            "GROUP BY c.ts HAVING count(*) > 1) g ORDER BY u.idx, g.ts",
         )
     else:
         rows = _series_rows(
             pairs, "u.idx, c.ts, count(*)",
-            f"JOIN {table} c ON c.symbol = u.symbol AND c.timeframe = u.timeframe "
+            f"JOIN {table} c ON c.symbol = u.symbol AND c.timeframe = u.timeframe AND c.ts >= coalesce(u.since, '') "
             "GROUP BY u.idx, c.ts HAVING count(*) > 1 ORDER BY u.idx, c.ts",
         )
     times = ns_array([r[1] for r in rows])

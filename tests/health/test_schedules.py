@@ -41,6 +41,7 @@ EXPECTED = {
     "integrity.health": ("integrity.tasks.health_task", "0 0,6,12,18 * * *"),
     "integrity.recover": ("integrity.tasks.recover_backfills_task", "*/5 * * * *"),
     "integrity.reconcile": ("integrity.tasks.reconcile_task", "0 4 * * *"),
+    "integrity.partitions": ("integrity.tasks.candle_partitions_task", "45 0 * * *"),
 }
 
 

@@ -28,7 +28,7 @@ from integrity.quality.thresholds import (
     validate_thresholds,
 )
 from tests.conftest import is_postgres
-from tests.helpers import add_instrument, utc
+from tests.helpers import add_instrument, make_anomaly, utc
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("default_thresholds")]
 
@@ -529,10 +529,28 @@ class TestDuplicates:
         frame = bars()
         store(frame)
         store(frame.iloc[[10, 10, 50]])
+        make_anomaly(anomaly_type="duplicate", severity="medium")  # still open: judged on the whole series
         full = run_detectors([ctx()], ["duplicate"])
         incremental = run_detectors([ctx(since=utc(2024, 1, 10))], ["duplicate"])
         assert summary(full) == summary(incremental) == [
             ("duplicate", frame["ts"][10].to_pydatetime(), frame["ts"][50].to_pydatetime(), 3, "medium")]
+
+    def test_without_an_open_duplicate_anomaly_an_incremental_check_reads_only_the_window(self):
+        # The plan starts the window at the oldest row written since the last scan, which found no
+        # duplicate: a new duplicate group always has a row in the window (bench/bench_scale.py).
+        frame = bars()
+        store(frame)
+        store(frame.iloc[[10, 220]])  # 2024-01-01 10:00 (before the window) and 2024-01-10 04:00
+        [found] = run_detectors([ctx(since=utc(2024, 1, 10))], ["duplicate"])
+        assert (found.period_start, found.period_end, found.affected_rows) == \
+            (frame["ts"][220].to_pydatetime(), frame["ts"][220].to_pydatetime(), 1)
+
+    def test_a_resolved_duplicate_anomaly_does_not_widen_the_check(self):
+        frame = bars()
+        store(frame)
+        store(frame.iloc[[10]])
+        make_anomaly(anomaly_type="duplicate", severity="medium", resolution_status="resolved")
+        assert run_detectors([ctx(since=utc(2024, 1, 10))], ["duplicate"]) == []
 
     def test_a_series_without_duplicates_has_none(self):
         store(bars())
