@@ -8,7 +8,7 @@ Creates every timeframe's partitions up to N months ahead (``CANDLE_PARTITIONS_A
 sitting in a default partition into partitions of their own, drops the partitions older than each
 timeframe's retention (``CANDLE_RETENTION_1M`` …; off by default) and lists every partition with its
 size. ``--convert`` turns an unpartitioned ``candles`` into partitions in place (resumable: run it
-again after an interruption); migration 0007 does the same, this shows progress.
+again after an interruption); migration 0009 does the same, this shows progress.
 
 Exit codes: 0 done (on SQLite: nothing to do, said so); 1 it failed (e.g. candles not converted yet);
 2 the arguments are unusable.
@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 import sys
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from integrity import partitions
-from integrity.management.output import keep_stdout_for_json
+from integrity.management.output import IntegrityCommand, add_format_argument, keep_stdout_for_json
 
 SQLITE_MESSAGE = "candle partitioning is PostgreSQL-only; on SQLite candles is one plain table: nothing to do"
 
@@ -35,16 +35,21 @@ def _size(n: int) -> str:
     return f"{n:.1f} TB"
 
 
-class Command(BaseCommand):
+class Command(IntegrityCommand):
     help = ("PostgreSQL candle partitions: create ahead, move default-partition rows into partitions, apply "
             "retention, report sizes; --convert turns an unpartitioned candles table into partitions in place.")
+    exit_codes = {
+        0: "done (on SQLite: nothing to do, and it says so)",
+        1: "it failed (e.g. candles is not converted yet: run --convert)",
+        2: "the arguments are unusable (e.g. --ahead out of 0..120)",
+    }
 
     def add_arguments(self, parser):
         parser.add_argument("--ahead", help="months of partitions to keep ahead (default: CANDLE_PARTITIONS_AHEAD)")
         parser.add_argument("--no-retention", action="store_true", help="drop nothing this time")
         parser.add_argument("--convert", action="store_true",
                             help="convert an unpartitioned candles table in place (resumable)")
-        parser.add_argument("--format", choices=["text", "json"], default="text")
+        add_format_argument(parser)
 
     def parse_ahead(self, raw) -> int | None:
         if raw is None:
