@@ -392,6 +392,19 @@ def user_with(*codenames: str, name: str = "u") -> User:
     return User.objects.get(pk=user.pk)  # fresh permission cache
 
 
+def staff_client(*codenames: str, name: str = "viewer"):
+    """A Django test client logged in to the admin as a staff user holding exactly these
+    ``integrity`` permissions."""
+    from django.test import Client
+
+    user = user_with(*codenames, name=name)
+    user.is_staff = True
+    user.save()
+    client = Client()
+    client.force_login(user)
+    return client
+
+
 def client_for(user: User | None, token: bool = False) -> APIClient:
     """An API client: anonymous, authenticated as ``user``, or sending ``user``'s token."""
     client = APIClient()

@@ -13,7 +13,7 @@ from openpyxl import load_workbook
 from integrity.exports import ANOMALIES, BACKFILLS, DUPLICATES, XLSX_CONTENT_TYPE
 from integrity.models import BackfillState, DuplicateRecordLog, RejectedCandle
 from integrity.rejected import CSV_COLUMNS
-from tests.helpers import changelist, make_anomaly, user_with, utc
+from tests.helpers import changelist, make_anomaly, staff_client, utc
 
 pytestmark = pytest.mark.django_db
 
@@ -90,10 +90,7 @@ def test_the_duplicate_log_export_has_the_selected_entries(admin_client):
     assert (row["candle_time"], row["duplicate_count"], row["duplicate_ids"]) == (datetime(2024, 1, 1, 3), 2, "[1, 2]")
 
 
-def test_a_viewer_may_export_as_xlsx(client):
-    viewer = user_with("view_dataanomaly")
-    viewer.is_staff = True
-    viewer.save()
-    client.force_login(viewer)
+def test_a_viewer_may_export_as_xlsx():
+    client = staff_client("view_dataanomaly")
     anomaly = make_anomaly()
     assert as_dict(export_xlsx(client, "dataanomaly", [anomaly.pk]))[0]["id"] == anomaly.pk

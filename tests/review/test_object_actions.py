@@ -21,7 +21,7 @@ from tests.helpers import (
     changelist,
     make_anomaly,
     messages_of,
-    user_with,
+    staff_client,
     utc,
 )
 
@@ -128,11 +128,7 @@ class TestAnomalyButtons:
         assert "doesn’t exist" in messages_of(response)[0]
 
     def test_a_viewer_sees_no_button_and_may_not_press_one(self):
-        client = Client()
-        viewer = user_with("view_dataanomaly", name="viewer")
-        viewer.is_staff = True
-        viewer.save()
-        client.force_login(viewer)
+        client = staff_client("view_dataanomaly")
         anomaly = a_gap()
         assert buttons(page_of(client, anomaly)) == []
         assert client.post(action_url(anomaly, "acknowledge")).status_code == 403
@@ -239,11 +235,7 @@ class TestExecutionButtons:
         assert f'<a class="repaired-anomaly" href="{url}">#{anomaly.pk} gap BTC-USD 1h</a> — now resolved (fixed)' in html
 
     def test_a_user_without_the_change_permission_gets_no_buttons(self):
-        client = Client()
-        viewer = user_with("view_backfillstate", name="viewer")
-        viewer.is_staff = True
-        viewer.save()
-        client.force_login(viewer)
+        client = staff_client("view_backfillstate")
         state = create_backfill_state("BTC-USD", "1h", "crypto")
         assert buttons(page_of(client, state, "backfillstate")) == []
         assert client.post(action_url(state, "cancel", "backfillstate")).status_code == 403

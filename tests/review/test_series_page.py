@@ -17,7 +17,7 @@ from django.utils import timezone
 from integrity.backfill import run_backfill
 from integrity.charts.coverage import COLOURS
 from integrity.models import InstrumentClosure
-from tests.helpers import add_instrument, user_with, utc
+from tests.helpers import add_instrument, staff_client, utc
 
 pytestmark = pytest.mark.django_db
 
@@ -123,11 +123,8 @@ def test_an_unknown_series_is_a_404(admin_client, aapl):
     assert admin_client.get(page_url("AAPL", "7m")).status_code == 404
 
 
-def test_the_page_needs_the_permission_to_view_candles(client, aapl):
-    user = user_with("view_dataanomaly")
-    user.is_staff = True
-    user.save()
-    client.force_login(user)
+def test_the_page_needs_the_permission_to_view_candles(aapl):
+    client = staff_client("view_dataanomaly")
     assert client.get(page_url()).status_code == 403
 
 
