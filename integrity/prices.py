@@ -43,6 +43,18 @@ def format_price(value: Any, decimals: int | None = None, asset_class: str | Non
     return f"{value:.{places}f}"
 
 
+def format_volume(value: Any) -> str:
+    """A volume as a person reads it: thousands separated, no trailing ``.0`` on whole amounts (share
+    and contract counts), up to 8 decimals otherwise (crypto base-asset volume); ``-`` for none."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return str(value)
+    if float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:,.8f}".rstrip("0").rstrip(".")
+
+
 def prices_shown(value: Any, decimals: int | None = None, asset_class: str | None = None) -> Any:
     """``value`` (an anomaly's ``details``) with every number under a ``PRICE_KEYS`` key formatted as
     ``format_price`` does; everything else unchanged."""

@@ -18,7 +18,7 @@ from ..api.validators import validate_provider_options, validate_reference
 from ..calendars import calendar_choices
 from ..models import Candle, Instrument, SeriesStats
 from ..partitions import estimated_rows
-from ..prices import row_price, with_price_precision
+from ..prices import format_volume, row_price, with_price_precision
 from ..providers import PROVIDER_NAMES, check_bar_alignment
 from ..quality.thresholds import validate_thresholds
 from ..reconcile import ReconcileError
@@ -195,8 +195,8 @@ class CandleAdmin(ReadOnlyAdmin):
     index; a substring search would scan).
     """
 
-    list_display = ("symbol", "timeframe", "ts", "open_shown", "high_shown", "low_shown", "close_shown", "volume",
-                    "source", "ingested_at")
+    list_display = ("symbol", "timeframe", "ts", "open_shown", "high_shown", "low_shown", "close_shown",
+                    "volume_shown", "source", "ingested_at")
     list_filter = ("timeframe", CandleSourceFilter, "ts")
     search_fields = ("symbol",)
     search_help_text = "exact symbol, e.g. BTC-USD"
@@ -208,6 +208,10 @@ class CandleAdmin(ReadOnlyAdmin):
         return with_price_precision(super().get_queryset(request))
 
     open_shown, high_shown, low_shown, close_shown = (price_column(column) for column in ("open", "high", "low", "close"))
+
+    @admin.display(description="volume", ordering="volume")
+    def volume_shown(self, obj):
+        return format_volume(obj.volume)
 
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()

@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from integrity.admin.base import pretty_json
 from integrity.models import BackfillState, Candle, HealthCheckRun, Instrument, RejectedCandle
-from integrity.prices import format_price
+from integrity.prices import format_price, format_volume
 from integrity.timeframes import utc_text
 from tests.helpers import add_instrument, changelist, make_anomaly, post_instrument, utc
 
@@ -177,6 +177,26 @@ def test_the_candle_list_shows_prices_at_the_instruments_decimals(admin_client):
                           low=186.0000000001, close=187.25, volume=1000)
     page = admin_client.get(changelist("candle"), {"q": "AAPL"}).content.decode()
     assert "187.123" in page and "186.000" in page and "187.123456789" not in page
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (471174.0, "471,174"),
+    (12.5, "12.5"),
+    (0.00012345, "0.00012345"),
+    (1234.123456789, "1,234.12345679"),
+    (None, "-"),
+    (float("nan"), "nan"),
+])
+def test_a_volume_reads_without_a_trailing_zero_and_with_thousands_separated(value, shown):
+    assert format_volume(value) == shown
+
+
+def test_the_candle_list_shows_volume_as_a_person_reads_it(admin_client):
+    add_instrument("AAPL", asset_class="equity", calendar="XNYS")
+    Candle.objects.create(symbol="AAPL", timeframe="1h", ts=utc(2024, 1, 2, 15), open=187.0, high=188.5,
+                          low=186.0, close=187.25, volume=471174.0)
+    page = admin_client.get(changelist("candle"), {"q": "AAPL"}).content.decode()
+    assert "471,174" in page and "471174.0" not in page
 
 
 def test_the_rejected_bar_list_shows_prices_at_the_asset_class_precision(admin_client):
