@@ -7,7 +7,7 @@ hand-made URL or value is a 400 page or a field error that says what was wrong, 
 the one way an execution id is shown: a link to that execution (``execution_link``), and the one
 way a list is filtered by execution (``ExecutionFilter``).
 
-How values read: instants in UTC and labelled so (``utc_text``; Django's own rendering follows the
+How values read: instants in UTC and labelled so (``timeframes.utc_text``; Django's own rendering follows the
 same ``DATETIME_FORMAT``, marketdata_site/formats), JSON pretty-printed (``pretty_json``), long text
 cut with the whole on hover (``shortened``), severities
 as coloured badges (``severity_badge``, styles in static/integrity/admin.css), date ranges filtered by
