@@ -15,20 +15,14 @@ from __future__ import annotations
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import action
-from rest_framework.permissions import DjangoModelPermissions
 from rest_framework.response import Response
 
 from ..models import Timeframe
 from ..reconcile import ReconcileError, repair_from_reference
 from ..tasks import request_reconcile
+from .permissions import ModelPermissions
 from .repair import RepairableAnomalyViewSet
-from .views import InstrumentViewSet, actor
-
-
-class ChangePermission(DjangoModelPermissions):
-    """An action on one object: the model's change permission (POST included, unlike creating)."""
-
-    perms_map = {**DjangoModelPermissions.perms_map, "POST": ["%(app_label)s.change_%(model_name)s"]}
+from .views import InstrumentViewSet, actor, service_error
 
 
 class ReconcileRequestSerializer(serializers.Serializer):
@@ -45,11 +39,6 @@ class NoteSerializer(serializers.Serializer):
     note = serializers.CharField(max_length=2000, help_text="why the reference's bars are the right ones")
 
 
-def _error(exc: ReconcileError) -> Response:
-    code = status.HTTP_409_CONFLICT if exc.conflict else status.HTTP_400_BAD_REQUEST
-    return Response({"detail": str(exc)}, status=code)
-
-
 class ReconcilingInstrumentViewSet(InstrumentViewSet):
     """The watchlist, with reconciliation against each instrument's reference source."""
 
@@ -59,7 +48,7 @@ class ReconcilingInstrumentViewSet(InstrumentViewSet):
                                                    "dry_run": serializers.BooleanField(),
                                                    "series": serializers.ListField(child=serializers.DictField())}),
         400: OpenApiResponse(description="no reference source, an unknown timeframe or a bad window")})
-    @action(detail=True, methods=["post"], permission_classes=[ChangePermission])
+    @action(detail=True, methods=["post"], permission_classes=[ModelPermissions])
     def reconcile(self, request, symbol=None):
         instrument = self.get_object()
         body = ReconcileRequestSerializer(data=request.data)
@@ -70,7 +59,7 @@ class ReconcilingInstrumentViewSet(InstrumentViewSet):
                                        end=args.get("end"), since=args.get("since"), dry_run=args["dry_run"],
                                        by=f"api:{actor(request)}")
         except ReconcileError as exc:
-            return _error(exc)
+            return service_error(exc)
         return Response(queued, status=status.HTTP_202_ACCEPTED)
 
 
@@ -96,7 +85,7 @@ class ReconcilingAnomalyViewSet(RepairableAnomalyViewSet):
         try:
             outcome = repair_from_reference(anomaly, body.validated_data["note"], by=f"api:{actor(request)}")
         except ReconcileError as exc:
-            return _error(exc)
+            return service_error(exc)
         if outcome["status"] == "refused":
             return Response({"detail": outcome["error"]}, status=status.HTTP_409_CONFLICT)
         return Response(outcome, status=status.HTTP_200_OK)

@@ -14,7 +14,7 @@ from ..backfill import BackfillError, BackfillRefused
 from ..repair import RepairError
 from ..tasks import request_repair
 from .queued import queued_reply
-from .views import AnomalyViewSet, actor, queued_responses, refusal
+from .views import AnomalyViewSet, actor, queued_responses, refusal, service_error
 
 
 class RepairableAnomalyViewSet(AnomalyViewSet):
@@ -31,8 +31,7 @@ class RepairableAnomalyViewSet(AnomalyViewSet):
         try:
             state = request_repair(anomaly, by=f"api:{actor(request)}")
         except RepairError as exc:
-            code = status.HTTP_409_CONFLICT if exc.conflict else status.HTTP_400_BAD_REQUEST
-            return Response({"detail": str(exc)}, status=code)
+            return service_error(exc)
         except (BackfillRefused, BackfillError) as exc:
             return refusal(exc)
         return Response(queued_reply(state), status=status.HTTP_202_ACCEPTED)

@@ -106,6 +106,13 @@ def queued_responses(bad_request: str) -> dict:
     return {202: BackfillQueuedSerializer, 400: OpenApiResponse(description=bad_request), 409: BUSY_SERIES}
 
 
+def service_error(exc: Exception) -> Response:
+    """A request a service refused (``RepairError``, ``ReconcileError``): 409 when it conflicts with
+    the object's state (resolved, busy), else 400; the message names why."""
+    code = status.HTTP_409_CONFLICT if getattr(exc, "conflict", False) else status.HTTP_400_BAD_REQUEST
+    return Response({"detail": str(exc)}, status=code)
+
+
 def refusal(exc: BackfillRefused | BackfillError) -> Response:
     """A backfill the service would not queue: 409 naming the execution that holds the series, or 400
     for a request it cannot run."""

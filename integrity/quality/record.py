@@ -23,7 +23,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from ..models import STICKY_REASONS, AnomalyType, Candle, DataAnomaly, ResolutionReason, ResolutionStatus
-from ..series import chunks
+from ..series import IN_CHUNK, chunks
 from . import sql
 from .findings import Finding, SeriesContext
 
@@ -227,14 +227,9 @@ def resolve_missing(contexts: list[SeriesContext], types: list[str], seen: set[s
         if not group or not group_types:
             continue
         keys = {(c.symbol, c.timeframe) for c in group}
-        candidates = DataAnomaly.objects.filter(
-            anomaly_type__in=group_types,
-            resolution_status__in=UNRESOLVED,
+        candidates = unresolved_of(group_types, {c.symbol for c in group}).filter(
             execution_id__isnull=True,  # rejected-bar reports of a backfill are not re-detectable
         ).values_list("id", "symbol", "timeframe", "anomaly_type", "fingerprint", "period_start")
-        symbols = {c.symbol for c in group}
-        if len(symbols) <= 500:
-            candidates = candidates.filter(symbol__in=symbols)
         for anomaly_id, sym, tf, anomaly_type, fingerprint, period_start in candidates:
             ctx = by_series.get((sym, tf))
             if ctx is None or (sym, tf) not in keys or fingerprint in seen:
@@ -246,17 +241,26 @@ def resolve_missing(contexts: list[SeriesContext], types: list[str], seen: set[s
             )
             if in_window:
                 to_resolve.append(anomaly_id)
+    return auto_resolve(to_resolve, now, "no longer detected")
+
+
+def unresolved_of(types: list[str], symbols: set[str]):
+    """The unresolved anomalies of these types, narrowed to these symbols when they are few enough
+    for an IN list (else the caller's own keys narrow them)."""
+    candidates = DataAnomaly.objects.filter(anomaly_type__in=types, resolution_status__in=UNRESOLVED)
+    if len(symbols) <= IN_CHUNK:
+        candidates = candidates.filter(symbol__in=symbols)
+    return candidates
+
+
+def auto_resolve(ids: list[int], now: datetime, note: str) -> int:
+    """Resolve these anomalies ``fixed`` by the scan (``resolved_by`` AUTO) with ``note``, those still
+    unresolved only; how many were."""
     resolved = 0
-    for part in chunks(to_resolve):
-        resolved += DataAnomaly.objects.filter(id__in=part,
-                                               resolution_status__in=UNRESOLVED).update(
-            resolution_status=ResolutionStatus.RESOLVED,
-            resolution_reason=ResolutionReason.FIXED,
-            resolved_by=AUTO,
-            resolved_at=now,
-            resolution_note="no longer detected",
-            updated_at=now,
-        )
+    for part in chunks(ids):
+        resolved += DataAnomaly.objects.filter(id__in=part, resolution_status__in=UNRESOLVED).update(
+            resolution_status=ResolutionStatus.RESOLVED, resolution_reason=ResolutionReason.FIXED,
+            resolved_by=AUTO, resolved_at=now, resolution_note=note, updated_at=now)
     return resolved
 
 

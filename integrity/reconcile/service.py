@@ -18,19 +18,15 @@ from django.utils import timezone
 from ..calendars import NO_CLOSURES, expected_ns, last_completed_bar
 from ..models import (
     AnomalyType,
-    DataAnomaly,
     Instrument,
-    ResolutionReason,
-    ResolutionStatus,
     Timeframe,
     closures_by_symbol,
 )
 from ..providers import ProviderError
 from ..quality.anomalies import DetectionResult
 from ..quality.findings import Finding
-from ..quality.record import AUTO, UNRESOLVED, drop_dismissed, record_findings
+from ..quality.record import auto_resolve, drop_dismissed, record_findings, unresolved_of
 from ..ranges import RangeError, check_backfill_range
-from ..series import chunks
 from ..timeframes import floor_to_timeframe, iso, timeframe_delta, to_ns
 from .classify import MAX_SHIFT_HOURS, classify
 from .compare import ReferenceLookup, disagreements, stage, unstage
@@ -189,24 +185,15 @@ def _resolve_agreeing(compared: list[Compared], seen: set[str], now: datetime) -
     windows = {(o.symbol, o.timeframe): (start, end) for o, _, start, end in compared if o.status == "ok"}
     if not windows:
         return 0
-    candidates = DataAnomaly.objects.filter(anomaly_type=AnomalyType.SOURCE_MISMATCH,
-                                            resolution_status__in=UNRESOLVED, period_start__isnull=False)
-    symbols = {symbol for symbol, _ in windows}
-    if len(symbols) <= 500:
-        candidates = candidates.filter(symbol__in=symbols)
+    candidates = unresolved_of([AnomalyType.SOURCE_MISMATCH], {symbol for symbol, _ in windows}).filter(
+        period_start__isnull=False)
     ids = []
     for pk, symbol, timeframe, fingerprint, period_start in candidates.values_list(
             "id", "symbol", "timeframe", "fingerprint", "period_start"):
         window = windows.get((symbol, timeframe))
         if window is not None and fingerprint not in seen and window[0] <= period_start < window[1]:
             ids.append(pk)
-    resolved = 0
-    for part in chunks(ids):
-        resolved += DataAnomaly.objects.filter(id__in=part, resolution_status__in=UNRESOLVED).update(
-            resolution_status=ResolutionStatus.RESOLVED, resolution_reason=ResolutionReason.FIXED,
-            resolved_by=AUTO, resolved_at=now, resolution_note="no longer detected: agrees with the reference",
-            updated_at=now)
-    return resolved
+    return auto_resolve(ids, now, "no longer detected: agrees with the reference")
 
 
 def plan_reconcile(symbol: str | None = None, timeframe: str | None = None, *, start: datetime | None = None,
