@@ -99,7 +99,8 @@ def check(args) -> str | None:
     return None if args.rows >= 1 and args.repeat >= 1 else "--rows and --repeat must be at least 1"
 
 
-def run(args, report: dict) -> None:
+def api_client():
+    """An API client with the token of the bench's superuser (created once)."""
     from django.contrib.auth.models import User
     from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
@@ -108,6 +109,11 @@ def run(args, report: dict) -> None:
     token, _ = Token.objects.get_or_create(user=user)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+def run(args, report: dict) -> None:
+    client = api_client()
 
     load(10_000)
     small_ms, small_queries = measure(client, args.repeat)

@@ -229,18 +229,6 @@ def anomaly_list(anomalies: int, client) -> dict:
             "load_seconds": round(t["seconds"], 1)}
 
 
-def api_client():
-    from django.contrib.auth.models import User
-    from rest_framework.authtoken.models import Token
-    from rest_framework.test import APIClient
-
-    user = User.objects.filter(username="bench").first() or User.objects.create_superuser("bench", "b@x", None)
-    token, _ = Token.objects.get_or_create(user=user)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
-
-
 # --- the run ----------------------------------------------------------------------------------------
 
 
@@ -275,7 +263,7 @@ def run(args, report: dict) -> None:
           f"unpartitioned twin {'yes' if flat else 'no'}", flush=True)
     reset(args.series, flat)
     chunks, _, _ = bench_backfill.build_copy_buffer(args.backfill_bars)
-    client = api_client()
+    client = bench_api.api_client()
     have, rows_done = 0, []
     for size in args.size_list:
         per_series = size // args.series

@@ -37,6 +37,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from .conf import TIMEFRAMES, conf
+from .quality.sql import is_postgres
 
 TABLE = "candles"
 OLD_TABLE = "candles_unpartitioned"  # the table being converted, while rows move out of it
@@ -53,12 +54,8 @@ class PartitioningUnavailable(RuntimeError):
     """Partitioning is a PostgreSQL mechanism; the message says so."""
 
 
-def postgres() -> bool:
-    return connection.vendor == "postgresql"
-
-
 def require_postgres() -> None:
-    if not postgres():
+    if not is_postgres():
         raise PartitioningUnavailable(
             f"candle partitioning is PostgreSQL-only; this database is {connection.vendor} "
             "(one plain candles table, nothing to do)")
@@ -141,7 +138,7 @@ def _exists(cursor, name: str) -> bool:
 def layout_state() -> str:
     """``partitioned``, ``converting`` (rows still moving out of ``candles_unpartitioned``) or
     ``unpartitioned``; ``sqlite`` on SQLite."""
-    if not postgres():
+    if not is_postgres():
         return "sqlite"
     with connection.cursor() as cursor:
         cursor.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass('public.candles')")
@@ -228,7 +225,7 @@ def ensure_partitions(timeframe: str, first: datetime, last: datetime) -> list[s
     query) when they exist, on an unpartitioned table, or for a timeframe without its own partitions.
     If creating one fails (a foreign layout, e.g. pg_partman's names), the bars go to the default
     partition as any foreign writer's would: never lost, and the health job warns."""
-    if timeframe not in PARTITION_MONTHS or not postgres():
+    if timeframe not in PARTITION_MONTHS or not is_postgres():
         return []
     names = [p.name for p in periods_between(timeframe, first, last)]
     with connection.cursor() as cursor:

@@ -57,7 +57,7 @@ def health_task() -> dict[str, Any]:
 def candle_partitions_task() -> dict[str, Any]:
     """Maintain the candle partitions (``integrity.partitions.maintain_partitions``); on SQLite (no
     partitions) it says so and does nothing."""
-    if not partitions.postgres():
+    if not partitions.is_postgres():
         return {"skipped": "candle partitioning is PostgreSQL-only"}
     report = partitions.maintain_partitions()
     return {key: value for key, value in report.as_dict().items() if key != "partitions"}

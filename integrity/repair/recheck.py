@@ -40,8 +40,7 @@ def recheck(anomaly: DataAnomaly, start: datetime, end: datetime, result: Backfi
         value = f"{result.invalid} bar(s) rejected again ({reasons})"
         return Verdict(CONFIRMED_AT_SOURCE, f"confirmed at source: {value} ({execution})", value)
 
-    contexts = [c for c in series_contexts(symbol=anomaly.symbol, timeframe=anomaly.timeframe)
-                if c.timeframe == anomaly.timeframe]
+    contexts = series_contexts(symbol=anomaly.symbol, timeframe=anomaly.timeframe)
     if not contexts:  # no instrument (or no calendar) to judge the series by
         return Verdict(STILL_PRESENT, f"bars re-fetched ({execution}) but {anomaly.symbol} {anomaly.timeframe} "
                                       "is no series of the watchlist: nothing to re-check it with")

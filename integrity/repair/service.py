@@ -25,6 +25,7 @@ from ..models import (
     ResolutionStatus,
 )
 from ..quality.findings import Finding
+from ..quality.record import UNRESOLVED
 from ..series import chunks
 from ..timeframes import floor_to_timeframe, iso, timeframe_delta
 from .recheck import FIXED, MISSING_AT_SOURCE, Verdict, recheck
@@ -35,7 +36,6 @@ logger = logging.getLogger(__name__)
 REPAIRABLE_TYPES = (AnomalyType.GAP, AnomalyType.OUTLIER, AnomalyType.INVALID_OHLC, AnomalyType.OFF_CALENDAR)
 # What the health job repairs by itself before it alerts.
 AUTO_TYPES = (AnomalyType.GAP, AnomalyType.INVALID_OHLC)
-UNRESOLVED = (ResolutionStatus.OPEN, ResolutionStatus.ACKNOWLEDGED)
 FAILED, BUSY, PLANNED = "failed", "busy", "planned"
 REPAIRER = "repair"  # resolved_by of what a repair resolves
 # Attempts the health job may try again after the back-off (the others wait for a person).

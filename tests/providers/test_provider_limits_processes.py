@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.exchanges import KLINES, FakeBinance
 from tests.helpers import ROOT, add_instrument, worker_database_url
-from tests.providers.test_provider_binance import KLINES, FakeBinance
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -19,8 +19,9 @@ from integrity.models import BackfillState, Candle, DataAnomaly, SymbolFailureTr
 from integrity.quality.anomalies import detect_data_anomalies
 from integrity.repair import auto_repair, repair_anomalies, repair_anomaly
 from integrity.timeframes import floor_to_timeframe
+from tests.exchanges import KLINES, FakeBinance
+from tests.exchanges import serve_binance as serve
 from tests.helpers import add_instrument, utc
-from tests.providers.test_provider_binance import KLINES, FakeBinance, serve
 
 pytestmark = pytest.mark.django_db
 
@@ -29,10 +30,8 @@ HOLE = (utc(2024, 1, 2, 3), utc(2024, 1, 2, 23))  # 20 bars a foreign writer del
 
 
 @pytest.fixture(autouse=True)
-def local_binance(fast_http, sleeps, httpserver):
-    fast_http.BINANCE_BASE_URL = httpserver.url_for("")
-    fast_http.BINANCE_MAX_REQUESTS_PER_SECOND = 0
-    fast_http.PROVIDER_HTTP_MAX_RETRIES = 0
+def no_retries(local_binance):
+    local_binance.PROVIDER_HTTP_MAX_RETRIES = 0
 
 
 def binance_series(httpserver, fake=None, start=START, end=END, **thresholds):

@@ -66,7 +66,7 @@ class Command(IntegrityCommand):
         keep_stdout_for_json(options)
         ahead = self.parse_ahead(options.get("ahead"))
         as_json = options["format"] == "json"
-        if not partitions.postgres():
+        if not partitions.is_postgres():
             self.stdout.write(json.dumps({"skipped": SQLITE_MESSAGE}) if as_json else SQLITE_MESSAGE)
             return
         try:
