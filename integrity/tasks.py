@@ -143,18 +143,20 @@ def request_backfill(symbol: str, timeframe: str, *, start: datetime | None = No
     return state
 
 
-def _queue_execution(state: BackfillState, *, group: str, requeued: bool = False) -> None:
-    """Queue the run of a claimed (pending) execution. Without a queue the claim would block the series
-    until the pending timeout, so a first enqueue that fails releases it (BackfillError); a repeated one
-    leaves it for the next recovery."""
+def _queue_execution(state: BackfillState, *, group: str, requeued: bool = False, task: str = EXECUTION_TASK,
+                     args: tuple = (), task_name: str = "") -> None:
+    """Queue the run of a claimed (pending) execution: ``task`` with ``args`` (default: the backfill
+    of the execution). Without a queue the claim would block the series until the pending timeout, so
+    a first enqueue that fails releases it (BackfillError); a repeated one leaves it for the next
+    recovery."""
     try:
-        task_id = async_task(EXECUTION_TASK, str(state.execution_id), group=group,
-                             task_name=f"backfill {state.symbol} {state.timeframe}"[:100])
+        task_id = async_task(task, *(args or (str(state.execution_id),)), group=group,
+                             task_name=(task_name or f"backfill {state.symbol} {state.timeframe}")[:100])
     except Exception as exc:
         if not requeued:
             state.mark_failed(f"could not enqueue: {exc}")
         raise BackfillError(f"the task queue is unavailable: {exc}") from exc
-    _remember_task(state, task_id, EXECUTION_TASK, requeued=requeued)
+    _remember_task(state, task_id, task, requeued=requeued)
 
 
 def _remember_task(state: BackfillState, task_id: str, task: str, *, requeued: bool = False) -> None:
@@ -178,13 +180,8 @@ def request_repair(anomaly: DataAnomaly, *, by: str = "") -> BackfillState:
     """Claim the anomaly's series for its repair now and queue the run (API and admin).
     Raises RepairError / BackfillRefused / BackfillError."""
     state = claim_repair(anomaly, by=by)
-    try:
-        task_id = async_task(REPAIR_TASK, anomaly.pk, str(state.execution_id), group="repair",
-                             task_name=f"repair anomaly {anomaly.pk} ({anomaly.symbol} {anomaly.timeframe})"[:100])
-    except Exception as exc:
-        state.mark_failed(f"could not enqueue: {exc}")
-        raise BackfillError(f"the task queue is unavailable: {exc}") from exc
-    _remember_task(state, task_id, REPAIR_TASK)
+    _queue_execution(state, group="repair", task=REPAIR_TASK, args=(anomaly.pk, str(state.execution_id)),
+                     task_name=f"repair anomaly {anomaly.pk} ({anomaly.symbol} {anomaly.timeframe})")
     return state
 
 
