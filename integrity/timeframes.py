@@ -81,6 +81,11 @@ NS_PER_HOUR = 3_600 * NS_PER_SECOND
 NS_PER_DAY = 86_400 * NS_PER_SECOND
 
 
+def timeframe_ns(timeframe: str) -> int:
+    """A bar's length in nanoseconds (raises for an unknown timeframe, as ``timeframe_seconds``)."""
+    return timeframe_seconds(timeframe) * NS_PER_SECOND
+
+
 def aware(value) -> datetime | None:
     """An aware datetime: naive values (and SQLite's text, parsed) are taken as UTC; None stays None."""
     if value is None:

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from integrity.providers.base import BAR_COLUMNS, PRICE_COLUMNS, empty_bar_frame
-from integrity.timeframes import NS_PER_SECOND, BarAlignment, timeframe_seconds, utc_timestamp
+from integrity.timeframes import NS_PER_SECOND, BarAlignment, timeframe_ns, utc_timestamp
 
 DEFAULT_EXAMPLE_LIMIT = 10
 
@@ -197,7 +197,7 @@ def _empty_invalid_frame() -> pd.DataFrame:
 def validate_bars(frame: pd.DataFrame, timeframe: str, now: datetime | None = None,
                   alignment: str = BarAlignment.CLOCK) -> ValidationResult:
     """Split ``frame`` into valid bars and rejected bars with their reason codes."""
-    step_ns = timeframe_seconds(timeframe) * NS_PER_SECOND  # also rejects an unknown timeframe
+    step_ns = timeframe_ns(timeframe)  # also rejects an unknown timeframe
     if alignment == BarAlignment.SESSION and timeframe != "1d":
         step_ns = 60 * NS_PER_SECOND
     bars = _coerce_bar_frame(frame)

@@ -34,11 +34,10 @@ import pandas as pd
 
 from ..timeframes import (
     NS_PER_DAY,
-    NS_PER_SECOND,
     BarAlignment,
     ns_index,
     ns_to_datetime,
-    timeframe_seconds,
+    timeframe_ns,
     to_ns,
 )
 from . import closures as _closures
@@ -69,7 +68,7 @@ def _bars_in_intervals(iv_open: np.ndarray, iv_close: np.ndarray, step: int) -> 
 def bar_step_ns(calendar: str, timeframe: str) -> int:
     """The bar length in ns of a series on ``calendar``; ValueError for an unknown calendar or timeframe."""
     validate_calendar_code(calendar)
-    return timeframe_seconds(timeframe) * NS_PER_SECOND
+    return timeframe_ns(timeframe)
 
 
 def validate_alignment(alignment: str) -> None:

@@ -11,7 +11,14 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from ..timeframes import NS_PER_DAY, NS_PER_SECOND, BarAlignment, ns_to_datetime, timeframe_seconds, to_ns
+from ..timeframes import (
+    NS_PER_DAY,
+    BarAlignment,
+    ns_to_datetime,
+    timeframe_ns,
+    timeframe_seconds,
+    to_ns,
+)
 from .bars import bar_step_ns, expected_ns
 from .closures import NO_CLOSURES, Closures, closed_bar_count
 from .codes import CRYPTO_CALENDAR, OWN_CALENDARS
@@ -44,7 +51,7 @@ def expected_stats(calendar: str, timeframe: str, los: np.ndarray, his: np.ndarr
     lasts = np.full(n, -1, dtype="int64")
     if n == 0:
         return counts, firsts, lasts
-    step = timeframe_seconds(timeframe) * NS_PER_SECOND
+    step = timeframe_ns(timeframe)
     lo_side, hi_side = ("left", "right") if closed else ("right", "left")
 
     def fill(bars: np.ndarray, which: np.ndarray) -> None:

@@ -14,7 +14,7 @@ from datetime import datetime
 from django.db.models import Max, Min
 
 from ..models import AnomalyType, DataAnomaly, RejectedCandle
-from ..timeframes import bar_span, timeframe_delta, to_ns
+from ..timeframes import bar_span, timeframe_delta, timeframe_ns, to_ns
 from .axis import build_axis
 from .data import bars_around, refused_bars, series_calendar
 from .svg import PLOT_LEFT, PLOT_RIGHT, Chart, price_chart_svg
@@ -61,7 +61,7 @@ def anomaly_chart_svg(anomaly: DataAnomaly) -> str:
     total_refused = len(refused)
     if not len(bars) and not refused:
         return '<p class="help">No stored candles around this anomaly.</p>'
-    step = int(timeframe_delta(anomaly.timeframe).total_seconds() * 1e9)
+    step = timeframe_ns(anomaly.timeframe)
     a, b = to_ns(start), to_ns(end)
     lo = min([a, *bars.ts[:1]])
     hi = int(bars.ts[-1]) + step if cut else max([b, *(bars.ts[-1:] + step)])

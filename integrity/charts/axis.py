@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..calendars import CRYPTO_CALENDAR, NO_CLOSURES, Closures, expected_ns, validate_calendar_code
-from ..timeframes import NS_PER_SECOND, BarAlignment, timeframe_seconds
+from ..timeframes import BarAlignment, timeframe_ns
 
 # Windows longer than this many bars are drawn on a linear axis without holes (no array that big).
 MAX_EXPECTED = 500_000
@@ -115,7 +115,7 @@ class Axis:
 def build_axis(calendar: str | None, timeframe: str, lo: int, hi: int, left: float, right: float,
                alignment: str = BarAlignment.CLOCK, closures: Closures = NO_CLOSURES) -> Axis:
     """The axis of the window [lo, hi) (ns) for a series on ``calendar`` (None: unknown)."""
-    step = timeframe_seconds(timeframe) * NS_PER_SECOND
+    step = timeframe_ns(timeframe)
     hi = max(hi, lo + step)
     expected = None
     if calendar is not None and (hi - lo) // step <= MAX_EXPECTED:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from ..calendars import expected_ns, last_completed_bar
-from ..timeframes import NS_PER_SECOND, bar_span, ns_to_datetime, timeframe_seconds, to_ns
+from ..timeframes import NS_PER_SECOND, bar_span, ns_to_datetime, timeframe_ns, to_ns
 from .axis import build_axis
 from .data import SeriesCalendar, bars_between
 from .svg import PLOT_LEFT, PLOT_RIGHT, Chart, price_chart_svg
@@ -20,7 +20,7 @@ def recent_window(symbol: str, timeframe: str, calendar: SeriesCalendar, now: da
     newest = last_completed_bar(calendar.calendar, timeframe, now, calendar.alignment, calendar.closures)
     if newest is None:
         return None
-    step = timeframe_seconds(timeframe) * NS_PER_SECOND
+    step = timeframe_ns(timeframe)
     hi = to_ns(newest) + step
     span = RECENT_BARS * step * 2
     while True:
@@ -38,7 +38,7 @@ def recent_chart_svg(symbol: str, timeframe: str, calendar: SeriesCalendar, now:
     bars = bars_between(symbol, timeframe, ns_to_datetime(lo), ns_to_datetime(hi), 2 * RECENT_BARS)
     axis = build_axis(calendar.calendar, timeframe, lo, hi, PLOT_LEFT, PLOT_RIGHT, calendar.alignment,
                       calendar.closures)
-    step = timeframe_seconds(timeframe) * NS_PER_SECOND
+    step = timeframe_ns(timeframe)
     title = (f"{symbol} {timeframe} · the last {RECENT_BARS} expected bars, "
              f"{bar_span(lo, hi - step, timeframe)}")
     notes = [] if len(bars) else ["no bar stored in this window"]

@@ -76,7 +76,7 @@ import pandas as pd
 from integrity.conf import conf
 
 from ..calendars import CRYPTO_CALENDAR, is_expected_bar
-from ..timeframes import NS_PER_SECOND, timeframe_seconds
+from ..timeframes import timeframe_ns
 from .base import (
     FetchRequest,
     ProviderConfigError,
@@ -346,7 +346,7 @@ class AlpacaProvider:
                 frame = frame.sort_values("ts", kind="stable").reset_index(drop=True)
             return frame
         if filter_sessions:
-            step = timeframe_seconds(request.timeframe) * NS_PER_SECOND
+            step = timeframe_ns(request.timeframe)
             aligned = (frame["ts"].array.asi8 % step) == 0
             expected = is_expected_bar(request.calendar, request.timeframe, frame["ts"])
             frame = frame[expected | ~aligned].reset_index(drop=True)

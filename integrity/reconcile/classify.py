@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ..calendars import is_expected_bar
 from ..models import AnomalyType, Severity
 from ..quality.findings import Finding
-from ..timeframes import bar_label, bar_span, iso, ns_to_datetime, timeframe_seconds
+from ..timeframes import bar_label, bar_span, iso, ns_to_datetime, timeframe_ns
 from .compare import FIELDS, Pair, ReferenceLookup
 from .reference import ReferenceSeries
 
@@ -63,7 +63,7 @@ def _agree(a: tuple[float, ...], b: tuple[float, ...] | None, tolerance: float) 
 def shift_candidates(timeframe: str) -> list[int]:
     """Shifts (ns) a time-zone bug can cause in this timeframe: whole hours that are whole bars,
     smallest first, later before earlier."""
-    step = timeframe_seconds(timeframe) * 1_000_000_000
+    step = timeframe_ns(timeframe)
     hours = [h * NS_PER_HOUR for h in range(1, MAX_SHIFT_HOURS + 1) if (h * NS_PER_HOUR) % step == 0]
     return [k for h in hours for k in (h, -h)]
 
