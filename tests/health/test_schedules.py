@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
-import time
 from datetime import timedelta
 
 import pytest
 from croniter import croniter
 from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
-from django.db import connection
 from django.utils import timezone
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf
@@ -32,7 +27,7 @@ from integrity.tasks import (
     enrichment_task,
     health_task,
 )
-from tests.helpers import ROOT, add_instrument, stop_process_group, utc
+from tests.helpers import add_instrument, start_qcluster, stop_process_group, utc, wait_for
 
 NOW = utc(2024, 6, 5, 12, 0)
 EXPECTED = {
@@ -257,20 +252,11 @@ class TestTasks:
 # --- a real cluster --------------------------------------------------------------------------------
 
 
-def worker_db_url() -> str:
-    db = django_settings.DATABASES["default"]
-    return (f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/"
-            f"{connection.settings_dict['NAME']}")
-
-
 @pytest.mark.postgres_only  # the cluster is a separate process sharing the test database: needs a server
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 class TestRealCluster:
     def test_a_qcluster_executes_a_queued_health_task_and_gives_a_failing_task_one_attempt(self, tmp_path):
-        log = tmp_path / "qcluster.log"
-        env = {**os.environ, "DATABASE_URL": worker_db_url(), "DJANGO_SETTINGS_MODULE": "marketdata_site.settings",
-               "REDIS_URL": "", "Q_WORKERS": "1", "DJANGO_Q_LOG_LEVEL": "INFO"}
         task_id = async_task("integrity.tasks.health_task", broker=orm_broker(), task_name="health from test")
         # Not on the watchlist: run_backfill raises BackfillError, so the task fails.
         failing_id = async_task(BACKFILL_SERIES_TASK, "NOT-LISTED", "1h", broker=orm_broker(),
@@ -280,18 +266,9 @@ class TestRealCluster:
             return (Success.objects.filter(id=task_id).exists() and Failure.objects.filter(id=failing_id).exists()
                     and not OrmQ.objects.exists())
 
-        with open(log, "wb") as out:
-            cluster = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=out,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+        cluster = start_qcluster(tmp_path / "qcluster.log")
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                if finished():
-                    break
-                assert cluster.poll() is None, f"qcluster exited early:\n{log.read_text()[-3000:]}"
-                time.sleep(0.25)
-            else:
-                pytest.fail(f"the tasks did not finish within 60 s:\n{log.read_text()[-3000:]}")
+            wait_for(finished, "the tasks did not finish within 60 s", cluster)
         finally:
             stop_process_group(cluster)
         done = Success.objects.get(id=task_id)
@@ -305,4 +282,4 @@ class TestRealCluster:
         # instead of being handed to a worker again once the retry window passes.
         assert failed.attempt_count == 1
         assert not OrmQ.objects.exists()
-        assert cluster.returncode == 0, log.read_text()[-3000:]  # stopped by SIGTERM, cleanly
+        assert cluster.returncode == 0, cluster.log.read_text()[-3000:]  # stopped by SIGTERM, cleanly
